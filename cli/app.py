@@ -1,0 +1,110 @@
+"""The root ``delibench`` command: global options, the command groups, and error -> exit-code handling."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+import typer
+
+from delibench import __version__
+from delibench.cli.output import err_console
+from delibench.errors import DelibenchError, ExitCode
+
+__all__ = ["app", "main"]
+
+EPILOG = (
+    "Exit codes: 0 success; 1 runtime error (storage unreachable, loader crashed); "
+    "2 bad usage or input; 3 run finished but is invalid; 4 a threshold was not met; "
+    "130 interrupted (partial results are still written).  "
+    "Example: delibench demo"
+)
+
+app = typer.Typer(
+    name="delibench",
+    help=(
+        "Measure how long training waits for data in S3/GCS buckets, and remove that wait "
+        "with a cached-prefetch (DELI) loader.\n\n"
+        "Start with 'delibench demo': it runs everything locally against an embedded object store "
+        "behind an emulated WAN link."
+    ),
+    epilog=EPILOG,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+# Command groups in workflow order (asv's command_order): each module exposes ``register(app)``.
+_COMMAND_MODULES = (
+    "delibench.cli.demo",
+    "delibench.cli.testbed",
+    "delibench.cli.data",
+    "delibench.cli.run",
+    "delibench.cli.tune",
+    "delibench.cli.report",
+    "delibench.cli.geo",
+    "delibench.cli.listing",
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"delibench {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks for errors (may reveal paths; never credentials)."),
+) -> None:
+    if debug:
+        os.environ["DELIBENCH_DEBUG"] = "1"
+
+
+for _name in _COMMAND_MODULES:
+    try:
+        _module = importlib.import_module(_name)
+    except ModuleNotFoundError as _exc:  # a group not built yet must not break the others
+        if _exc.name != _name:
+            raise
+        continue
+    _module.register(app)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console-script entry point: runs the app and maps errors to exit codes with one-line messages."""
+    try:
+        app(args=argv, prog_name="delibench", standalone_mode=False)
+    except DelibenchError as exc:
+        if os.environ.get("DELIBENCH_DEBUG"):
+            raise
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        if exc.hint:
+            err_console.print(f"[dim]hint: {exc.hint}[/]", highlight=False, soft_wrap=True)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]")
+        return int(ExitCode.INTERRUPTED)
+    except typer.Exit as exc:
+        return int(exc.exit_code or 0)
+    except typer.Abort:
+        return int(ExitCode.INTERRUPTED)
+    except Exception as exc:  # click usage errors arrive here in non-standalone mode
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            return int(exc.exit_code)
+        if os.environ.get("DELIBENCH_DEBUG"):
+            raise
+        err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        err_console.print("[dim]hint: re-run with --debug for the traceback, and report it[/]")
+        return int(ExitCode.RUNTIME_ERROR)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,193 @@
+"""The dataset manifest: keys, sizes, labels and checksums stored beside the data, so no LIST is needed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from typing import Any
+
+from delibench.errors import UsageError
+
+__all__ = [
+    "MANIFEST_NAME",
+    "MANIFEST_SCHEMA_VERSION",
+    "Manifest",
+    "SampleEntry",
+    "ShardEntry",
+    "checksum",
+    "read_manifest",
+    "write_manifest",
+]
+
+#: File name of the manifest at the dataset root.
+MANIFEST_NAME = "_delibench_manifest.json"
+MANIFEST_SCHEMA_VERSION = 1
+
+
+def checksum(data: bytes) -> str:
+    """The checksum recorded for every sample and shard (hex SHA-256)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SampleEntry:
+    """One training sample stored as one object.
+
+    Attributes:
+        key: Path relative to the dataset root, ``/``-separated (e.g. ``train/class_003/000123.jpg``).
+        size_bytes: Object size; lets a loader issue exactly one GET without a HEAD.
+        label: Class index into ``Manifest.classes``.
+        sha256: Hex SHA-256 of the object's bytes.
+    """
+
+    key: str
+    size_bytes: int
+    label: int
+    sha256: str
+
+
+@dataclass(frozen=True, slots=True)
+class ShardEntry:
+    """One tar shard (WebDataset layout) holding ``sample_count`` samples."""
+
+    key: str
+    size_bytes: int
+    sample_count: int
+    sha256: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """Everything a loader needs to know about a dataset before reading a byte of it.
+
+    Attributes:
+        samples: Per-sample objects, in a fixed canonical order (the sampler's index space).
+        classes: Class names; ``SampleEntry.label`` indexes into it.
+        shards: Tar shards holding the same samples (optional second layout).
+        source: ``"generated"`` (``data make``) or ``"listed"`` (built by listing an ImageFolder tree).
+        image_size: ``(height, width)`` of generated images, when known.
+        seed: Generation seed, when generated.
+    """
+
+    samples: tuple[SampleEntry, ...]
+    classes: tuple[str, ...]
+    shards: tuple[ShardEntry, ...] = ()
+    source: str = "generated"
+    image_size: tuple[int, int] | None = None
+    seed: int | None = None
+    created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        if not self.samples:
+            raise UsageError("manifest lists no samples")
+        for entry in self.samples:
+            if not 0 <= entry.label < len(self.classes):
+                raise UsageError(f"manifest: label {entry.label} of {entry.key!r} is outside the {len(self.classes)} classes")
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    @property
+    def total_bytes(self) -> int:
+        """Sum of all sample sizes."""
+        return sum(s.size_bytes for s in self.samples)
+
+    @property
+    def mean_sample_bytes(self) -> float:
+        """Mean sample size in bytes."""
+        return self.total_bytes / len(self.samples)
+
+    @property
+    def dataset_id(self) -> str:
+        """A short content id: changes when any key or checksum changes."""
+        h = hashlib.sha256()
+        for s in self.samples:
+            h.update(f"{s.key}\0{s.sha256}\n".encode())
+        return h.hexdigest()[:12]
+
+    def to_json(self) -> str:
+        """Serialise to the JSON stored at ``<root>/_delibench_manifest.json``."""
+        doc: dict[str, Any] = {
+            "schema_version": self.schema_version,
+            "created_at": self.created_at,
+            "source": self.source,
+            "seed": self.seed,
+            "image_size": list(self.image_size) if self.image_size else None,
+            "classes": list(self.classes),
+            "sample_count": len(self.samples),
+            "total_bytes": self.total_bytes,
+            "samples": [[s.key, s.size_bytes, s.label, s.sha256] for s in self.samples],
+            "shards": [asdict(s) for s in self.shards],
+        }
+        return json.dumps(doc, separators=(",", ":"))
+
+    @classmethod
+    def from_json(cls, text: str | bytes, *, origin: str = "manifest") -> Manifest:
+        """Parse a manifest document.
+
+        Raises:
+            UsageError: Not a manifest, a newer schema version, or inconsistent content; names ``origin``.
+        """
+        try:
+            doc = json.loads(text)
+            version = int(doc["schema_version"])
+            if version > MANIFEST_SCHEMA_VERSION:
+                raise UsageError(
+                    f"{origin}: manifest schema version {version} is newer than this delibench understands "
+                    f"({MANIFEST_SCHEMA_VERSION})",
+                    hint="upgrade delibench",
+                )
+            samples = tuple(SampleEntry(str(k), int(n), int(lbl), str(h)) for k, n, lbl, h in doc["samples"])
+            shards = tuple(ShardEntry(**s) for s in doc.get("shards", []))
+            image_size = tuple(doc["image_size"]) if doc.get("image_size") else None
+            return cls(
+                samples=samples,
+                classes=tuple(doc["classes"]),
+                shards=shards,
+                source=doc.get("source", "generated"),
+                image_size=image_size,  # type: ignore[arg-type]
+                seed=doc.get("seed"),
+                created_at=doc.get("created_at", ""),
+                schema_version=version,
+            )
+        except UsageError:
+            raise
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(f"{origin}: not a valid delibench manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> Manifest:
+    """Read the manifest at the dataset root ``url`` (any fsspec URL).
+
+    Raises:
+        UsageError: No manifest there (with the command that makes one) or an invalid one.
+    """
+    from delibench.storage import resolve
+
+    loc = resolve(url, storage_options)
+    fs = loc.filesystem()
+    path = loc.child(MANIFEST_NAME)
+    try:
+        data = fs.cat_file(path)
+    except FileNotFoundError as exc:
+        raise UsageError(
+            f"no dataset manifest at {loc.display_url}",
+            hint="create one with 'delibench data push SRC URL' or 'delibench data index URL'",
+        ) from exc
+    return Manifest.from_json(data, origin=f"{loc.display_url}/{MANIFEST_NAME}")
+
+
+def write_manifest(manifest: Manifest, url: str, storage_options: dict[str, Any] | None = None) -> str:
+    """Write ``manifest`` at the dataset root ``url``; returns the manifest's display URL."""
+    from delibench.storage import resolve
+
+    loc = resolve(url, storage_options)
+    fs = loc.filesystem()
+    path = loc.child(MANIFEST_NAME)
+    if loc.protocol == "file":
+        fs.makedirs(loc.path, exist_ok=True)
+    fs.pipe_file(path, manifest.to_json().encode())
+    return f"{loc.display_url}/{MANIFEST_NAME}"

@@ -1,0 +1,29 @@
+"""The registries of loaders and workloads, with every built-in registered in one place."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from delibench.registry import Registry
+
+__all__ = ["loaders", "workloads"]
+
+#: Loader classes by name; third parties add theirs through the ``delibench.loaders`` entry points.
+loaders: Registry[Any] = Registry("delibench.loaders")
+loaders.register("disk", "delibench.loaders.disk:DiskLoader")
+loaders.register("bucket", "delibench.loaders.bucket:BucketLoader")
+loaders.register("deli", "delibench.loaders.deli:DeliLoader")
+loaders.register("fsspec-cache", "delibench.loaders.fsspec_cache:FsspecCacheLoader")
+loaders.register(
+    "s3torchconnector",
+    "delibench.loaders.peers:S3TorchConnectorLoader",
+    err="pip install 'delibench[peers]' to compare with s3torchconnector",
+)
+loaders.register(
+    "webdataset",
+    "delibench.loaders.peers:WebDatasetLoader",
+    err="pip install 'delibench[peers]' to compare with webdataset shards",
+)
+
+#: Workload factories by name; third parties add theirs through ``delibench.workloads``.
+workloads: Registry[Any] = Registry("delibench.workloads")

@@ -1,0 +1,397 @@
+"""The records that cross module boundaries: run inputs (RunSpec) and results (RunRecord and its parts).
+
+Every field carries its unit in its name (``_s``, ``_bytes``, ``_per_s``, ``_usd``); fractions lie in
+[0, 1]. Records are frozen dataclasses, serialised with :func:`to_dict` and read back with
+:func:`from_dict`; the JSON Schema in ``delibench.reports.schema`` is derived from them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+__all__ = [
+    "RESULT_SCHEMA_VERSION",
+    "CacheStats",
+    "ComputeSpec",
+    "CostEstimate",
+    "Diagnosis",
+    "EpochMetrics",
+    "Issue",
+    "LoaderSpec",
+    "LoaderStats",
+    "MachineInfo",
+    "RankMetrics",
+    "RunMetrics",
+    "RunRecord",
+    "RunSpec",
+    "StepSample",
+    "from_dict",
+    "to_dict",
+]
+
+#: Version of the RunRecord JSON document; bump it and add a migration in ``delibench.store``.
+RESULT_SCHEMA_VERSION = 1
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class StepSample:
+    """One training step, split at the loader boundary.
+
+    Attributes:
+        epoch: Epoch index (0-based).
+        step: Step index within the epoch (0-based).
+        rank: The rank that took the step.
+        wait_s: Time blocked in ``next(iterator)`` (plus a blocking host-to-device copy).
+        compute_s: Workload step time, including the device synchronisation.
+        samples: Samples in the batch.
+        start_s: Start of the wait, seconds since the run's loop began (for timelines).
+    """
+
+    epoch: int
+    step: int
+    rank: int
+    wait_s: float
+    compute_s: float
+    samples: int
+    start_s: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderStats:
+    """Cumulative, monotonic counters of one loader (one rank); the vocabulary of fsspec caches and DELI.
+
+    Attributes:
+        requests_count: Object GETs issued (retries and hedges included).
+        bytes_read_remote: Bytes received from storage.
+        cache_hits: Samples served from the cache (memory or disk tier).
+        cache_misses: Samples that had to be fetched when first needed or prefetched.
+        cache_evictions: Samples dropped from the cache to keep its byte budget.
+        cache_peak_bytes: Largest cache occupancy seen; never above the budget.
+        cache_bytes: Cache occupancy when the stats were taken.
+        prefetch_peak_bytes: Largest amount of fetched-but-not-yet-delivered bytes.
+        fetch_latency_s_p50: Median time of one GET.
+        fetch_latency_s_p95: 95th percentile of GET time.
+        fetch_latency_s_p99: 99th percentile of GET time.
+        prefetch_lead_mean: Mean number of samples ready ahead of consumption when one was taken.
+        retries_count: Retried requests.
+        hedges_count: Duplicate (hedged) requests sent for stragglers.
+        errors_count: Requests that failed for good.
+        skipped_keys: Samples skipped under ``on_error=skip`` (listed, never silent).
+    """
+
+    requests_count: int = 0
+    bytes_read_remote: int = 0
+    cache_hits: int = 0
+    cache_misses: int = 0
+    cache_evictions: int = 0
+    cache_peak_bytes: int = 0
+    cache_bytes: int = 0
+    prefetch_peak_bytes: int = 0
+    fetch_latency_s_p50: float | None = None
+    fetch_latency_s_p95: float | None = None
+    fetch_latency_s_p99: float | None = None
+    prefetch_lead_mean: float | None = None
+    retries_count: int = 0
+    hedges_count: int = 0
+    errors_count: int = 0
+    skipped_keys: tuple[str, ...] = ()
+
+    @property
+    def hit_rate(self) -> float | None:
+        """Hits over lookups, or None before any lookup."""
+        total = self.cache_hits + self.cache_misses
+        return self.cache_hits / total if total else None
+
+
+# Alias kept for readers who look for the fsspec-style name.
+CacheStats = LoaderStats
+
+
+@dataclass(frozen=True, slots=True)
+class LoaderSpec:
+    """Which loader and its options (``cache_size_bytes``, ``prefetch_depth``, ``concurrency``, ...).
+
+    Attributes:
+        kind: Registry name: ``disk``, ``bucket``, ``deli``, ``fsspec-cache`` or a plugin.
+        options: Loader-specific options, validated by the loader's own config class.
+        label: Display name in tables (defaults to ``kind``).
+    """
+
+    kind: str
+    options: dict[str, Any] = field(default_factory=dict)
+    label: str | None = None
+
+    @property
+    def display_name(self) -> str:
+        """The label, or the kind."""
+        return self.label or self.kind
+
+
+@dataclass(frozen=True, slots=True)
+class ComputeSpec:
+    """What executes the training step.
+
+    Attributes:
+        kind: ``cuda``, ``cpu`` or ``emulated`` (a fixed time per batch, DLIO-style).
+        step_time_s: For ``emulated``: seconds per batch.
+        profile: For ``emulated``: the named GPU profile the step time came from, if any.
+    """
+
+    kind: str = "emulated"
+    step_time_s: float | None = None
+    profile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSpec:
+    """Fully resolved inputs of one run; stored in every RunRecord.
+
+    Attributes:
+        dataset_url: Dataset root (any fsspec URL), without credentials.
+        workload: Workload registry name (``resnet50``, ``mobilenet_v3_small``, ...).
+        loader: Loader kind and options.
+        compute: Compute backend.
+        batch_size: Samples per batch per rank.
+        num_workers: DataLoader worker processes per rank (the same for every loader).
+        epochs: Epochs to run.
+        warmup_steps: Steps at the start of the run excluded from the steady-state fraction.
+        seed: Seed of the sampler order and the model.
+        world_size: Ranks.
+        max_steps_per_epoch: Stop each epoch after this many steps (a slice), or None for all.
+        link_profile: Link-emulation profile in the path, when the testbed's emulator is used.
+    """
+
+    dataset_url: str
+    workload: str
+    loader: LoaderSpec
+    compute: ComputeSpec = field(default_factory=ComputeSpec)
+    batch_size: int = 32
+    num_workers: int = 2
+    epochs: int = 1
+    warmup_steps: int = 5
+    seed: int = 0
+    world_size: int = 1
+    max_steps_per_epoch: int | None = None
+    link_profile: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EpochMetrics:
+    """Figures of one epoch on one rank.
+
+    Attributes:
+        data_wait_fraction: Σ wait / Σ (wait + compute) over the epoch's measured steps.
+    """
+
+    epoch: int
+    rank: int
+    steps: int
+    samples: int
+    wall_s: float
+    wait_s: float
+    compute_s: float
+    data_wait_fraction: float
+    throughput_samples_per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class RankMetrics:
+    """Steady-state figures of one rank, with its loader's counters."""
+
+    rank: int
+    data_wait_fraction: float
+    wait_s: float
+    compute_s: float
+    iterator_setup_s: float
+    time_to_first_batch_s: float
+    loader_stats: LoaderStats = field(default_factory=LoaderStats)
+
+
+@dataclass(frozen=True, slots=True)
+class RunMetrics:
+    """The summary of a run (steady state: warm-up steps excluded, unless named ``whole_run``).
+
+    Attributes:
+        data_wait_fraction: Σ wait / Σ (wait + compute) over measured steps of the bottleneck rank.
+        accelerator_utilization: 1 - data_wait_fraction (MLPerf Storage's AU).
+        data_wait_fraction_whole_run: The same over every step, warm-up included.
+        bottleneck_rank: Rank with the largest total wait (it gates a synchronous step).
+        measured_steps: Steps in the steady-state window.
+        gpu_utilization_mean: NVML utilisation, on CUDA only.
+    """
+
+    data_wait_fraction: float
+    accelerator_utilization: float
+    data_wait_fraction_whole_run: float
+    time_to_first_batch_s: float
+    iterator_setup_s: float
+    epoch_time_s_mean: float
+    throughput_samples_per_s: float
+    throughput_bytes_per_s: float
+    wait_s_p50: float
+    wait_s_p90: float
+    wait_s_p99: float
+    compute_s_mean: float
+    measured_steps: int
+    total_samples: int
+    wall_s: float
+    bottleneck_rank: int = 0
+    gpu_utilization_mean: float | None = None
+    epochs: tuple[EpochMetrics, ...] = ()
+    ranks: tuple[RankMetrics, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Diagnosis:
+    """What bounds the run (DS-Analyzer style): accelerator, CPU (decode/augment) or storage.
+
+    Attributes:
+        bound: ``accelerator``, ``cpu`` or ``storage``.
+        fetch_stall_fraction: Share of step time lost to fetching bytes.
+        prep_stall_fraction: Share of step time lost to decode/augment (measured from memory).
+        summary: One sentence for people.
+    """
+
+    bound: str
+    fetch_stall_fraction: float
+    prep_stall_fraction: float
+    summary: str
+
+
+@dataclass(frozen=True, slots=True)
+class Issue:
+    """Something a reader of the result must know (mlpstorage's Issue).
+
+    Attributes:
+        severity: ``info``, ``warning`` or ``invalid`` (the result must not be trusted).
+        code: Stable short identifier, e.g. ``partial-read``, ``cold-cache``.
+        message: One sentence, with the cure where there is one.
+    """
+
+    severity: str
+    code: str
+    message: str
+    expected: str | None = None
+    actual: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MachineInfo:
+    """Environment fingerprint recorded with each result; never contains secrets."""
+
+    hostname: str
+    platform: str
+    python_version: str
+    cpu_count: int
+    memory_bytes: int
+    torch_version: str | None = None
+    accelerator: str = "none"
+    accelerator_name: str | None = None
+    delibench_version: str = ""
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CostEstimate:
+    """Dollars for the measured run and per epoch, from a dated price sheet."""
+
+    price_sheet_id: str
+    instance_usd_per_hour: float
+    compute_usd: float
+    requests_usd: float
+    egress_usd: float
+    total_usd: float
+    idle_accelerator_usd: float
+    usd_per_epoch: float
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """The single result unit of one run of one loader: inputs, environment and figures.
+
+    Attributes:
+        run_id: ``<UTC yyyymmddThhmmssZ>-<8 hex of the spec>``.
+        dataset_sample_count: Samples in the dataset (per the manifest).
+        dataset_bytes: Bytes in the dataset.
+        steps_path: Sidecar CSV with the per-step timeline, when written.
+        timeline: Per-step samples (kept in the record when small; else only in the sidecar).
+    """
+
+    run_id: str
+    created_at: str
+    delibench_version: str
+    spec: RunSpec
+    machine: MachineInfo
+    metrics: RunMetrics
+    loader_stats: LoaderStats
+    dataset_sample_count: int
+    dataset_bytes: int
+    dataset_id: str = ""
+    status: str = "complete"
+    diagnosis: Diagnosis | None = None
+    cost: CostEstimate | None = None
+    issues: tuple[Issue, ...] = ()
+    steps_path: str | None = None
+    timeline: tuple[StepSample, ...] = ()
+    schema_version: int = RESULT_SCHEMA_VERSION
+
+    @property
+    def valid(self) -> bool:
+        """False when any issue is ``invalid``."""
+        return not any(i.severity == "invalid" for i in self.issues)
+
+
+def to_dict(obj: Any) -> Any:
+    """Serialise a record (recursively) into JSON-ready dicts, lists and scalars."""
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_dict(v) for v in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_dict(v) for k, v in obj.items()}
+    return obj
+
+
+def _convert(tp: Any, value: Any) -> Any:
+    if value is None:
+        return None
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _convert(args[0], value) if len(args) == 1 else value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value)
+    if origin is tuple:
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_convert(args[0], v) for v in value)
+        return tuple(_convert(a, v) for a, v in zip(args, value))
+    if origin is list:
+        (arg,) = typing.get_args(tp)
+        return [_convert(arg, v) for v in value]
+    if tp is float and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def from_dict(cls: type[T], data: dict[str, Any]) -> T:
+    """Build record ``cls`` from :func:`to_dict` output; unknown keys are rejected.
+
+    Raises:
+        TypeError: Missing or unknown fields.
+    """
+    if not isinstance(data, dict):
+        raise TypeError(f"{cls.__name__}: expected an object, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = set(data) - names
+    if unknown:
+        raise TypeError(f"{cls.__name__}: unknown field(s) {sorted(unknown)}")
+    kwargs = {k: _convert(hints[k], v) for k, v in data.items()}
+    return cls(**kwargs)

@@ -1,0 +1,139 @@
+"""Resolving dataset URLs to fsspec filesystems, with endpoints from the environment and redaction."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from delibench.errors import UsageError
+
+__all__ = [
+    "SUPPORTED_PROTOCOLS",
+    "Location",
+    "join_url",
+    "redact",
+    "resolve",
+    "storage_options_for",
+]
+
+#: URL schemes delibench reads and writes; ``gcs`` is an alias of ``gs``.
+SUPPORTED_PROTOCOLS = ("file", "s3", "gs", "memory")
+_ALIASES = {"gcs": "gs", "local": "file", "": "file"}
+
+
+@dataclass(frozen=True, slots=True)
+class Location:
+    """A dataset root: the protocol, the fsspec path (no scheme) and the storage options to reach it.
+
+    ``storage_options`` can hold an endpoint and, for explicit configuration, credentials, so it is
+    never printed; use ``display_url`` for messages.
+    """
+
+    protocol: str
+    path: str
+    storage_options: dict[str, Any]
+
+    @property
+    def url(self) -> str:
+        """The canonical URL (``s3://bucket/prefix``, ``/abs/dir`` for local files)."""
+        return self.path if self.protocol == "file" else f"{self.protocol}://{self.path}"
+
+    @property
+    def display_url(self) -> str:
+        """The URL safe to show: credentials removed."""
+        return redact(self.url)
+
+    def child(self, key: str) -> str:
+        """The fsspec path (no scheme) of ``key`` under this root."""
+        return join_url(self.path, key)
+
+    def filesystem(self) -> Any:
+        """A new or cached fsspec filesystem for this location (imports the backend lazily)."""
+        import fsspec
+
+        if self.protocol == "gs":
+            # NOTE: gcsfs >= 2025 probes the bucket type over gRPC, which hangs on emulators.
+            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+        try:
+            return fsspec.filesystem(self.protocol, **self.storage_options)
+        except ImportError as exc:
+            raise UsageError(f"no filesystem for {self.protocol}://: {exc}", hint="pip install s3fs gcsfs") from exc
+
+
+def redact(url: str) -> str:
+    """Remove ``user:password@`` and credential-like query parameters from a URL."""
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
+    query = re.sub(
+        r"(?i)((?:x-amz-)?(?:signature|credential|security-token|token|key|secret)[^=]*)=[^&]*",
+        r"\1=REDACTED",
+        parts.query,
+    )
+    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+
+
+def join_url(root: str, key: str) -> str:
+    """Join a root path or URL and a relative ``/``-separated key."""
+    return f"{root.rstrip('/')}/{key.lstrip('/')}" if key else root
+
+
+def storage_options_for(protocol: str) -> dict[str, Any]:
+    """Storage options for ``protocol`` taken from the environment.
+
+    Credentials are left to each client's usual provider chain (``AWS_*`` variables, profiles,
+    instance metadata; Google application-default credentials). Only endpoints are read here:
+    ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for S3-compatible stores (as the testbed
+    prints them) and ``STORAGE_EMULATOR_HOST`` for a GCS emulator.
+    """
+    if protocol == "s3":
+        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+        options: dict[str, Any] = {}
+        if endpoint:
+            options["client_kwargs"] = {"endpoint_url": endpoint}
+            options["config_kwargs"] = {"s3": {"addressing_style": "path"}}
+        return options
+    if protocol == "gs":
+        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
+        if emulator:
+            return {"endpoint_url": emulator, "token": "anon", "project": "delibench"}
+        return {}
+    return {}
+
+
+def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location:
+    """Turn a user's URL (``s3://b/p``, ``gs://b/p``, ``file:///d``, ``./d``, ``memory://p``) into a Location.
+
+    Args:
+        url: The dataset root or object URL.
+        storage_options: Options that override those derived from the environment.
+
+    Raises:
+        UsageError: Empty URL, unsupported scheme, or a bucket URL without a bucket name.
+    """
+    if not url or not url.strip():
+        raise UsageError("empty URL", hint="give a path or an s3://, gs://, file:// URL")
+    url = url.strip()
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "file", url
+    scheme = _ALIASES.get(scheme.lower(), scheme.lower())
+    if scheme not in SUPPORTED_PROTOCOLS:
+        raise UsageError(
+            f"unsupported URL scheme {scheme + '://'!r} in {redact(url)!r}",
+            hint=f"use one of: {', '.join(p + '://' for p in SUPPORTED_PROTOCOLS)} or a local path",
+        )
+    if scheme == "file":
+        path = os.path.abspath(os.path.expanduser(rest))
+    elif scheme == "memory":
+        path = "/" + rest.strip("/")
+    else:
+        path = rest.strip("/")
+        bucket = path.split("/", 1)[0]
+        if not bucket or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,62}", bucket):
+            raise UsageError(f"bad bucket name in {redact(url)!r}", hint="bucket names are 3-63 lower-case letters, digits, '-', '.'")
+    options = storage_options_for(scheme)
+    options.update(storage_options or {})
+    return Location(protocol=scheme, path=path, storage_options=options)
