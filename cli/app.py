@@ -42,6 +42,7 @@ _COMMAND_MODULES = (
     "delibench.cli.testbed",
     "delibench.cli.data",
     "delibench.cli.run",
+    "delibench.cli.calibrate",
     "delibench.cli.tune",
     "delibench.cli.report",
     "delibench.cli.geo",
