@@ -1,0 +1,364 @@
+"""Real multi-process training across emulated regions: one process per worker, gloo collectives, measured results.
+
+Every worker trains the same small MLP on its own stream of synthetic samples (a fixed random
+"teacher" network labels Gaussian inputs, so the task is learnable and a fixed held-out set measures
+accuracy). Each step's compute is padded to the region's ``step_time_s`` (an emulated accelerator,
+as in DLIO), so regions with slower or faster accelerators behave as they would; the sync strategy
+and WAN emulation come from :mod:`delibench.geo.sync`.
+
+Processes are started with the ``spawn`` method (daemonic, so they die with the parent), talk over
+127.0.0.1 on a free port, and are terminated, then killed, if any fails or the run times out.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from delibench.errors import RuntimeFailure, UsageError
+from delibench.geo.cost import geo_cost_usd
+from delibench.geo.regions import RegionsConfig
+from delibench.geo.sync import EMULATION, STRATEGIES, GeoComm, Topology, make_strategy
+
+__all__ = ["GeoResult", "GeoRunSpec", "parse_workers", "run_geo"]
+
+
+@dataclass(frozen=True, slots=True)
+class GeoRunSpec:
+    """Inputs of one geo-distributed training run.
+
+    Attributes:
+        strategy: ``allreduce``, ``asgd-ga`` or ``ma``.
+        workers: ``(region, workers)`` pairs; regions with workers, in regions-file order.
+        steps: Training steps per worker.
+        period: ``ma``: average models every ``period`` steps (H).
+        accum: ``asgd-ga``: accumulate ``accum`` steps per exchange (K).
+        staleness: ``asgd-ga``: apply an exchange this many rounds after sending it (S).
+        lr: SGD learning rate (no momentum).
+        batch_size: Samples per worker per step.
+        input_dim: Features per synthetic sample.
+        hidden: Width of the MLP's two hidden layers (sets the bytes each sync moves).
+        classes: Number of classes.
+        seed: Seed of the model initialisation, the teacher and every worker's sample stream.
+        step_time_scale: Multiplies every region's ``step_time_s`` (0 = no compute padding).
+        val_samples: Size of the held-out set.
+        params_path: Where rank 0 saves the final parameter vector (``torch.save``), if set.
+    """
+
+    strategy: str
+    workers: tuple[tuple[str, int], ...]
+    steps: int = 100
+    period: int = 8
+    accum: int = 4
+    staleness: int = 1
+    lr: float = 0.3
+    batch_size: int = 32
+    input_dim: int = 32
+    hidden: int = 64
+    classes: int = 4
+    seed: int = 0
+    step_time_scale: float = 1.0
+    val_samples: int = 2048
+    params_path: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise UsageError(f"unknown sync strategy {self.strategy!r}", hint=f"choose one of {', '.join(STRATEGIES)}")
+        for name, value in (("steps", self.steps), ("period", self.period), ("accum", self.accum), ("batch_size", self.batch_size), ("hidden", self.hidden)):
+            if value < 1:
+                raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+        if self.staleness < 0:
+            raise UsageError(f"--staleness must be >= 0, got {self.staleness}")
+        if not self.lr > 0:
+            raise UsageError(f"--lr must be > 0, got {self.lr}")
+        if self.step_time_scale < 0:
+            raise UsageError(f"--step-time-scale must be >= 0, got {self.step_time_scale}")
+
+    @property
+    def topology(self) -> Topology:
+        """Ranks per region."""
+        return Topology(regions=tuple(r for r, _ in self.workers), workers=tuple(n for _, n in self.workers))
+
+
+@dataclass(frozen=True, slots=True)
+class GeoResult:
+    """What one run measured (all ranks aggregated).
+
+    Attributes:
+        wall_s: Slowest rank's time from the start barrier to its last sync.
+        sync_s_mean: Mean over ranks of the time inside synchronisation calls.
+        wan_wait_s_mean: Mean over ranks of the injected WAN wait (part of ``sync_s_mean``).
+        compute_s_mean: Mean over ranks of the (padded) compute time.
+        cross_region_bytes: Every byte that crossed a region boundary (sum over links).
+        link_bytes: ``"src->dst"`` -> bytes.
+        cross_region_collectives: Cross-region exchanges per leader.
+        loss_curve: Training loss per step, averaged over ranks.
+        val_loss: Loss of the final model on the held-out set.
+        val_accuracy: Accuracy of the final model on the held-out set, in [0, 1].
+        compute_usd: Every worker's accelerator billed for ``wall_s``.
+        egress_usd: Cross-region bytes at the links' prices.
+    """
+
+    strategy: str
+    spec: dict[str, Any]
+    emulation: str
+    world_size: int
+    param_count: int
+    wall_s: float
+    sync_s_mean: float
+    wan_wait_s_mean: float
+    compute_s_mean: float
+    cross_region_bytes: int
+    link_bytes: dict[str, int]
+    cross_region_collectives: int
+    loss_curve: tuple[float, ...]
+    val_loss: float
+    val_accuracy: float
+    compute_usd: float
+    egress_usd: float
+    total_usd: float
+    rank_results: tuple[dict[str, Any], ...] = field(default=(), repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (per-rank details left out)."""
+        d = asdict(self)
+        d.pop("rank_results")
+        d["loss_curve"] = list(self.loss_curve)
+        return d
+
+
+def parse_workers(text: str | None, config: RegionsConfig) -> tuple[tuple[str, int], ...]:
+    """``"2"`` (every region), ``"us-east=2,eu-west=1"`` (only those) or None (1 per region).
+
+    Raises:
+        UsageError: Unknown region, a count that is not a positive integer, or more workers than
+            the region's accelerators.
+    """
+    counts: dict[str, int] = {}
+    if text is None or text.strip().isdigit():
+        n = 1 if text is None else int(text)
+        counts = {name: n for name in config.names}
+    else:
+        for part in text.split(","):
+            name, sep, value = part.partition("=")
+            if not sep or not value.strip().isdigit():
+                raise UsageError(f"bad --workers-per-region entry {part!r}", hint="use e.g. us-east=2,eu-west=1 or a single number")
+            counts[config.region(name.strip()).name] = int(value)
+    out = []
+    for region in config.regions:
+        n = counts.get(region.name, 0)
+        if n < 0 or (n == 0 and region.name in counts):
+            raise UsageError(f"--workers-per-region: {region.name} needs at least 1 worker (leave it out instead)")
+        if n > region.accelerators.count:
+            raise UsageError(f"--workers-per-region: {region.name} has only {region.accelerators.count} accelerators, asked for {n}")
+        if n:
+            out.append((region.name, n))
+    if not out:
+        raise UsageError("--workers-per-region: no workers")
+    return tuple(out)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _teacher(spec: GeoRunSpec) -> tuple[Any, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(spec.seed + 7919)
+    return torch.randn(spec.input_dim, 64, generator=g), torch.randn(64, spec.classes, generator=g)
+
+
+def _samples(spec: GeoRunSpec, teacher: tuple[Any, Any], n: int, seed: int) -> tuple[Any, Any]:
+    import torch
+
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, spec.input_dim, generator=g)
+    y = torch.argmax(torch.tanh(x @ teacher[0]) @ teacher[1], dim=1)
+    return x, y
+
+
+def _model(spec: GeoRunSpec) -> Any:
+    import torch
+    from torch import nn
+
+    torch.manual_seed(spec.seed)
+    return nn.Sequential(
+        nn.Linear(spec.input_dim, spec.hidden),
+        nn.ReLU(),
+        nn.Linear(spec.hidden, spec.hidden),
+        nn.ReLU(),
+        nn.Linear(spec.hidden, spec.classes),
+    )
+
+
+def _worker(rank: int, world: int, port: int, config: RegionsConfig, spec: GeoRunSpec, out_dir: str) -> None:
+    """One rank: join the group, train ``spec.steps`` steps under the strategy, write ``rank<N>.json``."""
+    try:
+        import torch
+        import torch.distributed as dist
+        import torch.nn.functional as F
+
+        torch.set_num_threads(1)
+        # NOTE: gloo binds to the address the hostname resolves to; pin it to loopback where it exists.
+        if os.path.exists("/sys/class/net/lo"):
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
+        from datetime import timedelta
+
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=120))
+        try:
+            comm = GeoComm(spec.topology, config, rank)
+            model = _model(spec)
+            params = list(model.parameters())
+            strategy = make_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness)
+            step_time_s = config.region(comm.region).accelerators.step_time_s * spec.step_time_scale
+            teacher = _teacher(spec)
+            losses: list[float] = []
+            compute_s = 0.0
+            dist.barrier()
+            t_start = time.perf_counter()
+            for step in range(spec.steps):
+                t0 = time.perf_counter()
+                x, y = _samples(spec, teacher, spec.batch_size, spec.seed * 1_000_003 + rank * 100_003 + step)
+                loss = F.cross_entropy(model(x), y)
+                model.zero_grad(set_to_none=False)
+                loss.backward()
+                losses.append(float(loss.detach()))
+                # Emulated accelerator: the step lasts at least the region's step time.
+                pad_s = step_time_s - (time.perf_counter() - t0)
+                if pad_s > 0:
+                    time.sleep(pad_s)
+                compute_s += time.perf_counter() - t0
+                with torch.no_grad():
+                    strategy.step(step)
+            with torch.no_grad():
+                strategy.finish()
+            wall_s = time.perf_counter() - t_start
+            with torch.no_grad():
+                vx, vy = _samples(spec, teacher, spec.val_samples, spec.seed + 104_729)
+                logits = model(vx)
+                val_loss = float(F.cross_entropy(logits, vy))
+                val_accuracy = float((logits.argmax(dim=1) == vy).float().mean())
+            if rank == 0 and spec.params_path:
+                torch.save(torch.nn.utils.parameters_to_vector(params).detach().clone(), spec.params_path)
+            ledger = comm.ledger
+            result = {
+                "rank": rank,
+                "region": comm.region,
+                "wall_s": wall_s,
+                "compute_s": compute_s,
+                "sync_s": ledger.sync_s,
+                "wan_wait_s": ledger.wan_wait_s,
+                "cross_region_bytes": ledger.cross_region_bytes,
+                "link_bytes": ledger.link_bytes,
+                "cross_region_collectives": ledger.cross_region_collectives,
+                "losses": losses,
+                "val_loss": val_loss,
+                "val_accuracy": val_accuracy,
+                "param_count": sum(p.numel() for p in params),
+            }
+            Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
+        finally:
+            dist.destroy_process_group()
+    except BaseException:
+        Path(out_dir, f"rank{rank}.error").write_text(traceback.format_exc())
+        raise
+
+
+def _stop(procs: list[Any]) -> None:
+    """Terminate, then kill, every process still alive; reap them all."""
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    deadline = time.monotonic() + 3.0
+    for p in procs:
+        p.join(max(0.0, deadline - time.monotonic()))
+        if p.is_alive():
+            p.kill()
+            p.join(2.0)
+
+
+def run_geo(config: RegionsConfig, spec: GeoRunSpec, *, timeout_s: float = 600.0) -> GeoResult:
+    """Train with one process per worker and return the aggregated measurements.
+
+    Raises:
+        RuntimeFailure: A worker failed (its last traceback line is in the message) or the run
+            exceeded ``timeout_s``; every worker is stopped either way.
+    """
+    import multiprocessing as mp
+
+    for name, _ in spec.workers:
+        config.region(name)
+    topology = spec.topology
+    world = topology.world_size
+    ctx = mp.get_context("spawn")
+    with tempfile.TemporaryDirectory(prefix="delibench-geo-") as out_dir:
+        port = _free_port()
+        procs = [ctx.Process(target=_worker, args=(rank, world, port, config, spec, out_dir), daemon=True, name=f"geo-rank{rank}") for rank in range(world)]
+        try:
+            for p in procs:
+                p.start()
+            deadline = time.monotonic() + timeout_s
+            while True:
+                codes = [p.exitcode for p in procs]
+                failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
+                if failed:
+                    rank = failed[0]
+                    err = Path(out_dir, f"rank{rank}.error")
+                    last = err.read_text().strip().splitlines()[-1] if err.exists() else f"exit code {codes[rank]}"
+                    raise RuntimeFailure(f"geo worker rank {rank} failed: {last}", hint="re-run with --debug for details")
+                if all(c == 0 for c in codes):
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeFailure(f"geo run exceeded its {timeout_s:.0f} s timeout; workers stopped")
+                time.sleep(0.05)
+        finally:
+            _stop(procs)
+        ranks = [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
+    return _aggregate(config, spec, ranks)
+
+
+def _aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, Any]]) -> GeoResult:
+    world = len(ranks)
+    link_bytes: dict[str, int] = {}
+    for r in ranks:
+        for key, nbytes in r["link_bytes"].items():
+            link_bytes[key] = link_bytes.get(key, 0) + nbytes
+    wall_s = max(r["wall_s"] for r in ranks)
+    cost = geo_cost_usd(
+        config,
+        {name: n * wall_s for name, n in spec.workers},
+        {tuple(k.split("->", 1)): v for k, v in link_bytes.items()},  # type: ignore[misc]
+    )
+    steps = spec.steps
+    curve = tuple(sum(r["losses"][i] for r in ranks) / world for i in range(steps))
+    return GeoResult(
+        strategy=spec.strategy,
+        spec={k: v for k, v in asdict(spec).items() if k != "params_path"},
+        emulation=EMULATION,
+        world_size=world,
+        param_count=ranks[0]["param_count"],
+        wall_s=wall_s,
+        sync_s_mean=sum(r["sync_s"] for r in ranks) / world,
+        wan_wait_s_mean=sum(r["wan_wait_s"] for r in ranks) / world,
+        compute_s_mean=sum(r["compute_s"] for r in ranks) / world,
+        cross_region_bytes=sum(r["cross_region_bytes"] for r in ranks),
+        link_bytes=link_bytes,
+        cross_region_collectives=max(r["cross_region_collectives"] for r in ranks),
+        loss_curve=curve,
+        val_loss=ranks[0]["val_loss"],
+        val_accuracy=ranks[0]["val_accuracy"],
+        compute_usd=cost.compute_usd,
+        egress_usd=cost.egress_usd,
+        total_usd=cost.total_usd,
+        rank_results=tuple(ranks),
+    )
