@@ -248,7 +248,8 @@ def savings(records: Sequence[RunRecord], costs: Sequence[CostEstimate]) -> Savi
     """Savings of the cheapest loader per epoch against the raw ``bucket`` loader.
 
     Args:
-        records: Runs to compare (the first with ``spec.loader.kind == "bucket"`` is the baseline).
+        records: Runs to compare (the first with ``spec.loader.kind == "bucket"`` is the baseline;
+            ``disk`` runs are a bound, considered only when no other loader ran).
         costs: Their estimates, in the same order.
 
     Returns:
@@ -259,6 +260,8 @@ def savings(records: Sequence[RunRecord], costs: Sequence[CostEstimate]) -> Savi
     pairs = list(zip(records, costs))
     baseline = next((p for p in pairs if p[0].spec.loader.kind == "bucket"), None)
     others = [p for p in pairs if p is not baseline and p[0].spec.loader.kind != "bucket"]
+    # NOTE: ``disk`` needs a local copy of the dataset (not priced here): it counts only when alone.
+    others = [p for p in others if p[0].spec.loader.kind != "disk"] or others
     if baseline is None or not others:
         return None
     best = min(others, key=lambda p: p[1].usd_per_epoch)

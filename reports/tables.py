@@ -1,0 +1,255 @@
+"""The summary table model (one row per run) and its renderings: rich, Markdown, CSV and JSON; plus the summary sentence."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from delibench.records import CostEstimate, RunRecord
+from delibench.reports.schema import csv_columns, csv_row
+from delibench.units import format_bytes, format_duration
+
+__all__ = [
+    "COLUMNS",
+    "COMPACT_KEYS",
+    "Column",
+    "SummaryTable",
+    "format_fraction",
+    "format_usd",
+    "records_csv",
+    "run_label",
+    "summary_sentence",
+    "summary_table",
+    "to_csv",
+    "to_json",
+    "to_markdown",
+    "to_rich",
+]
+
+
+def format_fraction(value: float | None) -> str:
+    """``0.043``-style: two decimals, three below 0.1 so small waits stay visible."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:.3f}" if value < 0.1 else f"{value:.2f}"
+
+
+def format_usd(value: float | None) -> str:
+    """``$0.31``; small amounts keep two significant digits (``$0.0021``)."""
+    if value is None:
+        return "-"
+    if value == 0:
+        return "$0"
+    if abs(value) >= 1:
+        return f"${value:,.2f}"
+    return f"${value:.{max(2, 1 - math.floor(math.log10(abs(value))))}f}"
+
+
+def _fmt_option(key: str, value: Any) -> str:
+    short = key.removesuffix("_bytes").removesuffix("_size").replace("_size", "")
+    if key.endswith("_bytes") and isinstance(value, int):
+        return f"{short}={format_bytes(value).replace(' ', '').replace('.0', '')}"
+    return f"{short}={value}"
+
+
+def run_label(record: RunRecord) -> str:
+    """Display name of a run: the loader's label, or ``kind(option=value, ...)`` (hyperfine's command names)."""
+    loader = record.spec.loader
+    if loader.label:
+        return loader.label
+    if not loader.options:
+        return loader.kind
+    opts = ", ".join(_fmt_option(k, v) for k, v in sorted(loader.options.items()))
+    return f"{loader.kind}({opts})"
+
+
+@dataclass(frozen=True, slots=True)
+class Column:
+    """One column: the row key, a header for people and how to show a value.
+
+    Attributes:
+        key: Row dict key (a field name with its unit suffix).
+        title: Header text.
+        fmt: Renders a raw value for people (rich and Markdown); CSV and JSON keep raw values.
+        numeric: Right-align in tables.
+    """
+
+    key: str
+    title: str
+    fmt: Callable[[Any], str] = str
+    numeric: bool = True
+
+
+def _num(fmt: str) -> Callable[[Any], str]:
+    return lambda v: "-" if v is None else format(v, fmt)
+
+
+COLUMNS: tuple[Column, ...] = (
+    Column("loader", "loader", numeric=False),
+    Column("data_wait_fraction", "data wait", format_fraction),
+    Column("accelerator_utilization", "accel. util.", format_fraction),
+    Column("throughput_samples_per_s", "samples/s", _num(",.0f")),
+    Column("epoch_time_s_mean", "epoch time", lambda v: "-" if v is None else format_duration(v)),
+    Column("wait_s_p90", "wait p90", lambda v: "-" if v is None else format_duration(v)),
+    Column("time_to_first_batch_s", "first batch", lambda v: "-" if v is None else format_duration(v)),
+    Column("requests_count", "GETs", _num(",d")),
+    Column("bytes_read_remote", "remote bytes", lambda v: "-" if v is None else format_bytes(v)),
+    Column("cache_hit_rate", "hits", format_fraction),
+    Column("usd_per_epoch", "$/epoch", format_usd),
+    Column("idle_accelerator_usd", "idle $ (run)", format_usd),
+    Column("status", "status", numeric=False),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class SummaryTable:
+    """One row per run, raw values keyed by :data:`COLUMNS` keys, and the summary sentence.
+
+    Attributes:
+        columns: The columns, in display order.
+        rows: Raw values (numbers stay numbers) per run.
+        summary: The hyperfine-style sentence comparing the runs.
+    """
+
+    columns: tuple[Column, ...]
+    rows: tuple[dict[str, Any], ...]
+    summary: str
+
+
+def _row(record: RunRecord, cost: CostEstimate | None) -> dict[str, Any]:
+    m, s = record.metrics, record.loader_stats
+    status = record.status if record.valid else "invalid"
+    return {
+        "loader": run_label(record),
+        "run_id": record.run_id,
+        "data_wait_fraction": m.data_wait_fraction,
+        "accelerator_utilization": m.accelerator_utilization,
+        "throughput_samples_per_s": m.throughput_samples_per_s,
+        "epoch_time_s_mean": m.epoch_time_s_mean,
+        "wait_s_p90": m.wait_s_p90,
+        "time_to_first_batch_s": m.time_to_first_batch_s,
+        "requests_count": s.requests_count,
+        "bytes_read_remote": s.bytes_read_remote,
+        "cache_hit_rate": s.hit_rate,
+        "usd_per_epoch": cost.usd_per_epoch if cost else None,
+        "idle_accelerator_usd": cost.idle_accelerator_usd if cost else None,
+        "status": status,
+    }
+
+
+def summary_sentence(records: Sequence[RunRecord], costs: Sequence[CostEstimate | None] | None = None) -> str:
+    """One sentence for people, hyperfine style.
+
+    "deli waited 0.04 of step time vs 0.61 for bucket: 14x less data wait, $0.31/epoch vs $0.47/epoch".
+    The baseline is the raw ``bucket`` run when there is one, else the run that waited most; the
+    winner is the run that waited least among the others.
+    """
+    if not records:
+        return "no runs to summarise"
+    costs = list(costs) if costs is not None else [r.cost for r in records]
+    pairs = list(zip(records, costs))
+    if len(pairs) == 1:
+        r, c = pairs[0]
+        money = f", {format_usd(c.usd_per_epoch)}/epoch" if c else ""
+        return (
+            f"{run_label(r)} waited {format_fraction(r.metrics.data_wait_fraction)} of step time "
+            f"(accelerator utilisation {format_fraction(r.metrics.accelerator_utilization)}){money}"
+        )
+    baseline = next((p for p in pairs if p[0].spec.loader.kind == "bucket"), None)
+    if baseline is None:
+        baseline = max(pairs, key=lambda p: p[0].metrics.data_wait_fraction)
+    others = [p for p in pairs if p is not baseline]
+    # NOTE: ``disk`` reads a local copy: it is the bound a remote loader aims for, not a contender,
+    # so the sentence names the best remote loader and quotes the disk figure after it.
+    remote = [p for p in others if p[0].spec.loader.kind != "disk"] or others
+    best = min(remote, key=lambda p: p[0].metrics.data_wait_fraction)
+    disk = next((p for p in others if p[0].spec.loader.kind == "disk" and p is not best), None)
+    bw, ww = best[0].metrics.data_wait_fraction, baseline[0].metrics.data_wait_fraction
+    if bw <= 0:
+        ratio = "no measurable data wait"
+    elif ww >= bw:
+        ratio = f"{ww / bw:.1f}x less data wait"
+    else:
+        ratio = f"{bw / ww:.1f}x MORE data wait"
+    text = (
+        f"{run_label(best[0])} waited {format_fraction(bw)} of step time vs {format_fraction(ww)} "
+        f"for {run_label(baseline[0])}: {ratio}"
+    )
+    if best[1] and baseline[1]:
+        text += f", {format_usd(best[1].usd_per_epoch)}/epoch vs {format_usd(baseline[1].usd_per_epoch)}/epoch"
+    if disk is not None:
+        text += f" (local-disk bound: {format_fraction(disk[0].metrics.data_wait_fraction)})"
+    return text
+
+
+def summary_table(records: Sequence[RunRecord], costs: Sequence[CostEstimate | None] | None = None) -> SummaryTable:
+    """Build the table model; ``costs`` default to each record's stored ``cost``."""
+    costs = list(costs) if costs is not None else [r.cost for r in records]
+    if len(costs) != len(records):
+        raise ValueError("records and costs must have the same length")
+    rows = tuple(_row(r, c) for r, c in zip(records, costs))
+    return SummaryTable(COLUMNS, rows, summary_sentence(records, costs))
+
+
+#: Columns that fit an 80-column terminal.
+COMPACT_KEYS = ("loader", "data_wait_fraction", "throughput_samples_per_s", "wait_s_p90", "requests_count", "cache_hit_rate", "usd_per_epoch", "status")
+
+
+def to_rich(table: SummaryTable, *, compact: bool = False) -> Any:
+    """A ``rich.table.Table`` (caption: the summary sentence); ``compact`` keeps :data:`COMPACT_KEYS` only."""
+    from rich.table import Table
+
+    columns = [c for c in table.columns if not compact or c.key in COMPACT_KEYS]
+    out = Table(title="delibench results", caption=table.summary, caption_justify="left")
+    for col in columns:
+        widest = max((len(col.fmt(row.get(col.key))) for row in table.rows), default=0)
+        out.add_column(col.title, justify="right" if col.numeric else "left", no_wrap=col.numeric, min_width=min(widest, 28) if col.key == "loader" else None)
+    for row in table.rows:
+        out.add_row(*(col.fmt(row.get(col.key)) for col in columns))
+    return out
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: SummaryTable) -> str:
+    """A GitHub Markdown table followed by the summary sentence."""
+    lines = [
+        "| " + " | ".join(_md_escape(c.title) for c in table.columns) + " |",
+        "|" + "|".join("---:" if c.numeric else ":---" for c in table.columns) + "|",
+    ]
+    for row in table.rows:
+        lines.append("| " + " | ".join(_md_escape(c.fmt(row.get(c.key))) for c in table.columns) + " |")
+    return "\n".join(lines) + f"\n\n{table.summary}\n"
+
+
+def to_csv(table: SummaryTable) -> str:
+    """The table's raw values as CSV (header = column keys, plus ``run_id``)."""
+    buf = io.StringIO()
+    keys = ["run_id"] + [c.key for c in table.columns]
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for row in table.rows:
+        writer.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in keys})
+    return buf.getvalue()
+
+
+def to_json(table: SummaryTable) -> str:
+    """``{"summary": ..., "rows": [...]}`` with raw values (``null`` where unknown)."""
+    return json.dumps({"summary": table.summary, "rows": list(table.rows)}, indent=2) + "\n"
+
+
+def records_csv(records: Sequence[RunRecord]) -> str:
+    """One row per run with every schema column (:func:`delibench.reports.schema.csv_columns`)."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(csv_columns()), lineterminator="\n")
+    writer.writeheader()
+    for record in records:
+        writer.writerow(csv_row(record))
+    return buf.getvalue()
