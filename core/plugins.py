@@ -14,6 +14,7 @@ loaders.register("disk", "delibench.loaders.disk:DiskLoader")
 loaders.register("bucket", "delibench.loaders.bucket:BucketLoader")
 loaders.register("deli", "delibench.loaders.deli:DeliLoader")
 loaders.register("fsspec-cache", "delibench.loaders.fsspec_cache:FsspecCacheLoader")
+loaders.register("memory", "delibench.loaders.memory:MemoryLoader")
 loaders.register(
     "s3torchconnector",
     "delibench.loaders.peers:S3TorchConnectorLoader",
@@ -27,3 +28,8 @@ loaders.register(
 
 #: Workload factories by name; third parties add theirs through ``delibench.workloads``.
 workloads: Registry[Any] = Registry("delibench.workloads")
+workloads.register("resnet50", "delibench.workloads.models:RESNET50")
+workloads.register("resnet18", "delibench.workloads.models:RESNET18")
+workloads.register("mobilenet_v3_small", "delibench.workloads.models:MOBILENET_V3_SMALL")
+workloads.register("mnist-cnn", "delibench.workloads.models:MNIST_CNN")
+workloads.register("cifar-resnet50", "delibench.workloads.models:CIFAR_RESNET50")

@@ -1,0 +1,427 @@
+"""A byte-budgeted sample cache with pluggable eviction (LRU, Belady) and an optional checked disk tier.
+
+Pure Python, no torch and no I/O unless a disk tier is asked for, so the tuning module can replay
+sampler orders through it to simulate hit rates.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import heapq
+import itertools
+import math
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Hashable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+from delibench.errors import UsageError
+from delibench.manifest import checksum
+
+__all__ = [
+    "BeladyPolicy",
+    "ByteBudgetCache",
+    "CacheStats",
+    "EvictionPolicy",
+    "LruPolicy",
+    "make_policy",
+    "policy_names",
+    "register_policy",
+]
+
+NEVER = math.inf
+
+
+class EvictionPolicy(Protocol):
+    """Chooses what to evict; knows keys and (for clairvoyant policies) their next use time.
+
+    Not thread-safe on its own: :class:`ByteBudgetCache` calls it under its lock.
+    """
+
+    name: ClassVar[str]
+
+    def add(self, key: Hashable, next_use: float) -> None:
+        """Track a newly cached key."""
+
+    def touch(self, key: Hashable, next_use: float) -> None:
+        """Record an access of a cached key (and its new next use)."""
+
+    def remove(self, key: Hashable) -> None:
+        """Forget a key (evicted or discarded)."""
+
+    def victim(self) -> tuple[Hashable, float]:
+        """The key to evict next and its next use time (``inf`` when unknown); cache is non-empty."""
+
+    def admits(self, next_use: float, victim_next_use: float) -> bool:
+        """Whether a newcomer used at ``next_use`` is worth evicting the victim used at ``victim_next_use``."""
+
+
+_POLICIES: dict[str, type] = {}
+
+
+def register_policy(cls: type) -> type:
+    """Class decorator: make an eviction policy available by its ``name`` (e.g. ``--eviction lru``)."""
+    _POLICIES[cls.name] = cls
+    return cls
+
+
+def policy_names() -> list[str]:
+    """Registered eviction policy names, sorted."""
+    return sorted(_POLICIES)
+
+
+def make_policy(name: str) -> EvictionPolicy:
+    """A fresh policy instance by name.
+
+    Raises:
+        UsageError: Unknown name, with a did-you-mean suggestion.
+    """
+    if name not in _POLICIES:
+        close = difflib.get_close_matches(name, _POLICIES, n=1)
+        hint = f"did you mean {close[0]!r}?" if close else f"choose one of: {', '.join(policy_names())}"
+        raise UsageError(f"unknown eviction policy {name!r}", hint=hint)
+    return _POLICIES[name]()
+
+
+@register_policy
+class LruPolicy:
+    """Least recently used first; ignores next-use hints. O(1) per operation."""
+
+    name: ClassVar[str] = "lru"
+
+    def __init__(self) -> None:
+        self._order: OrderedDict[Hashable, None] = OrderedDict()
+
+    def add(self, key: Hashable, next_use: float) -> None:
+        self._order[key] = None
+
+    def touch(self, key: Hashable, next_use: float) -> None:
+        self._order.move_to_end(key)
+
+    def remove(self, key: Hashable) -> None:
+        self._order.pop(key, None)
+
+    def victim(self) -> tuple[Hashable, float]:
+        return next(iter(self._order)), NEVER
+
+    def admits(self, next_use: float, victim_next_use: float) -> bool:
+        return True
+
+
+@register_policy
+class BeladyPolicy:
+    """Evict the key whose next use is furthest away (Belady's MIN), with the known future order.
+
+    Refuses a newcomer that is needed later than everything cached (caching it would only evict
+    something needed sooner). O(log n) per operation with a lazily cleaned max-heap.
+    """
+
+    name: ClassVar[str] = "belady"
+
+    def __init__(self) -> None:
+        self._next: dict[Hashable, float] = {}
+        self._heap: list[tuple[float, int, Hashable]] = []
+        self._seq = itertools.count()
+
+    def _push(self, key: Hashable, next_use: float) -> None:
+        self._next[key] = next_use
+        heapq.heappush(self._heap, (-next_use, next(self._seq), key))
+        if len(self._heap) > 2 * len(self._next) + 64:
+            # Drop stale entries so the heap stays O(items).
+            self._heap = [(-v, next(self._seq), k) for k, v in self._next.items()]
+            heapq.heapify(self._heap)
+
+    def add(self, key: Hashable, next_use: float) -> None:
+        self._push(key, next_use)
+
+    def touch(self, key: Hashable, next_use: float) -> None:
+        self._push(key, next_use)
+
+    def remove(self, key: Hashable) -> None:
+        self._next.pop(key, None)
+
+    def victim(self) -> tuple[Hashable, float]:
+        while True:
+            neg, _, key = self._heap[0]
+            if self._next.get(key) == -neg:
+                return key, -neg
+            heapq.heappop(self._heap)  # stale: key removed or re-prioritised since
+
+    def admits(self, next_use: float, victim_next_use: float) -> bool:
+        return next_use < victim_next_use
+
+
+@dataclass(frozen=True, slots=True)
+class CacheStats:
+    """Cumulative counters of one cache (memory tier, plus the disk tier when present).
+
+    Attributes:
+        hits: Lookups served (memory or disk tier).
+        misses: Lookups not served.
+        evictions: Items dropped from the memory tier to keep its budget (spills included).
+        rejected: Offers not admitted (too large, or refused by the policy).
+        peak_bytes: Largest memory-tier occupancy seen; never above ``capacity_bytes``.
+        current_bytes: Memory-tier occupancy now.
+        items: Items in the memory tier now.
+        disk_hits: Hits served by the disk tier.
+        disk_bytes: Disk-tier occupancy now.
+        disk_peak_bytes: Largest disk-tier occupancy seen; never above its budget.
+        corrupt_count: Disk-tier files whose checksum did not match (dropped, counted as misses).
+    """
+
+    hits: int = 0
+    misses: int = 0
+    evictions: int = 0
+    rejected: int = 0
+    peak_bytes: int = 0
+    current_bytes: int = 0
+    items: int = 0
+    disk_hits: int = 0
+    disk_bytes: int = 0
+    disk_peak_bytes: int = 0
+    corrupt_count: int = 0
+
+    @property
+    def hit_rate(self) -> float | None:
+        """hits / (hits + misses), or None before any lookup."""
+        total = self.hits + self.misses
+        return self.hits / total if total else None
+
+
+class _DiskTier:
+    """Spilled items as files under ``directory``, within ``capacity_bytes``; verified on read."""
+
+    def __init__(self, directory: str | os.PathLike[str], capacity_bytes: int, policy: str,
+                 checksums: Callable[[Hashable], str | None]) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.capacity_bytes = capacity_bytes
+        self.policy = make_policy(policy)
+        self.sizes: dict[Hashable, int] = {}
+        self.bytes = 0
+        self.peak_bytes = 0
+        self.corrupt = 0
+        self._checksums = checksums
+
+    def _path(self, key: Hashable) -> Path:
+        return self.dir / (hashlib.sha1(repr(key).encode()).hexdigest() + ".bin")
+
+    def put(self, key: Hashable, data: bytes, next_use: float) -> bool:
+        size = len(data)
+        if size > self.capacity_bytes:
+            return False
+        if key in self.sizes:
+            self.policy.touch(key, next_use)
+            return True
+        while self.bytes + size > self.capacity_bytes:
+            victim, victim_use = self.policy.victim()
+            if not self.policy.admits(next_use, victim_use):
+                return False
+            self.remove(victim)
+        tmp = self._path(key).with_suffix(".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, self._path(key))
+        self.sizes[key] = size
+        self.bytes += size
+        self.peak_bytes = max(self.peak_bytes, self.bytes)
+        self.policy.add(key, next_use)
+        return True
+
+    def take(self, key: Hashable) -> bytes | None:
+        """Read and remove ``key``; None (and the file dropped) when absent or corrupt."""
+        if key not in self.sizes:
+            return None
+        try:
+            data = self._path(key).read_bytes()
+        except OSError:
+            data = None
+        expected = self._checksums(key)
+        if data is None or len(data) != self.sizes[key] or (expected is not None and checksum(data) != expected):
+            self.corrupt += 1
+            self.remove(key)
+            return None
+        self.remove(key)
+        return data
+
+    def remove(self, key: Hashable) -> None:
+        size = self.sizes.pop(key, None)
+        if size is None:
+            return
+        self.bytes -= size
+        self.policy.remove(key)
+        self._path(key).unlink(missing_ok=True)
+
+    def clear(self) -> None:
+        for key in list(self.sizes):
+            self.remove(key)
+
+
+class ByteBudgetCache:
+    """A thread-safe key -> bytes cache whose memory occupancy never exceeds ``capacity_bytes``.
+
+    Eviction happens *before* insertion, so the peak occupancy is at most the budget; an item
+    larger than the budget is never admitted. With a disk tier, items evicted from memory spill
+    to files (within ``disk_capacity_bytes``), are verified against ``checksums`` when read back
+    (a corrupt file is dropped and reported as a miss), and move back to memory on a hit.
+
+    Args:
+        capacity_bytes: Memory budget (0 = cache nothing in memory).
+        policy: Eviction policy name (``lru``, ``belady`` or a registered one).
+        disk_dir: Directory of the disk tier (None = no disk tier). Files written there are
+            removed by :meth:`clear` / :meth:`close`.
+        disk_capacity_bytes: Disk-tier budget.
+        checksums: ``key -> sha256 hex`` (mapping or callable) used to verify disk reads.
+
+    ``next_use`` arguments are times on any monotonic clock the caller chooses (e.g. global sample
+    positions); only clairvoyant policies read them, and ``None`` means "not known to be needed".
+    """
+
+    def __init__(
+        self,
+        capacity_bytes: int,
+        policy: str = "lru",
+        *,
+        disk_dir: str | os.PathLike[str] | None = None,
+        disk_capacity_bytes: int = 0,
+        checksums: Mapping[Hashable, str] | Callable[[Hashable], str | None] | None = None,
+    ) -> None:
+        if capacity_bytes < 0 or disk_capacity_bytes < 0:
+            raise UsageError("cache budgets must not be negative")
+        self.capacity_bytes = int(capacity_bytes)
+        self.policy_name = policy
+        self._policy = make_policy(policy)
+        self._data: dict[Hashable, bytes] = {}
+        self._bytes = 0
+        self._peak = 0
+        self._hits = self._misses = self._evictions = self._rejected = self._disk_hits = 0
+        self._lock = threading.RLock()
+        if checksums is None:
+            lookup: Callable[[Hashable], str | None] = lambda key: None  # noqa: E731
+        elif isinstance(checksums, Mapping):
+            lookup = checksums.get
+        else:
+            lookup = checksums
+        self._disk = _DiskTier(disk_dir, int(disk_capacity_bytes), policy, lookup) if disk_dir is not None else None
+
+    @staticmethod
+    def _when(next_use: float | None) -> float:
+        return NEVER if next_use is None else float(next_use)
+
+    def __contains__(self, key: object) -> bool:
+        with self._lock:
+            return key in self._data or (self._disk is not None and key in self._disk.sizes)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._data)
+
+    @property
+    def current_bytes(self) -> int:
+        """Memory-tier occupancy now."""
+        return self._bytes
+
+    def get(self, key: Hashable, next_use: float | None = None) -> bytes | None:
+        """The cached bytes of ``key`` (counted as a hit) or None (a miss).
+
+        Args:
+            key: The item.
+            next_use: When the item will be needed *after* this access (for clairvoyant policies).
+        """
+        when = self._when(next_use)
+        with self._lock:
+            data = self._data.get(key)
+            if data is not None:
+                self._hits += 1
+                self._policy.touch(key, when)
+                return data
+            if self._disk is not None:
+                data = self._disk.take(key)
+                if data is not None:
+                    self._hits += 1
+                    self._disk_hits += 1
+                    self._admit(key, data, when)
+                    return data
+            self._misses += 1
+            return None
+
+    def put(self, key: Hashable, data: bytes, next_use: float | None = None) -> bool:
+        """Offer ``data`` for ``key``; returns whether it is now cached (memory or disk tier)."""
+        with self._lock:
+            when = self._when(next_use)
+            if key in self._data:
+                self._policy.touch(key, when)
+                return True
+            return self._admit(key, bytes(data) if not isinstance(data, bytes) else data, when)
+
+    def _admit(self, key: Hashable, data: bytes, when: float) -> bool:
+        size = len(data)
+        if size > self.capacity_bytes:
+            return self._spill(key, data, when)
+        while self._bytes + size > self.capacity_bytes:
+            victim, victim_use = self._policy.victim()
+            if not self._policy.admits(when, victim_use):
+                return self._spill(key, data, when)
+            self._evict(victim, victim_use)
+        self._data[key] = data
+        self._bytes += size
+        self._peak = max(self._peak, self._bytes)
+        self._policy.add(key, when)
+        return True
+
+    def _spill(self, key: Hashable, data: bytes, when: float) -> bool:
+        if self._disk is not None and self._disk.put(key, data, when):
+            return True
+        self._rejected += 1
+        return False
+
+    def _evict(self, key: Hashable, when: float) -> None:
+        data = self._data.pop(key)
+        self._bytes -= len(data)
+        self._policy.remove(key)
+        self._evictions += 1
+        if self._disk is not None:
+            self._disk.put(key, data, when)
+
+    def discard(self, key: Hashable) -> None:
+        """Drop ``key`` from both tiers (not counted as an eviction)."""
+        with self._lock:
+            data = self._data.pop(key, None)
+            if data is not None:
+                self._bytes -= len(data)
+                self._policy.remove(key)
+            if self._disk is not None:
+                self._disk.remove(key)
+
+    def stats(self) -> CacheStats:
+        """A snapshot of the counters."""
+        with self._lock:
+            disk = self._disk
+            return CacheStats(
+                hits=self._hits,
+                misses=self._misses,
+                evictions=self._evictions,
+                rejected=self._rejected,
+                peak_bytes=self._peak,
+                current_bytes=self._bytes,
+                items=len(self._data),
+                disk_hits=self._disk_hits,
+                disk_bytes=disk.bytes if disk else 0,
+                disk_peak_bytes=disk.peak_bytes if disk else 0,
+                corrupt_count=disk.corrupt if disk else 0,
+            )
+
+    def clear(self) -> None:
+        """Drop every item from both tiers (counters are kept)."""
+        with self._lock:
+            for key in list(self._data):
+                self._policy.remove(key)
+            self._data.clear()
+            self._bytes = 0
+            if self._disk is not None:
+                self._disk.clear()
+
+    close = clear

@@ -1,0 +1,232 @@
+"""The DELI cached-prefetch loader: look ahead in the known order, fetch concurrently, cache across epochs."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from delibench.errors import UsageError
+from delibench.loaders.base import Batch, LoaderContext
+from delibench.loaders.cache import ByteBudgetCache, policy_names
+from delibench.loaders.pipeline import (
+    BytesBatchDataset,
+    batches_of,
+    context_order,
+    parse_options,
+    percentiles,
+    run_dataloader,
+)
+from delibench.loaders.prefetch import EpochPrefetcher
+from delibench.loaders.sampler import next_use
+from delibench.loaders.source import SampleSource
+from delibench.records import LoaderStats
+from delibench.units import parse_bytes
+
+__all__ = ["DeliLoader", "DeliOptions"]
+
+#: Least time between two points of the cache occupancy timeline.
+_TIMELINE_STEP_S = 0.01
+
+
+@dataclass(frozen=True)
+class DeliOptions:
+    """Options of the ``deli`` loader.
+
+    Attributes:
+        cache_size: Memory cache budget in bytes (or ``"512MiB"``); a hard limit; 0 = no cache.
+            Samples are offered to the cache after delivery and reused in later epochs.
+        prefetch_depth: Most samples fetched (or in flight) ahead of consumption; bounds the
+            prefetch memory to about ``prefetch_depth * sample size``.
+        concurrency: Most GETs in flight at once (on one event loop, not threads).
+        cache_tier: ``memory``, or ``disk`` to spill evicted samples to ``cache_dir``.
+        cache_dir: Directory of the disk tier (default: a temporary directory removed on close).
+        disk_cache_size: Disk tier budget in bytes (or ``"8GiB"``); required for ``cache_tier=disk``.
+        eviction: ``lru`` or ``belady`` (evicts what the next epoch needs last; refuses samples
+            needed later than everything cached).
+    """
+
+    cache_size: int | str = "1GiB"
+    prefetch_depth: int = 256
+    concurrency: int = 32
+    cache_tier: str = "memory"
+    cache_dir: str | None = None
+    disk_cache_size: int | str = 0
+    eviction: str = "lru"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cache_size", parse_bytes(self.cache_size))
+        object.__setattr__(self, "disk_cache_size", parse_bytes(self.disk_cache_size))
+        if not isinstance(self.prefetch_depth, int) or self.prefetch_depth < 1:
+            raise UsageError(f"prefetch_depth must be a whole number of samples >= 1, got {self.prefetch_depth!r}")
+        if not isinstance(self.concurrency, int) or self.concurrency < 1:
+            raise UsageError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
+        if self.cache_tier not in ("memory", "disk"):
+            raise UsageError(f"unknown cache_tier {self.cache_tier!r}", hint="use 'memory' or 'disk'")
+        if self.cache_tier == "disk" and not self.disk_cache_size:
+            raise UsageError("cache_tier=disk needs disk_cache_size", hint="e.g. disk_cache_size=8GiB")
+        if self.eviction not in policy_names():
+            raise UsageError(f"unknown eviction {self.eviction!r}", hint=f"use one of: {', '.join(policy_names())}")
+
+    @property
+    def cache_size_bytes(self) -> int:
+        """The memory budget as an int."""
+        return int(self.cache_size)
+
+
+class DeliLoader:
+    """Cached-prefetch loader: the fetcher runs in the loader's process, DataLoader workers only decode.
+
+    Design: the sampler order of the epoch is known, so an :class:`EpochPrefetcher` walks it
+    ``prefetch_depth`` samples ahead with ``concurrency`` GETs in flight on fsspec's event loop (one
+    thread, no client in the workers, so nothing to break after ``fork``). The DataLoader's sampler
+    yields ``[(index, bytes), ...]`` per batch, which the DataLoader sends to its workers through
+    its index queues for decoding. After delivery each fetched sample is offered to the
+    :class:`ByteBudgetCache`; later epochs look the cache up before fetching, so a sample is never
+    fetched twice in an epoch while cached, and with a cache holding the whole dataset epoch 2
+    issues no request at all.
+    """
+
+    name: ClassVar[str] = "deli"
+
+    def __init__(self, ctx: LoaderContext, **options: Any) -> None:
+        self.ctx = ctx
+        self.options = parse_options(DeliOptions, self.name, options)
+        self.source = SampleSource(ctx.dataset_url, ctx.manifest, ctx.storage_options, io_threads=self.options.concurrency)
+        self._tmpdir: str | None = None
+        disk_dir = None
+        if self.options.cache_tier == "disk":
+            disk_dir = self.options.cache_dir or tempfile.mkdtemp(prefix="delibench-deli-")
+            self._tmpdir = None if self.options.cache_dir else disk_dir
+        sums = [s.sha256 for s in ctx.manifest.samples]
+        self.cache = ByteBudgetCache(
+            self.options.cache_size_bytes,
+            self.options.eviction,
+            disk_dir=disk_dir,
+            disk_capacity_bytes=int(self.options.disk_cache_size),
+            checksums=lambda i: sums[i] if isinstance(i, int) and 0 <= i < len(sums) else None,
+        )
+        self._prefetcher: EpochPrefetcher | None = None
+        self._prefetch_peak = 0
+        self._lead_sum = 0
+        self._lead_count = 0
+        self._timeline: list[tuple[float, int]] = []
+        self._t0 = time.perf_counter()
+        self._closed = False
+
+    # -- epochs ---------------------------------------------------------------------------------
+
+    def iter_epoch(self, epoch: int) -> Iterator[Batch]:
+        """Yield this rank's batches of ``epoch`` (see :class:`delibench.loaders.base.Loader`)."""
+        if self._closed:
+            raise UsageError("the deli loader is closed")
+        self._stop_prefetcher()
+        order = context_order(self.ctx, epoch)
+        length = len(order)
+        # Global clock for eviction: position p of epoch e happens at e * length + p.
+        following = next_use(context_order(self.ctx, epoch + 1), offset=(epoch + 1) * length)
+
+        def when_next(pos: int) -> float | None:
+            return following.get(order[pos])
+
+        prefetcher = EpochPrefetcher(
+            self.source, order, self.cache, self.options.prefetch_depth, self.options.concurrency, when_next
+        )
+        self._prefetcher = prefetcher
+        prefetcher.start()
+        labels = [s.label for s in self.ctx.manifest.samples]
+        dataset = BytesBatchDataset(self.ctx.decode, labels)
+        try:
+            items = self._items(prefetcher, order, batches_of(order, self.ctx.batch_size), when_next)
+            for result in run_dataloader(dataset, items, self.ctx.num_workers):
+                yield result.unwrap()
+        finally:
+            self._stop_prefetcher()
+
+    def _items(
+        self, prefetcher: EpochPrefetcher, order: list[int], batches: list[list[int]], when_next: Any
+    ) -> Iterator[list[tuple[int, bytes]]]:
+        pos = 0
+        for batch in batches:
+            items = []
+            for idx in batch:
+                data, hit = prefetcher.take(pos)
+                if not hit:
+                    self.cache.put(idx, data, when_next(pos))
+                    self._record_occupancy()
+                items.append((idx, data))
+                pos += 1
+            yield items
+
+    def _record_occupancy(self) -> None:
+        now = time.perf_counter() - self._t0
+        if not self._timeline or now - self._timeline[-1][0] >= _TIMELINE_STEP_S:
+            self._timeline.append((now, self.cache.current_bytes))
+
+    def _stop_prefetcher(self) -> None:
+        prefetcher, self._prefetcher = self._prefetcher, None
+        if prefetcher is None:
+            return
+        try:
+            prefetcher.close()
+        finally:
+            self._prefetch_peak = max(self._prefetch_peak, prefetcher.peak_bytes)
+            self._lead_sum += prefetcher.lead_sum
+            self._lead_count += prefetcher.lead_count
+
+    # -- metrics --------------------------------------------------------------------------------
+
+    def occupancy_timeline(self) -> list[tuple[float, int]]:
+        """Cache occupancy over time: ``(seconds since the loader was built, bytes)`` points."""
+        return list(self._timeline)
+
+    def stats(self) -> LoaderStats:
+        """Cumulative counters: GETs, bytes, cache hits/misses/evictions, latency percentiles, lead."""
+        meter = self.source.meter
+        cache = self.cache.stats()
+        p50, p95, p99 = percentiles(list(meter.latencies_s))
+        lead_sum, lead_count = self._lead_sum, self._lead_count
+        prefetch_peak = self._prefetch_peak
+        active = self._prefetcher
+        if active is not None:
+            lead_sum += active.lead_sum
+            lead_count += active.lead_count
+            prefetch_peak = max(prefetch_peak, active.peak_bytes)
+        return LoaderStats(
+            requests_count=meter.requests_count,
+            bytes_read_remote=meter.bytes_read,
+            cache_hits=cache.hits,
+            cache_misses=cache.misses,
+            cache_evictions=cache.evictions,
+            cache_peak_bytes=cache.peak_bytes,
+            cache_bytes=cache.current_bytes,
+            prefetch_peak_bytes=prefetch_peak,
+            fetch_latency_s_p50=p50,
+            fetch_latency_s_p95=p95,
+            fetch_latency_s_p99=p99,
+            prefetch_lead_mean=lead_sum / lead_count if lead_count else None,
+            errors_count=meter.errors_count,
+        )
+
+    def close(self) -> None:
+        """Stop prefetching, drop the cache (and its disk files) and release the IO threads; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._stop_prefetcher()
+        finally:
+            self.cache.close()
+            self.source.close()
+            if self._tmpdir is not None:
+                shutil.rmtree(self._tmpdir, ignore_errors=True)
+                self._tmpdir = None
+
+    def __enter__(self) -> DeliLoader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

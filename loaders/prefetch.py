@@ -1,0 +1,179 @@
+"""Fetching one epoch's known order ahead of consumption, many requests in flight on one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections.abc import Callable, Sequence
+
+from delibench.errors import FetchError, RuntimeFailure
+from delibench.loaders.cache import ByteBudgetCache
+from delibench.loaders.source import SampleSource
+
+__all__ = ["EpochPrefetcher"]
+
+
+class EpochPrefetcher:
+    """Walks ``order`` up to ``depth`` samples ahead of the consumer with ``concurrency`` GETs in flight.
+
+    The walk runs as one coroutine on the source's IO loop (fsspec's loop thread: no thread of its
+    own). Each position is first looked up in ``cache`` (a hit costs no request); misses are
+    fetched. Fetched-but-not-taken bytes are bounded by ``depth`` samples; :meth:`take` hands the
+    bytes of each position to the consumer in order, exactly once.
+
+    Args:
+        source: Where misses are read from.
+        order: Manifest indices in consumption order.
+        cache: Looked up before each fetch (hits and misses are counted there).
+        depth: Most samples fetched or in flight ahead of the next one to be taken (>= 1).
+        concurrency: Most requests in flight (>= 1).
+        next_use: Position -> the global time the sample at that position is needed next after
+            this use (for clairvoyant eviction); None when unknown.
+    """
+
+    def __init__(
+        self,
+        source: SampleSource,
+        order: Sequence[int],
+        cache: ByteBudgetCache,
+        depth: int,
+        concurrency: int,
+        next_use: Callable[[int], float | None],
+    ) -> None:
+        self.source = source
+        self.order = list(order)
+        self.cache = cache
+        self.depth = max(1, depth)
+        self.concurrency = max(1, concurrency)
+        self.next_use = next_use
+        self._ready: dict[int, tuple[bytes | BaseException, bool]] = {}
+        self._cond = threading.Condition()
+        self._consumed = 0
+        self.ready_bytes = 0
+        self.peak_bytes = 0
+        self.lead_sum = 0
+        self.lead_count = 0
+        self._wake: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._future: concurrent.futures.Future[None] | None = None
+        self._stopped = threading.Event()
+        self._stop_requested = False
+        self._task: asyncio.Task[None] | None = None
+
+    # -- loop side ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin prefetching (returns at once)."""
+        self._loop = self.source.loop
+        self._future = asyncio.run_coroutine_threadsafe(self._main(), self._loop)
+
+    async def _main(self) -> None:
+        self._task = asyncio.current_task()
+        try:
+            if self._stop_requested:
+                return
+            self._wake = asyncio.Event()
+            await self._walk()
+        finally:
+            self._stopped.set()
+            with self._cond:
+                self._cond.notify_all()
+
+    async def _walk(self) -> None:
+        sem = asyncio.Semaphore(self.concurrency)
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            for pos, idx in enumerate(self.order):
+                while pos >= self._consumed + self.depth:
+                    assert self._wake is not None
+                    self._wake.clear()
+                    if pos < self._consumed + self.depth:
+                        break
+                    await self._wake.wait()
+                data = self.cache.get(idx, self.next_use(pos))
+                if data is not None:
+                    self._deliver(pos, data, hit=True)
+                    continue
+                await sem.acquire()
+                task = asyncio.ensure_future(self._fetch(pos, idx, sem))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            if tasks:
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _fetch(self, pos: int, idx: int, sem: asyncio.Semaphore) -> None:
+        try:
+            data: bytes | BaseException = await self.source.fetch(idx)
+        except asyncio.CancelledError:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            data = exc
+        finally:
+            sem.release()
+        self._deliver(pos, data, hit=False)
+
+    def _deliver(self, pos: int, data: bytes | BaseException, *, hit: bool) -> None:
+        with self._cond:
+            self._ready[pos] = (data, hit)
+            if isinstance(data, bytes):
+                self.ready_bytes += len(data)
+                self.peak_bytes = max(self.peak_bytes, self.ready_bytes)
+            self._cond.notify_all()
+
+    def _request_stop(self) -> None:
+        # NOTE: cancelling the concurrent future is not enough: a task cancelled before its first
+        # step never runs its finally clause, so the walk is stopped from inside the loop instead.
+        self._stop_requested = True
+        if self._task is not None:
+            self._task.cancel()
+
+    def _advance(self) -> None:
+        if self._wake is not None:
+            self._wake.set()
+
+    # -- consumer side --------------------------------------------------------------------------
+
+    def take(self, pos: int) -> tuple[bytes, bool]:
+        """Block until position ``pos`` is ready; returns its bytes and whether it was a cache hit.
+
+        Raises:
+            FetchError: The sample could not be read.
+            RuntimeFailure: The prefetcher stopped before reaching ``pos``.
+        """
+        with self._cond:
+            while pos not in self._ready:
+                if self._stopped.is_set():
+                    exc = self._future.exception() if self._future and self._future.done() else None
+                    raise RuntimeFailure(f"prefetcher stopped before sample position {pos}: {exc!r}")
+                self._cond.wait(0.5)
+            data, hit = self._ready.pop(pos)
+            if isinstance(data, bytes):
+                self.ready_bytes -= len(data)
+            self.lead_sum += len(self._ready)
+            self.lead_count += 1
+            self._consumed = pos + 1
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._advance)
+        if isinstance(data, BaseException):
+            if isinstance(data, FetchError):
+                raise FetchError(data.key, data.url, data.cause) from data
+            raise data
+        return data, hit
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Cancel outstanding requests and wait until the walk has stopped (idempotent)."""
+        if self._future is None or self._loop is None:
+            return
+        if not self._stopped.is_set() and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._request_stop)
+            if not self._stopped.wait(timeout_s):
+                raise RuntimeFailure(f"prefetcher did not stop within {timeout_s:g} s")
+        with self._cond:
+            self._ready.clear()
+            self.ready_bytes = 0
