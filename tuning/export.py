@@ -1,0 +1,265 @@
+"""Reading a finished (or running) study back: best configuration, Pareto front, importances, exports.
+
+Two export formats:
+
+* ``best.yaml``: a loader section ``delibench run --config best.yaml`` accepts, with the study and
+  the measured figures as YAML comments (comments, so the run config stays free of unknown keys)::
+
+      loader:
+        kind: deli
+        cache_size: 256MiB        # an IEC string when exact, else a byte count
+        prefetch_depth: 32
+        concurrency: 16
+        eviction: belady
+      num_workers: 2              # only when the study tuned the worker count
+
+* the trials JSON (``TRIALS_SCHEMA``): one document with the study, its objective(s), the
+  fingerprint, the recommended trial, the Pareto front, the model's error, and every trial with
+  its parameters, values, state, predicted and measured wait.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from delibench.errors import UsageError
+from delibench.tuning.guide import pareto_front
+from delibench.tuning.space import SearchSpace, TuneConfig
+from delibench.tuning.tuner import ATTR_FINGERPRINT, ATTR_MIN_AU, ATTR_OBJECTIVE, ATTR_PROBE, ATTR_SETTINGS, ATTR_SPACE
+
+__all__ = [
+    "TRIALS_SCHEMA",
+    "best_trials",
+    "importances",
+    "model_error",
+    "read_best_config",
+    "recommended_trial",
+    "study_space",
+    "trials_document",
+    "write_best_yaml",
+]
+
+#: Identifier and version of the trials JSON document.
+TRIALS_SCHEMA = "delibench.tune-trials/1"
+
+#: Complete trials needed before parameter importances mean anything.
+MIN_TRIALS_FOR_IMPORTANCE = 4
+
+
+def _complete(study: Any) -> list[Any]:
+    from optuna.trial import TrialState
+
+    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.values]
+
+
+def _feasible(study: Any, trial: Any) -> bool:
+    min_au = study.user_attrs.get(ATTR_MIN_AU)
+    if min_au is None:
+        return True
+    au = trial.user_attrs.get("accelerator_utilization")
+    return au is not None and au >= min_au
+
+
+def study_space(study: Any) -> SearchSpace:
+    """The search space stored with the study.
+
+    Raises:
+        UsageError: The study was not created by ``delibench tune``.
+    """
+    desc = study.user_attrs.get(ATTR_SPACE)
+    if desc is None:
+        raise UsageError(f"study {study.study_name!r} was not created by delibench tune (no search space stored)")
+    return SearchSpace.from_description(desc)
+
+
+def best_trials(study: Any) -> list[Any]:
+    """The best complete, feasible trials: one for a single objective, the Pareto front for two."""
+    trials = [t for t in _complete(study) if _feasible(study, t)]
+    if not trials:
+        return []
+    if len(trials[0].values) == 1:
+        return [min(trials, key=lambda t: (t.values[0], t.user_attrs.get("cache_bytes", 0), t.number))]
+    front = pareto_front([(t.values[0], t.values[1]) for t in trials])
+    return sorted((trials[i] for i in front), key=lambda t: (t.values[0], t.values[1]))
+
+
+def recommended_trial(study: Any) -> Any | None:
+    """The one trial to export: the best, or on a Pareto front the lowest-wait point."""
+    best = best_trials(study)
+    return best[0] if best else None
+
+
+def model_error(study: Any) -> dict[str, Any]:
+    """How well the analytic model predicted the measured wait over complete trials.
+
+    Returns:
+        ``count``, ``mean_abs_error`` (in wait-fraction points), ``max_abs_error``, ``bias``
+        (mean of predicted - measured) and ``spearman`` (rank correlation; None below 3 trials or
+        when either side is constant).
+    """
+    pairs = [
+        (t.user_attrs["predicted_wait_fraction"], t.user_attrs["measured_wait_fraction"])
+        for t in _complete(study)
+        if t.user_attrs.get("predicted_wait_fraction") is not None and t.user_attrs.get("measured_wait_fraction") is not None
+    ]
+    if not pairs:
+        return {"count": 0, "mean_abs_error": None, "max_abs_error": None, "bias": None, "spearman": None}
+    errors = [p - m for p, m in pairs]
+    rho = None
+    if len(pairs) >= 3 and len({p for p, _ in pairs}) > 1 and len({m for _, m in pairs}) > 1:
+        from scipy.stats import spearmanr
+
+        value = float(spearmanr([p for p, _ in pairs], [m for _, m in pairs]).statistic)
+        rho = None if math.isnan(value) else value
+    return {
+        "count": len(pairs),
+        "mean_abs_error": statistics.fmean(abs(e) for e in errors),
+        "max_abs_error": max(abs(e) for e in errors),
+        "bias": statistics.fmean(errors),
+        "spearman": rho,
+    }
+
+
+def importances(study: Any) -> dict[str, float] | None:
+    """Parameter importances (fANOVA) of the first objective; None with fewer than 4 complete trials."""
+    import optuna
+
+    complete = _complete(study)
+    if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
+        return None
+    try:
+        return dict(
+            optuna.importance.get_param_importances(study, target=lambda t: t.values[0])
+            if len(complete[0].values) > 1
+            else optuna.importance.get_param_importances(study)
+        )
+    except (RuntimeError, ValueError, ZeroDivisionError):
+        return None  # e.g. every trial had the same parameters or the same value
+
+
+def _trial_doc(study: Any, trial: Any, front: set[int]) -> dict[str, Any]:
+    ua = trial.user_attrs
+    return {
+        "number": trial.number,
+        "state": trial.state.name.lower(),
+        "params": dict(trial.params),
+        "config": ua.get("config"),
+        "label": ua.get("label"),
+        "values": list(trial.values) if trial.values else None,
+        "source": ua.get("source"),
+        "predicted_wait_fraction": ua.get("predicted_wait_fraction"),
+        "predicted_bound": ua.get("predicted_bound"),
+        "measured_wait_fraction": ua.get("measured_wait_fraction"),
+        "accelerator_utilization": ua.get("accelerator_utilization"),
+        "epoch_wait_fractions": ua.get("epoch_wait_fractions"),
+        "sim_miss_rate": ua.get("sim_miss_rate"),
+        "hit_rate": ua.get("hit_rate"),
+        "cost_value": ua.get("cost_value"),
+        "cost_unit": ua.get("cost_unit"),
+        "cost_usd_per_epoch": ua.get("cost_usd_per_epoch"),
+        "cache_bytes": ua.get("cache_bytes"),
+        "feasible": _feasible(study, trial) if trial.values else None,
+        "pareto": trial.number in front,
+        "run_id": ua.get("run_id"),
+        "duration_s": ua.get("duration_s"),
+        "pid": ua.get("pid"),
+        "started_at": trial.datetime_start.isoformat() if trial.datetime_start else None,
+        "completed_at": trial.datetime_complete.isoformat() if trial.datetime_complete else None,
+        "intermediate_values": {str(k): v for k, v in sorted(trial.intermediate_values.items())},
+    }
+
+
+def trials_document(study: Any) -> dict[str, Any]:
+    """The trials JSON document of a study (``TRIALS_SCHEMA``), for ``tune show --json`` and reports."""
+    best = best_trials(study)
+    front = {t.number for t in best}
+    rec = best[0] if best else None
+    trials = study.get_trials(deepcopy=False)
+    units = {t.user_attrs.get("cost_unit") for t in trials if t.user_attrs.get("cost_unit")}
+    return {
+        "schema": TRIALS_SCHEMA,
+        "study": study.study_name,
+        "objective": study.user_attrs.get(ATTR_OBJECTIVE),
+        "directions": [d.name.lower() for d in study.directions],
+        "min_au": study.user_attrs.get(ATTR_MIN_AU),
+        "cost_unit": units.pop() if len(units) == 1 else (sorted(units) or None),
+        "fingerprint": study.user_attrs.get(ATTR_FINGERPRINT),
+        "probe": study.user_attrs.get(ATTR_PROBE),
+        "settings": study.user_attrs.get(ATTR_SETTINGS),
+        "space": study.user_attrs.get(ATTR_SPACE),
+        "counts": _counts(trials),
+        "recommended": _trial_doc(study, rec, front) if rec is not None else None,
+        "pareto_front": [t.number for t in best] if len(study.directions) > 1 else None,
+        "model_error": model_error(study),
+        "importances": importances(study),
+        "trials": [_trial_doc(study, t, front) for t in trials],
+    }
+
+
+def _counts(trials: Sequence[Any]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for t in trials:
+        out[t.state.name.lower()] = out.get(t.state.name.lower(), 0) + 1
+    out["total"] = len(trials)
+    return out
+
+
+def write_best_yaml(study: Any, path: str | Path) -> TuneConfig:
+    """Write the recommended configuration as ``best.yaml`` (see the module docstring).
+
+    Raises:
+        UsageError: The study has no complete (feasible) trial yet.
+    """
+    trial = recommended_trial(study)
+    if trial is None:
+        hint = "lower --min-au or run more --trials" if study.user_attrs.get(ATTR_MIN_AU) else "run more --trials"
+        raise UsageError(f"study {study.study_name!r} has no complete feasible trial to export", hint=hint)
+    config = study_space(study).from_params(trial.params)
+    doc: dict[str, Any] = {"loader": config.to_yaml_loader()}
+    if config.num_workers is not None:
+        doc["num_workers"] = config.num_workers
+    ua = trial.user_attrs
+    predicted = ua.get("predicted_wait_fraction")
+    header = [
+        f"# delibench tune: study {study.study_name}, trial {trial.number}",
+        f"# objective {study.user_attrs.get(ATTR_OBJECTIVE)} = {', '.join(f'{v:.6g}' for v in trial.values)}"
+        + (f" ({ua.get('cost_unit')})" if ua.get("cost_unit") and "cost" in str(study.user_attrs.get(ATTR_OBJECTIVE)) else ""),
+        f"# measured data_wait_fraction {ua.get('measured_wait_fraction', float('nan')):.4f}"
+        + (f", predicted {predicted:.4f}" if predicted is not None else ""),
+        "# use: delibench run --config best.yaml --data URL --workload W",
+    ]
+    text = "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)
+    path = Path(path)
+    if path.parent and not path.parent.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return config
+
+
+def read_best_config(path: str | Path) -> tuple[TuneConfig, dict[str, Any]]:
+    """Read a ``best.yaml`` back: the loader configuration and the other top-level keys.
+
+    Raises:
+        UsageError: Missing file, bad YAML, or no valid ``loader`` section.
+    """
+    try:
+        doc = yaml.safe_load(Path(path).read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
+    except yaml.YAMLError as exc:
+        raise UsageError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("loader"), dict):
+        raise UsageError(f"{path} has no 'loader:' mapping")
+    rest = {k: v for k, v in doc.items() if k != "loader"}
+    config = TuneConfig.from_mapping(doc["loader"])
+    if "num_workers" in rest and config.num_workers is None:
+        from dataclasses import replace
+
+        config = replace(config, num_workers=int(rest["num_workers"]))
+    return config, rest

@@ -1,0 +1,118 @@
+"""Model-guided screening: predict every configuration of the space and pick the best guesses to try first.
+
+Combines the cache simulator (miss rate of a cache size and eviction policy under the trial's own
+sampler orders) with the analytic wait model (probe numbers -> data-wait fraction). A whole space
+of a few hundred points is screened in well under a second, because the simulator runs once per
+(cache size, eviction) pair.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from delibench.errors import UsageError
+from delibench.tuning.model import Demand, LinkEstimate, WaitPrediction, predict_wait
+from delibench.tuning.simulator import CacheSimulator
+from delibench.tuning.space import SearchSpace, TuneConfig
+
+__all__ = ["Guess", "Predictor", "pareto_front"]
+
+
+@dataclass(frozen=True, slots=True)
+class Guess:
+    """A configuration with the model's prediction for it.
+
+    Attributes:
+        config: The configuration.
+        prediction: Predicted wait fraction, supply and bound.
+        miss_rate: Simulated miss rate of the measured epoch.
+    """
+
+    config: TuneConfig
+    prediction: WaitPrediction
+    miss_rate: float
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+    """Indices of the non-dominated points when both coordinates are minimised (ties keep the first)."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], points[i][1], i))
+    front, best_second = [], float("inf")
+    for i in order:
+        if points[i][1] < best_second:
+            front.append(i)
+            best_second = points[i][1]
+    return front
+
+
+class Predictor:
+    """Predicts the data-wait fraction of configurations in one environment.
+
+    Args:
+        link: Probe numbers.
+        demand: Batch size, step time, default workers.
+        simulator: Replays the trial's sampler orders; its last epoch is the measured one.
+    """
+
+    def __init__(self, link: LinkEstimate, demand: Demand, simulator: CacheSimulator) -> None:
+        self.link = link
+        self.demand = demand
+        self.simulator = simulator
+
+    def miss_rate(self, config: TuneConfig) -> float:
+        """Simulated miss rate of the last (measured) epoch of a trial."""
+        return self.simulator.run(config.cache_size_bytes, config.eviction).last_epoch_miss_rate
+
+    def guess(self, config: TuneConfig) -> Guess:
+        """The prediction for one configuration."""
+        miss = self.miss_rate(config)
+        return Guess(config, predict_wait(config, self.link, self.demand, miss), miss)
+
+    def screen(self, space: SearchSpace) -> list[Guess]:
+        """Predictions for every configuration of ``space``."""
+        return [self.guess(c) for c in space.grid()]
+
+    def best_guesses(self, space: SearchSpace, objective: str, *, k: int = 3, min_au: float | None = None) -> list[Guess]:
+        """The ``k`` configurations most worth measuring first.
+
+        * ``wait``: lowest predicted wait; among near-ties (within 0.005) the cheapest (smallest
+          cache, then fewest requests in flight, then shallowest prefetch); one per cache size,
+          so the first trials also tell the sampler how much the cache matters.
+        * ``cost``: the smallest caches whose predicted utilisation reaches ``min_au`` (0.9 when
+          not given); without any, the lowest predicted wait.
+        * ``wait,cost``: points spread along the predicted Pareto front of (wait, cache bytes).
+
+        Raises:
+            UsageError: Unknown objective or ``k < 1``.
+        """
+        if k < 1:
+            raise UsageError(f"k must be at least 1, got {k}")
+        guesses = self.screen(space)
+
+        def cheap(g: Guess) -> tuple[int, int, int]:
+            return (g.config.cache_size_bytes, g.config.concurrency, g.config.prefetch_depth)
+
+        if objective == "wait":
+            ranked = sorted(guesses, key=lambda g: (round(g.prediction.wait_fraction / 0.005), *cheap(g)))
+            picked: list[Guess] = []
+            seen: set[int] = set()
+            for g in ranked:
+                if g.config.cache_size_bytes not in seen:
+                    picked.append(g)
+                    seen.add(g.config.cache_size_bytes)
+                if len(picked) == k:
+                    break
+            return picked
+        if objective == "cost":
+            target = 0.9 if min_au is None else min_au
+            feasible = [g for g in guesses if g.prediction.accelerator_utilization >= target]
+            if not feasible:
+                return sorted(guesses, key=lambda g: (g.prediction.wait_fraction, *cheap(g)))[:k]
+            return sorted(feasible, key=lambda g: (*cheap(g), g.prediction.wait_fraction))[:k]
+        if objective == "wait,cost":
+            pts = [(g.prediction.wait_fraction, float(g.config.cache_size_bytes)) for g in guesses]
+            front = [guesses[i] for i in pareto_front(pts)]
+            if len(front) <= k:
+                return front
+            step = (len(front) - 1) / (k - 1) if k > 1 else 0
+            return [front[round(j * step)] for j in range(k)]
+        raise UsageError(f"unknown objective {objective!r}", hint="use wait, cost or wait,cost")

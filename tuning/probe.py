@@ -1,0 +1,167 @@
+"""A quick probe of the path to the dataset: GET latency, bandwidth, request ceiling and decode rate.
+
+Everything is measured against the dataset's own objects with the loaders' one-request
+``SampleSource``, so the numbers describe exactly what the DELI loader will meet (the link, the
+store, the client), in a second or two. The figures feed the analytic wait model and, bucketed,
+the environment fingerprint that names the study.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from delibench.errors import UsageError
+from delibench.manifest import Manifest
+from delibench.tuning.model import LinkEstimate
+
+__all__ = ["ProbeResult", "probe_environment"]
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeResult:
+    """What the probe measured.
+
+    Attributes:
+        rtt_s: Median time of a one-request GET of a small sample (round trip + server time).
+        rtt_min_s: Fastest of those GETs.
+        bandwidth_bytes_per_s: Bytes/s of a concurrent read of the largest samples, net of one RTT.
+        objects_per_s: Small samples/s with many requests in flight (the raw-fetch ceiling read).
+        server_objects_per_s: ``objects_per_s`` when it fell clearly short of what latency alone
+            allows (the store or client is the ceiling), else None.
+        mean_sample_bytes: Mean sample size (from the manifest).
+        decode_samples_per_s: Samples one process decodes per second (None when not measured).
+        cpu_count: CPUs usable by this process.
+        requests_count: GETs the probe issued.
+        probe_s: Wall time of the probe.
+    """
+
+    rtt_s: float
+    rtt_min_s: float
+    bandwidth_bytes_per_s: float
+    objects_per_s: float
+    server_objects_per_s: float | None
+    mean_sample_bytes: float
+    decode_samples_per_s: float | None
+    cpu_count: int
+    requests_count: int
+    probe_s: float
+
+    def link_estimate(self) -> LinkEstimate:
+        """The model's view of these numbers."""
+        return LinkEstimate(
+            rtt_s=self.rtt_s,
+            bandwidth_bytes_per_s=self.bandwidth_bytes_per_s,
+            sample_bytes=self.mean_sample_bytes,
+            decode_samples_per_s=self.decode_samples_per_s,
+            cpu_count=self.cpu_count,
+            server_objects_per_s=self.server_objects_per_s,
+        )
+
+
+def _cpu_count() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def probe_environment(
+    dataset_url: str,
+    manifest: Manifest,
+    *,
+    decode: Callable[[bytes, int], Any] | None = None,
+    rtt_requests: int = 5,
+    bandwidth_requests: int = 8,
+    concurrency: int = 8,
+    ceiling_requests: int = 48,
+    ceiling_concurrency: int = 32,
+    storage_options: dict[str, Any] | None = None,
+) -> ProbeResult:
+    """Measure the path to ``dataset_url`` with a few GETs of its own samples.
+
+    * RTT: ``rtt_requests`` sequential one-request GETs of the smallest samples (median).
+    * Bandwidth: the ``bandwidth_requests`` largest samples read with ``concurrency`` requests in
+      flight; ``bytes / (elapsed - rtt)``, so the link's rate and not its delay dominates.
+    * Request ceiling: ``ceiling_requests`` GETs of small samples with ``ceiling_concurrency`` in
+      flight; when they complete at under half the rate the RTT allows, the store (or the client)
+      caps requests/s and the model must know it (on a 2-core testbed SeaweedFS does).
+    * Decode: the fetched samples decoded with ``decode`` (the workload's decoder), when given.
+
+    Args:
+        dataset_url: Dataset root.
+        manifest: Its manifest (keys, sizes).
+        decode: ``bytes, label -> item``; None skips the decode measurement.
+        rtt_requests: Sequential small GETs.
+        bandwidth_requests: Concurrent large GETs.
+        concurrency: Requests in flight for the bandwidth read.
+        storage_options: fsspec overrides.
+
+    Raises:
+        UsageError: Non-positive counts.
+        FetchError: A probe GET failed (the dataset is unreachable).
+    """
+    from delibench.loaders.source import SampleSource
+
+    if rtt_requests < 1 or bandwidth_requests < 1 or concurrency < 1 or ceiling_requests < 0 or ceiling_concurrency < 1:
+        raise UsageError("probe request counts and concurrency must be at least 1")
+    start = time.perf_counter()
+    samples = manifest.samples
+    by_size = sorted(range(len(samples)), key=lambda i: samples[i].size_bytes)
+    small = by_size[: min(rtt_requests, len(by_size))]
+    large = by_size[-min(bandwidth_requests, len(by_size)) :]
+    source = SampleSource(dataset_url, manifest, storage_options)
+    try:
+        source.fetch_sync(small[0])  # connection setup and DNS: not part of the RTT
+        rtts = []
+        for i in small:
+            t0 = time.perf_counter()
+            source.fetch_sync(i)
+            rtts.append(time.perf_counter() - t0)
+        rtt = statistics.median(rtts)
+        t0 = time.perf_counter()
+        blobs = source.fetch_many_sync(large, concurrency=concurrency)
+        elapsed = time.perf_counter() - t0
+        ceiling_set = [by_size[k % max(1, len(by_size) // 2)] for k in range(ceiling_requests)] if ceiling_requests else []
+        t0 = time.perf_counter()
+        if ceiling_set:
+            source.fetch_many_sync(ceiling_set, concurrency=ceiling_concurrency)
+        ceiling_elapsed = time.perf_counter() - t0
+        requests = 1 + len(small) + len(large) + len(ceiling_set)
+    finally:
+        source.close()
+    total = sum(len(b) for b in blobs)
+    waves = -(-len(large) // concurrency)
+    # NOTE: floor the transfer time at 5 % of the elapsed time so an unshaped, very fast read
+    # yields a large but finite bandwidth instead of a division by ~0.
+    transfer_s = max(elapsed - waves * rtt, 0.05 * elapsed, 1e-6)
+    bandwidth = total / transfer_s
+    objects_per_s = len(ceiling_set) / ceiling_elapsed if ceiling_set and ceiling_elapsed > 0 else len(large) / elapsed
+    in_flight = min(ceiling_concurrency, max(1, len(ceiling_set)))
+    small_bytes = statistics.mean(samples[i].size_bytes for i in ceiling_set) if ceiling_set else 0.0
+    latency_allows = in_flight / (rtt + small_bytes / bandwidth)
+    server_ceiling = objects_per_s if ceiling_set and objects_per_s < 0.5 * latency_allows else None
+
+    decode_rate = None
+    if decode is not None:
+        t0 = time.perf_counter()
+        for i, blob in zip(large, blobs):
+            decode(blob, samples[i].label)
+        decode_s = time.perf_counter() - t0
+        decode_rate = len(blobs) / decode_s if decode_s > 0 else None
+    return ProbeResult(
+        rtt_s=rtt,
+        rtt_min_s=min(rtts),
+        bandwidth_bytes_per_s=bandwidth,
+        objects_per_s=objects_per_s,
+        server_objects_per_s=server_ceiling,
+        mean_sample_bytes=manifest.mean_sample_bytes,
+        decode_samples_per_s=decode_rate,
+        cpu_count=_cpu_count(),
+        requests_count=requests,
+        probe_s=time.perf_counter() - start,
+    )

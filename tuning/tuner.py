@@ -1,0 +1,490 @@
+"""The Optuna-driven tuner: each trial is a short measured run of the DELI loader through ``delibench.runner``.
+
+Studies live in an RDB storage (SQLite file ``.delibench/studies.db`` by default, any SQLAlchemy
+URL otherwise) and are opened with ``load_if_exists=True``: running the same command again resumes
+the study, and several processes (machines, with a server database) can tune one study at once.
+SQLite with a busy timeout serves two or three processes on one machine; use PostgreSQL or MySQL
+(``--storage postgresql://...``) for a team.
+
+Objectives: ``wait`` (minimise the measured data-wait fraction), ``cost`` (minimise $ per epoch
+from the run's cost estimate, or, when runs carry no cost, the cache bytes as a proxy: say which
+in the output), ``wait,cost`` (both: a Pareto front), each optionally with the constraint
+``accelerator utilisation >= min_au`` (Optuna ``constraints_func``): ``--objective cost --min-au 0.9``
+asks for the cheapest configuration that keeps the accelerator 90 % busy.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from delibench.errors import RuntimeFailure, UsageError
+from delibench.records import ComputeSpec, RunRecord, RunSpec, StepSample
+from delibench.tuning.guide import Guess, Predictor
+from delibench.tuning.space import SearchSpace, TuneConfig
+
+__all__ = [
+    "DEFAULT_STORAGE",
+    "OBJECTIVES",
+    "Measurement",
+    "TuneSettings",
+    "Tuner",
+    "open_storage",
+]
+
+#: Where studies live unless ``--storage`` says otherwise (relative to the working directory).
+DEFAULT_STORAGE = "sqlite:///.delibench/studies.db"
+#: Accepted ``--objective`` values.
+OBJECTIVES = ("wait", "cost", "wait,cost")
+#: Seconds a SQLite writer waits for another process's lock before failing.
+SQLITE_BUSY_TIMEOUT_S = 120
+
+# Study attribute names (read back by ``tune show`` and the exports).
+ATTR_SPACE = "delibench.space"
+ATTR_OBJECTIVE = "delibench.objective"
+ATTR_MIN_AU = "delibench.min_au"
+ATTR_FINGERPRINT = "delibench.fingerprint"
+ATTR_SETTINGS = "delibench.settings"
+ATTR_PROBE = "delibench.probe"
+
+#: Signature of what runs one trial: config, per-step callback, stop flag -> measurement.
+Evaluator = Callable[[TuneConfig, Callable[[StepSample], None], Callable[[], bool]], "Measurement"]
+
+
+@dataclass(frozen=True, slots=True)
+class TuneSettings:
+    """How every trial runs (what stays fixed while the loader's knobs move).
+
+    Attributes:
+        dataset_url: Dataset root.
+        workload: Workload name.
+        compute: Compute backend (e.g. ``ComputeSpec("emulated", 0.05)``).
+        batch_size: Samples per step.
+        num_workers: DataLoader workers (unless the space tunes them).
+        seed: Sampler/model seed, the same for every trial so orders are comparable.
+        world_size: Ranks.
+        steps_per_trial: Steps of each epoch a trial measures (a slice), or None for whole epochs.
+        epochs_per_trial: Epochs per trial; with 2 or more, the objective is the last epoch, when
+            the cache is warm.
+        warmup_steps: Steps excluded from the measured fraction.
+        objective: ``wait``, ``cost`` or ``wait,cost``.
+        min_au: Constraint: accelerator utilisation must reach this, or None.
+        link_profile: Link-emulation profile recorded with each run.
+        results_dir: Where trial RunRecords go (None: the runner's default).
+        write_records: Write each trial's RunRecord.
+    """
+
+    dataset_url: str
+    workload: str
+    compute: ComputeSpec = field(default_factory=lambda: ComputeSpec(kind="emulated", step_time_s=0.05))
+    batch_size: int = 32
+    num_workers: int = 2
+    seed: int = 0
+    world_size: int = 1
+    steps_per_trial: int | None = 40
+    epochs_per_trial: int = 2
+    warmup_steps: int = 3
+    objective: str = "wait"
+    min_au: float | None = None
+    link_profile: str | None = None
+    results_dir: str | None = None
+    write_records: bool = True
+
+    def __post_init__(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise UsageError(f"unknown objective {self.objective!r}", hint="use wait, cost or wait,cost")
+        if self.min_au is not None and not 0.0 < self.min_au <= 1.0:
+            raise UsageError(f"--min-au must lie in (0, 1], got {self.min_au}")
+        if self.steps_per_trial is not None and self.steps_per_trial < 1:
+            raise UsageError(f"--steps-per-trial must be at least 1, got {self.steps_per_trial}")
+        if self.steps_per_trial is not None and self.steps_per_trial <= self.warmup_steps and self.epochs_per_trial == 1:
+            raise UsageError(
+                f"--steps-per-trial {self.steps_per_trial} leaves nothing to measure after {self.warmup_steps} warm-up steps"
+            )
+        if self.epochs_per_trial < 1:
+            raise UsageError(f"epochs per trial must be at least 1, got {self.epochs_per_trial}")
+        if self.batch_size < 1:
+            raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.warmup_steps < 0:
+            raise UsageError(f"warm-up steps must not be negative, got {self.warmup_steps}")
+
+    @property
+    def directions(self) -> list[str]:
+        """Optuna directions of the objective."""
+        return ["minimize"] * len(self.objective.split(","))
+
+    def run_spec(self, config: TuneConfig, label: str | None = None) -> RunSpec:
+        """The RunSpec of one trial of ``config``."""
+        return RunSpec(
+            dataset_url=self.dataset_url,
+            workload=self.workload,
+            loader=config.to_loader_spec(label=label),
+            compute=self.compute,
+            batch_size=self.batch_size,
+            num_workers=self.num_workers if config.num_workers is None else config.num_workers,
+            epochs=self.epochs_per_trial,
+            warmup_steps=self.warmup_steps,
+            seed=self.seed,
+            world_size=self.world_size,
+            max_steps_per_epoch=self.steps_per_trial,
+            link_profile=self.link_profile,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Measurement:
+    """What one trial measured (from its RunRecord).
+
+    Attributes:
+        wait_fraction: Data-wait fraction of the last epoch (warm cache), else of the run.
+        accelerator_utilization: ``1 - wait_fraction``.
+        cost_usd_per_epoch: From the record's cost estimate, or None.
+        hit_rate: Cache hit rate over the run, or None.
+        run_id: The trial's RunRecord id.
+        run_wait_fraction: The run's own steady-state fraction (all epochs).
+        epoch_wait_fractions: Per-epoch fractions.
+        valid: False when the record carries an ``invalid`` issue.
+    """
+
+    wait_fraction: float
+    accelerator_utilization: float
+    cost_usd_per_epoch: float | None = None
+    hit_rate: float | None = None
+    run_id: str | None = None
+    run_wait_fraction: float | None = None
+    epoch_wait_fractions: tuple[float, ...] = ()
+    valid: bool = True
+
+    @classmethod
+    def from_record(cls, record: RunRecord) -> Measurement:
+        """Read a trial's figures from its RunRecord (the bottleneck rank's last epoch)."""
+        m = record.metrics
+        rank = m.bottleneck_rank
+        epochs = sorted((e for e in m.epochs if e.rank == rank and e.steps > 0), key=lambda e: e.epoch)
+        wait = epochs[-1].data_wait_fraction if epochs else m.data_wait_fraction
+        return cls(
+            wait_fraction=wait,
+            accelerator_utilization=1.0 - wait,
+            cost_usd_per_epoch=record.cost.usd_per_epoch if record.cost is not None else None,
+            hit_rate=record.loader_stats.hit_rate,
+            run_id=record.run_id,
+            run_wait_fraction=m.data_wait_fraction,
+            epoch_wait_fractions=tuple(e.data_wait_fraction for e in epochs),
+            valid=record.valid,
+        )
+
+
+def open_storage(url: str | None = None) -> Any:
+    """An Optuna RDB storage for ``url`` (default :data:`DEFAULT_STORAGE`), creating a SQLite file's folder.
+
+    SQLite gets a busy timeout so two processes on one machine can share the file; for more
+    writers use a server database (PostgreSQL/MySQL URL).
+
+    Raises:
+        UsageError: Not an SQLAlchemy URL, or the database cannot be opened.
+    """
+    import optuna
+    import sqlalchemy.exc
+
+    url = url or DEFAULT_STORAGE
+    if "://" not in url:
+        raise UsageError(f"--storage {url!r} is not a database URL", hint="e.g. sqlite:///studies.db or postgresql://user@host/db")
+    engine_kwargs: dict[str, Any] = {}
+    if url.startswith("sqlite"):
+        path = url.split(":///", 1)[1] if ":///" in url else ""
+        if path and path != ":memory:":
+            Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    last: Exception | None = None
+    for attempt in range(5):
+        try:
+            return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
+            # NOTE: two processes creating the schema at once race on CREATE TABLE; retry.
+            last = exc
+            time.sleep(0.2 * (attempt + 1))
+        except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as exc:
+            raise UsageError(f"cannot open study storage {_redact_db(url)}: {exc}") from exc
+    raise RuntimeFailure(f"cannot open study storage {_redact_db(url)}: {last}")
+
+
+def _redact_db(url: str) -> str:
+    from delibench.storage import redact
+
+    return redact(url)
+
+
+def quiet_optuna() -> None:
+    """Silence Optuna's per-trial INFO logging and experimental-feature warnings (we print our own)."""
+    import optuna
+
+    optuna.logging.set_verbosity(logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+
+class _StepReporter:
+    """Turns the runner's per-step samples into Optuna intermediate values and a prune flag."""
+
+    def __init__(self, trial: Any, warmup_steps: int, enabled: bool) -> None:
+        self.trial = trial
+        self.warmup_steps = warmup_steps
+        self.enabled = enabled
+        self.pruned = False
+        self.steps = 0
+        self.wait_s = 0.0
+        self.total_s = 0.0
+
+    def on_step(self, sample: StepSample) -> None:
+        self.steps += 1
+        if sample.rank != 0 or (sample.epoch == 0 and sample.step < self.warmup_steps):
+            return
+        self.wait_s += sample.wait_s
+        self.total_s += sample.wait_s + sample.compute_s
+        if not self.enabled or self.total_s <= 0 or self.pruned:
+            return
+        self.trial.report(self.wait_s / self.total_s, self.steps)
+        if self.trial.should_prune():
+            self.pruned = True
+
+    def should_stop(self) -> bool:
+        return self.pruned
+
+
+def runner_evaluator(settings: TuneSettings) -> Evaluator:
+    """The real evaluator: one measured run through ``delibench.runner.run`` per trial."""
+
+    def evaluate(config: TuneConfig, on_step: Callable[[StepSample], None], should_stop: Callable[[], bool]) -> Measurement:
+        from delibench.runner import run
+
+        record = run(
+            settings.run_spec(config, label=config.label),
+            results_dir=settings.results_dir,
+            on_step=on_step,
+            should_stop=should_stop,
+            write=settings.write_records,
+        )
+        return Measurement.from_record(record)
+
+    return evaluate
+
+
+class Tuner:
+    """Tunes the DELI loader's knobs for one environment with an Optuna study.
+
+    Args:
+        settings: How trials run, and the objective.
+        space: The search space.
+        storage: An SQLAlchemy URL, an Optuna storage object (``optuna.storages.InMemoryStorage()``
+            in tests), or None for :data:`DEFAULT_STORAGE`.
+        study_name: The study (normally ``Fingerprint.study_name``).
+        predictor: The analytic model; None disables predictions and model-guided starts.
+        evaluate: Runs one trial; default: :func:`runner_evaluator` (tests pass a fake).
+        sampler_seed: Seed of the TPE sampler.
+        prune: Stop hopeless trials early (single-objective ``wait`` only: Optuna cannot prune
+            multi-objective studies, and for ``cost`` the running wait is not the objective).
+        study_attrs: Extra study attributes to store (fingerprint, probe numbers).
+
+    Raises:
+        UsageError: The stored study has other objectives or another search space.
+    """
+
+    def __init__(
+        self,
+        settings: TuneSettings,
+        space: SearchSpace,
+        *,
+        storage: Any = None,
+        study_name: str,
+        predictor: Predictor | None = None,
+        evaluate: Evaluator | None = None,
+        sampler_seed: int | None = 0,
+        prune: bool = True,
+        study_attrs: dict[str, Any] | None = None,
+    ) -> None:
+        import optuna
+
+        quiet_optuna()
+        self.settings = settings
+        self.space = space
+        self.predictor = predictor
+        self.evaluate = evaluate or runner_evaluator(settings)
+        self.prune = prune and settings.objective == "wait"
+        constraints = _constraint if settings.min_au is not None else None
+        self.sampler = optuna.samplers.TPESampler(seed=sampler_seed, constraints_func=constraints, n_startup_trials=5)
+        pruner = (
+            optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(settings.warmup_steps, 1) + 5)
+            if self.prune
+            else optuna.pruners.NopPruner()
+        )
+        self.storage = open_storage(storage) if storage is None or isinstance(storage, str) else storage
+        self.study = _create_study(self.storage, study_name, settings.directions, self.sampler, pruner)
+        self._check_or_store_attrs(study_attrs or {})
+
+    # ------------------------------------------------------------------ study bookkeeping
+    @property
+    def study_name(self) -> str:
+        """The study's name."""
+        return str(self.study.study_name)
+
+    def _check_or_store_attrs(self, extra: dict[str, Any]) -> None:
+        attrs = self.study.user_attrs
+        stored_obj = attrs.get(ATTR_OBJECTIVE)
+        if stored_obj is not None and stored_obj != self.settings.objective:
+            raise UsageError(
+                f"study {self.study_name!r} optimises {stored_obj!r}, not {self.settings.objective!r}",
+                hint="pass the same --objective, or a new --study name",
+            )
+        stored_space = attrs.get(ATTR_SPACE)
+        if stored_space is not None and stored_space != self.space.describe():
+            raise UsageError(
+                f"study {self.study_name!r} was created with another search space (e.g. another --mem-budget)",
+                hint="pass the same options, or a new --study name",
+            )
+        stored_min_au = attrs.get(ATTR_MIN_AU)
+        if ATTR_MIN_AU in attrs and stored_min_au != self.settings.min_au:
+            raise UsageError(
+                f"study {self.study_name!r} uses --min-au {stored_min_au}, not {self.settings.min_au}",
+                hint="pass the same --min-au, or a new --study name",
+            )
+        wanted = {
+            ATTR_OBJECTIVE: self.settings.objective,
+            ATTR_SPACE: self.space.describe(),
+            ATTR_MIN_AU: self.settings.min_au,
+            ATTR_SETTINGS: _settings_attr(self.settings),
+            **extra,
+        }
+        for key, value in wanted.items():
+            if key not in attrs:
+                self.study.set_user_attr(key, value)
+
+    # ------------------------------------------------------------------ model-guided start
+    def seed_with_model(self, k: int = 3) -> list[Guess]:
+        """Enqueue the model's ``k`` best guesses (skipped if already tried or queued).
+
+        Returns:
+            The guesses enqueued (empty without a predictor).
+        """
+        if self.predictor is None or k < 1:
+            return []
+        guesses = self.predictor.best_guesses(self.space, self.settings.objective, k=k, min_au=self.settings.min_au)
+        for g in guesses:
+            self.study.enqueue_trial(self.space.to_params(g.config), user_attrs={"source": "model"}, skip_if_exists=True)
+        return guesses
+
+    # ------------------------------------------------------------------ trials
+    def objective(self, trial: Any) -> float | tuple[float, ...]:
+        """Optuna objective: suggest, predict, measure, and store both in the trial's attributes."""
+        import optuna
+
+        config = self.space.suggest(trial)
+        trial.set_user_attr("config", config.as_dict())
+        trial.set_user_attr("label", config.label)
+        trial.set_user_attr("pid", os.getpid())
+        if "source" not in trial.user_attrs:
+            trial.set_user_attr("source", "sampler")
+        if self.predictor is not None:
+            guess = self.predictor.guess(config)
+            trial.set_user_attr("predicted_wait_fraction", guess.prediction.wait_fraction)
+            trial.set_user_attr("predicted_bound", guess.prediction.bound)
+            trial.set_user_attr("sim_miss_rate", guess.miss_rate)
+        reporter = _StepReporter(trial, self.settings.warmup_steps, self.prune)
+        start = time.perf_counter()
+        measurement = self.evaluate(config, reporter.on_step, reporter.should_stop)
+        trial.set_user_attr("duration_s", time.perf_counter() - start)
+        trial.set_user_attr("measured_wait_fraction", measurement.wait_fraction)
+        trial.set_user_attr("accelerator_utilization", measurement.accelerator_utilization)
+        trial.set_user_attr("run_wait_fraction", measurement.run_wait_fraction)
+        trial.set_user_attr("epoch_wait_fractions", list(measurement.epoch_wait_fractions))
+        trial.set_user_attr("hit_rate", measurement.hit_rate)
+        trial.set_user_attr("run_id", measurement.run_id)
+        trial.set_user_attr("cost_usd_per_epoch", measurement.cost_usd_per_epoch)
+        trial.set_user_attr("cache_bytes", config.cache_size_bytes)
+        if self.settings.min_au is not None:
+            trial.set_user_attr("au_shortfall", self.settings.min_au - measurement.accelerator_utilization)
+        if reporter.pruned:
+            raise optuna.TrialPruned(f"pruned at step {reporter.steps}: running wait above the median")
+        if not measurement.valid:
+            raise RuntimeFailure(f"trial run {measurement.run_id} is invalid (see its issues)")
+        cost, unit = self._cost(measurement, config)
+        trial.set_user_attr("cost_value", cost)
+        trial.set_user_attr("cost_unit", unit)
+        if self.settings.objective == "wait":
+            return measurement.wait_fraction
+        if self.settings.objective == "cost":
+            return cost
+        return measurement.wait_fraction, cost
+
+    def _cost(self, m: Measurement, config: TuneConfig) -> tuple[float, str]:
+        # NOTE: without a price sheet the cache's bytes stand in for cost; the unit is stored with
+        # every trial and printed, so nobody mistakes bytes for dollars.
+        if m.cost_usd_per_epoch is not None and math.isfinite(m.cost_usd_per_epoch):
+            return float(m.cost_usd_per_epoch), "usd_per_epoch"
+        return float(config.cache_size_bytes), "cache_bytes"
+
+    def optimize(
+        self,
+        n_trials: int,
+        *,
+        timeout_s: float | None = None,
+        callbacks: Iterable[Callable[[Any, Any], None]] = (),
+        catch: Sequence[type[BaseException]] = (RuntimeFailure,),
+    ) -> None:
+        """Run ``n_trials`` more trials in this process (runtime failures mark a trial failed and go on).
+
+        Raises:
+            UsageError: ``n_trials < 1``.
+        """
+        if n_trials < 1:
+            raise UsageError(f"--trials must be at least 1, got {n_trials}")
+        self.study.optimize(
+            self.objective,
+            n_trials=n_trials,
+            timeout=timeout_s,
+            callbacks=list(callbacks),
+            catch=tuple(catch),
+            show_progress_bar=False,
+        )
+
+
+def _constraint(trial: Any) -> Sequence[float]:
+    """Optuna constraint: ``min_au - utilisation <= 0`` is feasible (unmeasured trials are infeasible)."""
+    value = trial.user_attrs.get("au_shortfall")
+    return [1.0 if value is None else float(value)]
+
+
+def _settings_attr(settings: TuneSettings) -> dict[str, Any]:
+    d = asdict(settings)
+    d["compute"] = asdict(settings.compute)
+    d.pop("results_dir", None)
+    return d
+
+
+def _create_study(storage: Any, name: str, directions: list[str], sampler: Any, pruner: Any) -> Any:
+    import optuna
+    import sqlalchemy.exc
+
+    for attempt in range(5):
+        try:
+            return optuna.create_study(
+                storage=storage,
+                study_name=name,
+                directions=directions,
+                sampler=sampler,
+                pruner=pruner,
+                load_if_exists=True,
+            )
+        except ValueError as exc:
+            # Loading a study whose directions differ.
+            raise UsageError(f"study {name!r} exists with other objectives: {exc}", hint="use a new --study name") from exc
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError):
+            # NOTE: two processes creating the same study at once: one wins, the other retries and loads it.
+            time.sleep(0.2 * (attempt + 1))
+    return optuna.load_study(storage=storage, study_name=name, sampler=sampler, pruner=pruner)
+
