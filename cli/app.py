@@ -76,29 +76,28 @@ for _name in _COMMAND_MODULES:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Console-script entry point: runs the app and maps errors to exit codes with one-line messages."""
+    """Console-script entry point: runs the app and maps errors to exit codes with one-line messages.
+
+    Click's standalone mode handles usage errors (exit 2) and ``--help``; a DelibenchError raised by a
+    command becomes one red line (plus a hint) and its exit code; anything unexpected becomes one line
+    too, unless ``--debug`` (or ``DELIBENCH_DEBUG=1``) asks for the traceback.
+    """
     try:
-        app(args=argv, prog_name="delibench", standalone_mode=False)
+        app(args=argv, prog_name="delibench", standalone_mode=True)
+    except SystemExit as exc:
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
     except DelibenchError as exc:
         if os.environ.get("DELIBENCH_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True, markup=True)
         if exc.hint:
             err_console.print(f"[dim]hint: {exc.hint}[/]", highlight=False, soft_wrap=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
         return int(ExitCode.INTERRUPTED)
-    except typer.Exit as exc:
-        return int(exc.exit_code or 0)
-    except typer.Abort:
-        return int(ExitCode.INTERRUPTED)
-    except Exception as exc:  # click usage errors arrive here in non-standalone mode
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            return int(exc.exit_code)
+    except Exception as exc:
         if os.environ.get("DELIBENCH_DEBUG"):
             raise
         err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)

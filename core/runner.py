@@ -1,0 +1,403 @@
+"""The run API: one measured run of a loader (``run``) or several loaders interleaved (``compare``).
+
+This is what ``delibench run``, ``compare``, ``demo`` and ``tune`` call; a Python user can call it too::
+
+    from delibench.runner import run
+    record = run(RunSpec(dataset_url="s3://b/imgs", workload="resnet50", loader=LoaderSpec("deli")))
+
+Each rank (torchrun environment, or ``delibench run --nproc N``) builds its own loader and cache;
+rank 0 gathers every rank's steps, summarises them, prices the run and writes the RunRecord.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from delibench.distributed import RankInfo, all_gather_objects, init_from_env, rank_info, shutdown
+from delibench.errors import UsageError
+from delibench.manifest import Manifest, read_manifest
+from delibench.records import Diagnosis, Issue, LoaderStats, RunRecord, RunSpec, StepSample
+
+__all__ = ["compare", "diagnose", "merge_loader_stats", "run"]
+
+#: Loader options that are really sampler settings: taken out of the options into the LoaderContext.
+_ORDER_OPTIONS = ("order", "exchange_fraction")
+#: Steps the DS-Analyzer-style diagnosis runs from memory.
+DIAGNOSIS_STEPS = 8
+
+
+@dataclass
+class _Prepared:
+    """One loader ready to measure: its spec, data, loader and compute."""
+
+    spec: RunSpec
+    manifest: Manifest
+    loader: Any
+    compute: Any
+    decoder: Any
+    partition_samples: int
+
+
+def _device_for(spec: RunSpec, info: RankInfo) -> Any:
+    if spec.compute.kind == "cuda":
+        return f"cuda:{info.local_rank}"
+    return None
+
+
+def _dataset_url_for(spec: RunSpec) -> str:
+    """The disk loader reads its own local copy (``--loader disk=./imgs``); others read the dataset URL."""
+    if spec.loader.kind == "disk" and spec.loader.options.get("path"):
+        return str(spec.loader.options["path"])
+    return spec.dataset_url
+
+
+def _prepare(spec: RunSpec, info: RankInfo, manifests: dict[str, Manifest]) -> _Prepared:
+    from delibench.loaders import LoaderContext, build_loader
+    from delibench.loaders.sampler import rank_sample_count
+    from delibench.workloads.models import get_workload
+
+    url = _dataset_url_for(spec)
+    if url not in manifests:
+        manifests[url] = read_manifest(url)
+    manifest = manifests[url]
+    options = dict(spec.loader.options)
+    order = {k: options.pop(k) for k in _ORDER_OPTIONS if k in options}
+    if spec.loader.kind == "disk":
+        options.pop("path", None)
+    workload = get_workload(spec.workload, num_classes=len(manifest.classes))
+    decoder = workload.decoder(train=True)
+    ctx = LoaderContext(
+        dataset_url=url,
+        manifest=manifest,
+        decode=decoder,
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        seed=spec.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+        order=str(order.get("order", "shuffle")),
+        exchange_fraction=float(order.get("exchange_fraction", 0.0)),
+    )
+    loader = build_loader(dataclasses.replace(spec.loader, options=options), ctx)
+    try:
+        compute = workload.build(_device_for(spec, info), spec.compute, seed=spec.seed)
+    except BaseException:
+        loader.close()
+        raise
+    return _Prepared(spec, manifest, loader, compute, decoder, rank_sample_count(len(manifest), info.world_size, False))
+
+
+def merge_loader_stats(stats: Sequence[LoaderStats | None]) -> LoaderStats:
+    """One LoaderStats for a multi-rank run: counters summed, peaks and percentiles the worst rank's."""
+    present = [s for s in stats if s is not None]
+    if not present:
+        return LoaderStats()
+    if len(present) == 1:
+        return present[0]
+
+    def worst(name: str) -> float | None:
+        values = [getattr(s, name) for s in present if getattr(s, name) is not None]
+        return max(values) if values else None
+
+    leads = [s.prefetch_lead_mean for s in present if s.prefetch_lead_mean is not None]
+    return LoaderStats(
+        requests_count=sum(s.requests_count for s in present),
+        bytes_read_remote=sum(s.bytes_read_remote for s in present),
+        cache_hits=sum(s.cache_hits for s in present),
+        cache_misses=sum(s.cache_misses for s in present),
+        cache_evictions=sum(s.cache_evictions for s in present),
+        cache_peak_bytes=max(s.cache_peak_bytes for s in present),
+        cache_bytes=sum(s.cache_bytes for s in present),
+        prefetch_peak_bytes=max(s.prefetch_peak_bytes for s in present),
+        fetch_latency_s_p50=worst("fetch_latency_s_p50"),
+        fetch_latency_s_p95=worst("fetch_latency_s_p95"),
+        fetch_latency_s_p99=worst("fetch_latency_s_p99"),
+        prefetch_lead_mean=sum(leads) / len(leads) if leads else None,
+        retries_count=sum(s.retries_count for s in present),
+        hedges_count=sum(s.hedges_count for s in present),
+        errors_count=sum(s.errors_count for s in present),
+        skipped_keys=tuple(k for s in present for k in s.skipped_keys),
+    )
+
+
+def diagnose(prepared: _Prepared, data_wait_fraction: float, info: RankInfo) -> Diagnosis:
+    """Tell fetch stall from prep stall (DS-Analyzer): re-run a slice with the bytes already in memory.
+
+    The memory loader uses the same decode pipeline, workers and compute, so whatever wait remains
+    is the CPU's (decode + augment); the rest of the measured wait is the fetch stall.
+    """
+    from delibench.loaders import LoaderContext, build_loader
+    from delibench.measure import summarize
+    from delibench.records import LoaderSpec
+    from delibench.workloads.loop import measure_loader
+
+    spec = prepared.spec
+    sample_count = min(len(prepared.manifest), spec.batch_size * (DIAGNOSIS_STEPS + 2) * info.world_size)
+    ctx = LoaderContext(
+        dataset_url=spec.dataset_url if spec.loader.kind != "disk" else _dataset_url_for(spec),
+        manifest=prepared.manifest,
+        decode=prepared.decoder,
+        batch_size=spec.batch_size,
+        num_workers=spec.num_workers,
+        seed=spec.seed,
+        rank=info.rank,
+        world_size=info.world_size,
+    )
+    loader = build_loader(LoaderSpec("memory", {"sample_count": sample_count}), ctx)
+    try:
+        result = measure_loader(loader, prepared.compute, epochs=1, max_steps_per_epoch=DIAGNOSIS_STEPS + 2, rank=info.rank)
+    finally:
+        loader.close()
+    prep = summarize(result.steps, warmup_steps=min(2, max(len(result.steps) - 1, 0))).data_wait_fraction if result.steps else 0.0
+    prep = min(prep, data_wait_fraction)
+    fetch = max(0.0, data_wait_fraction - prep)
+    if data_wait_fraction < 0.1:
+        bound = "accelerator"
+        summary = f"the accelerator bounds this run: it waited for data only {data_wait_fraction:.0%} of the time"
+    elif fetch >= prep:
+        bound = "storage"
+        summary = (
+            f"the storage link bounds this run: {fetch:.0%} of step time is spent waiting for bytes "
+            f"(decode/augment alone would cost {prep:.0%}); more prefetch depth, concurrency or cache helps"
+        )
+    else:
+        bound = "cpu"
+        summary = (
+            f"the CPU bounds this run: decode/augment alone makes the accelerator wait {prep:.0%} of step time "
+            f"(fetching adds {fetch:.0%}); more DataLoader workers or a lighter pipeline helps"
+        )
+    return Diagnosis(bound=bound, fetch_stall_fraction=fetch, prep_stall_fraction=prep, summary=summary)
+
+
+def _offset_steps(result: Any, *, first: bool, time_offset_s: float) -> list[StepSample]:
+    """Steps of one per-epoch measure call, placed on the loader's own timeline.
+
+    When loaders are interleaved epoch by epoch, each epoch is its own measure call; the setup of a
+    later epoch is then added to that epoch's first wait, as a continuous loop would count it.
+    """
+    steps = list(result.steps)
+    if steps and not first:
+        s0 = steps[0]
+        steps[0] = dataclasses.replace(s0, wait_s=s0.wait_s + result.iterator_setup_s)
+    return [dataclasses.replace(s, start_s=s.start_s + time_offset_s) for s in steps]
+
+
+def _record(
+    prepared: _Prepared,
+    results: Sequence[Any],
+    info: RankInfo,
+    *,
+    stopped: bool,
+    started: _dt.datetime,
+    diagnosis: Diagnosis | None,
+    price: bool,
+) -> RunRecord:
+    """Summarise every rank's loop results into the RunRecord (rank 0)."""
+    from delibench import __version__
+    from delibench.env import machine_info
+    from delibench.measure import check_validity, summarize
+    from delibench.store import new_run_id
+
+    spec = prepared.spec
+    steps = [s for r in results for s in r["steps"]]
+    manifest = prepared.manifest
+    stats = [r["stats"] for r in results]
+    issues: list[Issue] = []
+    if not steps:
+        raise UsageError(
+            f"loader {spec.loader.display_name!r} delivered no batch",
+            hint="check the dataset and that --max-steps and --batch-size fit its size",
+        )
+    metrics = summarize(
+        steps,
+        warmup_steps=spec.warmup_steps,
+        iterator_setup_s={r["rank"]: r["setup_s"] for r in results},
+        time_to_first_batch_s={r["rank"]: r["ttfb_s"] for r in results},
+        bytes_per_sample=manifest.mean_sample_bytes,
+        world_size=info.world_size,
+        loader_stats={r["rank"]: r["stats"] for r in results if r["stats"] is not None},
+    )
+    machine = machine_info(endpoint=_endpoint_of(spec))
+    issues.extend(
+        check_validity(
+            metrics,
+            expected_samples_per_epoch=prepared.partition_samples,
+            max_steps_per_epoch=spec.max_steps_per_epoch,
+            batch_size=spec.batch_size,
+            stopped_early=stopped,
+            loader_kind=spec.loader.kind,
+            dataset_bytes=manifest.total_bytes,
+            memory_bytes=machine.memory_bytes,
+        )
+    )
+    if stopped:
+        issues.insert(0, Issue("invalid", "interrupted", "the run was stopped before it finished; figures cover the steps measured"))
+    record = RunRecord(
+        run_id=new_run_id(spec, started),
+        created_at=started.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        delibench_version=__version__,
+        spec=spec,
+        machine=machine,
+        metrics=metrics,
+        loader_stats=merge_loader_stats(stats),
+        dataset_sample_count=len(manifest),
+        dataset_bytes=manifest.total_bytes,
+        dataset_id=manifest.dataset_id,
+        status="interrupted" if stopped else "complete",
+        diagnosis=diagnosis,
+        issues=tuple(issues),
+        timeline=tuple(sorted(steps, key=lambda s: (s.start_s, s.rank))),
+    )
+    if price:
+        from delibench.reports.cost import estimate
+        from delibench.reports.prices import default_sheet
+
+        record = dataclasses.replace(record, cost=estimate(record, default_sheet()))
+    return record
+
+
+def _endpoint_of(spec: RunSpec) -> str | None:
+    from delibench.storage import resolve
+
+    loc = resolve(_dataset_url_for(spec))
+    opts = loc.storage_options
+    return (opts.get("client_kwargs") or {}).get("endpoint_url") or opts.get("endpoint_url") or (
+        None if loc.protocol == "file" else f"{loc.protocol}://"
+    )
+
+
+def compare(
+    specs: Sequence[RunSpec],
+    *,
+    results_dir: str | None = None,
+    on_step: Callable[[str, StepSample], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    write: bool = True,
+    interleave: bool = True,
+    with_diagnosis: bool = False,
+    price: bool = True,
+) -> list[RunRecord]:
+    """Measure several loaders on the same data; epochs are interleaved so noise hits all alike.
+
+    Args:
+        specs: One RunSpec per loader (same data and workload for a fair comparison).
+        results_dir: Where rank 0 writes the RunRecords (``None``: ``.delibench/results``).
+        on_step: Called with (loader display name, step) after every step (progress).
+        should_stop: Polled between steps; True stops with partial, ``interrupted`` results.
+        write: Write the records to the result store.
+        interleave: Epoch e of every loader runs before epoch e+1 of any (else one loader after another).
+        with_diagnosis: Add the DS-Analyzer-style fetch/prep diagnosis to each record.
+        price: Attach a cost estimate from the shipped price sheet.
+
+    Returns:
+        One RunRecord per spec on rank 0; other ranks get the same list (their own copy).
+    """
+    if not specs:
+        raise UsageError("no loader to run", hint="give at least one --loader")
+    labels = [s.loader.display_name for s in specs]
+    if len(set(labels)) != len(labels):
+        raise UsageError(f"two loaders share a name: {labels}", hint="label them, e.g. --loader deli@small:cache_size=1GiB")
+    info = rank_info()
+    created = init_from_env(info)
+    started = _dt.datetime.now(_dt.timezone.utc)
+    manifests: dict[str, Manifest] = {}
+    prepared: list[_Prepared] = []
+    try:
+        for spec in specs:
+            prepared.append(_prepare(spec, info, manifests))
+        per_loader: list[dict[str, Any]] = [
+            {"steps": [], "setup_s": 0.0, "ttfb_s": 0.0, "offset_s": 0.0, "stats": None, "rank": info.rank} for _ in specs
+        ]
+        stopped = False
+        from delibench.workloads.loop import measure_loader
+
+        epochs = max(s.epochs for s in specs)
+        schedule = (
+            [(e, i) for e in range(epochs) for i in range(len(specs))]
+            if interleave
+            else [(e, i) for i in range(len(specs)) for e in range(epochs)]
+        )
+        for epoch, i in schedule:
+            p, acc = prepared[i], per_loader[i]
+            if epoch >= p.spec.epochs:
+                continue
+            name = labels[i]
+            result = measure_loader(
+                p.loader,
+                p.compute,
+                epochs=1,
+                start_epoch=epoch,
+                max_steps_per_epoch=p.spec.max_steps_per_epoch,
+                rank=info.rank,
+                on_step=(lambda s, _n=name: on_step(_n, s)) if on_step else None,
+                should_stop=should_stop,
+            )
+            acc["steps"].extend(_offset_steps(result, first=epoch == 0, time_offset_s=acc["offset_s"]))
+            acc["offset_s"] += result.wall_s
+            if epoch == 0:
+                acc["setup_s"], acc["ttfb_s"] = result.iterator_setup_s, result.time_to_first_batch_s
+            acc["stats"] = result.loader_stats
+            if result.stopped:
+                stopped = True
+                break
+        diagnoses: list[Diagnosis | None] = [None] * len(specs)
+        gathered = all_gather_objects(per_loader, info)
+        records: list[RunRecord] = []
+        for i, p in enumerate(prepared):
+            results = [g[i] for g in gathered]
+            if with_diagnosis and not stopped and results[0]["steps"]:
+                from delibench.measure import summarize
+
+                fraction = summarize(results[info.rank]["steps"], warmup_steps=p.spec.warmup_steps).data_wait_fraction
+                diagnoses[i] = diagnose(p, fraction, info)
+            records.append(_record(p, results, info, stopped=stopped, started=started, diagnosis=diagnoses[i], price=price))
+        if write and info.is_main:
+            from delibench.store import ResultStore
+
+            store = ResultStore(results_dir) if results_dir else ResultStore()
+            for i, rec in enumerate(records):
+                path = store.write(rec)
+                records[i] = dataclasses.replace(rec, steps_path=str(path.with_suffix("")) + ".steps.csv")
+        return records
+    finally:
+        for p in prepared:
+            p.loader.close()
+        shutdown(created)
+
+
+def run(
+    spec: RunSpec,
+    *,
+    results_dir: str | None = None,
+    on_step: Callable[[StepSample], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    write: bool = True,
+    with_diagnosis: bool = False,
+    price: bool = True,
+) -> RunRecord:
+    """Measure one loader: the same as :func:`compare` with a single spec.
+
+    Args:
+        spec: The fully resolved run.
+        results_dir: Where rank 0 writes the RunRecord.
+        on_step: Called after every step (progress bars, Optuna pruning).
+        should_stop: Polled between steps; True ends the run with a partial, ``interrupted`` record.
+        write: Write the record to the result store.
+        with_diagnosis: Add the fetch/prep stall diagnosis (runs a short slice from memory).
+        price: Attach a cost estimate.
+    """
+    callback = (lambda _name, s: on_step(s)) if on_step else None
+    (record,) = compare(
+        [spec],
+        results_dir=results_dir,
+        on_step=callback,
+        should_stop=should_stop,
+        write=write,
+        with_diagnosis=with_diagnosis,
+        price=price,
+    )
+    return record
