@@ -26,8 +26,8 @@ from delibench.records import RESULT_SCHEMA_VERSION, RunRecord, RunSpec, StepSam
 __all__ = [
     "DEFAULT_RESULTS_DIR",
     "MIGRATIONS",
-    "STEPS_SUFFIX",
     "ResultStore",
+    "STEPS_SUFFIX",
     "load_record",
     "load_records",
     "migrate",
@@ -292,13 +292,13 @@ class ResultStore:
         json_path = self.path_for(record.run_id)
         to_store = record
         samples = tuple(steps) if steps is not None else record.timeline
+        sidecar = self.root / f"{record.run_id}{STEPS_SUFFIX}"
         if samples:
-            sidecar = self.root / f"{record.run_id}{STEPS_SUFFIX}"
+            to_store = dataclasses.replace(to_store, steps_path=sidecar.name, timeline=samples if keep_timeline else ())
+        text = record_json(to_store)  # validate before touching the disk: a bad record leaves no files
+        if samples:
             write_steps_csv(sidecar, samples)
-            to_store = dataclasses.replace(
-                to_store, steps_path=sidecar.name, timeline=samples if keep_timeline else ()
-            )
-        _atomic_write(json_path, record_json(to_store))
+        _atomic_write(json_path, text)
         return json_path
 
     def read(self, run_id_or_path: str | Path, *, with_steps: bool = True) -> RunRecord:

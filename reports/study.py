@@ -33,8 +33,8 @@ __all__ = [
     "StudyExport",
     "TrialPoint",
     "load_study",
-    "parse_study",
     "pareto_front",
+    "parse_study",
     "study_export",
 ]
 
