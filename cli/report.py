@@ -58,7 +58,9 @@ def report_cmd(
     )
     if "-" not in report.written.values():
         # Nothing went to stdout: show the table there (results on stdout, notes on stderr).
-        console.print(to_rich(report.table, compact=console.width < 160))
+        console.print(to_rich(report.table, compact=console.width < 160, caption=False))
+        # The summary stays on one line (soft wrap) so scripts can grep it, hyperfine style.
+        console.print(report.summary, soft_wrap=True, highlight=False, markup=False)
     for kind, where in report.written.items():
         if where != "-":
             err_console.print(f"[dim]wrote {kind}: {where}[/]", highlight=False)

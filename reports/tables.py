@@ -51,7 +51,7 @@ def format_usd(value: float | None) -> str:
 
 
 def _fmt_option(key: str, value: Any) -> str:
-    short = key.removesuffix("_bytes").removesuffix("_size").replace("_size", "")
+    short = key.removesuffix("_bytes").removesuffix("_size").removesuffix("_depth")
     if key.endswith("_bytes") and isinstance(value, int):
         return f"{short}={format_bytes(value).replace(' ', '').replace('.0', '')}"
     return f"{short}={value}"
@@ -200,15 +200,17 @@ def summary_table(records: Sequence[RunRecord], costs: Sequence[CostEstimate | N
 COMPACT_KEYS = ("loader", "data_wait_fraction", "throughput_samples_per_s", "wait_s_p90", "requests_count", "cache_hit_rate", "usd_per_epoch", "status")
 
 
-def to_rich(table: SummaryTable, *, compact: bool = False) -> Any:
-    """A ``rich.table.Table`` (caption: the summary sentence); ``compact`` keeps :data:`COMPACT_KEYS` only."""
+def to_rich(table: SummaryTable, *, compact: bool = False, caption: bool = True) -> Any:
+    """A ``rich.table.Table``; ``compact`` keeps :data:`COMPACT_KEYS` only; ``caption`` adds the summary sentence."""
     from rich.table import Table
 
     columns = [c for c in table.columns if not compact or c.key in COMPACT_KEYS]
-    out = Table(title="delibench results", caption=table.summary, caption_justify="left")
+    if compact and all(row.get("status") == "complete" for row in table.rows):
+        columns = [c for c in columns if c.key != "status"]  # only worth the width when something is off
+    out = Table(title="delibench results", caption=table.summary if caption else None, caption_justify="left")
     for col in columns:
         widest = max((len(col.fmt(row.get(col.key))) for row in table.rows), default=0)
-        out.add_column(col.title, justify="right" if col.numeric else "left", no_wrap=col.numeric, min_width=min(widest, 28) if col.key == "loader" else None)
+        out.add_column(col.title, justify="right" if col.numeric else "left", no_wrap=col.numeric, min_width=min(widest, 16) if col.key == "loader" else None, overflow="fold")
     for row in table.rows:
         out.add_row(*(col.fmt(row.get(col.key)) for col in columns))
     return out
