@@ -12,7 +12,7 @@ __all__ = ["register", "report_cmd"]
 
 _HELP = """Summarise result files: a table on stdout, or exports with figures and dollars.
 
-RESULTS are <run_id>.json files or directories (searched recursively). Costs are recomputed with the shipped, dated list-price sheet (or --prices) for the chosen --instance and --egress. A corrupt, invalid or newer-version result file stops the command with exit 2 and names the file.
+RESULTS are <run_id>.json files, JSON lists written by --json, or directories (searched recursively). Costs are recomputed with the shipped, dated list-price sheet (or --prices) for the chosen --instance and --egress. A corrupt, invalid or newer-version result file stops the command with exit 2 and names the file.
 
 \b
 Examples:

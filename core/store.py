@@ -28,6 +28,7 @@ __all__ = [
     "MIGRATIONS",
     "ResultStore",
     "STEPS_SUFFIX",
+    "load_file",
     "load_record",
     "load_records",
     "migrate",
@@ -182,6 +183,39 @@ def read_steps_csv(path: str | Path) -> tuple[StepSample, ...]:
     return tuple(out)
 
 
+def _read_json(p: Path) -> Any:
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{p}: cannot read result file: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(
+            f"{p}: corrupt result file (not JSON: {exc.msg} at line {exc.lineno} column {exc.colno})",
+            hint="delete it or re-run the benchmark that wrote it",
+        ) from None
+
+
+def _record_from_data(data: Any, source: str, folder: Path, *, with_steps: bool) -> RunRecord:
+    from delibench.reports.schema import validate_record
+
+    if not isinstance(data, dict):
+        raise UsageError(f"{source}: not a delibench result (expected a JSON object, got {type(data).__name__})")
+    data = migrate(data, source=source)
+    validate_record(data, source=source)
+    try:
+        record = from_dict(RunRecord, data)
+    except (TypeError, ValueError) as exc:  # the schema should have caught it; keep the promise of naming the file
+        raise UsageError(f"{source}: invalid run record: {exc}") from None
+    if with_steps and not record.timeline and record.steps_path:
+        sidecar = Path(record.steps_path)
+        sidecar = sidecar if sidecar.is_absolute() else folder / sidecar
+        if sidecar.exists():
+            record = dataclasses.replace(record, timeline=read_steps_csv(sidecar))
+    return record
+
+
 def load_record(path: str | Path, *, with_steps: bool = True) -> RunRecord:
     """Read, migrate and validate one result file.
 
@@ -192,34 +226,23 @@ def load_record(path: str | Path, *, with_steps: bool = True) -> RunRecord:
     Raises:
         UsageError: Unreadable, corrupt, newer-version or schema-violating file; the message names it.
     """
-    from delibench.reports.schema import validate_record
-
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"{p}: cannot read result file: {exc.strerror or exc}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise UsageError(
-            f"{p}: corrupt result file (not JSON: {exc.msg} at line {exc.lineno} column {exc.colno})",
-            hint="delete it or re-run the benchmark that wrote it",
-        ) from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{p}: not a delibench result (expected a JSON object, got {type(data).__name__})")
-    data = migrate(data, source=p)
-    validate_record(data, source=p)
-    try:
-        record = from_dict(RunRecord, data)
-    except (TypeError, ValueError) as exc:  # the schema should have caught it; keep the promise of naming the file
-        raise UsageError(f"{p}: invalid run record: {exc}") from None
-    if with_steps and not record.timeline and record.steps_path:
-        sidecar = Path(record.steps_path)
-        sidecar = sidecar if sidecar.is_absolute() else p.parent / sidecar
-        if sidecar.exists():
-            record = dataclasses.replace(record, timeline=read_steps_csv(sidecar))
-    return record
+    return _record_from_data(_read_json(p), str(p), p.parent, with_steps=with_steps)
+
+
+def load_file(path: str | Path, *, with_steps: bool = True) -> list[RunRecord]:
+    """Read a result file holding one record, or a JSON list of records (``delibench report --json``).
+
+    Raises:
+        UsageError: As :func:`load_record`; list items are named ``file[i]``.
+    """
+    p = Path(path)
+    data = _read_json(p)
+    if isinstance(data, list):
+        if not data:
+            raise UsageError(f"{p}: empty list, no run records in it")
+        return [_record_from_data(item, f"{p}[{i}]", p.parent, with_steps=with_steps) for i, item in enumerate(data)]
+    return [_record_from_data(data, str(p), p.parent, with_steps=with_steps)]
 
 
 def _expand(paths: Iterable[str | Path]) -> list[Path]:
@@ -238,6 +261,8 @@ def _expand(paths: Iterable[str | Path]) -> list[Path]:
 def load_records(paths: Iterable[str | Path], *, with_steps: bool = True) -> list[RunRecord]:
     """Read result files and directories (searched recursively for ``*.json``), in the given order.
 
+    A file may hold one record or a JSON list of them (the ``--json`` export).
+
     Raises:
         UsageError: A path does not exist, holds no result, or any file is bad (named in the message).
     """
@@ -245,7 +270,7 @@ def load_records(paths: Iterable[str | Path], *, with_steps: bool = True) -> lis
     files = _expand(given)
     if not files:
         raise UsageError(f"no result files in {', '.join(map(str, given)) or '(nothing given)'}", hint="run 'delibench run' first, or pass <run_id>.json files")
-    return [load_record(f, with_steps=with_steps) for f in files]
+    return [record for f in files for record in load_file(f, with_steps=with_steps)]
 
 
 class ResultStore:

@@ -174,3 +174,16 @@ def test_write_refuses_an_invalid_record(tmp_path, make_record) -> None:
 def test_from_dict_matches_fixture_types() -> None:
     record = from_dict(RunRecord, json.loads((DATA / "v1-bucket.json").read_text()))
     assert isinstance(record.metrics.epochs, tuple) and isinstance(record.metrics.wall_s, float)
+
+
+def test_json_export_list_reads_back(tmp_path, loader_trio) -> None:
+    from delibench.records import to_dict
+
+    path = tmp_path / "all.json"
+    path.write_text(json.dumps([to_dict(r) for r in loader_trio]))
+    assert load_records([path]) == loader_trio
+    data = [to_dict(r) for r in loader_trio]
+    data[1]["metrics"]["measured_steps"] = "many"
+    path.write_text(json.dumps(data))
+    with pytest.raises(UsageError, match=re.escape(f"{path}[1]: invalid run record at metrics.measured_steps")):
+        load_records([path])
