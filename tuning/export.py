@@ -13,15 +13,18 @@ Two export formats:
         eviction: belady
       num_workers: 2              # only when the study tuned the worker count
 
-* the trials JSON (``TRIALS_SCHEMA``): one document with the study, its objective(s), the
-  fingerprint, the recommended trial, the Pareto front, the model's error, and every trial with
-  its parameters, values, state, predicted and measured wait.
+* the trials JSON (``TRIALS_SCHEMA`` = ``delibench.study/1``, the format the HTML report's
+  tuning-history and Pareto plots read): ``study_name``, ``objective_names``, ``directions`` and
+  ``trials`` (``number``, ``state``, ``values``, ``params`` as bytes and counts, ``duration_s``),
+  plus the fingerprint, the probe, the recommended trial, the Pareto front, the model's error,
+  parameter importances, and per trial the predicted and measured wait, cost and hit rates.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -45,8 +48,9 @@ __all__ = [
     "write_best_yaml",
 ]
 
-#: Identifier and version of the trials JSON document.
-TRIALS_SCHEMA = "delibench.tune-trials/1"
+#: Format tag of the trials JSON: the reports' study export (``delibench.reports.study``), whose
+#: reader ignores the extra per-trial fields this document adds (predicted vs measured, cost, ...).
+TRIALS_SCHEMA = "delibench.study/1"
 
 #: Complete trials needed before parameter importances mean anything.
 MIN_TRIALS_FOR_IMPORTANCE = 4
@@ -127,18 +131,23 @@ def model_error(study: Any) -> dict[str, Any]:
 
 
 def importances(study: Any) -> dict[str, float] | None:
-    """Parameter importances (fANOVA) of the first objective; None with fewer than 4 complete trials."""
+    """Parameter importances (PED-ANOVA) of the first objective; None with fewer than 4 complete trials."""
     import optuna
 
     complete = _complete(study)
     if len(complete) < MIN_TRIALS_FOR_IMPORTANCE:
         return None
+    # NOTE: PED-ANOVA (Optuna's default) needs no scikit-learn; it scores how much each parameter
+    # matters for reaching LOW values of the target, which is what every objective here wants.
+    evaluator = optuna.importance.PedAnovaImportanceEvaluator()
     try:
-        return dict(
-            optuna.importance.get_param_importances(study, target=lambda t: t.values[0])
-            if len(complete[0].values) > 1
-            else optuna.importance.get_param_importances(study)
-        )
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="PedAnovaImportanceEvaluator computes", category=UserWarning)
+            return dict(
+                optuna.importance.get_param_importances(study, evaluator=evaluator, target=lambda t: t.values[0])
+                if len(complete[0].values) > 1
+                else optuna.importance.get_param_importances(study, evaluator=evaluator)
+            )
     except (RuntimeError, ValueError, ZeroDivisionError):
         return None  # e.g. every trial had the same parameters or the same value
 
@@ -147,9 +156,9 @@ def _trial_doc(study: Any, trial: Any, front: set[int]) -> dict[str, Any]:
     ua = trial.user_attrs
     return {
         "number": trial.number,
-        "state": trial.state.name.lower(),
-        "params": dict(trial.params),
-        "config": ua.get("config"),
+        "state": trial.state.name,
+        "params": {k: v for k, v in (ua.get("config") or {}).items() if v is not None},
+        "optuna_params": dict(trial.params),
         "label": ua.get("label"),
         "values": list(trial.values) if trial.values else None,
         "source": ua.get("source"),
@@ -182,13 +191,17 @@ def trials_document(study: Any) -> dict[str, Any]:
     rec = best[0] if best else None
     trials = study.get_trials(deepcopy=False)
     units = {t.user_attrs.get("cost_unit") for t in trials if t.user_attrs.get("cost_unit")}
+    objective = str(study.user_attrs.get(ATTR_OBJECTIVE, "wait"))
+    cost_name = "usd_per_epoch" if units == {"usd_per_epoch"} else "cache_bytes" if units == {"cache_bytes"} else "cost"
+    names = {"wait": ["data_wait_fraction"], "cost": [cost_name], "wait,cost": ["data_wait_fraction", cost_name]}
     return {
-        "schema": TRIALS_SCHEMA,
-        "study": study.study_name,
-        "objective": study.user_attrs.get(ATTR_OBJECTIVE),
+        "format": TRIALS_SCHEMA,
+        "study_name": study.study_name,
+        "objective": objective,
+        "objective_names": names.get(objective, [f"objective_{i}" for i in range(len(study.directions))]),
         "directions": [d.name.lower() for d in study.directions],
         "min_au": study.user_attrs.get(ATTR_MIN_AU),
-        "cost_unit": units.pop() if len(units) == 1 else (sorted(units) or None),
+        "cost_unit": next(iter(units)) if len(units) == 1 else (sorted(units) or None),
         "fingerprint": study.user_attrs.get(ATTR_FINGERPRINT),
         "probe": study.user_attrs.get(ATTR_PROBE),
         "settings": study.user_attrs.get(ATTR_SETTINGS),

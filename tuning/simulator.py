@@ -114,16 +114,16 @@ class CacheSimulator:
         self.epochs = epochs
         self.ranks = tuple(range(world_size)) if ranks is None else tuple(ranks)
         # orders[rank][epoch] = the (sliced) visiting order.
-        self._orders = {
-            r: [
-                epoch_order(len(self.sizes), e, seed, r, world_size, order, exchange_fraction, drop_last)[:max_samples_per_epoch]
-                for e in range(epochs)
-            ]
+        # One epoch more than replayed: the DELI loader knows the next epoch's order when it decides
+        # evictions in the last one, and so must the simulation.
+        full = {
+            r: [epoch_order(len(self.sizes), e, seed, r, world_size, order, exchange_fraction, drop_last) for e in range(epochs + 1)]
             for r in self.ranks
         }
+        self._orders = {r: [o[:max_samples_per_epoch] for o in full[r][:epochs]] for r in self.ranks}
         # Next-use time of each access on a global clock (position over the concatenated epochs):
-        # what a clairvoyant (Belady) cache is told, exactly as the DELI loader can know it.
-        self._next = {r: self._next_uses(self._orders[r]) for r in self.ranks}
+        # what a clairvoyant (Belady) cache is told, as the DELI loader knows it.
+        self._next = {r: self._next_uses([*self._orders[r], full[r][epochs]])[:epochs] for r in self.ranks}
         self._memo: dict[tuple[int, str], SimResult] = {}
 
     @staticmethod

@@ -82,9 +82,9 @@ class TuneConfig:
         return f"deli(cache={cache}, depth={self.prefetch_depth}, conc={self.concurrency}, {self.eviction}{workers})"
 
     def loader_options(self) -> dict[str, Any]:
-        """The DELI loader's options (``LoaderSpec.options``) for this point."""
+        """The DELI loader's options (``LoaderSpec.options``, ``DeliOptions`` names) for this point."""
         return {
-            "cache_size_bytes": self.cache_size_bytes,
+            "cache_size": self.cache_size_bytes,
             "prefetch_depth": self.prefetch_depth,
             "concurrency": self.concurrency,
             "eviction": self.eviction,

@@ -10,7 +10,8 @@ Objectives: ``wait`` (minimise the measured data-wait fraction), ``cost`` (minim
 from the run's cost estimate, or, when runs carry no cost, the cache bytes as a proxy: say which
 in the output), ``wait,cost`` (both: a Pareto front), each optionally with the constraint
 ``accelerator utilisation >= min_au`` (Optuna ``constraints_func``): ``--objective cost --min-au 0.9``
-asks for the cheapest configuration that keeps the accelerator 90 % busy.
+asks for the cheapest configuration that keeps the accelerator 90 % busy (the constraint is set
+per trial with ``Trial.set_constraint``, which the TPE sampler takes into account).
 """
 
 from __future__ import annotations
@@ -316,8 +317,8 @@ class Tuner:
         self.predictor = predictor
         self.evaluate = evaluate or runner_evaluator(settings)
         self.prune = prune and settings.objective == "wait"
-        constraints = _constraint if settings.min_au is not None else None
-        self.sampler = optuna.samplers.TPESampler(seed=sampler_seed, constraints_func=constraints, n_startup_trials=5)
+        # NOTE: constraints go through ``trial.set_constraint`` (Optuna 5), which TPE reads itself.
+        self.sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5)
         pruner = (
             optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(settings.warmup_steps, 1) + 5)
             if self.prune
@@ -407,7 +408,9 @@ class Tuner:
         trial.set_user_attr("cost_usd_per_epoch", measurement.cost_usd_per_epoch)
         trial.set_user_attr("cache_bytes", config.cache_size_bytes)
         if self.settings.min_au is not None:
-            trial.set_user_attr("au_shortfall", self.settings.min_au - measurement.accelerator_utilization)
+            shortfall = self.settings.min_au - measurement.accelerator_utilization
+            trial.set_user_attr("au_shortfall", shortfall)
+            trial.set_constraint("min_au", shortfall)  # <= 0: feasible
         if reporter.pruned:
             raise optuna.TrialPruned(f"pruned at step {reporter.steps}: running wait above the median")
         if not measurement.valid:
@@ -451,12 +454,6 @@ class Tuner:
             catch=tuple(catch),
             show_progress_bar=False,
         )
-
-
-def _constraint(trial: Any) -> Sequence[float]:
-    """Optuna constraint: ``min_au - utilisation <= 0`` is feasible (unmeasured trials are infeasible)."""
-    value = trial.user_attrs.get("au_shortfall")
-    return [1.0 if value is None else float(value)]
 
 
 def _settings_attr(settings: TuneSettings) -> dict[str, Any]:

@@ -59,11 +59,21 @@ def test_loader_spec_and_yaml_forms() -> None:
     config = TuneConfig(cache_size_bytes=256 * MiB, prefetch_depth=32, concurrency=16, eviction="belady")
     spec = config.to_loader_spec()
     assert isinstance(spec, LoaderSpec) and spec.kind == "deli"
-    assert spec.options == {"cache_size_bytes": 256 * MiB, "prefetch_depth": 32, "concurrency": 16, "eviction": "belady"}
+    assert spec.options == {"cache_size": 256 * MiB, "prefetch_depth": 32, "concurrency": 16, "eviction": "belady"}
     loader = config.to_yaml_loader()
     assert loader["cache_size"] == "256MiB"
     assert TuneConfig.from_mapping(loader) == config
     assert iec_size(1000) == 1000
+
+
+def test_loader_options_are_accepted_by_the_deli_loader() -> None:
+    from delibench.loaders.deli import DeliOptions
+    from delibench.loaders.pipeline import parse_options
+
+    config = TuneConfig(cache_size_bytes=64 * MiB, prefetch_depth=8, concurrency=4, eviction="belady")
+    options = parse_options(DeliOptions, "deli", config.loader_options())
+    assert options.cache_size_bytes == 64 * MiB and options.eviction == "belady"
+    assert options.prefetch_depth == 8 and options.concurrency == 4
 
 
 @pytest.mark.parametrize(
