@@ -1,0 +1,87 @@
+"""Regions file validation and the one-line exit-2 errors of ``delibench geo``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from delibench.cli.app import main
+from delibench.errors import UsageError
+from delibench.geo.regions import load_regions, parse_regions
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "geo" / "example-regions.yaml"
+
+GOOD = {
+    "regions": {
+        "a": {"accelerators": {"count": 2, "type": "a100", "usd_per_hour": 4.0, "step_time_s": "100ms"}, "shards": [{"name": "s0", "size_bytes": "1GB"}]},
+        "b": {"accelerators": {"count": 1, "usd_per_hour": 3.0, "profile": "v100"}},
+    },
+    "links": [{"between": ["a", "b"], "rtt_s": "70ms", "bandwidth_bytes_per_s": "100MB", "egress_usd_per_gb": 0.02}],
+}
+
+
+def test_example_file_loads() -> None:
+    config = load_regions(EXAMPLE)
+    assert len(config.regions) == 3
+    assert all(r.shards for r in config.regions)
+    link = config.link("ap-northeast", "us-east")
+    assert link is config.link("us-east", "ap-northeast")  # symmetric
+
+
+def test_units_and_profiles_parse() -> None:
+    config = parse_regions(GOOD)
+    a, b = config.regions
+    assert a.accelerators.step_time_s == pytest.approx(0.1)
+    assert a.data_bytes == 10**9
+    assert b.accelerators.profile == "v100" and b.accelerators.step_time_s > 0
+    link = config.link("a", "b")
+    assert link.rtt_s == pytest.approx(0.07) and link.bandwidth_bytes_per_s == 1e8
+    assert link.transfer_s(1e8) == pytest.approx(0.035 + 1.0)
+
+
+def _bad(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "regions.yaml"
+    path.write_text(text)
+    return path
+
+
+BAD_FILES = {
+    "unknown-key": ("regions:\n  a: {accelerators: {count: 1, usd_per_hour: 1, step_time: 1}}\n", "did you mean 'step_time_s'"),
+    "missing-link": (
+        "regions:\n  a: {accelerators: {count: 1, usd_per_hour: 1, step_time_s: 1}}\n  b: {accelerators: {count: 1, usd_per_hour: 1, step_time_s: 1}}\n",
+        "no link between a and b",
+    ),
+    "not-yaml": ("regions: [a: {\n", "not valid YAML"),
+    "negative-price": ("regions:\n  a: {accelerators: {count: 1, usd_per_hour: -1, step_time_s: 1}}\n", "usd_per_hour must be >= 0"),
+    "unknown-region-in-link": (
+        "regions:\n  a: {accelerators: {count: 1, usd_per_hour: 1, step_time_s: 1}}\n"
+        "links: [{between: [a, bb], rtt_s: 1, bandwidth_bytes_per_s: 1, egress_usd_per_gb: 0}]\n",
+        "unknown region 'bb'",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_regions_file_raises_usage_error(tmp_path: Path, case: str) -> None:
+    text, expected = BAD_FILES[case]
+    with pytest.raises(UsageError) as info:
+        load_regions(_bad(tmp_path, text))
+    assert expected in str(info.value)
+    assert str(tmp_path / "regions.yaml") in info.value.message
+
+
+@pytest.mark.parametrize("command", ["run", "compare", "plan"])
+@pytest.mark.parametrize("case", ["unknown-key", "missing-link", "not-yaml"])
+def test_cli_bad_file_exits_2_with_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, case: str) -> None:
+    path = _bad(tmp_path, BAD_FILES[case][0])
+    assert main(["geo", command, "--regions", str(path)]) == 2
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and str(path) in err
+    assert "Traceback" not in err
+
+
+def test_cli_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["geo", "plan", "--regions", str(tmp_path / "nope.yaml")]) == 2
+    assert "cannot read regions file" in capsys.readouterr().err
