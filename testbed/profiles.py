@@ -202,6 +202,18 @@ def get_profile(name: str | LinkProfile) -> LinkProfile:
     raise UsageError(f"unknown link profile {name!r}", hint=f"{hint}known profiles: {', '.join(PROFILES)}")
 
 
+def _rate(value: str | float) -> float:
+    """A bandwidth: ``"50MB"``, ``"50MB/s"`` or a number of bytes per second."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if value < 0 or not math.isfinite(value):
+            raise UsageError(f"bandwidth must be a finite number >= 0, got {value!r}")
+        return float(value)
+    text = str(value).strip()
+    if text.lower().endswith("/s"):
+        text = text[:-2]
+    return float(parse_bytes(text))
+
+
 def with_overrides(
     profile: str | LinkProfile,
     *,
@@ -227,9 +239,9 @@ def with_overrides(
     if jitter is not None:
         changes["jitter_s"] = parse_duration(jitter)
     if bandwidth is not None:
-        changes["bandwidth_bytes_per_s"] = float(parse_bytes(bandwidth))
+        changes["bandwidth_bytes_per_s"] = _rate(bandwidth)
     if per_connection_bandwidth is not None:
-        changes["per_connection_bandwidth_bytes_per_s"] = float(parse_bytes(per_connection_bandwidth))
+        changes["per_connection_bandwidth_bytes_per_s"] = _rate(per_connection_bandwidth)
     if error_rate is not None:
         changes["error_rate"] = error_rate
     if reset_rate is not None:

@@ -85,7 +85,7 @@ def gcs_binary() -> str:
         raise RuntimeFailure(f"no fake-gcs-server binary for this platform: {exc}") from exc
 
 
-def terminate_group(pgid: int, *, grace_s: float = 2.0, is_alive: callable | None = None) -> None:  # type: ignore[valid-type]
+def terminate_group(pgid: int, *, grace_s: float = 1.0, is_alive: callable | None = None) -> None:  # type: ignore[valid-type]
     """SIGTERM a process group, wait up to ``grace_s``, then SIGKILL it.
 
     Args:
@@ -108,8 +108,13 @@ def terminate_group(pgid: int, *, grace_s: float = 2.0, is_alive: callable | Non
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline and alive():
         time.sleep(0.05)
+    if not alive():
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline and alive():
+        time.sleep(0.02)
 
 
 class ManagedProcess:
@@ -184,7 +189,7 @@ class ManagedProcess:
             return "(no log)"
         return " | ".join(text[-limit:].splitlines()[-4:]) or "(empty log)"
 
-    def stop(self, grace_s: float = 2.0) -> None:
+    def stop(self, grace_s: float = 1.0) -> None:
         """SIGTERM the process group it started, wait briefly, SIGKILL, remove its socket files."""
         proc = self.process
         if proc is not None:
@@ -195,6 +200,13 @@ class ManagedProcess:
         for path in self._socket_files():
             with contextlib.suppress(OSError):
                 path.unlink()
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def detach(self) -> None:
+        """Forget the process without stopping it (it outlives this Python process)."""
+        self.process = None
         if self._log is not None:
             self._log.close()
             self._log = None
