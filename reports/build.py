@@ -101,17 +101,23 @@ def _figures(records: Sequence[RunRecord], costs: Sequence[CostEstimate], study:
     return out
 
 
+def _hours(hours: float) -> str:
+    from delibench.units import format_duration
+
+    return f"{hours:,.1f} h" if hours >= 1 else format_duration(hours * 3600)
+
+
 def _projection_html(records: Sequence[RunRecord], projections: Sequence[Projection | None]) -> str:
     from html import escape
 
     rows = "".join(
         f"<tr><td>{escape(run_label(r))}</td><td class=num>{p.epochs}</td><td class=num>{p.dataset_samples:,}</td>"
-        f"<td class=num>{p.hours:,.1f}</td><td class=num>{format_usd(p.total_usd)}</td><td class=num>{format_usd(p.idle_accelerator_usd)}</td></tr>"
+        f"<td class=num>{_hours(p.hours)}</td><td class=num>{format_usd(p.total_usd)}</td><td class=num>{format_usd(p.idle_accelerator_usd)}</td></tr>"
         for r, p in zip(records, projections)
         if p is not None
     )
     return (
-        "<table><thead><tr><th>run</th><th class=num>epochs</th><th class=num>samples/epoch</th><th class=num>hours</th>"
+        "<table><thead><tr><th>run</th><th class=num>epochs</th><th class=num>samples/epoch</th><th class=num>time</th>"
         f"<th class=num>total</th><th class=num>idle accel.</th></tr></thead><tbody>{rows}</tbody></table>"
         "<p class=meta>At the measured steady-state throughput and GETs/bytes per sample.</p>"
     )
