@@ -69,8 +69,9 @@ class EmulatedCompute:
     The sleep aims at a deadline rather than sleeping a fixed amount, and carries any oversleep of
     one step over as credit to the next back-to-back step, so that the mean step time does not
     drift above ``step_time_s`` over thousands of steps (``time.sleep`` overshoots by tens of
-    microseconds to milliseconds on a loaded machine). A step that starts after the loop waited
-    for data starts a fresh deadline.
+    microseconds to milliseconds on a loaded machine). One step may therefore be shorter than
+    ``step_time_s`` by the previous step's oversleep; the total of back-to-back steps never is. A
+    step that starts after the loop waited for data (a gap of 1 ms or more) starts a fresh deadline.
 
     Args:
         step_time_s: Seconds per batch (``>= 0``).

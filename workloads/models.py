@@ -41,6 +41,29 @@ _MNIST_MEAN = (0.1307,)
 _MNIST_STD = (0.3081,)
 
 
+_TV_DECODE: Any = False
+
+
+def _tv_decode_image() -> Any:
+    """``torchvision.io.decode_image`` or None where this torchvision no longer ships it.
+
+    torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call;
+    they are still the fastest CPU path measured here, so the warning is silenced (narrowly, by its
+    message) and PIL takes over once they are gone.
+    """
+    global _TV_DECODE
+    if _TV_DECODE is False:
+        import warnings
+
+        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
+        try:
+            from torchvision.io import decode_image
+        except ImportError:
+            decode_image = None
+        _TV_DECODE = decode_image
+    return _TV_DECODE
+
+
 class ImageDecoder:
     """Bytes + label -> (``uint8`` tensor of shape ``(channels, size, size)``, label).
 
@@ -80,14 +103,19 @@ class ImageDecoder:
 
     def _large(self, data: bytes) -> Any:
         import torch
-        from torchvision.io import ImageReadMode, decode_image
         from torchvision.transforms.v2 import functional as F
 
-        mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
-        try:
-            img = decode_image(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
-        except RuntimeError:
-            # Formats libjpeg/libpng in torchvision cannot read (e.g. BMP, TIFF): fall back to PIL.
+        decode = _tv_decode_image()
+        img = None
+        if decode is not None:
+            from torchvision.io import ImageReadMode
+
+            mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
+            try:
+                img = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
+            except RuntimeError:  # a format torchvision cannot read (BMP, TIFF): PIL below
+                img = None
+        if img is None:
             img = self._pil_tensor(data, None)
         size = [self.size, self.size]
         if self.augment == "imagenet":
