@@ -136,6 +136,19 @@ class Placement:
         return self.compute_usd + self.egress_usd
 
 
+def _solver() -> object:
+    """CBC as bundled with PuLP (the only solver PuLP installs by itself)."""
+    import warnings
+
+    import pulp
+
+    with warnings.catch_warnings():
+        # NOTE: PuLP 3.3 deprecates the bundled-CBC class in favour of COIN_CMD with a separate
+        # ``pulp[cbc]`` install; the bundled binary is what a plain ``pip install pulp`` has.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return pulp.PULP_CBC_CMD(msg=False)
+
+
 def _rho(config: RegionsConfig, workload: PlanWorkload, region: str) -> float:
     return workload.batch_size * workload.sample_bytes / config.region(region).accelerators.step_time_s
 
@@ -224,9 +237,9 @@ def plan_placement(
     sync_usd_per_extra_region = workload.sync_rounds(data_bytes) * 2 * workload.model_bytes / 1e9 * _max_egress(config)
 
     prob = pulp.LpProblem("geo_placement", pulp.LpMinimize)
-    x = {(s.name, r): pulp.LpVariable(f"x_{i}_{j}", cat="Binary") for i, (s, _) in enumerate(shard_home) for j, r in enumerate(regions)}
-    n = {r: pulp.LpVariable(f"n_{j}", lowBound=0, upBound=cap[r], cat="Integer") for j, r in enumerate(regions)}
-    y = {r: pulp.LpVariable(f"y_{j}", cat="Binary") for j, r in enumerate(regions)}
+    x = {(s.name, r): prob.add_variable(f"x_{i}_{j}", cat="Binary") for i, (s, _) in enumerate(shard_home) for j, r in enumerate(regions)}
+    n = {r: prob.add_variable(f"n_{j}", lowBound=0, upBound=cap[r], cat="Integer") for j, r in enumerate(regions)}
+    y = {r: prob.add_variable(f"y_{j}", cat="Binary") for j, r in enumerate(regions)}
     work = {r: pulp.lpSum(e * s.size_bytes * x[s.name, r] for s, _ in shard_home) for r in regions}
     compute_usd = pulp.lpSum(price_s[r] * (1.0 / rho[r]) * work[r] for r in regions)
     read_usd = pulp.lpSum(
@@ -259,7 +272,7 @@ def plan_placement(
             link_rows(deadline_s)
         prob += cost + 1e-6 * pulp.lpSum(n.values())
     else:
-        t = pulp.LpVariable("T", lowBound=0)
+        t = prob.add_variable("T", lowBound=0)
         for r in regions:
             prob += work[r] <= rho[r] * cap[r] * t
         link_rows(t)
@@ -268,7 +281,7 @@ def plan_placement(
         if deadline_s is not None:
             prob += t <= deadline_s
         prob += t
-    status = prob.solve(pulp.PULP_CBC_CMD(msg=False))
+    status = prob.solve(_solver())
     if pulp.LpStatus[status] != "Optimal":
         limits = " and ".join(name for name, v in (("deadline", deadline_s), ("budget", budget_usd)) if v is not None)
         fastest = plan_placement(config, workload, objective="time")
@@ -282,7 +295,7 @@ def plan_placement(
         t_best = t.value() or 0.0
         prob += t <= t_best * (1 + 1e-7) + 1e-9
         prob.setObjective(cost)
-        prob.solve(pulp.PULP_CBC_CMD(msg=False))
+        prob.solve(_solver())
     shards = {s.name: next(r for r in regions if (x[s.name, r].value() or 0) > 0.5) for s, _ in shard_home}
     if objective == "cost" and deadline_s is not None:
         workers = {r: int(round(n[r].value() or 0)) for r in regions}

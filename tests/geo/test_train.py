@@ -124,3 +124,27 @@ def test_failing_worker_fails_the_run_and_stops_the_others(tmp_path: Path) -> No
     with pytest.raises(RuntimeFailure, match="rank 0 failed"):
         run_geo(REGIONS, spec, timeout_s=120)
     assert _workers_alive(before) == []
+
+
+def test_cli_compare_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    import yaml
+
+    from delibench.cli.app import main
+
+    path = tmp_path / "regions.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "regions": {r.name: {"accelerators": {"count": r.accelerators.count, "usd_per_hour": r.accelerators.usd_per_hour, "step_time_s": 0.005}} for r in REGIONS.regions},
+                "links": [{"between": ["a", "b"], "rtt_s": "20ms", "bandwidth_bytes_per_s": "50MB", "egress_usd_per_gb": 0.02}],
+            }
+        )
+    )
+    code = main(["geo", "compare", "--regions", str(path), "--strategies", "allreduce,ma", "--period", "2", "--steps", "8", "--json"])
+    assert code == 0
+    base, ma = json.loads(capsys.readouterr().out)
+    assert base["strategy"] == "allreduce" and ma["strategy"] == "ma"
+    assert ma["cross_region_bytes"] * 2 == base["cross_region_bytes"]
+    assert len(base["loss_curve"]) == 8 and "communication-level" in base["emulation"]
