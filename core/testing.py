@@ -104,8 +104,16 @@ def copy_corpus(corpus: Corpus, url: str, storage_options: dict[str, Any] | None
     loc = resolve(url, storage_options)
     fs = loc.filesystem()
     local = Path(corpus.url)
-    for entry in corpus.manifest.samples:
-        fs.pipe_file(loc.child(entry.key), (local / entry.key).read_bytes())
+    blobs = {loc.child(e.key): (local / e.key).read_bytes() for e in corpus.manifest.samples}
+    for attempt in range(3):
+        # NOTE: a small local object store under load sometimes answers 500; uploads are idempotent.
+        try:
+            fs.pipe(blobs)
+            break
+        except OSError:
+            if attempt == 2:
+                raise
+            time.sleep(0.5)
     write_manifest(corpus.manifest, url, storage_options)
     return Corpus(url, corpus.manifest)
 

@@ -14,7 +14,7 @@ import math
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Hashable, Mapping
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Protocol
@@ -31,6 +31,7 @@ __all__ = [
     "make_policy",
     "policy_names",
     "register_policy",
+    "simulate",
 ]
 
 NEVER = math.inf
@@ -425,3 +426,39 @@ class ByteBudgetCache:
                 self._disk.clear()
 
     close = clear
+
+
+def simulate(
+    orders: Sequence[Sequence[int]],
+    sizes: Sequence[int],
+    capacity_bytes: int,
+    policy: str = "lru",
+) -> CacheStats:
+    """Replay epochs of one rank's sample orders through a cache, as the ``deli`` loader uses it.
+
+    Each position is looked up (a hit, or a miss that is then offered to the cache) with the same
+    global clock the loader uses: position ``p`` of epoch ``e`` is time ``e * len(order) + p``,
+    and an item's next use is its position in the following epoch (``inf`` when absent). No I/O.
+
+    Args:
+        orders: Per-epoch orders (e.g. ``[epoch_order(n, e, ...) for e in range(3)]``); the last
+            epoch's successor is treated as unknown.
+        sizes: Bytes of each sample, by index.
+        capacity_bytes: Memory budget.
+        policy: Eviction policy name.
+
+    Returns:
+        The cache's counters after the replay (``hit_rate`` and friends).
+    """
+    cache = ByteBudgetCache(capacity_bytes, policy)
+    for epoch, order in enumerate(orders):
+        following: dict[int, int] = {}
+        if epoch + 1 < len(orders):
+            base = (epoch + 1) * len(order)
+            for pos, idx in enumerate(orders[epoch + 1]):
+                following.setdefault(idx, base + pos)
+        for idx in order:
+            when = following.get(idx)
+            if cache.get(idx, when) is None:
+                cache.put(idx, b"\0" * sizes[idx], when)
+    return cache.stats()

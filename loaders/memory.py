@@ -20,9 +20,10 @@ class MemoryOptions:
     """Options of the ``memory`` loader.
 
     Attributes:
-        sample_count: Load only the first ``sample_count`` samples of this rank's epoch-0 order
-            (None = all of them); every epoch then visits that subset in its own order. A few
-            thousand samples are enough to measure the decode rate (DS-Analyzer style).
+        sample_count: Load only the first ``sample_count`` samples of this rank's epoch-0 order;
+            every epoch then visits that subset in its own order. None loads the whole dataset
+            (every epoch is then exactly the other loaders' epoch). A few thousand samples are
+            enough to measure the decode rate (DS-Analyzer style).
         concurrency: Requests in flight while loading.
     """
 
@@ -55,9 +56,10 @@ class MemoryLoader:
 
     def _load(self) -> dict[int, bytes]:
         if self._data is None:
-            wanted = list(dict.fromkeys(context_order(self.ctx, 0)))
-            if self.options.sample_count is not None:
-                wanted = wanted[: self.options.sample_count]
+            if self.options.sample_count is None:
+                wanted = list(range(len(self.ctx.manifest)))
+            else:
+                wanted = list(dict.fromkeys(context_order(self.ctx, 0)))[: self.options.sample_count]
             blobs = self.source.fetch_many_sync(wanted, self.options.concurrency)
             self._data = dict(zip(wanted, blobs))
         return self._data
