@@ -1,0 +1,166 @@
+"""The deli loader: byte budgets from 0 to the whole dataset, zero GETs when cached, locality, errors, shutdown."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from delibench.errors import FetchError, UsageError
+from delibench.loaders.deli import DeliLoader
+from delibench.testbed.profiles import LinkProfile
+from delibench.testing import Corpus, leftovers, make_context, resource_snapshot
+
+
+def run_epoch(loader: Any, epoch: int, corpus: Corpus) -> list[int]:
+    seen = []
+    for batch in loader.iter_epoch(epoch):
+        seen.extend(int(i) for i in batch.indices)
+        assert list(batch.inputs) == [corpus.expected(int(i)) for i in batch.indices]
+    return seen
+
+
+@pytest.mark.parametrize(
+    "cache_size,depth",
+    [(0, 4), (2500, 3), (6000, 8)],  # nothing, less than one batch (5 samples), 10 % of the dataset
+    ids=["zero", "below-one-batch", "ten-percent"],
+)
+def test_budget_is_a_hard_limit(sized_corpus: Corpus, cache_size: int, depth: int) -> None:
+    n = len(sized_corpus.manifest)
+    with DeliLoader(make_context(sized_corpus, num_workers=1), cache_size=cache_size, prefetch_depth=depth, concurrency=4) as loader:
+        for epoch in range(3):
+            assert sorted(run_epoch(loader, epoch, sized_corpus)) == list(range(n))
+        stats = loader.stats()
+        timeline = loader.occupancy_timeline()
+    assert stats.cache_peak_bytes <= cache_size
+    assert all(b <= cache_size for _, b in timeline)
+    assert stats.prefetch_peak_bytes <= depth * 1000
+    assert stats.cache_hits + stats.cache_misses == 3 * n
+    assert stats.requests_count == stats.cache_misses  # every miss is exactly one GET
+    if cache_size == 0:
+        assert stats.cache_hits == 0 and stats.requests_count == 3 * n
+
+
+@pytest.mark.parametrize("eviction", ["lru", "belady"])
+def test_whole_dataset_cache_makes_later_epochs_free_locally(sized_corpus: Corpus, eviction: str) -> None:
+    n = len(sized_corpus.manifest)
+    with DeliLoader(make_context(sized_corpus, num_workers=0), cache_size=n * 1000, eviction=eviction) as loader:
+        run_epoch(loader, 0, sized_corpus)
+        assert loader.stats().requests_count == n  # never fetched twice in an epoch
+        run_epoch(loader, 1, sized_corpus)
+        stats = loader.stats()
+    assert stats.requests_count == n and stats.cache_hits == n and stats.cache_evictions == 0
+
+
+@pytest.mark.s3
+def test_epoch_two_issues_zero_gets_on_the_wire(s3_corpus: Corpus, shaped_s3: Any) -> None:
+    link = shaped_s3("local")
+    n = len(s3_corpus.manifest)
+    with DeliLoader(make_context(s3_corpus, num_workers=2), cache_size="1MiB", concurrency=8) as loader:
+        run_epoch(loader, 0, s3_corpus)
+        after_first = link.stats().requests
+        run_epoch(loader, 1, s3_corpus)
+        assert link.stats().requests == after_first
+        stats = loader.stats()
+    assert stats.requests_count == n and stats.cache_hits == n
+    assert stats.fetch_latency_s_p50 is not None and stats.fetch_latency_s_p99 >= stats.fetch_latency_s_p50
+    assert stats.prefetch_lead_mean is not None and stats.bytes_read_remote == s3_corpus.manifest.total_bytes
+
+
+def test_locality_order_keeps_epoch_two_hits_high_for_world_two(sized_corpus: Corpus) -> None:
+    n = len(sized_corpus.manifest)
+    budget = n // 2 * 1000  # each rank can hold its own half
+
+    def epoch_two_hit_rate(order: str) -> float:
+        hits = []
+        for rank in range(2):
+            ctx = make_context(sized_corpus, num_workers=0, rank=rank, world_size=2, order=order)
+            with DeliLoader(ctx, cache_size=budget, eviction="belady") as loader:
+                run_epoch(loader, 0, sized_corpus)
+                before = loader.stats()
+                run_epoch(loader, 1, sized_corpus)
+                after = loader.stats()
+            hits.append((after.cache_hits - before.cache_hits) / (n // 2))
+        return sum(hits) / 2
+
+    locality, shuffle = epoch_two_hit_rate("locality"), epoch_two_hit_rate("shuffle")
+    assert locality == 1.0
+    assert shuffle < 0.75  # a rank's next-epoch share overlaps its last one by about half
+
+
+def test_disk_tier_serves_spilled_samples(sized_corpus: Corpus, tmp_path: Path) -> None:
+    n = len(sized_corpus.manifest)
+    with DeliLoader(
+        make_context(sized_corpus, num_workers=1), cache_size=10_000, cache_tier="disk",
+        cache_dir=str(tmp_path / "spill"), disk_cache_size=n * 1000,
+    ) as loader:
+        run_epoch(loader, 0, sized_corpus)
+        run_epoch(loader, 1, sized_corpus)
+        stats = loader.stats()
+        assert stats.cache_peak_bytes <= 10_000
+        assert loader.cache.stats().disk_hits > 0
+    assert stats.requests_count == n  # memory + disk held everything
+    assert not list((tmp_path / "spill").iterdir())  # close removed the spilled files
+
+
+def test_fetch_error_names_the_key_and_leaves_nothing_behind(sized_corpus: Corpus, tmp_path: Path) -> None:
+    from delibench.testing import Corpus as C
+
+    root = tmp_path / "copy"
+    shutil.copytree(sized_corpus.url, root)
+    victim = sized_corpus.manifest.samples[17].key
+    (root / victim).unlink()
+    corpus = C(str(root), sized_corpus.manifest)
+    before = resource_snapshot()
+    loader = DeliLoader(make_context(corpus, num_workers=2), cache_size="1MiB", concurrency=4)
+    with pytest.raises(FetchError) as info:
+        run_epoch(loader, 0, corpus)
+    assert info.value.key == victim and victim in str(info.value)
+    loader.close()
+    threads, children = leftovers(before)
+    assert not threads and not children
+
+
+@pytest.mark.parametrize(
+    "options,match",
+    [
+        ({"cache_sise": 1}, "did you mean 'cache_size'"),
+        ({"cache_size": "12 parsecs"}, "unknown size unit"),
+        ({"eviction": "fifo"}, "unknown eviction"),
+        ({"cache_tier": "disk"}, "disk_cache_size"),
+        ({"prefetch_depth": 0}, "prefetch_depth"),
+    ],
+)
+def test_bad_options_are_usage_errors(local_corpus: Corpus, options: dict, match: str) -> None:
+    with pytest.raises(UsageError, match=match):
+        DeliLoader(make_context(local_corpus), **options)
+
+
+def test_size_strings_are_parsed(local_corpus: Corpus) -> None:
+    loader = DeliLoader(make_context(local_corpus), cache_size="512MiB")
+    assert loader.options.cache_size_bytes == 512 * 1024**2
+    loader.close()
+
+
+@pytest.mark.s3
+@pytest.mark.slow
+def test_deli_beats_naive_bucket_through_a_slow_link(s3_corpus: Corpus, shaped_s3: Any) -> None:
+    from delibench.loaders.bucket import BucketLoader
+
+    rtt_s = 0.05
+    shaped_s3(LinkProfile(name="rtt50", rtt_s=rtt_s))
+    n = len(s3_corpus.manifest)
+
+    def epoch_time(loader: Any) -> float:
+        with loader:
+            start = time.perf_counter()
+            run_epoch(loader, 0, s3_corpus)
+            return time.perf_counter() - start
+
+    bucket_s = epoch_time(BucketLoader(make_context(s3_corpus, num_workers=1)))
+    deli_s = epoch_time(DeliLoader(make_context(s3_corpus, num_workers=1), concurrency=16, prefetch_depth=32))
+    assert bucket_s >= n * rtt_s  # one round trip per sample, one after another
+    assert deli_s < bucket_s
