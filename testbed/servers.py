@@ -145,6 +145,14 @@ class ManagedProcess:
         """Whether the server answers its API right now."""
         raise NotImplementedError
 
+    def environment(self) -> dict[str, str]:
+        """The server's environment: ours without cloud credentials or endpoints.
+
+        SeaweedFS turns ``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY`` into its only identity,
+        which would make it reject clients using other (dummy) keys; without them it accepts any.
+        """
+        return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_EMULATOR_HOST"))}
+
     def _socket_files(self) -> list[Path]:
         return []
 
@@ -165,6 +173,7 @@ class ManagedProcess:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             cwd=self.data_dir,
+            env=self.environment(),
             start_new_session=True,  # own process group: stop() kills the server and its children only
         )
         deadline = time.monotonic() + timeout_s
