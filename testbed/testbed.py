@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from delibench.errors import RuntimeFailure, UsageError
 from delibench.testbed.link import LinkEmulator
@@ -242,6 +242,7 @@ class Testbed:
         self.state = state
         self._owned = owned or []
         self.links: list[LinkEmulator] = links or []
+        self._lock: IO[bytes] | None = None
 
     # -- construction --------------------------------------------------------------------------
     @classmethod
@@ -273,6 +274,13 @@ class Testbed:
         wanted = _validate_services(services)
         root = Path(data_dir).resolve()
         root.mkdir(parents=True, exist_ok=True)
+        _, running = testbed_status(root)
+        if any(s.running for s in running):
+            raise UsageError(
+                f"a testbed is already running in {root}",
+                hint="use Testbed.attach() / 'delibench testbed env', another directory, or 'delibench testbed down'",
+            )
+        lock = _lock_dir(root)
         owned: list[ManagedProcess] = []
         links: list[LinkEmulator] = []
         records: list[ProcessRecord] = []
@@ -306,6 +314,7 @@ class Testbed:
                 link.stop()
             for proc in reversed(owned):
                 proc.stop()
+            lock.close()
             raise
         state = TestbedState(
             data_dir=str(root),
@@ -319,8 +328,11 @@ class Testbed:
             for proc in owned:
                 proc.detach()
             _write_state(root, state)
+            lock.close()  # from now on the state file says who owns the directory
             return cls(state)
-        return cls(state, owned=owned, links=links)
+        bed = cls(state, owned=owned, links=links)
+        bed._lock = lock
+        return bed
 
     @classmethod
     def attach(cls, data_dir: str | os.PathLike[str] = DEFAULT_DIR) -> Testbed:
@@ -396,12 +408,32 @@ class Testbed:
             self._owned = []
         elif self.state.processes:
             stop_detached(self.state.data_dir)
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
 
     def __enter__(self) -> Testbed:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def _lock_dir(root: Path) -> IO[bytes]:
+    """Hold an exclusive lock on ``root`` so two testbeds never share one SeaweedFS directory.
+
+    Raises:
+        UsageError: Another process holds it.
+    """
+    import fcntl
+
+    handle = open(root / ".lock", "ab")  # noqa: SIM115 - held for the testbed's lifetime
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        handle.close()
+        raise UsageError(f"another testbed is starting or running in {root}", hint="use another directory") from exc
+    return handle
 
 
 def _write_state(root: Path, state: TestbedState) -> None:

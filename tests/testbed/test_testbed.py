@@ -156,3 +156,14 @@ def test_cli_bad_input_is_one_line_exit_2(tmp_path: Path, args: tuple[str, ...])
     if "cross-regoin" in args:
         assert "did you mean 'cross-region'" in result.stderr
     assert not (tmp_path / "none" / "testbed.json").exists()
+
+
+def test_two_testbeds_cannot_share_a_directory(tmp_path: Path) -> None:
+    from delibench.errors import UsageError
+
+    with Testbed.start(tmp_path / "tb", profile="local", services=("gcs",)) as tb:
+        with pytest.raises(UsageError, match="already running|another testbed"):
+            Testbed.start(tmp_path / "tb", profile="local", services=("gcs",))
+        assert tb.gcs_direct_url
+    with Testbed.start(tmp_path / "tb", profile="local", services=("gcs",)):  # free again after stop
+        pass
