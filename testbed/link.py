@@ -31,7 +31,6 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 

@@ -18,6 +18,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
 
@@ -85,7 +86,7 @@ def gcs_binary() -> str:
         raise RuntimeFailure(f"no fake-gcs-server binary for this platform: {exc}") from exc
 
 
-def terminate_group(pgid: int, *, grace_s: float = 1.0, is_alive: callable | None = None) -> None:  # type: ignore[valid-type]
+def terminate_group(pgid: int, *, grace_s: float = 1.0, is_alive: Callable[[], bool] | None = None) -> None:
     """SIGTERM a process group, wait up to ``grace_s``, then SIGKILL it.
 
     Args:
