@@ -1,0 +1,311 @@
+"""``delibench run`` and ``delibench compare``: measure the data wait of loaders on one dataset."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from delibench.cli.output import console, err_console, print_json
+from delibench.cli.progress import StepProgress, StopFlag, stop_on_signals
+from delibench.config import load_config, parse_loader_arg
+from delibench.errors import ExitCode, UsageError
+from delibench.records import ComputeSpec, LoaderSpec, RunRecord, RunSpec
+
+__all__ = ["build_specs", "register", "report_and_exit_code"]
+
+LOADER_PANEL = "Loader"
+WORKLOAD_PANEL = "Workload"
+RUN_PANEL = "Run"
+OUTPUT_PANEL = "Output"
+
+
+def _default_workers() -> int:
+    return max(1, min(os.cpu_count() or 1, 8))
+
+
+def build_specs(
+    *,
+    data: str | None,
+    loaders: list[str],
+    default_loaders: list[str],
+    workload: str | None,
+    compute: str | None,
+    batch_size: int | None,
+    num_workers: int | None,
+    epochs: int | None,
+    warmup_steps: int | None,
+    max_steps: int | None,
+    seed: int | None,
+    order: str | None,
+    config: Path | None,
+    nproc: int,
+) -> list[RunSpec]:
+    """Merge a config file and command-line flags (flags win) into one RunSpec per loader.
+
+    Raises:
+        UsageError: No dataset, a bad value, or a bad loader argument.
+    """
+    from delibench.workloads.compute import parse_compute
+    from delibench.workloads.models import get_workload
+
+    doc: dict[str, Any] = load_config(config) if config else {}
+
+    def pick(flag: Any, key: str, default: Any) -> Any:
+        return flag if flag is not None else doc.get(key, default)
+
+    url = pick(data, "data", None)
+    if not url:
+        raise UsageError("no dataset given", hint="use --data s3://bucket/prefix (or a path), or data: in --config")
+    wl_name = pick(workload, "workload", "resnet50")
+    wl = get_workload(wl_name)
+    bs = int(pick(batch_size, "batch_size", wl.default_batch_size))
+    if bs < 1:
+        raise UsageError(f"--batch-size must be at least 1, got {bs}")
+    compute_spec: ComputeSpec = parse_compute(str(pick(compute, "compute", "auto")), batch_size=bs)
+    loader_specs: list[LoaderSpec]
+    if loaders:
+        loader_specs = [parse_loader_arg(text) for text in loaders]
+    elif "loaders" in doc:
+        loader_specs = list(doc["loaders"])
+    elif "loader" in doc:
+        loader_specs = [doc["loader"]]
+    else:
+        loader_specs = [parse_loader_arg(text) for text in default_loaders]
+    order_value = pick(order, "order", None)
+    exchange = doc.get("exchange_fraction")
+    if order_value is not None or exchange is not None:
+        loader_specs = [
+            dataclasses.replace(
+                s,
+                options={
+                    **({"order": order_value} if order_value is not None else {}),
+                    **({"exchange_fraction": exchange} if exchange is not None else {}),
+                    **s.options,
+                },
+            )
+            for s in loader_specs
+        ]
+    n_epochs = int(pick(epochs, "epochs", 1))
+    warmup = int(pick(warmup_steps, "warmup_steps", 5))
+    steps = pick(max_steps, "max_steps_per_epoch", None)
+    workers = int(pick(num_workers, "num_workers", _default_workers()))
+    if n_epochs < 1:
+        raise UsageError(f"--epochs must be at least 1, got {n_epochs}")
+    if warmup < 0:
+        raise UsageError(f"--warmup-steps must not be negative, got {warmup}")
+    if steps is not None and int(steps) < 1:
+        raise UsageError(f"--max-steps must be at least 1, got {steps}")
+    if workers < 0:
+        raise UsageError(f"--num-workers must not be negative, got {workers}")
+    if nproc < 1:
+        raise UsageError(f"--nproc must be at least 1, got {nproc}")
+    world = int(os.environ.get("WORLD_SIZE", nproc))
+    return [
+        RunSpec(
+            dataset_url=str(url),
+            workload=wl_name,
+            loader=spec,
+            compute=compute_spec,
+            batch_size=bs,
+            num_workers=workers,
+            epochs=n_epochs,
+            warmup_steps=warmup,
+            seed=int(pick(seed, "seed", 0)),
+            world_size=world,
+            max_steps_per_epoch=int(steps) if steps is not None else None,
+            link_profile=os.environ.get("DELIBENCH_LINK_PROFILE"),
+        )
+        for spec in loader_specs
+    ]
+
+
+def _steps_total(spec: RunSpec, samples: int) -> int:
+    per_rank = math.ceil(samples / max(spec.world_size, 1))
+    per_epoch = math.ceil(per_rank / spec.batch_size)
+    if spec.max_steps_per_epoch:
+        per_epoch = min(per_epoch, spec.max_steps_per_epoch)
+    return per_epoch * spec.epochs
+
+
+def report_and_exit_code(
+    records: list[RunRecord],
+    *,
+    as_json: bool,
+    html: Path | None,
+    min_au: float | None,
+    interrupted: bool,
+) -> int:
+    """Print the summary (table + sentence, or JSON), write the HTML report, and pick the exit code."""
+    from delibench.reports.tables import summary_table, to_rich
+
+    if as_json:
+        print_json(records if len(records) > 1 else records[0])
+    else:
+        table = summary_table(records, [r.cost for r in records])
+        console.print(to_rich(table, compact=console.width < 140))
+        for r in records:
+            if r.diagnosis:
+                console.print(f"[dim]{r.spec.loader.display_name}:[/] {r.diagnosis.summary}", highlight=False)
+            for issue in r.issues:
+                if issue.severity != "info":
+                    colour = "red" if issue.severity == "invalid" else "yellow"
+                    err_console.print(f"[{colour}]{issue.severity}[/] {r.spec.loader.display_name}: {issue.message}", highlight=False)
+    paths = [r.steps_path.removesuffix(".steps.csv") + ".json" for r in records if r.steps_path]
+    if paths:
+        err_console.print(f"results: {', '.join(paths)}", highlight=False)
+    if html:
+        from delibench.reports.build import build_report
+
+        build_report(records, html=html)
+        err_console.print(f"report: {html}", highlight=False)
+    if interrupted:
+        return int(ExitCode.INTERRUPTED)
+    if any(not r.valid for r in records):
+        return int(ExitCode.INVALID_RESULT)
+    if min_au is not None:
+        failing = [r for r in records if r.metrics.accelerator_utilization < min_au]
+        if failing:
+            names = ", ".join(f"{r.spec.loader.display_name} ({r.metrics.accelerator_utilization:.1%})" for r in failing)
+            err_console.print(f"[red]accelerator utilisation below {min_au:.0%}:[/] {names}", highlight=False)
+            return int(ExitCode.THRESHOLD_NOT_MET)
+    return int(ExitCode.OK)
+
+
+def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, progress: bool, diagnose: bool, html: Path | None, min_au: float | None, interleave: bool, dry_run: bool) -> int:
+    from delibench.distributed import rank_info
+    from delibench.manifest import read_manifest
+    from delibench.runner import compare
+
+    info = rank_info()
+    manifest = read_manifest(specs[0].dataset_url)
+    if dry_run:
+        from delibench.env import memory_bytes
+        from delibench.units import format_bytes
+
+        print_json({"specs": specs, "dataset_samples": len(manifest), "dataset_bytes": manifest.total_bytes})
+        err_console.print(
+            f"dataset: {len(manifest)} samples, {format_bytes(manifest.total_bytes)}; host RAM {format_bytes(memory_bytes())}",
+            highlight=False,
+        )
+        return int(ExitCode.OK)
+    flag = StopFlag()
+    totals = {s.loader.display_name: _steps_total(s, len(manifest)) for s in specs}
+    with stop_on_signals(flag), StepProgress(totals, enabled=progress and not as_json and info.is_main) as bar:
+        records = compare(
+            specs,
+            results_dir=str(results_dir) if results_dir else None,
+            on_step=bar.callback(),
+            should_stop=flag,
+            interleave=interleave,
+            with_diagnosis=diagnose,
+        )
+    if not info.is_main:
+        return int(ExitCode.OK)
+    interrupted = flag() or any(r.status == "interrupted" for r in records)
+    return report_and_exit_code(records, as_json=as_json, html=html, min_au=min_au, interrupted=interrupted)
+
+
+def _command(default_loaders: list[str], interleave_default: bool):  # noqa: ANN202 - typer signature
+    def command(
+        data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset root with a delibench manifest: s3://bucket/prefix, gs://..., or a path.", rich_help_panel=WORKLOAD_PANEL),
+        loader: list[str] = typer.Option([], "--loader", "-l", help="Loader to measure, repeatable: bucket | deli[:cache_size=2GiB,prefetch_depth=256,concurrency=32,eviction=lru|belady,order=locality] | disk=./local/copy | fsspec-cache | a plugin. Label with @: deli@big:cache_size=8GiB.", rich_help_panel=LOADER_PANEL),
+        workload: Optional[str] = typer.Option(None, "--workload", "-w", help="resnet50 | resnet18 | mobilenet_v3_small | mnist-cnn | cifar-resnet50. Default: resnet50.", rich_help_panel=WORKLOAD_PANEL),
+        compute: Optional[str] = typer.Option(None, "--compute", help="auto | cuda | cpu | emulated:120ms | emulated:<gpu profile, e.g. resnet50-a100>. Default: auto (CUDA when present).", rich_help_panel=WORKLOAD_PANEL),
+        batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b", help="Samples per batch per rank. Default: the workload's.", rich_help_panel=WORKLOAD_PANEL),
+        num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader worker processes per rank, the same for every loader. Default: CPU count (max 8).", rich_help_panel=LOADER_PANEL),
+        epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per loader. Default: 1.", rich_help_panel=RUN_PANEL),
+        warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Steps left out of the steady-state fraction. Default: 5.", rich_help_panel=RUN_PANEL),
+        max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop each epoch after this many steps. Default: the whole epoch.", rich_help_panel=RUN_PANEL),
+        seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sample order and the model. Default: 0.", rich_help_panel=RUN_PANEL),
+        order: Optional[str] = typer.Option(None, "--order", help="shuffle (DistributedSampler order) or locality (stable per-rank sets, better cache reuse). Default: shuffle.", rich_help_panel=LOADER_PANEL),
+        nproc: int = typer.Option(1, "--nproc", help="Ranks to launch on this machine (torch.distributed: gloo on CPU, nccl on GPU). Default: 1.", rich_help_panel=RUN_PANEL),
+        config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (e.g. from 'delibench tune --export'); flags override it.", rich_help_panel=RUN_PANEL),
+        diagnose: bool = typer.Option(True, "--diagnose/--no-diagnose", help="Tell fetch stall from CPU stall by re-running a slice from memory. Default: on.", rich_help_panel=RUN_PANEL),
+        interleave: bool = typer.Option(interleave_default, "--interleave/--sequential", help="Run epoch e of every loader before epoch e+1 of any, so noise hits all alike.", rich_help_panel=RUN_PANEL),
+        results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Where result JSON files go. Default: .delibench/results.", rich_help_panel=OUTPUT_PANEL),
+        html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here.", rich_help_panel=OUTPUT_PANEL),
+        as_json: bool = typer.Option(False, "--json", help="Print the result record(s) as JSON on stdout, nothing else.", rich_help_panel=OUTPUT_PANEL),
+        progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress on stderr (off when not a terminal).", rich_help_panel=OUTPUT_PANEL),
+        min_au: Optional[float] = typer.Option(None, "--min-au", help="Exit 4 when a loader's accelerator utilisation is below this (MLPerf Storage's pass mark is 0.9).", rich_help_panel=OUTPUT_PANEL),
+        dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved run specs and dataset size, run nothing.", rich_help_panel=OUTPUT_PANEL),
+    ) -> None:
+        if nproc > 1 and "RANK" not in os.environ:
+            import sys
+
+            from delibench.distributed import launch_local
+
+            argv = [a for a in sys.argv[1:]]
+            raise typer.Exit(launch_local(nproc, _strip_nproc(argv)))
+        specs = build_specs(
+            data=data,
+            loaders=loader,
+            default_loaders=default_loaders,
+            workload=workload,
+            compute=compute,
+            batch_size=batch_size,
+            num_workers=num_workers,
+            epochs=epochs,
+            warmup_steps=warmup_steps,
+            max_steps=max_steps,
+            seed=seed,
+            order=order,
+            config=config,
+            nproc=nproc,
+        )
+        code = _execute(specs, results_dir=results_dir, as_json=as_json, progress=progress, diagnose=diagnose, html=html, min_au=min_au, interleave=interleave, dry_run=dry_run)
+        raise typer.Exit(code)
+
+    return command
+
+
+def _strip_nproc(argv: list[str]) -> list[str]:
+    """The command line for each rank: the same, without ``--nproc N`` (ranks come from the environment)."""
+    out: list[str] = []
+    skip = False
+    for a in argv:
+        if skip:
+            skip = False
+            continue
+        if a == "--nproc":
+            skip = True
+            continue
+        if a.startswith("--nproc="):
+            continue
+        out.append(a)
+    return out
+
+
+RUN_HELP = """Measure the data-wait fraction of a training loop fed by one loader (or several).
+
+The fraction is the share of step time the accelerator spends blocked waiting for the next batch,
+over the steady-state steps (warm-up excluded); accelerator utilisation (AU) is one minus it.
+
+Examples:
+
+  delibench run --data s3://my-bucket/imgs --loader deli:cache_size=8GiB --workload resnet50
+
+  delibench run --data ./imgs --loader bucket --compute emulated:resnet50-a100 --epochs 2 --json
+
+  torchrun --nproc-per-node 8 -m delibench run --data s3://my-bucket/imgs --loader deli
+"""
+
+COMPARE_HELP = """Measure several loaders on the same data, epochs interleaved, and print how much wait each removes.
+
+Default loaders: bucket (one GET per sample), deli (cached prefetch) and fsspec-cache; add the
+local copy with --loader disk=./imgs.
+
+Example:
+
+  delibench compare --data s3://my-bucket/imgs --loader bucket --loader deli --loader disk=./imgs --compute emulated:100ms --epochs 2 --html report.html
+"""
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``run`` and ``compare`` to the root app."""
+    app.command("run", help=RUN_HELP, no_args_is_help=True)(_command(["deli"], True))
+    app.command("compare", help=COMPARE_HELP, no_args_is_help=True)(_command(["bucket", "deli", "fsspec-cache"], True))
