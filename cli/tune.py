@@ -15,11 +15,7 @@ __all__ = ["register", "show_cmd", "tune_app"]
 
 _TUNE_HELP = """Tune the DELI loader for this environment: each trial is a short measured run (a slice of an epoch).
 
-The study is named after a fingerprint of the environment (dataset, endpoint, measured RTT and
-bandwidth buckets, compute) and stored in an SQLite file (.delibench/studies.db), so running the
-same command again resumes it, and two processes can tune one study at once. Use
---storage postgresql://... for a team. An analytic model (probe + cache simulator) proposes the
-first trials; the result records predicted vs measured wait for every trial.
+The study is named after a fingerprint of the environment (dataset, endpoint, measured RTT and bandwidth buckets, compute) and stored in an SQLite file (.delibench/studies.db), so running the same command again resumes it, and two processes can tune one study at once. Use --storage postgresql://... for a team. An analytic model (probe + cache simulator) proposes the first trials; the result records predicted vs measured wait for every trial.
 
 Examples:
 
@@ -108,10 +104,10 @@ def tune_cmd(
     data: str = typer.Option(None, "--data", "-d", help="Dataset root with a delibench manifest (s3://, gs://, path).", rich_help_panel=_PANEL_DATA),
     workload: str = typer.Option(None, "--workload", "-w", help="Workload name (see 'delibench list workloads').", rich_help_panel=_PANEL_DATA),
     compute: str = typer.Option("auto", "--compute", help="cpu, cuda, auto, emulated:<time> (e.g. emulated:50ms) or emulated:<profile>. Emulated compute also feeds the model.", rich_help_panel=_PANEL_DATA),
-    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Samples per step [default: the workload's].", rich_help_panel=_PANEL_DATA),
+    batch_size: int = typer.Option(None, "--batch-size", "-b", help="Samples per step (default: the workload's).", rich_help_panel=_PANEL_DATA),
     num_workers: int = typer.Option(2, "--num-workers", help="DataLoader workers of every trial (unless --tune-workers).", rich_help_panel=_PANEL_DATA),
     trials: int = typer.Option(20, "--trials", "-n", help="Trials to run in this invocation (added to the study's).", rich_help_panel=_PANEL_SEARCH),
-    mem_budget: str = typer.Option(None, "--mem-budget", help="Largest cache to try, e.g. 8GiB [default: half the host's RAM].", rich_help_panel=_PANEL_SEARCH),
+    mem_budget: str = typer.Option(None, "--mem-budget", help="Largest cache to try, e.g. 8GiB (default: half the host's RAM).", rich_help_panel=_PANEL_SEARCH),
     objective: str = typer.Option("wait", "--objective", help="wait (data-wait fraction), cost ($/epoch), or wait,cost (Pareto front).", rich_help_panel=_PANEL_SEARCH),
     min_au: float = typer.Option(None, "--min-au", help="Constraint: accelerator utilisation >= this (e.g. 0.9); with --objective cost: the cheapest config that keeps the accelerator busy.", rich_help_panel=_PANEL_SEARCH),
     steps_per_trial: int = typer.Option(40, "--steps-per-trial", help="Steps of each epoch a trial measures (0 = whole epochs).", rich_help_panel=_PANEL_SEARCH),
@@ -121,11 +117,11 @@ def tune_cmd(
     model_start: int = typer.Option(3, "--model-start", help="Enqueue the analytic model's N best guesses first (0: off).", rich_help_panel=_PANEL_SEARCH),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler order (every trial) and of TPE.", rich_help_panel=_PANEL_SEARCH),
     timeout: float = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds.", rich_help_panel=_PANEL_SEARCH),
-    storage: str = typer.Option(None, "--storage", help="SQLAlchemy URL of the study database [default: sqlite:///.delibench/studies.db].", rich_help_panel=_PANEL_OUT),
-    study: str = typer.Option(None, "--study", help="Study name [default: deli-<dataset id>-<fingerprint hash>].", rich_help_panel=_PANEL_OUT),
+    storage: str = typer.Option(None, "--storage", help="SQLAlchemy URL of the study database (default: sqlite:///.delibench/studies.db).", rich_help_panel=_PANEL_OUT),
+    study: str = typer.Option(None, "--study", help="Study name (default: deli-<dataset id>-<fingerprint hash>).", rich_help_panel=_PANEL_OUT),
     export: Path = typer.Option(None, "--export", help="Write the best loader config here (YAML for 'delibench run --config').", dir_okay=False, rich_help_panel=_PANEL_OUT),
     trials_json: Path = typer.Option(None, "--trials-json", help="Write every trial (params, values, predicted vs measured) as JSON.", dir_okay=False, rich_help_panel=_PANEL_OUT),
-    results_dir: str = typer.Option(None, "--results-dir", help="Where each trial's RunRecord goes [default: .delibench/results].", rich_help_panel=_PANEL_OUT),
+    results_dir: str = typer.Option(None, "--results-dir", help="Where each trial's RunRecord goes (default: .delibench/results).", rich_help_panel=_PANEL_OUT),
     link_profile: str = typer.Option(None, "--link-profile", help="Name of the emulated link in the path, recorded with each trial.", rich_help_panel=_PANEL_OUT),
     as_json: bool = typer.Option(False, "--json", help="Print the study's trials document (JSON) on stdout.", rich_help_panel=_PANEL_OUT),
     no_progress: bool = typer.Option(False, "--no-progress", help="No progress bar.", rich_help_panel=_PANEL_OUT),
@@ -271,8 +267,8 @@ def _print_summary(doc: dict[str, Any]) -> None:
 
 @tune_app.command("show")
 def show_cmd(
-    study: str = typer.Option(None, "--study", help="Study name [default: the most recently started study in the storage]."),
-    storage: str = typer.Option(None, "--storage", help="SQLAlchemy URL [default: sqlite:///.delibench/studies.db]."),
+    study: str = typer.Option(None, "--study", help="Study name (default: the most recently started study in the storage)."),
+    storage: str = typer.Option(None, "--storage", help="SQLAlchemy URL (default: sqlite:///.delibench/studies.db)."),
     as_json: bool = typer.Option(False, "--json", help="Print the trials document (JSON) on stdout."),
     export: Path = typer.Option(None, "--export", help="Write the best loader config here (YAML).", dir_okay=False),
 ) -> None:

@@ -26,9 +26,24 @@ from delibench.tuning.model import Demand
 from delibench.tuning.probe import ProbeResult, probe_environment
 from delibench.tuning.simulator import CacheSimulator
 from delibench.tuning.space import SearchSpace, TuneConfig
-from delibench.tuning.tuner import ATTR_FINGERPRINT, ATTR_PROBE, TuneSettings, Tuner
+from delibench.tuning.tuner import ATTR_FINGERPRINT, ATTR_PROBE, TuneSettings, Tuner, open_storage
 
-__all__ = ["TuningSession", "prepare_tuning"]
+__all__ = ["TuningSession", "find_study", "prepare_tuning"]
+
+
+def find_study(storage: Any, fp: Fingerprint) -> str | None:
+    """The name of a stored study whose fingerprint matches ``fp`` (the most trials wins), or None."""
+    import optuna
+
+    prefix = f"deli-{fp.dataset_id}-"
+    candidates = [
+        s
+        for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+        if s.study_name.startswith(prefix) and fp.matches(s.user_attrs.get(ATTR_FINGERPRINT) or {})
+    ]
+    if not candidates:
+        return None
+    return max(candidates, key=lambda s: (s.n_trials, s.study_name)).study_name
 
 
 @dataclass
@@ -169,11 +184,12 @@ def prepare_tuning(
             ranks=(0,),
         )
         predictor = Predictor(probe.link_estimate(), Demand(batch, compute.step_time_s, num_workers), simulator)
+    store = open_storage(storage) if storage is None or isinstance(storage, str) else storage
     tuner = Tuner(
         settings,
         space,
-        storage=storage,
-        study_name=study_name or fp.study_name,
+        storage=store,
+        study_name=study_name or find_study(store, fp) or fp.study_name,
         predictor=predictor,
         sampler_seed=sampler_seed,
         study_attrs={ATTR_FINGERPRINT: fp.as_dict(), ATTR_PROBE: asdict(probe)},

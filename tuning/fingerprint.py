@@ -2,9 +2,11 @@
 
 A tuned configuration is only good for the environment it was measured in: the link (RTT,
 bandwidth), the dataset, the accelerator's appetite and the CPUs that decode. The fingerprint
-holds those facts; the measured ones are rounded into octave buckets (``floor(log2(x))``), so a
-rerun on the same setup lands in the same study and resumes it, while a different link or
-dataset starts a new one. It never contains credentials: only the endpoint's host and port.
+holds those facts. A rerun first looks for a stored study whose fingerprint :meth:`matches`
+(same fixed facts, RTT and bandwidth within a factor 1.5) and resumes it; only a new
+environment gets a new name, ``deli-<dataset_id>-<hash>``, where the hash covers the fixed facts
+and the measured ones rounded into octave buckets (``floor(log2(x))``). It never contains
+credentials: only the endpoint's host and port.
 """
 
 from __future__ import annotations
@@ -71,7 +73,8 @@ class Fingerprint:
         rtt_ms: Measured GET latency (informational; the name uses its octave).
         bandwidth_mb_per_s: Measured bandwidth in MB/s (informational; the name uses its octave).
         rtt_octave: ``floor(log2(rtt_ms))``.
-        bandwidth_octave: ``floor(log2(bandwidth_mb_per_s))``.
+        bandwidth_octave: ``floor(log2(bandwidth_mb_per_s))``, or None when the probe's read was
+            latency-bound (the link's rate did not show, so it does not limit this dataset).
         sample_octave: ``floor(log2(mean_sample_bytes))``.
     """
 
@@ -108,6 +111,31 @@ class Fingerprint:
         """``deli-<dataset_id>-<digest>``: stable across reruns in the same environment."""
         return f"deli-{self.dataset_id}-{self.digest}"
 
+    def matches(self, stored: dict[str, Any], tolerance: float = 1.5) -> bool:
+        """Whether a stored fingerprint (``as_dict``) describes the same environment as this one.
+
+        The fixed facts must be equal; the measured RTT and bandwidth must each lie within a
+        factor ``tolerance`` of this probe's (a bandwidth the probe could not resolve matches an
+        unresolved one). This is what lets a rerun find its study even when a measurement lands
+        on the other side of an octave edge.
+        """
+        mine = self.as_dict()
+        measured = ("rtt_ms", "bandwidth_mb_per_s", "rtt_octave", "bandwidth_octave", "sample_octave", "mean_sample_bytes")
+        for key, value in mine.items():
+            if key not in measured and stored.get(key) != value:
+                return False
+
+        def close(a: float | None, b: float | None) -> bool:
+            if a is None or b is None:
+                return a is None and b is None
+            return a > 0 and b > 0 and max(a, b) / min(a, b) <= tolerance
+
+        if not close(self.rtt_ms, stored.get("rtt_ms")):
+            return False
+        if (self.bandwidth_octave is None) != (stored.get("bandwidth_octave") is None):
+            return False
+        return self.bandwidth_octave is None or close(self.bandwidth_mb_per_s, stored.get("bandwidth_mb_per_s"))
+
     def as_dict(self) -> dict[str, Any]:
         """Plain values (stored as a study attribute)."""
         return asdict(self)
@@ -128,6 +156,8 @@ def fingerprint(
     """Build the fingerprint of a tuning environment (``probe`` adds the measured link buckets)."""
     rtt_ms = probe.rtt_s * 1000 if probe else None
     bw = probe.bandwidth_bytes_per_s / 1e6 if probe else None
+    # An unresolved (latency-bound) bandwidth is only a lower bound: it must not split studies.
+    bw_bucket = octave(bw) if probe and probe.bandwidth_resolved else None
     return Fingerprint(
         dataset_id=dataset_id,
         endpoint=endpoint_host(dataset_url, storage_options),
@@ -141,6 +171,6 @@ def fingerprint(
         rtt_ms=None if rtt_ms is None else round(rtt_ms, 2),
         bandwidth_mb_per_s=None if bw is None else round(bw, 2),
         rtt_octave=octave(rtt_ms),
-        bandwidth_octave=octave(bw),
+        bandwidth_octave=bw_bucket,
         sample_octave=octave(mean_sample_bytes),
     )

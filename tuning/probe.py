@@ -29,7 +29,10 @@ class ProbeResult:
     Attributes:
         rtt_s: Median time of a one-request GET of a small sample (round trip + server time).
         rtt_min_s: Fastest of those GETs.
-        bandwidth_bytes_per_s: Bytes/s of a concurrent read of the largest samples, net of one RTT.
+        bandwidth_bytes_per_s: Bytes/s of a concurrent read of the largest samples, net of its RTTs
+            (a lower bound when ``bandwidth_resolved`` is False).
+        bandwidth_resolved: Whether the read was long enough for the link's rate to show; False
+            when latency alone explains it (bandwidth is then not what limits this dataset).
         objects_per_s: Small samples/s with many requests in flight (the raw-fetch ceiling read).
         server_objects_per_s: ``objects_per_s`` when it fell clearly short of what latency alone
             allows (the store or client is the ceiling), else None.
@@ -43,6 +46,7 @@ class ProbeResult:
     rtt_s: float
     rtt_min_s: float
     bandwidth_bytes_per_s: float
+    bandwidth_resolved: bool
     objects_per_s: float
     server_objects_per_s: float | None
     mean_sample_bytes: float
@@ -123,23 +127,28 @@ def probe_environment(
             source.fetch_sync(i)
             rtts.append(time.perf_counter() - t0)
         rtt = statistics.median(rtts)
-        t0 = time.perf_counter()
-        blobs = source.fetch_many_sync(large, concurrency=concurrency)
-        elapsed = time.perf_counter() - t0
+        # The ceiling read comes before the bandwidth read: it also opens the pooled connections,
+        # so the bandwidth read measures transfers and not TCP handshakes.
         ceiling_set = [by_size[k % max(1, len(by_size) // 2)] for k in range(ceiling_requests)] if ceiling_requests else []
         t0 = time.perf_counter()
         if ceiling_set:
             source.fetch_many_sync(ceiling_set, concurrency=ceiling_concurrency)
         ceiling_elapsed = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        blobs = source.fetch_many_sync(large, concurrency=concurrency)
+        elapsed = time.perf_counter() - t0
         requests = 1 + len(small) + len(large) + len(ceiling_set)
     finally:
         source.close()
     total = sum(len(b) for b in blobs)
     waves = -(-len(large) // concurrency)
-    # NOTE: floor the transfer time at 5 % of the elapsed time so an unshaped, very fast read
-    # yields a large but finite bandwidth instead of a division by ~0.
-    transfer_s = max(elapsed - waves * rtt, 0.05 * elapsed, 1e-6)
-    bandwidth = total / transfer_s
+    latency_s = waves * rtt
+    # NOTE: when the read took little longer than its round trips, the link's rate did not limit
+    # it and the difference is noise: report the lower bound the read proves (as if the transfer
+    # took half a round trip) and mark the bandwidth unresolved, so the fingerprint stays stable.
+    resolved = elapsed - latency_s >= 0.5 * latency_s
+    transfer_s = elapsed - latency_s if resolved else 0.5 * latency_s
+    bandwidth = total / max(transfer_s, 1e-6)
     objects_per_s = len(ceiling_set) / ceiling_elapsed if ceiling_set and ceiling_elapsed > 0 else len(large) / elapsed
     in_flight = min(ceiling_concurrency, max(1, len(ceiling_set)))
     small_bytes = statistics.mean(samples[i].size_bytes for i in ceiling_set) if ceiling_set else 0.0
@@ -157,6 +166,7 @@ def probe_environment(
         rtt_s=rtt,
         rtt_min_s=min(rtts),
         bandwidth_bytes_per_s=bandwidth,
+        bandwidth_resolved=resolved,
         objects_per_s=objects_per_s,
         server_objects_per_s=server_ceiling,
         mean_sample_bytes=manifest.mean_sample_bytes,
