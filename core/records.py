@@ -183,10 +183,18 @@ class RunSpec:
 
 @dataclass(frozen=True, slots=True)
 class EpochMetrics:
-    """Figures of one epoch on one rank.
+    """Figures of one epoch on one rank (every step of the epoch, warm-up included).
 
     Attributes:
+        epoch: Epoch index (0-based).
+        rank: The rank.
+        steps: Steps taken in the epoch.
+        samples: Samples delivered in the epoch.
+        wall_s: Σ (wait + compute) of the epoch's steps.
+        wait_s: Σ wait of the epoch's steps.
+        compute_s: Σ compute of the epoch's steps.
         data_wait_fraction: Σ wait / Σ (wait + compute) over the epoch's measured steps.
+        throughput_samples_per_s: Samples delivered per second of the epoch.
     """
 
     epoch: int
@@ -202,7 +210,17 @@ class EpochMetrics:
 
 @dataclass(frozen=True, slots=True)
 class RankMetrics:
-    """Steady-state figures of one rank, with its loader's counters."""
+    """Steady-state figures of one rank, with its loader's counters.
+
+    Attributes:
+        rank: The rank.
+        data_wait_fraction: Σ wait / Σ (wait + compute) over the rank's measured steps.
+        wait_s: Σ wait over the rank's measured steps.
+        compute_s: Σ compute over the rank's measured steps.
+        iterator_setup_s: Time from asking for the first epoch's iterator to having it.
+        time_to_first_batch_s: Time from the first ``next()`` to the first batch on the device.
+        loader_stats: The rank's loader counters.
+    """
 
     rank: int
     data_wait_fraction: float
@@ -221,9 +239,22 @@ class RunMetrics:
         data_wait_fraction: Σ wait / Σ (wait + compute) over measured steps of the bottleneck rank.
         accelerator_utilization: 1 - data_wait_fraction (MLPerf Storage's AU).
         data_wait_fraction_whole_run: The same over every step, warm-up included.
+        time_to_first_batch_s: First ``next()`` to the first batch (bottleneck rank).
+        iterator_setup_s: Setup of the first epoch's iterator (bottleneck rank).
+        epoch_time_s_mean: Mean wall time of one epoch.
+        throughput_samples_per_s: Samples per second over the measured steps, all ranks together.
+        throughput_bytes_per_s: Bytes per second over the measured steps (manifest mean size).
+        wait_s_p50: Median wait of one measured step.
+        wait_s_p90: 90th percentile of the wait of one measured step.
+        wait_s_p99: 99th percentile of the wait of one measured step.
+        compute_s_mean: Mean compute time of one measured step.
+        total_samples: Samples delivered over the run, all ranks, warm-up included.
+        wall_s: Wall time of the measured loop (longest rank).
         bottleneck_rank: Rank with the largest total wait (it gates a synchronous step).
         measured_steps: Steps in the steady-state window.
         gpu_utilization_mean: NVML utilisation, on CUDA only.
+        epochs: Per-epoch figures of every rank.
+        ranks: Per-rank steady-state figures.
     """
 
     data_wait_fraction: float
@@ -283,7 +314,20 @@ class Issue:
 
 @dataclass(frozen=True, slots=True)
 class MachineInfo:
-    """Environment fingerprint recorded with each result; never contains secrets."""
+    """Environment fingerprint recorded with each result; never contains secrets.
+
+    Attributes:
+        hostname: The host's name.
+        platform: OS and kernel (``platform.platform()``).
+        python_version: Python version.
+        cpu_count: CPUs this process may use.
+        memory_bytes: Host RAM.
+        torch_version: torch version, when torch was loaded.
+        accelerator: ``cuda`` or ``none``.
+        accelerator_name: The GPU's name, on CUDA.
+        delibench_version: delibench version that measured.
+        endpoint: Storage endpoint (URL without credentials), when not the cloud default.
+    """
 
     hostname: str
     platform: str
@@ -299,7 +343,18 @@ class MachineInfo:
 
 @dataclass(frozen=True, slots=True)
 class CostEstimate:
-    """Dollars for the measured run and per epoch, from a dated price sheet."""
+    """Dollars for the measured run and per epoch, from a dated price sheet.
+
+    Attributes:
+        price_sheet_id: Which price sheet (and its date) priced the run.
+        instance_usd_per_hour: Hourly price of the VM the run was priced on.
+        compute_usd: VM time of the measured run x hourly price.
+        requests_usd: Object-store requests x request price.
+        egress_usd: Remote bytes x egress price.
+        total_usd: compute + requests + egress.
+        idle_accelerator_usd: Data-wait fraction x VM cost: what the accelerators cost while waiting.
+        usd_per_epoch: The total scaled to one full epoch of the dataset.
+    """
 
     price_sheet_id: str
     instance_usd_per_hour: float
