@@ -6,15 +6,19 @@ writes the manifest *last*, after checking that every object arrived, so a half-
 never looks complete. ``index`` serves users who bring their own ImageFolder-style data: it lists
 the tree once, reads each object to checksum it, and writes the manifest beside it.
 
-Uploads and reads run with bounded parallelism: on async filesystems (s3fs, gcsfs) a fixed number
-of worker coroutines on fsspec's event loop, elsewhere a thread pool. Against SeaweedFS on this
-2-core machine both reached the same rate (the server's CPU is the limit), so the simpler path
-for each backend was kept; see ``delibench data push --help``.
+Uploads and reads run with bounded parallelism. S3 uploads go through one thread-safe botocore
+client shared by a thread pool: against SeaweedFS on a busy 2-core machine, 1,000 objects of
+~110 KB went up at 166-259 objects/s (18-28 MB/s) that way, against 143-165 objects/s through
+s3fs in the same runs (its async ``put`` and a thread pool over s3fs performed alike; 16 requests
+in flight were as good as 32 or 64, the server sharing the two cores). Other stores use their
+fsspec filesystem: worker coroutines on fsspec's event loop for async ones (gcsfs), threads
+otherwise.
 """
 
 from __future__ import annotations
 
 import asyncio
+import mimetypes
 import os
 import socket
 import threading
@@ -180,6 +184,55 @@ def _run_bounded(
             raise
 
 
+#: s3fs storage options the direct botocore uploader understands; anything else falls back to s3fs.
+_BOTOCORE_OPTIONS = frozenset({"key", "secret", "token", "anon", "endpoint_url", "client_kwargs", "config_kwargs", "profile"})
+
+
+def _botocore_client(loc: Location, concurrency: int) -> Any | None:
+    """A thread-safe botocore S3 client configured like s3fs would be, or None to use s3fs.
+
+    botocore ships with s3fs (through aiobotocore), so this adds no dependency.
+    """
+    options = loc.storage_options
+    if loc.protocol != "s3" or set(options) - _BOTOCORE_OPTIONS:
+        return None
+    import botocore.config
+    import botocore.session
+    from botocore import UNSIGNED
+
+    client_kwargs = dict(options.get("client_kwargs") or {})
+    if options.get("endpoint_url"):
+        client_kwargs.setdefault("endpoint_url", options["endpoint_url"])
+    config_kwargs = dict(options.get("config_kwargs") or {})
+    config_kwargs["max_pool_connections"] = max(concurrency, 10)
+    if options.get("anon"):
+        config_kwargs["signature_version"] = UNSIGNED
+    session = botocore.session.Session(profile=options.get("profile"))
+    return session.create_client(
+        "s3",
+        aws_access_key_id=options.get("key"),
+        aws_secret_access_key=options.get("secret"),
+        aws_session_token=options.get("token"),
+        config=botocore.config.Config(**config_kwargs),
+        **client_kwargs,
+    )
+
+
+def _botocore_put(client: Any, loc: Location, src: Path) -> Callable[[str], None]:
+    """``put(key)``: one PutObject of the local file ``src/key`` under the location's prefix."""
+    bucket, _, prefix = loc.path.partition("/")
+
+    def put(key: str) -> None:
+        body = (src / key).read_bytes()
+        extra = {}
+        content_type, _ = mimetypes.guess_type(key)
+        if content_type:
+            extra["ContentType"] = content_type
+        client.put_object(Bucket=bucket, Key=f"{prefix}/{key}" if prefix else key, Body=body, **extra)
+
+    return put
+
+
 # ----------------------------------------------------------------------------------------------
 # Listing a tree into a manifest
 
@@ -342,6 +395,11 @@ def push(
     async def put_async(key: str) -> None:
         await fs._put_file(str(src / key), loc.child(key))
 
+    put_async_or_none: Callable[[str], Awaitable[None]] | None = put_async
+    client = _botocore_client(loc, concurrency)
+    if client is not None:
+        put_sync, put_async_or_none = _botocore_put(client, loc, src), None
+
     def on_done(key: str, _: None) -> None:
         done[0] += 1
         done[1] += sizes[key]
@@ -349,11 +407,14 @@ def push(
             progress(done[0], len(keys), done[1])
 
     try:
-        _run_bounded(fs, keys, concurrency, put_sync, put_async, on_done)
+        _run_bounded(fs, keys, concurrency, put_sync, put_async_or_none, on_done)
     except DelibenchError:
         raise
     except Exception as exc:
         raise _storage_error(f"uploading to (after {done[0]} of {len(keys)} objects)", loc, exc) from exc
+    finally:
+        if client is not None:
+            client.close()
     _verify_upload(fs, loc, sizes, keys)
     write_manifest(manifest, url, storage_options)
     return manifest

@@ -70,7 +70,8 @@ class SampleSource:
         dataset_url: Dataset root (fsspec URL).
         manifest: The dataset's manifest (keys and sizes).
         storage_options: Overrides for the filesystem options derived from the environment.
-        io_threads: Threads for synchronous backends.
+        io_threads: Threads for synchronous backends, and the least size of the S3 client's
+            connection pool (botocore's default of 10 would otherwise cap requests in flight).
     """
 
     def __init__(
@@ -82,6 +83,13 @@ class SampleSource:
         io_threads: int = 8,
     ) -> None:
         self.location: Location = resolve(dataset_url, storage_options)
+        if self.location.protocol == "s3":
+            # NOTE: aiobotocore keeps at most max_pool_connections (default 10) connections; more
+            # requests in flight than that queue for a connection instead of overlapping.
+            config = dict(self.location.storage_options.get("config_kwargs") or {})
+            config["max_pool_connections"] = max(int(config.get("max_pool_connections", 10)), io_threads)
+            self.location = Location(self.location.protocol, self.location.path,
+                                     {**self.location.storage_options, "config_kwargs": config})
         self.manifest = manifest
         self.io_threads = max(1, io_threads)
         self.meter = FetchMeter()
