@@ -199,6 +199,38 @@ def test_push_to_seaweedfs_reads_back_identical_and_indexes_the_same(dataset: tu
 
 
 @pytest.mark.s3
+def test_s3_push_through_s3fs_and_a_failed_s3_push(dataset: tuple[Path, Manifest], s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Options botocore cannot take fall back to s3fs; a failed upload leaves no manifest on S3 either."""
+    src, made = dataset
+    options = {"default_block_size": 5 * 2**20}  # an s3fs-only option: the s3fs upload path
+    assert publish._botocore_client(resolve(s3_bucket, options), 4) is None
+    publish.push(src, f"{s3_bucket}/via-s3fs", storage_options=options)
+    _assert_remote_matches(f"{s3_bucket}/via-s3fs", made)
+
+    url = f"{s3_bucket}/failing"
+    publish.push(src, url)
+    real = publish._botocore_put
+    calls = {"n": 0}
+
+    def failing(client, loc, root):  # noqa: ANN001, ANN202 - wraps the real uploader
+        put = real(client, loc, root)
+
+        def flaky(key: str) -> None:
+            calls["n"] += 1
+            if calls["n"] == 7:
+                raise OSError("connection reset by peer")
+            put(key)
+
+        return flaky
+
+    monkeypatch.setattr(publish, "_botocore_put", failing)
+    with pytest.raises(RuntimeFailure, match="connection reset"):
+        publish.push(src, url, concurrency=2)
+    with pytest.raises(UsageError, match="no dataset manifest"):
+        read_manifest(url)
+
+
+@pytest.mark.s3
 def test_push_creates_a_missing_s3_bucket(image_folder: Path, s3_bucket: str) -> None:
     url = f"{s3_bucket}-made/ds"
     manifest = publish.push(image_folder, url)
