@@ -53,7 +53,7 @@ class WorkerFetchLoader:
         self.options = parse_options(self.options_class, self.name, options)
         self._check_context()
         self.source = SampleSource(
-            ctx.dataset_url, ctx.manifest, ctx.storage_options, io_threads=getattr(self.options, "concurrency", 1)
+            self.ctx.dataset_url, self.ctx.manifest, self.ctx.storage_options, io_threads=getattr(self.options, "concurrency", 1)
         )
         self.meter = FetchMeter()
         self._closed = False

@@ -9,12 +9,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from delibench.errors import UsageError
+from delibench.errors import FetchError, UsageError
 from delibench.loaders.base import LoaderContext
 from delibench.loaders.bucket import WorkerFetchLoader
 from delibench.loaders.pipeline import FetchBatchDataset
 from delibench.loaders.source import FetchMeter, SampleSource, clean_cause
-from delibench.errors import FetchError
 from delibench.storage import Location
 
 __all__ = ["CachedReader", "FsspecCacheLoader", "FsspecCacheOptions"]

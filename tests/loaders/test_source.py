@@ -96,6 +96,7 @@ def test_source_pickles_without_its_client(local_corpus: Corpus) -> None:
 
 
 @pytest.mark.s3
+@pytest.mark.timeout(120)
 def test_client_used_before_fork_does_not_hang_workers(s3_corpus: Corpus) -> None:
     """The parent reads (client and loop exist), then forked workers read through their own clients."""
     from delibench.loaders import build_loader
@@ -106,8 +107,6 @@ def test_client_used_before_fork_does_not_hang_workers(s3_corpus: Corpus) -> Non
     parent.fetch_sync(0)
     resolve(s3_corpus.url).filesystem().ls(resolve(s3_corpus.url).path)
     loader = build_loader(LoaderSpec("bucket", {"concurrency": 2}), make_context(s3_corpus, num_workers=2))
-    from delibench.loaders.pipeline import run_dataloader  # noqa: F401 - same path the loader uses
-
     start = time.perf_counter()
     seen = [int(i) for batch in loader.iter_epoch(0) for i in batch.indices]
     assert sorted(seen) == list(range(len(s3_corpus.manifest)))
