@@ -109,9 +109,9 @@ def _check_reachable(loc: Location) -> None:
         ) from exc
 
 
-def _storage_error(action: str, loc: Location, exc: BaseException) -> RuntimeFailure:
+def _storage_error(action: str, loc: Location, exc: BaseException, hint: str | None = None) -> RuntimeFailure:
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return RuntimeFailure(f"{action} {loc.display_url} failed: {type(exc).__name__}: {text}")
+    return RuntimeFailure(f"{action} {loc.display_url} failed: {type(exc).__name__}: {text}", hint=hint)
 
 
 def _ensure_bucket(fs: Any, loc: Location) -> None:
@@ -411,7 +411,12 @@ def push(
     except DelibenchError:
         raise
     except Exception as exc:
-        raise _storage_error(f"uploading to (after {done[0]} of {len(keys)} objects)", loc, exc) from exc
+        raise _storage_error(
+            f"uploading to (after {done[0]} of {len(keys)} objects)",
+            loc,
+            exc,
+            hint="no manifest was written; fix the cause (an internal error can mean the store is full) and push again",
+        ) from exc
     finally:
         if client is not None:
             client.close()
