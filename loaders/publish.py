@@ -124,9 +124,7 @@ def _ensure_bucket(fs: Any, loc: Location) -> None:
         if fs.exists(bucket):
             return
         fs.mkdir(bucket)
-    except (PermissionError, OSError, ValueError) as exc:
-        raise _storage_error(f"creating bucket {bucket!r} for", loc, exc) from exc
-    except Exception as exc:  # botocore/aiohttp errors do not share a base class with OSError
+    except Exception as exc:  # botocore/aiohttp errors share no base class with OSError
         raise _storage_error(f"creating bucket {bucket!r} for", loc, exc) from exc
 
 

@@ -160,7 +160,9 @@ class ShuffleQuality:
     Attributes:
         rank_change_fraction: Mean over epochs 1..E-1 of the fraction of samples whose rank differs
             from the previous epoch. ``shuffle`` gives about ``1 - 1/world_size``; ``locality``
-            about ``exchange_fraction``; 0 means every rank sees the same subset forever.
+            up to ``2 * exchange_fraction`` (each epoch's exchange is drawn afresh from the home
+            partition, so a sample can leave and another return); 0 means every rank sees the
+            same subset forever.
         rank_coverage_fraction: Mean over ranks of the share of the whole dataset a rank has seen
             after E epochs (1.0 = each rank eventually sees every sample; ``1/world_size`` = fixed
             shares). Low coverage means each rank's model replica trains on a narrower subset.
