@@ -164,6 +164,8 @@ class TorchCompute:
         self.kind = self.device.type
         self._cuda = self.device.type == "cuda"
         self._channels_last = channels_last and self._cuda
+        if self._cuda:
+            torch.backends.cudnn.benchmark = True  # fixed input shapes: let cuDNN pick the fastest kernels
         memory_format = torch.channels_last if self._channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.model.train()

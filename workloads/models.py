@@ -8,11 +8,11 @@ Five built-ins, all with random weights (``weights=None``; nothing is downloaded
   small CNN, batch 512; 32x32 colour with a CIFAR-style ResNet-50, batch 1024).
 
 The decoders are picklable objects (they run in DataLoader worker processes) that turn a sample's
-bytes into a ``uint8`` CHW tensor. ``torchvision.io.decode_image`` + ``transforms.v2`` on tensors
-measured about 1.5x faster than PIL + ``ToTensor`` for the 224 pipeline on this CPU (420 vs 270
-images/s/core on 100 KB JPEGs); for the 28/32-pixel workloads PIL's JPEG ``draft`` mode (DCT-domain
-downscaling while decoding) is faster still (about 1,000 vs 690 images/s/core), so each decoder uses
-the faster path for its output size.
+bytes into a ``uint8`` CHW tensor. For the 224 pipeline ``torchvision.io.decode_image`` +
+``transforms.v2`` on tensors measured about 2x faster than PIL + ``ToTensor`` + ``Normalize`` (best
+of 5 interleaved runs on 114 KB generated JPEGs, one core: 434 vs 178 images/s); for the 28/32-pixel
+workloads PIL's JPEG ``draft`` mode (DCT-domain downscaling while decoding) is faster still (about
+1,080 vs 690 images/s/core on 100 KB JPEGs), so each decoder uses the faster path for its size.
 """
 
 from __future__ import annotations
