@@ -22,7 +22,7 @@ from delibench.errors import UsageError
 from delibench.manifest import Manifest, read_manifest
 from delibench.records import Diagnosis, Issue, LoaderStats, RunRecord, RunSpec, StepSample
 
-__all__ = ["compare", "diagnose", "merge_loader_stats", "run"]
+__all__ = ["compare", "diagnose", "merge_loader_stats", "run", "warm_decoder"]
 
 #: Loader options that are really sampler settings: taken out of the options into the LoaderContext.
 _ORDER_OPTIONS = ("order", "exchange_fraction")
@@ -55,6 +55,25 @@ def _dataset_url_for(spec: RunSpec) -> str:
     return spec.dataset_url
 
 
+def warm_decoder(decoder: Any) -> None:
+    """Decode one tiny in-memory JPEG in this process before DataLoader workers fork from it.
+
+    The first decode imports the image libraries (seconds for torchvision's transforms); done in the
+    parent, every forked worker inherits them, instead of paying it in each worker of each epoch,
+    where it would show up as data wait of whichever loader ran first.
+    """
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (128, 64, 32)).save(buf, format="JPEG")
+    try:
+        decoder(buf.getvalue(), 0)
+    except Exception:  # noqa: BLE001 - a decoder that rejects the probe will fail loudly on real data
+        pass
+
+
 def _prepare(spec: RunSpec, info: RankInfo, manifests: dict[str, Manifest]) -> _Prepared:
     from delibench.loaders import LoaderContext, build_loader
     from delibench.loaders.sampler import rank_sample_count
@@ -70,6 +89,7 @@ def _prepare(spec: RunSpec, info: RankInfo, manifests: dict[str, Manifest]) -> _
         options.pop("path", None)
     workload = get_workload(spec.workload, num_classes=len(manifest.classes))
     decoder = workload.decoder(train=True)
+    warm_decoder(decoder)
     ctx = LoaderContext(
         dataset_url=url,
         manifest=manifest,
