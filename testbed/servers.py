@@ -241,6 +241,9 @@ class SeaweedServer(ManagedProcess):
         ports: ``{"master", "volume", "filer", "s3"}`` ports and optionally ``"<name>.grpc"``;
             missing ones are chosen free.
         volume_size_limit_mb: Size at which SeaweedFS starts a new volume.
+        volume_max: Most volumes (capacity = volume_max x volume_size_limit_mb: 32 GB by default).
+            Volumes are created on demand, and each bucket (a SeaweedFS collection) grows its own,
+            so a small limit fills up after a few buckets or about 1 GB.
     """
 
     name = "seaweedfs"
@@ -251,6 +254,7 @@ class SeaweedServer(ManagedProcess):
         ports: dict[str, int] | None = None,
         *,
         volume_size_limit_mb: int = 64,
+        volume_max: int = 512,
     ) -> None:
         super().__init__(data_dir)
         wanted = [c for c in _WEED_COMPONENTS] + [f"{c}.grpc" for c in _WEED_COMPONENTS]
@@ -260,6 +264,7 @@ class SeaweedServer(ManagedProcess):
             given[key] = port
         self.ports = given
         self.volume_size_limit_mb = volume_size_limit_mb
+        self.volume_max = volume_max
 
     @property
     def endpoint_url(self) -> str:
@@ -290,7 +295,7 @@ class SeaweedServer(ManagedProcess):
             "-ip=127.0.0.1",
             "-ip.bind=127.0.0.1",
             "-s3",
-            "-volume.max=16",
+            f"-volume.max={self.volume_max}",
             f"-master.volumeSizeLimitMB={self.volume_size_limit_mb}",
             "-s3.port.iceberg=0",
             "-s3.port.lance=0",
