@@ -288,7 +288,7 @@ def show_cmd(
         raise UsageError("no study in the storage yet", hint="run 'delibench tune --data ... --workload ...' first")
     names = [s.study_name for s in summaries]
     if study is None:
-        latest = max(summaries, key=lambda s: (s.datetime_start is not None, s.datetime_start or 0, s._study_id))
+        latest = max(summaries, key=lambda s: (s.datetime_start is not None, s.datetime_start.timestamp() if s.datetime_start else 0.0))
         study = latest.study_name
         if len(summaries) > 1 and not as_json:
             err_console.print(f"showing the latest study of {len(summaries)}: {study} (others: {', '.join(n for n in names if n != study)})", highlight=False)

@@ -29,8 +29,8 @@ class ProbeResult:
     Attributes:
         rtt_s: Median time of a one-request GET of a small sample (round trip + server time).
         rtt_min_s: Fastest of those GETs.
-        bandwidth_bytes_per_s: Bytes/s of a concurrent read of the largest samples, net of its RTTs
-            (a lower bound when ``bandwidth_resolved`` is False).
+        bandwidth_bytes_per_s: Bytes/s of the link, from a differential read (largest minus smallest
+            samples); a lower bound when ``bandwidth_resolved`` is False.
         bandwidth_resolved: Whether the read was long enough for the link's rate to show; False
             when latency alone explains it (bandwidth is then not what limits this dataset).
         objects_per_s: Small samples/s with many requests in flight (the raw-fetch ceiling read).
@@ -89,8 +89,9 @@ def probe_environment(
     """Measure the path to ``dataset_url`` with a few GETs of its own samples.
 
     * RTT: ``rtt_requests`` sequential one-request GETs of the smallest samples (median).
-    * Bandwidth: the ``bandwidth_requests`` largest samples read with ``concurrency`` requests in
-      flight; ``bytes / (elapsed - rtt)``, so the link's rate and not its delay dominates.
+    * Bandwidth: the ``bandwidth_requests`` smallest, then largest, samples read with
+      ``concurrency`` requests in flight; ``extra bytes / extra time`` of the large read, so the
+      per-request costs cancel out and the link's rate remains.
     * Request ceiling: ``ceiling_requests`` GETs of small samples with ``ceiling_concurrency`` in
       flight; when they complete at under half the rate the RTT allows, the store (or the client)
       caps requests/s and the model must know it (on a 2-core testbed SeaweedFS does).
@@ -134,21 +135,31 @@ def probe_environment(
         if ceiling_set:
             source.fetch_many_sync(ceiling_set, concurrency=ceiling_concurrency)
         ceiling_elapsed = time.perf_counter() - t0
+        # Differential read: the same number of the smallest samples, then of the largest, with the
+        # same concurrency. Per-request costs (server time, client overhead, RTT) cancel out, and
+        # what is left is the time the extra bytes took on the link.
+        few = by_size[: len(large)]
+        t0 = time.perf_counter()
+        few_blobs = source.fetch_many_sync(few, concurrency=concurrency)
+        elapsed_small = time.perf_counter() - t0
         t0 = time.perf_counter()
         blobs = source.fetch_many_sync(large, concurrency=concurrency)
         elapsed = time.perf_counter() - t0
-        requests = 1 + len(small) + len(large) + len(ceiling_set)
+        requests = 1 + len(small) + len(ceiling_set) + 2 * len(large)
     finally:
         source.close()
     total = sum(len(b) for b in blobs)
-    waves = -(-len(large) // concurrency)
-    latency_s = waves * rtt
-    # NOTE: when the read took little longer than its round trips, the link's rate did not limit
-    # it and the difference is noise: report the lower bound the read proves (as if the transfer
-    # took half a round trip) and mark the bandwidth unresolved, so the fingerprint stays stable.
-    resolved = elapsed - latency_s >= 0.5 * latency_s
-    transfer_s = elapsed - latency_s if resolved else 0.5 * latency_s
-    bandwidth = total / max(transfer_s, 1e-6)
+    extra_bytes = total - sum(len(b) for b in few_blobs)
+    extra_s = elapsed - elapsed_small
+    # NOTE: when the larger read took barely longer than the small one (or the samples are all
+    # alike in size), the link's rate did not show and the difference is noise: report the lower
+    # bound the read proves (its bytes in a quarter of the small read's time) and mark the
+    # bandwidth unresolved, so it neither drives the model nor splits studies.
+    resolved = extra_bytes > 0 and extra_s >= 0.25 * elapsed_small
+    if resolved:
+        bandwidth = extra_bytes / extra_s
+    else:
+        bandwidth = max(extra_bytes, total) / max(0.25 * elapsed_small, 1e-6)
     objects_per_s = len(ceiling_set) / ceiling_elapsed if ceiling_set and ceiling_elapsed > 0 else len(large) / elapsed
     in_flight = min(ceiling_concurrency, max(1, len(ceiling_set)))
     small_bytes = statistics.mean(samples[i].size_bytes for i in ceiling_set) if ceiling_set else 0.0
@@ -157,6 +168,7 @@ def probe_environment(
 
     decode_rate = None
     if decode is not None:
+        decode(blobs[0], samples[large[0]].label)  # first call pays for imports and warm-up
         t0 = time.perf_counter()
         for i, blob in zip(large, blobs):
             decode(blob, samples[i].label)

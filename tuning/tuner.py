@@ -231,11 +231,17 @@ def quiet_optuna() -> None:
 
 
 class _StepReporter:
-    """Turns the runner's per-step samples into Optuna intermediate values and a prune flag."""
+    """Turns the runner's per-step samples into Optuna intermediate values and a prune flag.
 
-    def __init__(self, trial: Any, warmup_steps: int, enabled: bool) -> None:
+    Only the measured (last) epoch is reported, as the running wait fraction of that epoch at
+    each of its steps: the same quantity as the objective, so the pruner compares like with like
+    (the cold first epoch would say little about a cache).
+    """
+
+    def __init__(self, trial: Any, warmup_steps: int, last_epoch: int, enabled: bool) -> None:
         self.trial = trial
         self.warmup_steps = warmup_steps
+        self.last_epoch = last_epoch
         self.enabled = enabled
         self.pruned = False
         self.steps = 0
@@ -244,13 +250,13 @@ class _StepReporter:
 
     def on_step(self, sample: StepSample) -> None:
         self.steps += 1
-        if sample.rank != 0 or (sample.epoch == 0 and sample.step < self.warmup_steps):
+        if sample.rank != 0 or sample.epoch != self.last_epoch or (sample.epoch == 0 and sample.step < self.warmup_steps):
             return
         self.wait_s += sample.wait_s
         self.total_s += sample.wait_s + sample.compute_s
         if not self.enabled or self.total_s <= 0 or self.pruned:
             return
-        self.trial.report(self.wait_s / self.total_s, self.steps)
+        self.trial.report(self.wait_s / self.total_s, sample.step)
         if self.trial.should_prune():
             self.pruned = True
 
@@ -320,7 +326,7 @@ class Tuner:
         # NOTE: constraints go through ``trial.set_constraint`` (Optuna 5), which TPE reads itself.
         self.sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5)
         pruner = (
-            optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=max(settings.warmup_steps, 1) + 5)
+            optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
             if self.prune
             else optuna.pruners.NopPruner()
         )
@@ -395,7 +401,7 @@ class Tuner:
             trial.set_user_attr("predicted_wait_fraction", guess.prediction.wait_fraction)
             trial.set_user_attr("predicted_bound", guess.prediction.bound)
             trial.set_user_attr("sim_miss_rate", guess.miss_rate)
-        reporter = _StepReporter(trial, self.settings.warmup_steps, self.prune)
+        reporter = _StepReporter(trial, self.settings.warmup_steps, self.settings.epochs_per_trial - 1, self.prune)
         start = time.perf_counter()
         measurement = self.evaluate(config, reporter.on_step, reporter.should_stop)
         trial.set_user_attr("duration_s", time.perf_counter() - start)

@@ -62,7 +62,7 @@ def test_probe_reads_a_local_dataset(tmp_path: Path) -> None:
 
     manifest = make_dataset(tmp_path / "d", samples=24, classes=2, preset="cifar", seed=1)
     p = probe_environment(str(tmp_path / "d"), manifest, decode=get_workload("cifar-resnet50").decoder(), ceiling_requests=8)
-    assert p.requests_count == 1 + 5 + 8 + 8
+    assert p.requests_count == 1 + 5 + 8 + 2 * 8
     assert p.rtt_s > 0 and p.bandwidth_bytes_per_s > 0 and p.decode_samples_per_s and p.decode_samples_per_s > 0
     assert p.mean_sample_bytes == pytest.approx(manifest.mean_sample_bytes)
     link = p.link_estimate()

@@ -173,14 +173,17 @@ def test_hopeless_trials_are_pruned_and_stopped_early() -> None:
     fake = FakeRuns()
     tuner = make_tuner(optuna.storages.InMemoryStorage(), fake=fake)
     good = TuneConfig(SPACE.cache_sizes[-1], 32, 16, "lru")
-    for _ in range(3):
+    for _ in range(4):
         tuner.study.enqueue_trial(SPACE.to_params(good))
     tuner.study.enqueue_trial(SPACE.to_params(TuneConfig(0, 2, 1, "lru")))  # one GET in flight: hopeless
-    tuner.optimize(4)
+    tuner.optimize(5)
     states = [t.state for t in tuner.study.get_trials()]
-    assert states[:3] == [optuna.trial.TrialState.COMPLETE] * 3
-    assert states[3] == optuna.trial.TrialState.PRUNED
-    assert fake.steps_taken[3] < 2 * STEPS  # the run was told to stop
+    assert states[:4] == [optuna.trial.TrialState.COMPLETE] * 4
+    assert states[4] == optuna.trial.TrialState.PRUNED
+    assert fake.steps_taken[4] < 2 * STEPS  # the run was told to stop
+    # Only the measured (last) epoch is reported, step by step.
+    assert min(tuner.study.trials[0].intermediate_values) >= 0
+    assert len(tuner.study.trials[0].intermediate_values) == STEPS
 
 
 def test_runtime_failures_fail_the_trial_and_the_study_goes_on() -> None:
