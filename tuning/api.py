@@ -26,20 +26,35 @@ from delibench.tuning.model import Demand
 from delibench.tuning.probe import ProbeResult, probe_environment
 from delibench.tuning.simulator import CacheSimulator
 from delibench.tuning.space import SearchSpace, TuneConfig
-from delibench.tuning.tuner import ATTR_FINGERPRINT, ATTR_PROBE, TuneSettings, Tuner, open_storage
+from delibench.tuning.tuner import (
+    ATTR_FINGERPRINT,
+    ATTR_MIN_AU,
+    ATTR_OBJECTIVE,
+    ATTR_PROBE,
+    ATTR_SPACE,
+    TuneSettings,
+    Tuner,
+    open_storage,
+)
 
 __all__ = ["TuningSession", "find_study", "prepare_tuning"]
 
 
-def find_study(storage: Any, fp: Fingerprint) -> str | None:
-    """The name of a stored study whose fingerprint matches ``fp`` (the most trials wins), or None."""
+def find_study(storage: Any, fp: Fingerprint, search: dict[str, Any] | None = None) -> str | None:
+    """The name of a stored study whose fingerprint matches ``fp`` and whose search settings equal ``search``.
+
+    The study with the most trials wins; None when there is none.
+    """
     import optuna
 
     prefix = f"deli-{fp.dataset_id}-"
+    search = search or {}
     candidates = [
         s
         for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-        if s.study_name.startswith(prefix) and fp.matches(s.user_attrs.get(ATTR_FINGERPRINT) or {})
+        if s.study_name.startswith(prefix)
+        and fp.matches(s.user_attrs.get(ATTR_FINGERPRINT) or {})
+        and all(s.user_attrs.get(k) == v for k, v in search.items())
     ]
     if not candidates:
         return None
@@ -185,11 +200,12 @@ def prepare_tuning(
         )
         predictor = Predictor(probe.link_estimate(), Demand(batch, compute.step_time_s, num_workers), simulator)
     store = open_storage(storage) if storage is None or isinstance(storage, str) else storage
+    search = {ATTR_OBJECTIVE: objective, ATTR_MIN_AU: min_au, ATTR_SPACE: space.describe()}
     tuner = Tuner(
         settings,
         space,
         storage=store,
-        study_name=study_name or find_study(store, fp) or fp.study_name,
+        study_name=study_name or find_study(store, fp, search) or fp.study_name(search),
         predictor=predictor,
         sampler_seed=sampler_seed,
         study_attrs={ATTR_FINGERPRINT: fp.as_dict(), ATTR_PROBE: asdict(probe)},

@@ -100,16 +100,20 @@ class Fingerprint:
             d.pop(raw)
         return d
 
-    @property
-    def digest(self) -> str:
-        """8 hex characters of the bucketed fingerprint."""
-        text = json.dumps(self.bucket_key(), sort_keys=True)
+    def digest(self, search: dict[str, Any] | None = None) -> str:
+        """8 hex characters of the bucketed fingerprint (and of the search settings, when given)."""
+        text = json.dumps({"env": self.bucket_key(), "search": search}, sort_keys=True, default=str)
         return hashlib.sha256(text.encode()).hexdigest()[:8]
 
-    @property
-    def study_name(self) -> str:
-        """``deli-<dataset_id>-<digest>``: stable across reruns in the same environment."""
-        return f"deli-{self.dataset_id}-{self.digest}"
+    def study_name(self, search: dict[str, Any] | None = None) -> str:
+        """``deli-<dataset_id>-<digest>``: stable across reruns in the same environment.
+
+        Args:
+            search: The search settings (objective, constraint, space) that must also match for
+                a study to be resumed; a change of ``--mem-budget`` or ``--objective`` starts a
+                new study instead of clashing with the old one.
+        """
+        return f"deli-{self.dataset_id}-{self.digest(search)}"
 
     def matches(self, stored: dict[str, Any], tolerance: float = 1.5) -> bool:
         """Whether a stored fingerprint (``as_dict``) describes the same environment as this one.

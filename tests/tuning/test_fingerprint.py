@@ -33,16 +33,17 @@ def test_octaves() -> None:
 def test_study_name_is_stable_within_a_bucket_and_changes_across(monkeypatch) -> None:
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://user:secret@10.0.0.5:9000")
     a, b = fp(probe(0.021)), fp(probe(0.029))
-    assert a.study_name == b.study_name and a.study_name.startswith("deli-abc123-")
-    assert fp(probe(0.070)).study_name != a.study_name
-    assert fp(probe(), compute=ComputeSpec("emulated", 0.1)).study_name != a.study_name
+    assert a.study_name() == b.study_name() and a.study_name().startswith("deli-abc123-")
+    assert fp(probe(0.070)).study_name() != a.study_name()
+    assert fp(probe(), compute=ComputeSpec("emulated", 0.1)).study_name() != a.study_name()
+    assert a.study_name({"objective": "cost"}) != a.study_name({"objective": "wait"})
     assert a.endpoint == "10.0.0.5:9000" and "secret" not in str(a.as_dict())
 
 
 def test_matching_tolerates_noise_across_an_octave_edge() -> None:
     a = fp(probe(0.0305))
     b = fp(probe(0.0330))  # other side of the 32 ms edge: another hash ...
-    assert a.study_name != b.study_name
+    assert a.study_name() != b.study_name()
     assert b.matches(a.as_dict())  # ... but the same environment
     assert not fp(probe(0.070)).matches(a.as_dict())
     assert not fp(probe(bw=40e6, resolved=False)).matches(a.as_dict())
