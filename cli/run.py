@@ -40,6 +40,7 @@ def build_specs(
     epochs: int | None,
     warmup_steps: int | None,
     max_steps: int | None,
+    warmup_epochs: int | None = None,
     seed: int | None,
     order: str | None,
     config: Path | None,
@@ -92,6 +93,9 @@ def build_specs(
         ]
     n_epochs = int(pick(epochs, "epochs", 1))
     warmup = int(pick(warmup_steps, "warmup_steps", 5))
+    warm_epochs = int(pick(warmup_epochs, "warmup_epochs", 0))
+    if warm_epochs < 0:
+        raise UsageError(f"--warmup-epochs must not be negative, got {warm_epochs}")
     steps = pick(max_steps, "max_steps_per_epoch", None)
     workers = int(pick(num_workers, "num_workers", _default_workers()))
     if n_epochs < 1:
@@ -115,6 +119,7 @@ def build_specs(
             num_workers=workers,
             epochs=n_epochs,
             warmup_steps=warmup,
+            warmup_epochs=warm_epochs,
             seed=int(pick(seed, "seed", 0)),
             world_size=world,
             max_steps_per_epoch=int(steps) if steps is not None else None,
@@ -220,6 +225,7 @@ def _command(default_loaders: list[str], interleave_default: bool):  # noqa: ANN
         num_workers: Optional[int] = typer.Option(None, "--num-workers", help="DataLoader worker processes per rank, the same for every loader. Default: CPU count (max 8).", rich_help_panel=LOADER_PANEL),
         epochs: Optional[int] = typer.Option(None, "--epochs", "-e", help="Epochs per loader. Default: 1.", rich_help_panel=RUN_PANEL),
         warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Steps left out of the steady-state fraction. Default: 5.", rich_help_panel=RUN_PANEL),
+        warmup_epochs: Optional[int] = typer.Option(None, "--warmup-epochs", help="Whole epochs left out of the steady-state fraction (1 = measure warm caches only). Default: 0.", rich_help_panel=RUN_PANEL),
         max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Stop each epoch after this many steps. Default: the whole epoch.", rich_help_panel=RUN_PANEL),
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sample order and the model. Default: 0.", rich_help_panel=RUN_PANEL),
         order: Optional[str] = typer.Option(None, "--order", help="shuffle (DistributedSampler order) or locality (stable per-rank sets, better cache reuse). Default: shuffle.", rich_help_panel=LOADER_PANEL),
@@ -251,6 +257,7 @@ def _command(default_loaders: list[str], interleave_default: bool):  # noqa: ANN
             num_workers=num_workers,
             epochs=epochs,
             warmup_steps=warmup_steps,
+            warmup_epochs=warmup_epochs,
             max_steps=max_steps,
             seed=seed,
             order=order,

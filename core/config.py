@@ -9,6 +9,7 @@ A config file is a mapping with these keys (all optional; command-line flags ove
     num_workers: 4
     epochs: 2
     warmup_steps: 10
+    warmup_epochs: 0                 # whole epochs left out of the steady state (1: warm caches only)
     max_steps_per_epoch: 200
     seed: 0
     order: shuffle                   # or locality
@@ -47,6 +48,7 @@ CONFIG_KEYS = (
     "num_workers",
     "order",
     "seed",
+    "warmup_epochs",
     "warmup_steps",
     "workload",
 )

@@ -161,6 +161,7 @@ class RunSpec:
         num_workers: DataLoader worker processes per rank (the same for every loader).
         epochs: Epochs to run.
         warmup_steps: Steps at the start of the run excluded from the steady-state fraction.
+        warmup_epochs: Whole epochs at the start excluded too (e.g. 1 to measure warm caches only).
         seed: Seed of the sampler order and the model.
         world_size: Ranks.
         max_steps_per_epoch: Stop each epoch after this many steps (a slice), or None for all.
@@ -177,6 +178,7 @@ class RunSpec:
     warmup_steps: int = 5
     seed: int = 0
     world_size: int = 1
+    warmup_epochs: int = 0
     max_steps_per_epoch: int | None = None
     link_profile: str | None = None
 

@@ -229,6 +229,17 @@ def _offset_steps(result: Any, *, first: bool, time_offset_s: float) -> list[Ste
     return [dataclasses.replace(s, start_s=s.start_s + time_offset_s) for s in steps]
 
 
+def effective_warmup_steps(spec: RunSpec, steps: Sequence[StepSample]) -> int:
+    """``spec.warmup_steps``, widened to cover the first ``spec.warmup_epochs`` epochs of every rank."""
+    if not spec.warmup_epochs:
+        return spec.warmup_steps
+    per_rank: dict[int, int] = {}
+    for s in steps:
+        if s.epoch < spec.warmup_epochs:
+            per_rank[s.rank] = per_rank.get(s.rank, 0) + 1
+    return max(spec.warmup_steps, max(per_rank.values(), default=0))
+
+
 def _record(
     prepared: _Prepared,
     results: Sequence[Any],
@@ -257,7 +268,7 @@ def _record(
         )
     metrics = summarize(
         steps,
-        warmup_steps=spec.warmup_steps,
+        warmup_steps=effective_warmup_steps(spec, steps),
         iterator_setup_s={r["rank"]: r["setup_s"] for r in results},
         time_to_first_batch_s={r["rank"]: r["ttfb_s"] for r in results},
         bytes_per_sample=manifest.mean_sample_bytes,
@@ -395,7 +406,8 @@ def compare(
             if with_diagnosis and not stopped and results[0]["steps"]:
                 from delibench.measure import summarize
 
-                fraction = summarize(results[info.rank]["steps"], warmup_steps=p.spec.warmup_steps).data_wait_fraction
+                own = results[info.rank]["steps"]
+                fraction = summarize(own, warmup_steps=min(effective_warmup_steps(p.spec, own), len(own) - 1)).data_wait_fraction
                 diagnoses[i] = diagnose(p, fraction, info)
             records.append(_record(p, results, info, stopped=stopped, started=started, diagnosis=diagnoses[i], price=price))
         if write and info.is_main:
