@@ -215,7 +215,7 @@ def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, p
     return report_and_exit_code(records, as_json=as_json, html=html, min_au=min_au, interrupted=interrupted)
 
 
-def _command(default_loaders: list[str], interleave_default: bool):  # noqa: ANN202 - typer signature
+def _command(default_loaders: list[str], interleave_default: bool, *, auto_html: bool = False):  # noqa: ANN202 - typer signature
     def command(
         data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset root with a delibench manifest: s3://bucket/prefix, gs://..., or a path.", rich_help_panel=WORKLOAD_PANEL),
         loader: list[str] = typer.Option([], "--loader", "-l", help="Loader to measure, repeatable: bucket | deli[:cache_size=2GiB,prefetch_depth=256,concurrency=32,eviction=lru|belady,order=locality] | disk=./local/copy | fsspec-cache | a plugin. Label with @: deli@big:cache_size=8GiB.", rich_help_panel=LOADER_PANEL),
@@ -234,7 +234,7 @@ def _command(default_loaders: list[str], interleave_default: bool):  # noqa: ANN
         diagnose: bool = typer.Option(True, "--diagnose/--no-diagnose", help="Tell fetch stall from CPU stall by re-running a slice from memory. Default: on.", rich_help_panel=RUN_PANEL),
         interleave: bool = typer.Option(interleave_default, "--interleave/--sequential", help="Run epoch e of every loader before epoch e+1 of any, so noise hits all alike.", rich_help_panel=RUN_PANEL),
         results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Where result JSON files go. Default: .delibench/results.", rich_help_panel=OUTPUT_PANEL),
-        html: Optional[Path] = typer.Option(None, "--html", help="Also write a self-contained HTML report here.", rich_help_panel=OUTPUT_PANEL),
+        html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report here." + (" Default: report-<time>.html in the results directory." if auto_html else ""), rich_help_panel=OUTPUT_PANEL),
         as_json: bool = typer.Option(False, "--json", help="Print the result record(s) as JSON on stdout, nothing else.", rich_help_panel=OUTPUT_PANEL),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress on stderr (off when not a terminal).", rich_help_panel=OUTPUT_PANEL),
         min_au: Optional[float] = typer.Option(None, "--min-au", help="Exit 4 when a loader's accelerator utilisation is below this (MLPerf Storage's pass mark is 0.9).", rich_help_panel=OUTPUT_PANEL),
@@ -264,6 +264,10 @@ def _command(default_loaders: list[str], interleave_default: bool):  # noqa: ANN
             config=config,
             nproc=nproc,
         )
+        if html is None and auto_html and not dry_run:
+            import time
+
+            html = (results_dir or Path(".delibench/results")) / f"report-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.html"
         code = _execute(specs, results_dir=results_dir, as_json=as_json, progress=progress, diagnose=diagnose, html=html, min_au=min_au, interleave=interleave, dry_run=dry_run)
         raise typer.Exit(code)
 
@@ -315,4 +319,4 @@ Example:
 def register(app: typer.Typer) -> None:
     """Add ``run`` and ``compare`` to the root app."""
     app.command("run", help=RUN_HELP, no_args_is_help=True)(_command(["deli"], True))
-    app.command("compare", help=COMPARE_HELP, no_args_is_help=True)(_command(["bucket", "deli", "fsspec-cache"], True))
+    app.command("compare", help=COMPARE_HELP, no_args_is_help=True)(_command(["bucket", "deli", "fsspec-cache"], True, auto_html=True))
