@@ -16,15 +16,16 @@ from delibench.loaders.pipeline import (
     percentiles,
     run_dataloader,
 )
-from delibench.loaders.source import FetchMeter, SampleSource
+from delibench.loaders.source import FetchMeter, ReliabilityOptions, SampleSource
 from delibench.records import LoaderStats
 
 __all__ = ["BucketLoader", "BucketOptions", "WorkerFetchLoader"]
 
 
 @dataclass(frozen=True)
-class BucketOptions:
-    """Options of the ``bucket`` loader.
+class BucketOptions(ReliabilityOptions):
+    """Options of the ``bucket`` loader (plus the fault handling of :class:`ReliabilityOptions`:
+    ``retries``, ``retry_deadline_s``, ``hedge_after``, ``on_error``, ``verify``).
 
     Attributes:
         concurrency: GETs in flight per worker while it reads one batch. 1 (the default) is what
@@ -35,6 +36,7 @@ class BucketOptions:
     concurrency: int = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise UsageError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
 
@@ -52,8 +54,14 @@ class WorkerFetchLoader:
         self.ctx = ctx
         self.options = parse_options(self.options_class, self.name, options)
         self._check_context()
+        reliability = self.options.source_kwargs() if isinstance(self.options, ReliabilityOptions) else {}
+        self.on_error: str = getattr(self.options, "on_error", "raise")
         self.source = SampleSource(
-            self.ctx.dataset_url, self.ctx.manifest, self.ctx.storage_options, io_threads=getattr(self.options, "concurrency", 1)
+            self.ctx.dataset_url,
+            self.ctx.manifest,
+            self.ctx.storage_options,
+            io_threads=getattr(self.options, "concurrency", 1),
+            **reliability,
         )
         self.meter = FetchMeter()
         self._closed = False
@@ -62,7 +70,7 @@ class WorkerFetchLoader:
         """Reject contexts this loader cannot serve (hook)."""
 
     def _dataset(self) -> FetchBatchDataset:
-        return FetchBatchDataset(self.source, self.ctx.decode, getattr(self.options, "concurrency", 1))
+        return FetchBatchDataset(self.source, self.ctx.decode, getattr(self.options, "concurrency", 1), on_error=self.on_error)
 
     def iter_epoch(self, epoch: int) -> Iterator[Batch]:
         """Yield this rank's batches of ``epoch`` (see :class:`delibench.loaders.base.Loader`)."""
@@ -72,10 +80,12 @@ class WorkerFetchLoader:
         for result in run_dataloader(self._dataset(), batches, self.ctx.num_workers):
             if result.meter is not None:
                 self.meter.merge(result.meter)
-            yield result.unwrap()
+            batch = result.unwrap()
+            if batch is not None:  # None: every sample of the batch was skipped (and listed)
+                yield batch
 
     def stats(self) -> LoaderStats:
-        """Cumulative GETs, bytes and latency percentiles gathered from the workers."""
+        """Cumulative GETs (every attempt), retries, hedges, bytes, latency percentiles and skipped keys."""
         p50, p95, p99 = percentiles(self.meter.latencies_s)
         return LoaderStats(
             requests_count=self.meter.requests_count,
@@ -83,7 +93,10 @@ class WorkerFetchLoader:
             fetch_latency_s_p50=p50,
             fetch_latency_s_p95=p95,
             fetch_latency_s_p99=p99,
+            retries_count=self.meter.retries_count,
+            hedges_count=self.meter.hedges_count,
             errors_count=self.meter.errors_count,
+            skipped_keys=tuple(self.meter.skipped_keys),
         )
 
     def close(self) -> None:

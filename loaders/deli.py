@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from delibench.errors import UsageError
+from delibench.errors import FetchError, UsageError
 from delibench.loaders.base import Batch, LoaderContext
 from delibench.loaders.cache import ByteBudgetCache, policy_names
 from delibench.loaders.pipeline import (
@@ -22,7 +22,7 @@ from delibench.loaders.pipeline import (
 )
 from delibench.loaders.prefetch import EpochPrefetcher
 from delibench.loaders.sampler import next_use
-from delibench.loaders.source import SampleSource
+from delibench.loaders.source import ReliabilityOptions, SampleSource
 from delibench.records import LoaderStats
 from delibench.units import parse_bytes
 
@@ -33,8 +33,9 @@ _TIMELINE_STEP_S = 0.01
 
 
 @dataclass(frozen=True)
-class DeliOptions:
-    """Options of the ``deli`` loader.
+class DeliOptions(ReliabilityOptions):
+    """Options of the ``deli`` loader (plus ``retries``, ``retry_deadline_s``, ``hedge_after``,
+    ``on_error`` and ``verify`` from :class:`~delibench.loaders.source.ReliabilityOptions`).
 
     Attributes:
         cache_size: Memory cache budget in bytes (or ``"512MiB"``); a hard limit; 0 = no cache.
@@ -58,6 +59,7 @@ class DeliOptions:
     eviction: str = "lru"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         object.__setattr__(self, "cache_size", parse_bytes(self.cache_size))
         object.__setattr__(self, "disk_cache_size", parse_bytes(self.disk_cache_size))
         if not isinstance(self.prefetch_depth, int) or self.prefetch_depth < 1:
@@ -95,7 +97,9 @@ class DeliLoader:
     def __init__(self, ctx: LoaderContext, **options: Any) -> None:
         self.ctx = ctx
         self.options = parse_options(DeliOptions, self.name, options)
-        self.source = SampleSource(ctx.dataset_url, ctx.manifest, ctx.storage_options, io_threads=self.options.concurrency)
+        self.source = SampleSource(ctx.dataset_url, ctx.manifest, ctx.storage_options, io_threads=self.options.concurrency,
+                                   **self.options.source_kwargs())
+        self._skipped: list[str] = []
         self._tmpdir: str | None = None
         disk_dir = None
         if self.options.cache_tier == "disk":
@@ -138,11 +142,16 @@ class DeliLoader:
         self._prefetcher = prefetcher
         prefetcher.start()
         labels = [s.label for s in self.ctx.manifest.samples]
-        dataset = BytesBatchDataset(self.ctx.decode, labels)
+        keys = [s.key for s in self.ctx.manifest.samples]
+        dataset = BytesBatchDataset(self.ctx.decode, labels, keys, self.source.location.display_url, self.options.on_error)
         try:
             items = self._items(prefetcher, order, batches_of(order, self.ctx.batch_size), when_next)
             for result in run_dataloader(dataset, items, self.ctx.num_workers):
-                yield result.unwrap()
+                if result.meter is not None:
+                    self._skipped.extend(result.meter.skipped_keys)  # decode failures under on_error=skip
+                batch = result.unwrap()
+                if batch is not None:
+                    yield batch
         finally:
             self._stop_prefetcher()
 
@@ -153,13 +162,21 @@ class DeliLoader:
         for batch in batches:
             items = []
             for idx in batch:
-                data, hit = prefetcher.take(pos)
+                try:
+                    data, hit = prefetcher.take(pos)
+                except FetchError as exc:
+                    if self.options.on_error != "skip":
+                        raise
+                    self._skipped.append(exc.key)  # listed in stats().skipped_keys, never silent
+                    pos += 1
+                    continue
                 if not hit:
                     self.cache.put(idx, data, when_next(pos))
                     self._record_occupancy()
                 items.append((idx, data))
                 pos += 1
-            yield items
+            if items:
+                yield items
 
     def _record_occupancy(self) -> None:
         now = time.perf_counter() - self._t0
@@ -208,7 +225,10 @@ class DeliLoader:
             fetch_latency_s_p95=p95,
             fetch_latency_s_p99=p99,
             prefetch_lead_mean=lead_sum / lead_count if lead_count else None,
+            retries_count=meter.retries_count,
+            hedges_count=meter.hedges_count,
             errors_count=meter.errors_count,
+            skipped_keys=tuple(self._skipped),
         )
 
     def close(self) -> None:

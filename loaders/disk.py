@@ -8,14 +8,15 @@ from typing import ClassVar
 
 from delibench.errors import UsageError
 from delibench.loaders.bucket import WorkerFetchLoader
+from delibench.loaders.source import ReliabilityOptions
 from delibench.storage import resolve
 
 __all__ = ["DiskLoader", "DiskOptions"]
 
 
 @dataclass(frozen=True)
-class DiskOptions:
-    """Options of the ``disk`` loader.
+class DiskOptions(ReliabilityOptions):
+    """Options of the ``disk`` loader (plus ``on_error``, ``verify`` and the rest of :class:`ReliabilityOptions`).
 
     Attributes:
         path: Local copy of the dataset (same keys as the manifest); default: the dataset URL.
@@ -26,6 +27,7 @@ class DiskOptions:
     concurrency: int = 1
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise UsageError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
 

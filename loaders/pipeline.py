@@ -17,10 +17,11 @@ from typing import Any, TypeVar
 from delibench.errors import FetchError, UsageError
 from delibench.loaders.base import Batch, Decoder, LoaderContext
 from delibench.loaders.sampler import epoch_order
-from delibench.loaders.source import FetchMeter, SampleSource
+from delibench.loaders.source import FetchMeter, SampleSource, clean_cause
 
 __all__ = [
     "BytesBatchDataset",
+    "DecodeError",
     "FetchBatchDataset",
     "WorkerResult",
     "batches_of",
@@ -73,24 +74,74 @@ def percentiles(values: Sequence[float]) -> tuple[float | None, float | None, fl
     return statistics.median(values), qs[94], qs[98]
 
 
+class DecodeError(FetchError):
+    """A sample's bytes arrived but could not be decoded (a corrupt image); names the key and URL."""
+
+    def __init__(self, key: str, url: str, cause: str, *, hint: str | None = None) -> None:
+        super().__init__(key, url, cause, hint=hint)
+        self.message = f"could not decode sample {key!r} from {url}: {cause}"
+        self.args = (self.message,)
+
+
 @dataclasses.dataclass
 class WorkerResult:
-    """What a worker returns per batch: the batch, its fetch counters, or the fetch failure.
+    """What a worker returns per batch: the batch, its fetch counters, or the failure.
 
     NOTE: a FetchError raised in a worker would reach the main process as a plain RuntimeError
     (DataLoader re-creates exceptions from their message), so failures travel as data instead.
+
+    Attributes:
+        batch: The decoded batch; None when it failed, or when every sample of it was skipped.
+        meter: Fetch counters of this batch (workers that fetch), with ``skipped_keys``.
+        error: ``(key, url, cause)`` of the failure under ``on_error=raise``.
+        decode_failed: Whether ``error`` is a decode failure (else a fetch failure).
     """
 
     batch: Batch | None
     meter: FetchMeter | None = None
     error: tuple[str, str, str] | None = None
+    decode_failed: bool = False
 
-    def unwrap(self) -> Batch:
-        """The batch, or the worker's FetchError re-raised here."""
+    def unwrap(self) -> Batch | None:
+        """The batch (None when all its samples were skipped), or the worker's error re-raised here."""
         if self.error is not None:
-            raise FetchError(*self.error)
-        assert self.batch is not None
+            raise (DecodeError if self.decode_failed else FetchError)(*self.error)
         return self.batch
+
+
+def decode_items(
+    decode: Decoder,
+    items: Sequence[tuple[int, bytes]],
+    labels: Sequence[int],
+    keys: Sequence[str] | None,
+    root_url: str,
+    on_error: str,
+    meter: FetchMeter,
+) -> WorkerResult:
+    """Decode ``(index, bytes)`` items into a batch; a decode failure names its key.
+
+    Under ``on_error=skip`` failing samples are left out and listed in ``meter.skipped_keys``;
+    under ``raise`` the first one becomes the result's error.
+    """
+    decoded: list[Any] = []
+    kept_labels: list[int] = []
+    kept: list[int] = []
+    for index, data in items:
+        label = labels[index]
+        try:
+            decoded.append(decode(data, label))
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is a bad sample
+            key = keys[index] if keys is not None else f"#{index}"
+            url = f"{root_url.rstrip('/')}/{key}" if keys is not None else root_url
+            if on_error == "skip":
+                meter.skipped_keys.append(key)
+                continue
+            return WorkerResult(None, meter, (key, url, clean_cause(exc)), decode_failed=True)
+        kept_labels.append(label)
+        kept.append(index)
+    if not kept:
+        return WorkerResult(None, meter)
+    return WorkerResult(_collate(decoded, kept_labels, kept), meter)
 
 
 def _collate(items: list[Any], labels: list[int], indices: list[int]) -> Batch:
@@ -101,16 +152,32 @@ def _collate(items: list[Any], labels: list[int], indices: list[int]) -> Batch:
 
 
 class BytesBatchDataset:
-    """Decodes batches whose bytes arrive with the sampler item: ``[(index, bytes), ...]``."""
+    """Decodes batches whose bytes arrive with the sampler item: ``[(index, bytes), ...]``.
 
-    def __init__(self, decode: Decoder, labels: Sequence[int]) -> None:
+    Args:
+        decode: The decode step.
+        labels: Label of each manifest index.
+        keys: Key of each manifest index (so a decode failure names its sample).
+        root_url: Credential-free dataset URL (for error messages).
+        on_error: ``raise`` or ``skip`` samples that fail to decode.
+    """
+
+    def __init__(
+        self,
+        decode: Decoder,
+        labels: Sequence[int],
+        keys: Sequence[str] | None = None,
+        root_url: str = "",
+        on_error: str = "raise",
+    ) -> None:
         self.decode = decode
         self.labels = list(labels)
+        self.keys = list(keys) if keys is not None else None
+        self.root_url = root_url
+        self.on_error = on_error
 
     def __getitem__(self, items: list[tuple[int, bytes]]) -> WorkerResult:
-        labels = [self.labels[i] for i, _ in items]
-        decoded = [self.decode(data, label) for (_, data), label in zip(items, labels)]
-        return WorkerResult(_collate(decoded, labels, [i for i, _ in items]))
+        return decode_items(self.decode, items, self.labels, self.keys, self.root_url, self.on_error, FetchMeter())
 
 
 class FetchBatchDataset:
@@ -121,6 +188,8 @@ class FetchBatchDataset:
         decode: The decode step.
         concurrency: Requests in flight per worker while fetching one batch (1 = one at a time).
         read: Replaces ``source.fetch_many_sync`` (e.g. reads through an fsspec cache).
+        on_error: ``raise`` (the first failure ends the batch) or ``skip`` (failing samples are
+            left out of the batch and listed in the meter's ``skipped_keys``).
     """
 
     def __init__(
@@ -129,27 +198,58 @@ class FetchBatchDataset:
         decode: Decoder,
         concurrency: int = 1,
         read: Callable[[list[int]], tuple[list[bytes], FetchMeter]] | None = None,
+        on_error: str = "raise",
     ) -> None:
         self.source = source
         self.decode = decode
         self.concurrency = concurrency
         self.read = read
+        self.on_error = on_error
         self.labels = [s.label for s in source.manifest.samples]
+        self.keys = [s.key for s in source.manifest.samples]
+
+    def _fetch(self, indices: list[int]) -> tuple[list[tuple[int, bytes]], FetchMeter]:
+        """The batch's ``(index, bytes)`` that could be read, and this batch's counters."""
+        if self.read is not None:
+            if self.on_error != "skip":
+                blobs, meter = self.read(indices)
+                return list(zip(indices, blobs)), meter
+            meter, items = FetchMeter(), []
+            for index in indices:  # one by one, so one bad sample does not take the batch down
+                try:
+                    (data,), part = self.read([index])
+                except FetchError as exc:
+                    meter.errors_count += 1
+                    meter.skipped_keys.append(exc.key)
+                    continue
+                meter.merge(part)
+                items.append((index, data))
+            return items, meter
+        before = self.source.meter.snapshot()
+        if self.on_error != "skip":
+            blobs = self.source.fetch_many_sync(indices, self.concurrency)
+            return list(zip(indices, blobs)), self.source.meter.since(before)
+        outcomes = self.source.fetch_outcomes_sync(indices, self.concurrency)
+        meter = self.source.meter.since(before)
+        items = []
+        for index, outcome in zip(indices, outcomes):
+            if isinstance(outcome, FetchError):
+                meter.skipped_keys.append(outcome.key)
+            else:
+                items.append((index, outcome))
+        return items, meter
 
     def __getitem__(self, indices: list[int]) -> WorkerResult:
+        if self.read is None:
+            _ = self.source.fs  # per-process client and meter (re-created after fork) before the snapshot
+        before = self.source.meter.snapshot()
         try:
-            if self.read is not None:
-                blobs, meter = self.read(indices)
-            else:
-                before = len(self.source.meter.latencies_s)
-                blobs = self.source.fetch_many_sync(indices, self.concurrency)
-                m = self.source.meter
-                meter = FetchMeter(len(blobs), sum(map(len, blobs)), 0, m.latencies_s[before:])
+            items, meter = self._fetch(indices)
         except FetchError as exc:
-            return WorkerResult(None, FetchMeter(errors_count=1), (exc.key, exc.url, exc.cause))
-        labels = [self.labels[i] for i in indices]
-        decoded = [self.decode(data, label) for data, label in zip(blobs, labels)]
-        return WorkerResult(_collate(decoded, labels, list(indices)), meter)
+            meter = self.source.meter.since(before) if self.read is None else FetchMeter(errors_count=1)
+            return WorkerResult(None, meter, (exc.key, exc.url, exc.cause))
+        return decode_items(self.decode, items, self.labels, self.keys, self.source.location.display_url,
+                            self.on_error, meter)
 
 
 def _identity(x: Any) -> Any:
