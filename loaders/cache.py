@@ -10,6 +10,7 @@ import difflib
 import hashlib
 import heapq
 import itertools
+import logging
 import math
 import os
 import threading
@@ -35,6 +36,8 @@ __all__ = [
 ]
 
 NEVER = math.inf
+
+_log = logging.getLogger(__name__)
 
 
 class EvictionPolicy(Protocol):
@@ -172,6 +175,9 @@ class CacheStats:
         disk_bytes: Disk-tier occupancy now.
         disk_peak_bytes: Largest disk-tier occupancy seen; never above its budget.
         corrupt_count: Disk-tier files whose checksum did not match (dropped, counted as misses).
+        disk_write_errors: Disk-tier writes that failed (e.g. ENOSPC); the first one switches
+            the disk tier off for the rest of the cache's life (training goes on).
+        disk_disabled: Whether the disk tier was switched off by a write error.
     """
 
     hits: int = 0
@@ -185,6 +191,8 @@ class CacheStats:
     disk_bytes: int = 0
     disk_peak_bytes: int = 0
     corrupt_count: int = 0
+    disk_write_errors: int = 0
+    disk_disabled: bool = False
 
     @property
     def hit_rate(self) -> float | None:
@@ -206,6 +214,8 @@ class _DiskTier:
         self.bytes = 0
         self.peak_bytes = 0
         self.corrupt = 0
+        self.write_errors = 0
+        self.disabled = False
         self._checksums = checksums
 
     def _path(self, key: Hashable) -> Path:
@@ -213,7 +223,7 @@ class _DiskTier:
 
     def put(self, key: Hashable, data: bytes, next_use: float) -> bool:
         size = len(data)
-        if size > self.capacity_bytes:
+        if self.disabled or size > self.capacity_bytes:
             return False
         if key in self.sizes:
             self.policy.touch(key, next_use)
@@ -224,8 +234,16 @@ class _DiskTier:
                 return False
             self.remove(victim)
         tmp = self._path(key).with_suffix(".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, self._path(key))
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self._path(key))
+        except OSError as exc:
+            # NOTE: a full (ENOSPC) or failing disk must stop caching to disk, not training.
+            tmp.unlink(missing_ok=True)
+            self.write_errors += 1
+            self.disabled = True
+            _log.warning("disk cache tier at %s switched off after a write error: %s", self.dir, exc)
+            return False
         self.sizes[key] = size
         self.bytes += size
         self.peak_bytes = max(self.peak_bytes, self.bytes)
@@ -413,6 +431,8 @@ class ByteBudgetCache:
                 disk_bytes=disk.bytes if disk else 0,
                 disk_peak_bytes=disk.peak_bytes if disk else 0,
                 corrupt_count=disk.corrupt if disk else 0,
+                disk_write_errors=disk.write_errors if disk else 0,
+                disk_disabled=disk.disabled if disk else False,
             )
 
     def clear(self) -> None:
