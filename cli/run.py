@@ -217,6 +217,7 @@ def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, p
 
 def _command(default_loaders: list[str], interleave_default: bool, *, auto_html: bool = False):  # noqa: ANN202 - typer signature
     def command(
+        ctx: typer.Context,
         data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset root with a delibench manifest: s3://bucket/prefix, gs://..., or a path.", rich_help_panel=WORKLOAD_PANEL),
         loader: list[str] = typer.Option([], "--loader", "-l", help="Loader to measure, repeatable: bucket | deli[:cache_size=2GiB,prefetch_depth=256,concurrency=32,eviction=lru|belady,order=locality] | disk=./local/copy | fsspec-cache | a plugin. Label with @: deli@big:cache_size=8GiB.", rich_help_panel=LOADER_PANEL),
         workload: Optional[str] = typer.Option(None, "--workload", "-w", help="resnet50 | resnet18 | mobilenet_v3_small | mnist-cnn | cifar-resnet50. Default: resnet50.", rich_help_panel=WORKLOAD_PANEL),
@@ -240,13 +241,6 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
         min_au: Optional[float] = typer.Option(None, "--min-au", help="Exit 4 when a loader's accelerator utilisation is below this (MLPerf Storage's pass mark is 0.9).", rich_help_panel=OUTPUT_PANEL),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved run specs and dataset size, run nothing.", rich_help_panel=OUTPUT_PANEL),
     ) -> None:
-        if nproc > 1 and "RANK" not in os.environ:
-            import sys
-
-            from delibench.distributed import launch_local
-
-            argv = [a for a in sys.argv[1:]]
-            raise typer.Exit(launch_local(nproc, _strip_nproc(argv)))
         specs = build_specs(
             data=data,
             loaders=loader,
@@ -264,6 +258,11 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
             config=config,
             nproc=nproc,
         )
+        if nproc > 1 and "RANK" not in os.environ and not dry_run:
+            from delibench.distributed import launch_local
+
+            # NOTE: the flags were checked above, so bad input fails once here, not once per rank.
+            raise typer.Exit(launch_local(nproc, _rank_argv(ctx)))
         if html is None and auto_html and not dry_run:
             import time
 
@@ -274,21 +273,31 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
     return command
 
 
-def _strip_nproc(argv: list[str]) -> list[str]:
-    """The command line for each rank: the same, without ``--nproc N`` (ranks come from the environment)."""
-    out: list[str] = []
-    skip = False
-    for a in argv:
-        if skip:
-            skip = False
+def _rank_argv(ctx: typer.Context) -> list[str]:
+    """The command line of each rank: this command's parsed options, without ``--nproc``.
+
+    Rebuilt from the parsed values rather than ``sys.argv``, which is not this command's when the
+    CLI runs through ``main(argv)`` (tests, notebooks); ranks read their place from the environment.
+    """
+    args = [str(ctx.info_name)]
+    for param in ctx.command.params:
+        opts = list(getattr(param, "opts", None) or [])
+        if param.name in (None, "nproc") or not opts or not opts[0].startswith("-"):
             continue
-        if a == "--nproc":
-            skip = True
+        value = ctx.params.get(param.name)
+        if value is None or (isinstance(value, (list, tuple)) and not value):
             continue
-        if a.startswith("--nproc="):
+        name = max(opts, key=len)
+        if getattr(param, "is_flag", False):
+            secondary = list(getattr(param, "secondary_opts", None) or [])
+            if value:
+                args.append(name)
+            elif secondary:
+                args.append(max(secondary, key=len))
             continue
-        out.append(a)
-    return out
+        for item in value if getattr(param, "multiple", False) else [value]:
+            args += [name, str(item)]
+    return args
 
 
 RUN_HELP = """Measure the data-wait fraction of a training loop fed by one loader (or several).
