@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import threading
@@ -11,6 +12,7 @@ from types import FrameType
 from typing import Any
 
 from delibench.cli.output import err_console
+from delibench.distributed import rank_info
 from delibench.records import StepSample
 
 __all__ = ["StopFlag", "StepProgress", "stop_on_signals"]
@@ -42,12 +44,19 @@ def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
         yield flag
         return
 
+    owner = os.getpid()
+
     def handler(signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            # A forked DataLoader worker inherits this handler and, in a terminal, the same Ctrl-C:
+            # the process that owns the run decides; the worker keeps serving batches until then.
+            return
         name = signal.Signals(signum).name
         if flag() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag.set(name)
-        err_console.print(f"[yellow]{name}: stopping after this step and saving what was measured (Ctrl-C again to stop now)[/]")
+        if rank_info().is_main:  # every rank gets the signal; one of them tells the user
+            err_console.print(f"[yellow]{name}: stopping after this step and saving what was measured (Ctrl-C again to stop now)[/]")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
