@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from delibench.distributed import RankInfo, all_gather_objects, init_from_env, rank_info, shutdown
-from delibench.errors import UsageError
+from delibench.errors import DelibenchError, ExitCode, UsageError
 from delibench.manifest import Manifest, read_manifest
 from delibench.records import Diagnosis, Issue, LoaderStats, RunRecord, RunSpec, StepSample
 
@@ -28,6 +28,12 @@ __all__ = ["compare", "diagnose", "merge_loader_stats", "run", "warm_decoder"]
 _ORDER_OPTIONS = ("order", "exchange_fraction")
 #: Steps the DS-Analyzer-style diagnosis runs from memory.
 DIAGNOSIS_STEPS = 8
+
+
+class _StoppedBeforeFirstStep(DelibenchError):
+    """Ctrl-C (or ``should_stop``) came before any loader finished a step: exit 130, no record."""
+
+    exit_code = ExitCode.INTERRUPTED
 
 
 class _ItemDecoder:
@@ -348,7 +354,11 @@ def compare(
         price: Attach a cost estimate from the shipped price sheet.
 
     Returns:
-        One RunRecord per spec on rank 0; other ranks get the same list (their own copy).
+        One RunRecord per spec on rank 0; other ranks get the same list (their own copy). A stopped
+        run leaves out the loaders that had not finished a step.
+
+    Raises:
+        DelibenchError: Exit code 130 when stopped before any loader finished a step.
     """
     if not specs:
         raise UsageError("no loader to run", hint="give at least one --loader")
@@ -409,7 +419,13 @@ def compare(
                 own = results[info.rank]["steps"]
                 fraction = summarize(own, warmup_steps=min(effective_warmup_steps(p.spec, own), len(own) - 1)).data_wait_fraction
                 diagnoses[i] = diagnose(p, fraction, info)
+            if stopped and not any(r["steps"] for r in results):
+                continue  # stopped before this loader's first step: nothing to report for it
             records.append(_record(p, results, info, stopped=stopped, started=started, diagnosis=diagnoses[i], price=price))
+        if not records:
+            raise _StoppedBeforeFirstStep(
+                "the run was stopped before its first step finished: nothing was measured, no result written"
+            )
         if write and info.is_main:
             from delibench.store import ResultStore
 
