@@ -18,9 +18,8 @@ from delibench.loaders.pipeline import (
     context_order,
     parse_options,
     percentiles,
-    run_dataloader,
 )
-from delibench.loaders.prefetch import EpochPrefetcher
+from delibench.loaders.prefetch import DecodePipeline, EpochPrefetcher
 from delibench.loaders.sampler import next_use
 from delibench.loaders.source import ReliabilityOptions, SampleSource
 from delibench.records import LoaderStats
@@ -48,6 +47,13 @@ class DeliOptions(ReliabilityOptions):
         disk_cache_size: Disk tier budget in bytes (or ``"8GiB"``); required for ``cache_tier=disk``.
         eviction: ``lru`` or ``belady`` (evicts what the next epoch needs last; refuses samples
             needed later than everything cached).
+        prefetch_across_epochs: Start fetching the next epoch's known order as soon as the last
+            sample of this one is handed on (still within ``prefetch_depth``), so the link does
+            not idle while the DataLoader decodes the epoch's last batches. Off by default: after
+            the last epoch of a run up to ``prefetch_depth`` GETs are made for an epoch that never
+            runs (counted as requests and misses; their hits are not counted).
+        persistent_workers: Keep the DataLoader's decode workers across epochs instead of forking
+            new ones every epoch (they hold no client, so nothing is lost by keeping them).
     """
 
     cache_size: int | str = "1GiB"
@@ -57,6 +63,8 @@ class DeliOptions(ReliabilityOptions):
     cache_dir: str | None = None
     disk_cache_size: int | str = 0
     eviction: str = "lru"
+    prefetch_across_epochs: bool = False
+    persistent_workers: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -114,7 +122,14 @@ class DeliLoader:
             checksums=lambda i: sums[i] if isinstance(i, int) and 0 <= i < len(sums) else None,
         )
         self._prefetcher: EpochPrefetcher | None = None
+        #: (epoch, (prefetcher, order, when_next)) started ahead of that epoch.
+        self._ahead: tuple[int, tuple[EpochPrefetcher, list[int], Any]] | None = None
+        labels = [s.label for s in ctx.manifest.samples]
+        keys = [s.key for s in ctx.manifest.samples]
+        dataset = BytesBatchDataset(ctx.decode, labels, keys, self.source.location.display_url, self.options.on_error)
+        self._pipeline = DecodePipeline(dataset, ctx.num_workers, persistent=self.options.persistent_workers)
         self._prefetch_peak = 0
+        self._unused_hits = 0
         self._lead_sum = 0
         self._lead_count = 0
         self._timeline: list[tuple[float, int]] = []
@@ -123,11 +138,8 @@ class DeliLoader:
 
     # -- epochs ---------------------------------------------------------------------------------
 
-    def iter_epoch(self, epoch: int) -> Iterator[Batch]:
-        """Yield this rank's batches of ``epoch`` (see :class:`delibench.loaders.base.Loader`)."""
-        if self._closed:
-            raise UsageError("the deli loader is closed")
-        self._stop_prefetcher()
+    def _new_prefetcher(self, epoch: int) -> tuple[EpochPrefetcher, list[int], Any]:
+        """A started prefetcher of ``epoch``'s order, with the order and its next-use function."""
         order = context_order(self.ctx, epoch)
         length = len(order)
         # Global clock for eviction: position p of epoch e happens at e * length + p.
@@ -139,14 +151,30 @@ class DeliLoader:
         prefetcher = EpochPrefetcher(
             self.source, order, self.cache, self.options.prefetch_depth, self.options.concurrency, when_next
         )
-        self._prefetcher = prefetcher
         prefetcher.start()
-        labels = [s.label for s in self.ctx.manifest.samples]
-        keys = [s.key for s in self.ctx.manifest.samples]
-        dataset = BytesBatchDataset(self.ctx.decode, labels, keys, self.source.location.display_url, self.options.on_error)
+        return prefetcher, order, when_next
+
+    def iter_epoch(self, epoch: int) -> Iterator[Batch]:
+        """Yield this rank's batches of ``epoch`` (see :class:`delibench.loaders.base.Loader`).
+
+        The walk of ``epoch`` may already be under way: the previous epoch starts it as soon as
+        it has handed its last sample on (see :meth:`_items`), so the accelerator does not wait
+        through a cold start at every epoch boundary.
+        """
+        if self._closed:
+            raise UsageError("the deli loader is closed")
+        self._stop_prefetcher()
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == epoch:
+            prefetcher, order, when_next = ahead[1]
+        else:
+            if ahead is not None:
+                self._retire(ahead[1][0])
+            prefetcher, order, when_next = self._new_prefetcher(epoch)
+        self._prefetcher = prefetcher
         try:
-            items = self._items(prefetcher, order, batches_of(order, self.ctx.batch_size), when_next)
-            for result in run_dataloader(dataset, items, self.ctx.num_workers):
+            items = self._items(prefetcher, order, batches_of(order, self.ctx.batch_size), when_next, epoch)
+            for result in self._pipeline.run(items):
                 if result.meter is not None:
                     self._skipped.extend(result.meter.skipped_keys)  # decode failures under on_error=skip
                 batch = result.unwrap()
@@ -156,7 +184,7 @@ class DeliLoader:
             self._stop_prefetcher()
 
     def _items(
-        self, prefetcher: EpochPrefetcher, order: list[int], batches: list[list[int]], when_next: Any
+        self, prefetcher: EpochPrefetcher, order: list[int], batches: list[list[int]], when_next: Any, epoch: int
     ) -> Iterator[list[tuple[int, bytes]]]:
         pos = 0
         for batch in batches:
@@ -177,6 +205,11 @@ class DeliLoader:
                 pos += 1
             if items:
                 yield items
+        # Every sample of this epoch has been handed on (the DataLoader is still decoding the
+        # last batches): start walking the next epoch's known order now. Nothing of this epoch
+        # is held by the prefetcher any more, so prefetch_depth still bounds what is held.
+        if not self._closed and self._ahead is None and self.options.prefetch_across_epochs:
+            self._ahead = (epoch + 1, self._new_prefetcher(epoch + 1))
 
     def _record_occupancy(self) -> None:
         now = time.perf_counter() - self._t0
@@ -185,14 +218,17 @@ class DeliLoader:
 
     def _stop_prefetcher(self) -> None:
         prefetcher, self._prefetcher = self._prefetcher, None
-        if prefetcher is None:
-            return
+        if prefetcher is not None:
+            self._retire(prefetcher)
+
+    def _retire(self, prefetcher: EpochPrefetcher) -> None:
         try:
             prefetcher.close()
         finally:
             self._prefetch_peak = max(self._prefetch_peak, prefetcher.peak_bytes)
             self._lead_sum += prefetcher.lead_sum
             self._lead_count += prefetcher.lead_count
+            self._unused_hits += prefetcher.pending_hits()
 
     # -- metrics --------------------------------------------------------------------------------
 
@@ -207,15 +243,19 @@ class DeliLoader:
         p50, p95, p99 = percentiles(list(meter.latencies_s))
         lead_sum, lead_count = self._lead_sum, self._lead_count
         prefetch_peak = self._prefetch_peak
+        unused_hits = self._unused_hits
         active = self._prefetcher
         if active is not None:
             lead_sum += active.lead_sum
             lead_count += active.lead_count
             prefetch_peak = max(prefetch_peak, active.peak_bytes)
+            unused_hits += active.pending_hits()
+        if self._ahead is not None:
+            unused_hits += self._ahead[1][0].pending_hits()  # looked up ahead of its epoch
         return LoaderStats(
             requests_count=meter.requests_count,
             bytes_read_remote=meter.bytes_read,
-            cache_hits=cache.hits,
+            cache_hits=cache.hits - unused_hits,
             cache_misses=cache.misses,
             cache_evictions=cache.evictions,
             cache_peak_bytes=cache.peak_bytes,
@@ -238,6 +278,10 @@ class DeliLoader:
         self._closed = True
         try:
             self._stop_prefetcher()
+            ahead, self._ahead = self._ahead, None
+            if ahead is not None:
+                self._retire(ahead[1][0])
+            self._pipeline.close()
         finally:
             self.cache.close()
             self.source.close()

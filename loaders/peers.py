@@ -101,7 +101,11 @@ if _s3t is not None:  # pragma: no cover - needs the optional extra
 
 
 class _ShardStream:
-    """Iterable dataset over tar shards: each worker streams its share of this epoch's shards."""
+    """Iterable over tar shards: each worker streams its share of this epoch's shards.
+
+    Wrapped in a ``torch.utils.data.IterableDataset`` (:func:`_iterable`) before it reaches the
+    DataLoader, which otherwise treats it as a map-style dataset and asks for its length.
+    """
 
     def __init__(self, source: SampleSource, shards: list[str], decode: Any, stems: dict[str, int]) -> None:
         self.source = source
@@ -125,6 +129,17 @@ class _ShardStream:
                     index = self.stems[stem]
                     label = self.source.manifest.samples[index].label
                     yield self.decode(member["data"], label), label, index, len(member["data"])
+
+
+def _iterable(stream: _ShardStream) -> Any:
+    """``stream`` as an IterableDataset (torch imported here, not at module import)."""
+    from torch.utils.data import IterableDataset
+
+    class _Stream(IterableDataset):  # type: ignore[type-arg]
+        def __iter__(self) -> Iterator[tuple[Any, int, int, int]]:
+            return iter(stream)
+
+    return _Stream()
 
 
 if _wds is not None:  # pragma: no cover - needs the optional extra
@@ -160,7 +175,7 @@ if _wds is not None:  # pragma: no cover - needs the optional extra
             mine = [keys[i] for i in order[self.ctx.rank :: self.ctx.world_size]]
             stems = {posixpath.splitext(posixpath.basename(s.key))[0]: i for i, s in enumerate(self.ctx.manifest.samples)}
             stream = _ShardStream(self.source, mine, self.ctx.decode, stems)
-            loader = DataLoader(stream, batch_size=self.ctx.batch_size, num_workers=self.ctx.num_workers)  # type: ignore[arg-type]
+            loader = DataLoader(_iterable(stream), batch_size=self.ctx.batch_size, num_workers=self.ctx.num_workers)  # type: ignore[arg-type]
             it = iter(loader)
             try:
                 for inputs, labels, indices, sizes in it:

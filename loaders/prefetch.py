@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import Any
 
 from delibench.errors import FetchError, RuntimeFailure
 from delibench.loaders.cache import ByteBudgetCache
 from delibench.loaders.source import SampleSource
 
-__all__ = ["EpochPrefetcher"]
+__all__ = ["DecodePipeline", "EpochPrefetcher"]
 
 
 class EpochPrefetcher:
@@ -54,6 +55,7 @@ class EpochPrefetcher:
         self.peak_bytes = 0
         self.lead_sum = 0
         self.lead_count = 0
+        self.dropped_hits = 0
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._future: concurrent.futures.Future[None] | None = None
@@ -175,5 +177,96 @@ class EpochPrefetcher:
             if not self._stopped.wait(timeout_s):
                 raise RuntimeFailure(f"prefetcher did not stop within {timeout_s:g} s")
         with self._cond:
+            self.dropped_hits += sum(1 for _, hit in self._ready.values() if hit)
             self._ready.clear()
             self.ready_bytes = 0
+
+    def pending_hits(self) -> int:
+        """Cache hits looked up (and counted by the cache) but not taken yet, or dropped at close.
+
+        A walk started ahead of its epoch looks samples up before the epoch runs; the loader
+        subtracts these from the cache's hit count so that hits count only samples delivered.
+        """
+        with self._cond:
+            return self.dropped_hits + sum(1 for _, hit in self._ready.values() if hit)
+
+
+def _identity(x: Any) -> Any:
+    return x
+
+
+class _EpochItems:
+    """The persistent DataLoader's sampler: ``iter()`` returns the iterator of the epoch's items.
+
+    NOTE: the DataLoader calls ``iter(sampler)`` twice when it builds its first iterator; both
+    calls must return the same iterator, so it is returned as is, never replaced here.
+    """
+
+    def __init__(self) -> None:
+        self.items: Iterator[Any] = iter(())
+
+    def __iter__(self) -> Iterator[Any]:
+        return self.items
+
+
+class DecodePipeline:
+    """Decode workers that outlive an epoch: one DataLoader with persistent workers, fed epoch by epoch.
+
+    A fresh DataLoader per epoch forks its workers again and makes the accelerator wait through
+    the fork and the first batch's decode at every epoch boundary. The deli workers hold no
+    client (the bytes arrive with the sampler items), so they can be kept: each epoch sets the
+    sampler's items and resets the same iterator, which drains whatever a stopped epoch left in
+    flight. A worker failure shuts the workers down; the next epoch starts new ones.
+
+    Args:
+        dataset: Map-style dataset whose ``__getitem__`` receives one sampler item (a batch).
+        num_workers: DataLoader workers; 0 decodes in this process.
+        persistent: False forks new workers every epoch (``run_dataloader``'s behaviour).
+        timeout_s: DataLoader timeout for a batch (0 = none).
+    """
+
+    def __init__(self, dataset: Any, num_workers: int, *, persistent: bool = True, timeout_s: float = 0) -> None:
+        self.dataset = dataset
+        self.num_workers = num_workers
+        self.persistent = persistent and num_workers > 0
+        self.timeout_s = timeout_s
+        self._sampler = _EpochItems()
+        self._loader: Any = None
+        self._it: Any = None
+
+    def run(self, items: Iterable[Any]) -> Iterator[Any]:
+        """Yield the dataset's result for every item of one epoch, in order."""
+        if not self.persistent:
+            from delibench.loaders.pipeline import run_dataloader
+
+            yield from run_dataloader(self.dataset, items, self.num_workers, timeout_s=self.timeout_s)
+            return
+        if self._loader is None:
+            from torch.utils.data import DataLoader
+
+            self._loader = DataLoader(
+                self.dataset,
+                sampler=self._sampler,  # type: ignore[arg-type]
+                batch_size=None,
+                num_workers=self.num_workers,
+                collate_fn=_identity,
+                timeout=self.timeout_s,
+                persistent_workers=True,
+            )
+        self._sampler.items = iter(items)
+        try:
+            self._it = iter(self._loader)  # first epoch: starts the workers; later: resets them
+            yield from self._it
+        except GeneratorExit:
+            raise  # stopped early: the next iter() drains what is in flight
+        except BaseException:
+            self.close()  # a failed epoch may have lost a worker: start afresh next time
+            raise
+
+    def close(self) -> None:
+        """Stop the workers (idempotent)."""
+        it, self._it, self._loader = self._it, None, None
+        if it is not None:
+            shutdown = getattr(it, "_shutdown_workers", None)
+            if shutdown is not None:
+                shutdown()
