@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import gc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -408,6 +409,11 @@ def compare(
             if result.stopped:
                 stopped = True
                 break
+            # NOTE: collect between measured epochs, in this thread: one loader's garbage is then not
+            # collected inside the next loader's timed steps, and dropped s3fs/gcsfs clients are closed
+            # here rather than on whichever thread runs an event loop when the collector fires (s3fs
+            # then schedules the close on the wrong loop: "Task exception was never retrieved").
+            gc.collect()
         diagnoses: list[Diagnosis | None] = [None] * len(specs)
         gathered = all_gather_objects(per_loader, info)
         records: list[RunRecord] = []
