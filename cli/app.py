@@ -47,6 +47,7 @@ _COMMAND_MODULES = (
     "delibench.cli.report",
     "delibench.cli.geo",
     "delibench.cli.listing",
+    "delibench.cli.bench",
 )
 
 
