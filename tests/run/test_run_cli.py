@@ -209,3 +209,34 @@ def test_min_au_gate_exits_4_on_storage_bound_run(s3_server, s3_mnist, shaped_s3
     doc = json.loads(files[0].read_text())
     assert doc["status"] == "complete"
     assert doc["metrics"]["accelerator_utilization"] < 0.99
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="core/manifest.py read_manifest() lets connection errors through (only FileNotFoundError becomes a "
+    "DelibenchError): an unreachable endpoint prints 'error: unexpected EndpointConnectionError ... report it' "
+    "instead of a RuntimeFailure naming the endpoint",
+)
+def test_unreachable_endpoint_is_a_clear_runtime_error(cli, monkeypatch):
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
+    monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    res = cli("run", "--data", "s3://some-bucket/imgs", *FAST)
+    assert res.code == 1
+    assert res.err.startswith("error:") and "unexpected" not in res.err, res.err
+
+
+@pytest.mark.gcs
+def test_run_on_gcs_deli(gcs_bucket, mnist_dir, tmp_path, cli):
+    from delibench.loaders.publish import push
+
+    url = f"{gcs_bucket}/mnist"
+    push(mnist_dir, url, concurrency=8)
+    res = cli("run", "--data", url, "--loader", "deli:cache_size=64MiB", *FAST, "--epochs", "2", "--json", "--results-dir", tmp_path)
+    assert res.code == 0, res.err
+    doc = res.json()
+    validate_record(doc)
+    assert [e["samples"] for e in doc["metrics"]["epochs"]] == [SAMPLES, SAMPLES]
+    assert doc["loader_stats"]["requests_count"] == SAMPLES  # epoch 2 from the cache
