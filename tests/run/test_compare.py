@@ -50,6 +50,8 @@ def test_compare_bucket_deli_disk_interleaved_full_reads(s3_mnist, mnist_dir, sh
         assert [(e["epoch"], e["samples"]) for e in doc["metrics"]["epochs"]] == [(0, SAMPLES), (1, SAMPLES)]
         assert (tmp_path / f"{doc['run_id']}.json").is_file()
     assert len({d["run_id"] for d in docs}) == 3
+    reports = list(tmp_path.glob("report-*.html"))  # compare writes its HTML report by default
+    assert len(reports) == 1 and str(reports[0]) in res.err.replace("\n", "")
 
     # interleaved: epoch 0 of every loader before epoch 1 of any
     names = [name for name, _ in order]
