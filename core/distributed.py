@@ -130,13 +130,17 @@ def launch_local(nproc: int, argv: list[str], timeout_s: float | None = None) ->
 
     def forward(signum: int, _frame: Any) -> None:
         forwarded.append(signum)
+        # A closed terminal (SIGHUP) ends the ranks as SIGTERM does: they save what they measured.
+        sent = signal.SIGTERM if signum == signal.SIGHUP else signum
         for p in procs:
             if p.poll() is None:
-                p.send_signal(signum)
+                p.send_signal(sent)
 
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    # Python 3.10 has no process_group argument; setpgrp in the child does the same.
+    own_group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     start = time.perf_counter()
     failed_at: float | None = None
     try:
@@ -147,7 +151,7 @@ def launch_local(nproc: int, argv: list[str], timeout_s: float | None = None) ->
                     [sys.executable, "-m", "delibench", *argv],
                     env=env,
                     stdout=None if rank == 0 else subprocess.DEVNULL,
-                    process_group=0,
+                    **own_group,
                 )
             )
         while True:
