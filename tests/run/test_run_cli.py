@@ -240,3 +240,22 @@ def test_run_on_gcs_deli(gcs_bucket, mnist_dir, tmp_path, cli):
     validate_record(doc)
     assert [e["samples"] for e in doc["metrics"]["epochs"]] == [SAMPLES, SAMPLES]
     assert doc["loader_stats"]["requests_count"] == SAMPLES  # epoch 2 from the cache
+
+
+def test_config_loaders_list_and_order_for_compare(mnist_dir, tmp_path, cli):
+    config = tmp_path / "cmp.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": str(mnist_dir),
+        "order": "locality",
+        "exchange_fraction": 0.1,
+        "loaders": [{"kind": "bucket"}, {"kind": "deli", "label": "small", "cache_size": "1MiB"}],
+    }))
+    res = cli("compare", "--config", config, *FAST, "--dry-run")
+    assert res.code == 0, res.err
+    specs = res.json()["specs"]
+    assert [(s["loader"]["kind"], s["loader"]["label"]) for s in specs] == [("bucket", None), ("deli", "small")]
+    assert all(s["loader"]["options"]["order"] == "locality" and s["loader"]["options"]["exchange_fraction"] == 0.1 for s in specs)
+    assert specs[1]["loader"]["options"]["cache_size"] == "1MiB"
+    # --loader on the command line replaces the file's loaders
+    res = cli("compare", "--config", config, *FAST, "--loader", "memory", "--dry-run")
+    assert [s["loader"]["kind"] for s in res.json()["specs"]] == ["memory"]
