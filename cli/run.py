@@ -258,6 +258,8 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
             config=config,
             nproc=nproc,
         )
+        if min_au is not None and not 0.0 <= min_au <= 1.0:
+            raise UsageError(f"--min-au is a fraction between 0 and 1, got {min_au:g}", hint="e.g. --min-au 0.9 (MLPerf Storage's pass mark)")
         if nproc > 1 and "RANK" not in os.environ and not dry_run:
             from delibench.distributed import launch_local
 
