@@ -152,6 +152,8 @@ def test_config_file_missing_and_invalid_yaml(tmp_path, cli):
         (["--loader", "deli:bogus=1"], "unknown option 'bogus'"),
         (["--loader", "deli:cache_size=lots"], "not a size"),
         (["--loader", "bucket", "--loader", "bucket"], "two loaders share a name"),
+        (["--min-au", "90"], "--min-au is a fraction between 0 and 1"),
+        (["--order", "bogus"], "unknown order 'bogus'"),
     ],
 )
 def test_bad_flags_exit_2(mnist_dir, cli, args, message):
