@@ -150,7 +150,9 @@ class BenchOptions:
     warmup_steps: int = 3
     naive_steps: int | None = 6
     workload: str = "resnet50"
-    deli_options: dict[str, Any] = field(default_factory=lambda: {"prefetch_depth": 512, "concurrency": 64})
+    deli_options: dict[str, Any] = field(
+        default_factory=lambda: {"prefetch_depth": 512, "concurrency": 64, "prefetch_across_epochs": True}
+    )
     probe_s: float = 2.0
     seed: int = 0
 
