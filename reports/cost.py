@@ -22,6 +22,7 @@ __all__ = [
     "Savings",
     "estimate",
     "instances_needed",
+    "is_local",
     "price_inputs",
     "project",
     "savings",
@@ -29,6 +30,12 @@ __all__ = [
 
 #: Bytes in a billing GB (cloud bills count 2^30 bytes).
 BYTES_PER_GB = 2**30
+
+#: Loaders that read no object storage while they are measured (a local copy, or RAM).
+LOCAL_LOADERS = frozenset({"disk", "memory"})
+
+#: Dataset URL schemes that are not a cloud bucket (no scheme at all is a local path).
+LOCAL_SCHEMES = frozenset({"", "file", "local", "memory"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +51,7 @@ class PricedRun:
         egress_class: ``same-region``, ``cross-region`` or ``internet``.
         provider: Cloud whose request and egress prices apply (from the dataset URL).
         price_sheet_id: ``<sheet id>:<instance>:<egress class>``, stored in the CostEstimate.
+        local: The run read no object storage (see :func:`is_local`): GET and egress prices are 0.
     """
 
     instance: InstancePrice
@@ -54,6 +62,7 @@ class PricedRun:
     egress_class: str
     provider: str
     price_sheet_id: str
+    local: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +118,18 @@ def instances_needed(world_size: int, instance: InstancePrice) -> int:
     return max(1, math.ceil(max(1, world_size) / max(1, instance.accelerator_count)))
 
 
+def is_local(record: RunRecord) -> bool:
+    """Whether ``record`` read its samples without cloud requests: a ``disk``/``memory`` loader or a local dataset.
+
+    Such loaders still count their file reads in ``requests_count``/``bytes_read_remote`` (the same
+    meter as the bucket loaders), but a local read is not a billed GET and moves no bytes out of a
+    bucket, so charging them would make the no-network bound look expensive.
+    """
+    url = record.spec.dataset_url
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    return record.spec.loader.kind in LOCAL_LOADERS or scheme in LOCAL_SCHEMES
+
+
 def price_inputs(
     record: RunRecord,
     sheet: PriceSheet,
@@ -127,21 +148,27 @@ def price_inputs(
 
     Raises:
         UsageError: Unknown instance or egress class.
+
+    A local run (:func:`is_local`) gets GET and egress prices of 0.
     """
     provider = provider_for_url(record.spec.dataset_url, default=str(sheet.defaults.get("provider", "aws")))
     vm = sheet.instance(instance) if instance else sheet.default_instance(provider)
     if egress_class not in EGRESS_CLASSES and f"{provider}/{egress_class}" not in sheet.egress:
         raise UsageError(f"unknown egress class {egress_class!r}", hint=f"use one of {', '.join(EGRESS_CLASSES)}")
     count = instances_needed(record.spec.world_size, vm)
+    get_price = sheet.object_store(provider).get_usd_per_1000
+    egress_price = sheet.egress_price(provider, egress_class).usd_per_gb
+    local = is_local(record)
     return PricedRun(
         instance=vm,
         instance_count=count,
         instance_usd_per_hour=vm.usd_per_hour * count,
-        get_usd_per_1000=sheet.object_store(provider).get_usd_per_1000,
-        egress_usd_per_gb=sheet.egress_price(provider, egress_class).usd_per_gb,
+        get_usd_per_1000=0.0 if local else get_price,
+        egress_usd_per_gb=0.0 if local else egress_price,
         egress_class=egress_class,
         provider=provider,
         price_sheet_id=f"{sheet.id}:{vm.key}:{egress_class}",
+        local=local,
     )
 
 
@@ -166,7 +193,7 @@ def estimate(
     """Dollars of the measured run and per full epoch.
 
     compute = wall_s / 3600 x instance $/h; requests = GETs / 1000 x GET price; egress = remote
-    bytes / 2^30 x egress $/GB; idle accelerator = data_wait_fraction x compute; per epoch = total
+    bytes / 2^30 x egress $/GB (both 0 for a local run, see :func:`is_local`); idle accelerator = data_wait_fraction x compute; per epoch = total
     scaled from the samples processed to the dataset's sample count.
 
     Args:

@@ -68,12 +68,6 @@ def test_compare_bucket_deli_disk_interleaved_full_reads(s3_mnist, mnist_dir, sh
     assert link.stats().requests >= 3 * SAMPLES
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="reports/cost.py estimate() prices every loader_stats.requests_count as a cloud GET and "
-    "bytes_read_remote as egress, but the disk loader (and any file:// dataset) reports its local file "
-    "reads there: a local copy shows requests_usd/egress_usd > 0",
-)
 def test_disk_loader_is_not_charged_for_cloud_requests(mnist_dir, tmp_path, cli):
     res = cli("run", "--data", mnist_dir, "--loader", f"disk={mnist_dir}", *FAST, "--max-steps", "4", "--json", "--results-dir", tmp_path)
     assert res.code == 0, res.err
