@@ -39,8 +39,15 @@ def calibrate_cmd(
     from delibench.workloads.compute import save_profile
     from delibench.workloads.models import get_workload
 
+    # NOTE: checked before the workload loads; ``batch_size or default`` would take 0 for "default".
+    if batch_size is not None and batch_size < 1:
+        raise UsageError(f"--batch-size must be >= 1, got {batch_size}", hint="leave it out for the workload's own batch size")
+    if steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {steps}")
+    if warmup < 0:
+        raise UsageError(f"--warmup must be >= 0, got {warmup}")
     wl = get_workload(workload)
-    batch = batch_size or wl.default_batch_size
+    batch = wl.default_batch_size if batch_size is None else batch_size
     if name is not None and not name.replace("-", "").replace("_", "").replace(".", "").isalnum():
         raise UsageError(f"bad profile name {name!r}", hint="use letters, digits, '-', '_' or '.'")
 
