@@ -16,7 +16,7 @@ from delibench.config import load_config, parse_loader_arg
 from delibench.errors import ExitCode, UsageError
 from delibench.records import ComputeSpec, LoaderSpec, RunRecord, RunSpec
 
-__all__ = ["build_specs", "register", "report_and_exit_code"]
+__all__ = ["build_specs", "check_writable_output", "register", "report_and_exit_code"]
 
 LOADER_PANEL = "Loader"
 WORKLOAD_PANEL = "Workload"
@@ -144,12 +144,20 @@ def report_and_exit_code(
     html: Path | None,
     min_au: float | None,
     interrupted: bool,
+    json_list: bool | None = None,
 ) -> int:
-    """Print the summary (table + sentence, or JSON), write the HTML report, and pick the exit code."""
+    """Print the summary (table + sentence, or JSON), write the HTML report, and pick the exit code.
+
+    Args:
+        json_list: With ``as_json``, print a JSON list (True) or the one record as an object
+            (False); None: a list when there is more than one record. The shape follows the
+            command line, not how many loaders finished, so scripts can rely on it.
+    """
     from delibench.reports.tables import summary_table, to_rich
 
     if as_json:
-        print_json(records if len(records) > 1 else records[0])
+        as_list = len(records) > 1 if json_list is None else json_list
+        print_json(records if as_list else records[0])
     else:
         table = summary_table(records, [r.cost for r in records])
         console.print(to_rich(table, compact=console.width < 140))
@@ -181,7 +189,39 @@ def report_and_exit_code(
     return int(ExitCode.OK)
 
 
-def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, progress: bool, diagnose: bool, html: Path | None, min_au: float | None, interleave: bool, dry_run: bool) -> int:
+def check_writable_output(path: Path, flag: str) -> None:
+    """Refuse an output file whose directory is missing or not writable, before anything runs.
+
+    Finding out only when the report is written would throw away a whole benchmark.
+
+    Raises:
+        UsageError: ``path`` is a directory, its parent is not an existing writable directory, or
+            the file exists and cannot be overwritten.
+    """
+    if str(path) == "-":
+        return
+    target = path.expanduser()
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise UsageError(f"{flag} {str(path)!r} is a directory", hint="give a file name, e.g. report.html")
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {str(path)!r}: directory {str(parent)!r} does not exist", hint="create it first or choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise UsageError(f"{flag} {str(path)!r} is not writable", hint="choose a path in a directory you can write to")
+
+
+def _check_creatable_dir(path: Path, flag: str) -> None:
+    """Refuse a directory that cannot be created or written (its nearest existing ancestor decides)."""
+    probe = path.expanduser().absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UsageError(f"{flag} {str(path)!r}: {str(probe)!r} is not a directory", hint="choose another directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {str(path)!r}: {str(probe)!r} is not writable", hint="choose a directory you can write to")
+
+
+def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, progress: bool, diagnose: bool, html: Path | None, min_au: float | None, interleave: bool, dry_run: bool, json_list: bool | None = None) -> int:
     from delibench.distributed import rank_info
     from delibench.manifest import read_manifest
     from delibench.runner import compare
@@ -212,10 +252,16 @@ def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, p
     if not info.is_main:
         return int(ExitCode.OK)
     interrupted = flag() or any(r.status == "interrupted" for r in records)
-    return report_and_exit_code(records, as_json=as_json, html=html, min_au=min_au, interrupted=interrupted)
+    return report_and_exit_code(records, as_json=as_json, html=html, min_au=min_au, interrupted=interrupted, json_list=json_list)
 
 
-def _command(default_loaders: list[str], interleave_default: bool, *, auto_html: bool = False):  # noqa: ANN202 - typer signature
+def _command(default_loaders: list[str], interleave_default: bool, *, auto_html: bool = False, json_always_list: bool = False):  # noqa: ANN202 - typer signature
+    json_help = (
+        "Print the result records as JSON on stdout, nothing else: always a list, even for one loader."
+        if json_always_list
+        else "Print the result as JSON on stdout, nothing else: one record object for one loader, a list for several."
+    )
+
     def command(
         ctx: typer.Context,
         data: Optional[str] = typer.Option(None, "--data", "-d", help="Dataset root with a delibench manifest: s3://bucket/prefix, gs://..., or a path.", rich_help_panel=WORKLOAD_PANEL),
@@ -236,7 +282,7 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
         interleave: bool = typer.Option(interleave_default, "--interleave/--sequential", help="Run epoch e of every loader before epoch e+1 of any, so noise hits all alike.", rich_help_panel=RUN_PANEL),
         results_dir: Optional[Path] = typer.Option(None, "--results-dir", help="Where result JSON files go. Default: .delibench/results.", rich_help_panel=OUTPUT_PANEL),
         html: Optional[Path] = typer.Option(None, "--html", help="Write a self-contained HTML report here." + (" Default: report-<time>.html in the results directory." if auto_html else ""), rich_help_panel=OUTPUT_PANEL),
-        as_json: bool = typer.Option(False, "--json", help="Print the result record(s) as JSON on stdout, nothing else.", rich_help_panel=OUTPUT_PANEL),
+        as_json: bool = typer.Option(False, "--json", help=json_help, rich_help_panel=OUTPUT_PANEL),
         progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress on stderr (off when not a terminal).", rich_help_panel=OUTPUT_PANEL),
         min_au: Optional[float] = typer.Option(None, "--min-au", help="Exit 4 when a loader's accelerator utilisation is below this (MLPerf Storage's pass mark is 0.9).", rich_help_panel=OUTPUT_PANEL),
         dry_run: bool = typer.Option(False, "--dry-run", help="Print the resolved run specs and dataset size, run nothing.", rich_help_panel=OUTPUT_PANEL),
@@ -260,6 +306,12 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
         )
         if min_au is not None and not 0.0 <= min_au <= 1.0:
             raise UsageError(f"--min-au is a fraction between 0 and 1, got {min_au:g}", hint="e.g. --min-au 0.9 (MLPerf Storage's pass mark)")
+        if not dry_run:
+            # NOTE: checked before the run (and before launching ranks), not when the report is written.
+            if html is not None:
+                check_writable_output(html, "--html")
+            elif auto_html:
+                _check_creatable_dir(results_dir or Path(".delibench/results"), "--results-dir")
         if nproc > 1 and "RANK" not in os.environ and not dry_run:
             from delibench.distributed import launch_local
 
@@ -269,7 +321,8 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
             import time
 
             html = (results_dir or Path(".delibench/results")) / f"report-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.html"
-        code = _execute(specs, results_dir=results_dir, as_json=as_json, progress=progress, diagnose=diagnose, html=html, min_au=min_au, interleave=interleave, dry_run=dry_run)
+        json_list = True if json_always_list else len(specs) > 1
+        code = _execute(specs, results_dir=results_dir, as_json=as_json, progress=progress, diagnose=diagnose, html=html, min_au=min_au, interleave=interleave, dry_run=dry_run, json_list=json_list)
         raise typer.Exit(code)
 
     return command
@@ -330,4 +383,4 @@ Example:
 def register(app: typer.Typer) -> None:
     """Add ``run`` and ``compare`` to the root app."""
     app.command("run", help=RUN_HELP, no_args_is_help=True)(_command(["deli"], True))
-    app.command("compare", help=COMPARE_HELP, no_args_is_help=True)(_command(["bucket", "deli", "fsspec-cache"], True, auto_html=True))
+    app.command("compare", help=COMPARE_HELP, no_args_is_help=True)(_command(["bucket", "deli", "fsspec-cache"], True, auto_html=True, json_always_list=True))
