@@ -146,7 +146,9 @@ def tune_cmd(
 
     from delibench.tuning.api import prepare_tuning
     from delibench.tuning.export import recommended_trial, trials_document, write_best_yaml
+    from delibench.tuning.tuner import check_storage_url
 
+    check_storage_url(storage)  # NOTE: a typo must not cost a link probe first
     err_console.print("probing the link and screening the search space ...", highlight=False)
     session = prepare_tuning(
         data,

@@ -34,6 +34,7 @@ from delibench.tuning.tuner import (
     ATTR_SPACE,
     TuneSettings,
     Tuner,
+    check_storage_url,
     open_storage,
 )
 
@@ -150,6 +151,8 @@ def prepare_tuning(
 
     if model_start < 0:
         raise UsageError(f"--model-start must not be negative, got {model_start}")
+    if storage is None or isinstance(storage, str):
+        check_storage_url(storage)  # NOTE: before the manifest read and the probe, which take seconds
     manifest = read_manifest(dataset_url)
     wl = get_workload(workload, num_classes=len(manifest.classes))
     batch = batch_size or wl.default_batch_size

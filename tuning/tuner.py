@@ -37,6 +37,7 @@ __all__ = [
     "Measurement",
     "TuneSettings",
     "Tuner",
+    "check_storage_url",
     "open_storage",
 ]
 
@@ -182,6 +183,36 @@ class Measurement:
         )
 
 
+def check_storage_url(url: str | None) -> str:
+    """Check that ``url`` (default :data:`DEFAULT_STORAGE`) is an SQLAlchemy URL whose backend is installed.
+
+    Cheap and offline (nothing is opened), so a typo in ``--storage`` fails before the link is
+    probed and the dataset is read, not after.
+
+    Returns:
+        The URL to open.
+
+    Raises:
+        UsageError: Not an SQLAlchemy URL, an unknown database dialect, or a missing driver.
+    """
+    import sqlalchemy.exc
+    from sqlalchemy.engine import make_url
+
+    url = url or DEFAULT_STORAGE
+    hint = "e.g. sqlite:///studies.db or postgresql://user@host/db"
+    try:
+        parsed = make_url(url)
+    except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
+        raise UsageError(f"--storage {_redact_db(url)!r} is not a database URL", hint=hint) from exc
+    try:
+        parsed.get_dialect().import_dbapi()
+    except sqlalchemy.exc.NoSuchModuleError as exc:
+        raise UsageError(f"--storage {_redact_db(url)!r}: unknown database {parsed.drivername!r}", hint=hint) from exc
+    except ImportError as exc:
+        raise UsageError(f"--storage {_redact_db(url)!r}: the {parsed.drivername} driver is not installed ({exc})", hint="pip install the database driver, or use sqlite:///studies.db") from exc
+    return url
+
+
 def open_storage(url: str | None = None) -> Any:
     """An Optuna RDB storage for ``url`` (default :data:`DEFAULT_STORAGE`), creating a SQLite file's folder.
 
@@ -194,9 +225,7 @@ def open_storage(url: str | None = None) -> Any:
     import optuna
     import sqlalchemy.exc
 
-    url = url or DEFAULT_STORAGE
-    if "://" not in url:
-        raise UsageError(f"--storage {url!r} is not a database URL", hint="e.g. sqlite:///studies.db or postgresql://user@host/db")
+    url = check_storage_url(url)
     engine_kwargs: dict[str, Any] = {}
     if url.startswith("sqlite"):
         path = url.split(":///", 1)[1] if ":///" in url else ""
