@@ -70,6 +70,7 @@ class _Prepared:
     compute: Any
     decoder: Any
     partition_samples: int
+    ctx: Any = None
 
 
 def _device_for(spec: RunSpec, info: RankInfo) -> Any:
@@ -138,7 +139,7 @@ def _prepare(spec: RunSpec, info: RankInfo, manifests: dict[str, Manifest]) -> _
     except BaseException:
         loader.close()
         raise
-    return _Prepared(spec, manifest, loader, compute, decoder, rank_sample_count(len(manifest), info.world_size, False))
+    return _Prepared(spec, manifest, loader, compute, decoder, rank_sample_count(len(manifest), info.world_size, False), ctx)
 
 
 def merge_loader_stats(stats: Sequence[LoaderStats | None]) -> LoaderStats:
@@ -180,23 +181,15 @@ def diagnose(prepared: _Prepared, data_wait_fraction: float, info: RankInfo) -> 
     The memory loader uses the same decode pipeline, workers and compute, so whatever wait remains
     is the CPU's (decode + augment); the rest of the measured wait is the fetch stall.
     """
-    from delibench.loaders import LoaderContext, build_loader
+    from delibench.loaders import build_loader
     from delibench.measure import summarize
     from delibench.records import LoaderSpec
     from delibench.workloads.loop import measure_loader
 
     spec = prepared.spec
     sample_count = min(len(prepared.manifest), spec.batch_size * (DIAGNOSIS_STEPS + 2) * info.world_size)
-    ctx = LoaderContext(
-        dataset_url=spec.dataset_url if spec.loader.kind != "disk" else _dataset_url_for(spec),
-        manifest=prepared.manifest,
-        decode=prepared.decoder,
-        batch_size=spec.batch_size,
-        num_workers=spec.num_workers,
-        seed=spec.seed,
-        rank=info.rank,
-        world_size=info.world_size,
-    )
+    # Same data, decode, batching and partition as the measured loader; plain order.
+    ctx = dataclasses.replace(prepared.ctx, order="shuffle", exchange_fraction=0.0)
     loader = build_loader(LoaderSpec("memory", {"sample_count": sample_count}), ctx)
     try:
         result = measure_loader(loader, prepared.compute, epochs=1, max_steps_per_epoch=DIAGNOSIS_STEPS + 2, rank=info.rank)
