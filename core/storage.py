@@ -64,7 +64,11 @@ class Location:
 
 
 def redact(url: str) -> str:
-    """Remove ``user:password@`` and credential-like query parameters from a URL."""
+    """Remove ``user:password@`` and credential-like query parameters from a URL, keeping its shape.
+
+    ``memory:///ds`` stays ``memory:///ds`` and ``s3://`` stays ``s3://`` (``urlunsplit`` would
+    drop the empty authority of schemes it does not know: ``memory:/ds``, ``s3:``).
+    """
     parts = urlsplit(url)
     netloc = parts.netloc.rsplit("@", 1)[-1] if "@" in parts.netloc else parts.netloc
     query = re.sub(
@@ -72,7 +76,12 @@ def redact(url: str) -> str:
         r"\1=REDACTED",
         parts.query,
     )
-    return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    if netloc == parts.netloc and query == parts.query:
+        return url
+    if "://" not in url:
+        return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
+    tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+    return f"{parts.scheme}://{netloc}{parts.path}{tail}"
 
 
 def join_url(root: str, key: str) -> str:
@@ -132,7 +141,9 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
     else:
         path = rest.strip("/")
         bucket = path.split("/", 1)[0]
-        if not bucket or not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,62}", bucket):
+        if not bucket:
+            raise UsageError(f"no bucket name in {redact(url)!r}", hint=f"e.g. {scheme}://my-bucket/prefix")
+        if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,62}", bucket):
             raise UsageError(f"bad bucket name in {redact(url)!r}", hint="bucket names are 3-63 lower-case letters, digits, '-', '.'")
     options = storage_options_for(scheme)
     options.update(storage_options or {})
