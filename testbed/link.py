@@ -224,7 +224,12 @@ class _Direction:
             return
         if item is _EOF:
             if dest is not None and not dest.is_closing() and dest.can_write_eof():
-                dest.write_eof()
+                try:
+                    dest.write_eof()
+                except OSError:
+                    # NOTE: the peer already reset the socket (ENOTCONN/EPIPE) before the transport read
+                    # the RST: there is nothing left to half-close, and its connection_lost follows.
+                    pass
             self.conn.eof_delivered(self)
         elif item is _CLOSE:
             self.done = True
