@@ -23,6 +23,7 @@ __all__ = [
     "BytesBatchDataset",
     "DecodeError",
     "FetchBatchDataset",
+    "GuardedItems",
     "WorkerResult",
     "batches_of",
     "context_order",
@@ -256,17 +257,60 @@ def _identity(x: Any) -> Any:
     return x
 
 
+class GuardedItems:
+    """A DataLoader sampler's items whose failure ends the epoch's items instead of raising into torch.
+
+    Why: the DataLoader pulls sampler items inside its own bookkeeping (``_try_put_index``, also
+    from the iterator's ``__init__`` while it primes its workers). An exception there escapes
+    a half-built or half-updated iterator: when it happens during ``iter(loader)`` nobody holds
+    the iterator (its workers and queues are alive) except the exception's traceback, so it is
+    shut down later by the cyclic garbage collector, which finalizes the queues' pipe
+    ``Connection`` objects in the same pass as the iterator's ``__del__`` starts a queue feeder
+    thread that closes them again: a pipe fd closed twice (``EBADF``, ``semaphore released too
+    many times``, or a reused fd closed under someone else), and Python code run inside an
+    unrelated ``compile()`` (``SystemError: AST constructor recursion depth mismatch``). Here
+    the failure is kept, the items end, the DataLoader drains what is in flight normally (the
+    batches before the failure, in order) and :meth:`raise_error` re-raises it outside torch.
+    """
+
+    def __init__(self, items: Iterable[Any]) -> None:
+        self._items = iter(items)
+        self.error: BaseException | None = None
+
+    def __iter__(self) -> GuardedItems:
+        return self
+
+    def __next__(self) -> Any:
+        if self.error is not None:
+            raise StopIteration
+        try:
+            return next(self._items)
+        except StopIteration:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - re-raised by raise_error() once torch is done
+            self.error = exc
+            raise StopIteration from None
+
+    def raise_error(self) -> None:
+        """Re-raise the items' failure, if any (once the DataLoader has delivered what came before it)."""
+        error, self.error = self.error, None
+        if error is not None:
+            raise error
+
+
 def run_dataloader(dataset: Any, items: Iterable[Any], num_workers: int, *, timeout_s: float = 0) -> Iterator[WorkerResult]:
     """Yield the dataset's results for ``items`` through a DataLoader, then stop its workers.
 
     Workers are shut down when the epoch ends, when the caller stops early (generator close) and
-    on an exception, so no process outlives the epoch.
+    on an exception, so no process outlives the epoch. A failure of ``items`` (e.g. a sample
+    that could not be fetched) is raised after the batches before it (see :class:`GuardedItems`).
     """
     from torch.utils.data import DataLoader
 
+    guarded = GuardedItems(items)
     loader = DataLoader(
         dataset,  # type: ignore[arg-type]
-        sampler=items,  # type: ignore[arg-type]
+        sampler=guarded,  # type: ignore[arg-type]
         batch_size=None,
         num_workers=num_workers,
         collate_fn=_identity,
@@ -281,3 +325,4 @@ def run_dataloader(dataset: Any, items: Iterable[Any], num_workers: int, *, time
         if shutdown is not None:
             shutdown()
         del it
+    guarded.raise_error()

@@ -10,6 +10,7 @@ from typing import Any
 
 from delibench.errors import FetchError, RuntimeFailure
 from delibench.loaders.cache import ByteBudgetCache
+from delibench.loaders.pipeline import GuardedItems, run_dataloader
 from delibench.loaders.source import SampleSource
 
 __all__ = ["DecodePipeline", "EpochPrefetcher"]
@@ -237,8 +238,6 @@ class DecodePipeline:
     def run(self, items: Iterable[Any]) -> Iterator[Any]:
         """Yield the dataset's result for every item of one epoch, in order."""
         if not self.persistent:
-            from delibench.loaders.pipeline import run_dataloader
-
             yield from run_dataloader(self.dataset, items, self.num_workers, timeout_s=self.timeout_s)
             return
         if self._loader is None:
@@ -253,7 +252,10 @@ class DecodePipeline:
                 timeout=self.timeout_s,
                 persistent_workers=True,
             )
-        self._sampler.items = iter(items)
+        # NOTE: a failing items iterator must not raise inside the DataLoader (see GuardedItems):
+        # its error comes after the batches before it, and the workers stay healthy for the next epoch.
+        guarded = GuardedItems(items)
+        self._sampler.items = guarded
         try:
             self._it = iter(self._loader)  # first epoch: starts the workers; later: resets them
             yield from self._it
@@ -262,6 +264,7 @@ class DecodePipeline:
         except BaseException:
             self.close()  # a failed epoch may have lost a worker: start afresh next time
             raise
+        guarded.raise_error()
 
     def close(self) -> None:
         """Stop the workers (idempotent)."""

@@ -124,6 +124,45 @@ def test_fetch_error_names_the_key_and_leaves_nothing_behind(sized_corpus: Corpu
     assert not threads and not children
 
 
+@pytest.mark.parametrize("persistent", [True, False], ids=["persistent-workers", "fork-per-epoch"])
+def test_fetch_error_while_workers_start_keeps_the_pipeline_sound(
+    sized_corpus: Corpus, tmp_path: Path, persistent: bool
+) -> None:
+    """A sample that fails while the DataLoader primes its worker (inside ``iter()``).
+
+    Regression: the error used to escape a half-built DataLoader iterator that nobody shut
+    down; the garbage collector later closed its pipes while a queue feeder thread closed
+    them again (EBADF, then ``SystemError`` in an unrelated ``compile()`` at exit).
+    """
+    from delibench.loaders.pipeline import context_order
+    from delibench.testing import Corpus as C
+
+    root = tmp_path / "copy"
+    shutil.copytree(sized_corpus.url, root)
+    corpus = C(str(root), sized_corpus.manifest)
+    ctx = make_context(corpus, num_workers=1)
+    order = context_order(ctx, 0)
+    victim = sized_corpus.manifest.samples[order[ctx.batch_size + 2]].key  # 2nd batch: pulled while priming
+    (root / victim).rename(root / "aside")
+    before = resource_snapshot()
+    loader = DeliLoader(ctx, cache_size=0, concurrency=4, persistent_workers=persistent)
+    delivered: list[int] = []
+    with pytest.raises(FetchError) as info:
+        for batch in loader.iter_epoch(0):
+            delivered.extend(int(i) for i in batch.indices)
+    assert info.value.key == victim
+    assert delivered == order[: ctx.batch_size], "the batch before the failure must be delivered, in order"
+    workers = resource_snapshot()[1] - before[1]
+    assert len(workers) == (1 if persistent else 0)  # kept for the next epoch, or already gone
+    (root / "aside").rename(root / victim)
+    assert sorted(run_epoch(loader, 1, corpus)) == sorted(order)
+    if persistent:
+        assert resource_snapshot()[1] - before[1] == workers, "the failed epoch lost its decode worker"
+    loader.close()
+    threads, children = leftovers(before)  # info (and its traceback) still alive: nothing may hang on it
+    assert not threads and not children
+
+
 @pytest.mark.parametrize(
     "options,match",
     [

@@ -96,9 +96,7 @@ def test_stall_is_hidden_by_hedging(rel_s3: Corpus, shaped_s3: Any) -> None:
 
 def test_retry_budget_exhausted_stops_with_fetch_error(rel_s3: Corpus, shaped_s3: Any) -> None:
     link = shaped_s3(LinkProfile(name="always-503", error_rate=1.0), seed=0)
-    # NOTE: num_workers=0: with a worker process, stopping on this error leaves a DataLoader queue
-    # fd closed twice (EBADF in its feeder thread, then SystemError in the interpreter); open issue.
-    with _loader("deli", rel_s3, num_workers=0, retries=2, retry_deadline_s=10) as loader:
+    with _loader("deli", rel_s3, retries=2, retry_deadline_s=10) as loader:
         with pytest.raises(FetchError) as info:
             collect(loader)
         stats = loader.stats()
