@@ -23,7 +23,7 @@ from delibench.errors import DelibenchError, ExitCode, UsageError
 from delibench.manifest import Manifest, read_manifest
 from delibench.records import Diagnosis, Issue, LoaderStats, RunRecord, RunSpec, StepSample
 
-__all__ = ["compare", "diagnose", "merge_loader_stats", "run", "warm_decoder"]
+__all__ = ["GpuUtilizationSampler", "compare", "diagnose", "merge_loader_stats", "run", "warm_decoder"]
 
 #: Loader options that are really sampler settings: taken out of the options into the LoaderContext.
 _ORDER_OPTIONS = ("order", "exchange_fraction")
@@ -142,6 +142,39 @@ def _prepare(spec: RunSpec, info: RankInfo, manifests: dict[str, Manifest]) -> _
     return _Prepared(spec, manifest, loader, compute, decoder, rank_sample_count(len(manifest), info.world_size, False), ctx)
 
 
+class GpuUtilizationSampler:
+    """NVML GPU utilisation, sampled every few steps of a CUDA run (outside the timed steps).
+
+    ``torch.cuda.utilization`` needs NVML (the ``nvidia-ml-py`` package); where it is missing or
+    the run is not on CUDA, nothing is sampled and the record says ``None`` rather than a guess.
+    """
+
+    EVERY_STEPS = 5
+
+    def __init__(self, spec: RunSpec, info: RankInfo) -> None:
+        self.device: int | None = info.local_rank if spec.compute.kind == "cuda" else None
+        self.values: list[float] = []
+        self._steps = 0
+
+    def on_step(self, _step: StepSample) -> None:
+        """Take a sample every :attr:`EVERY_STEPS` steps."""
+        if self.device is None:
+            return
+        self._steps += 1
+        if self._steps % self.EVERY_STEPS:
+            return
+        try:
+            import torch
+
+            self.values.append(float(torch.cuda.utilization(self.device)) / 100.0)
+        except Exception:  # noqa: BLE001 - no NVML: stop trying, report None
+            self.device = None
+
+    def mean(self) -> float | None:
+        """Mean utilisation in [0, 1], or None when nothing was sampled."""
+        return sum(self.values) / len(self.values) if self.values else None
+
+
 def merge_loader_stats(stats: Sequence[LoaderStats | None]) -> LoaderStats:
     """One LoaderStats for a multi-rank run: counters summed, peaks and percentiles the worst rank's."""
     present = [s for s in stats if s is not None]
@@ -229,6 +262,11 @@ def _offset_steps(result: Any, *, first: bool, time_offset_s: float) -> list[Ste
     return [dataclasses.replace(s, start_s=s.start_s + time_offset_s) for s in steps]
 
 
+def _mean_or_none(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return sum(present) / len(present) if present else None
+
+
 def effective_warmup_steps(spec: RunSpec, steps: Sequence[StepSample]) -> int:
     """``spec.warmup_steps``, widened to cover the first ``spec.warmup_epochs`` epochs of every rank."""
     if not spec.warmup_epochs:
@@ -274,6 +312,7 @@ def _record(
         bytes_per_sample=manifest.mean_sample_bytes,
         world_size=info.world_size,
         loader_stats={r["rank"]: r["stats"] for r in results if r["stats"] is not None},
+        gpu_utilization_mean=_mean_or_none([r.get("gpu") for r in results]),
     )
     machine = machine_info(endpoint=_endpoint_of(spec))
     issues.extend(
@@ -324,6 +363,21 @@ def _endpoint_of(spec: RunSpec) -> str | None:
     )
 
 
+def _chain(*callbacks: Callable[[StepSample], None] | None) -> Callable[[StepSample], None] | None:
+    """One on_step callback calling each given one in turn (None when there is none)."""
+    present = [c for c in callbacks if c is not None]
+    if not present:
+        return None
+    if len(present) == 1:
+        return present[0]
+
+    def call(step: StepSample) -> None:
+        for c in present:
+            c(step)
+
+    return call
+
+
 def compare(
     specs: Sequence[RunSpec],
     *,
@@ -368,8 +422,10 @@ def compare(
         for spec in specs:
             prepared.append(_prepare(spec, info, manifests))
         per_loader: list[dict[str, Any]] = [
-            {"steps": [], "setup_s": 0.0, "ttfb_s": 0.0, "offset_s": 0.0, "stats": None, "rank": info.rank} for _ in specs
+            {"steps": [], "setup_s": 0.0, "ttfb_s": 0.0, "offset_s": 0.0, "stats": None, "rank": info.rank, "gpu": None}
+            for _ in specs
         ]
+        gpu = [GpuUtilizationSampler(p.spec, info) for p in prepared]
         stopped = False
         from delibench.workloads.loop import measure_loader
 
@@ -391,9 +447,10 @@ def compare(
                 start_epoch=epoch,
                 max_steps_per_epoch=p.spec.max_steps_per_epoch,
                 rank=info.rank,
-                on_step=(lambda s, _n=name: on_step(_n, s)) if on_step else None,
+                on_step=_chain(gpu[i].on_step if gpu[i].device is not None else None, (lambda s, _n=name: on_step(_n, s)) if on_step else None),
                 should_stop=should_stop,
             )
+            acc["gpu"] = gpu[i].mean()
             acc["steps"].extend(_offset_steps(result, first=epoch == 0, time_offset_s=acc["offset_s"]))
             acc["offset_s"] += result.wall_s
             if epoch == 0:
