@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
-from delibench.errors import UsageError
+from delibench.errors import RuntimeFailure, UsageError
 
 __all__ = [
     "MANIFEST_NAME",
@@ -24,6 +24,21 @@ __all__ = [
 #: File name of the manifest at the dataset root.
 MANIFEST_NAME = "_delibench_manifest.json"
 MANIFEST_SCHEMA_VERSION = 1
+
+#: Connect timeout of the first read of a dataset (botocore's own default is 60 s, s3fs's 5 s).
+FIRST_READ_CONNECT_TIMEOUT_S = 3
+#: Attempts of the first read (botocore's legacy default of 5 with backoff takes ~15 s to give up).
+FIRST_READ_MAX_ATTEMPTS = 2
+
+# Exception classes (by name, anywhere in the MRO, so botocore/aiohttp/google-auth need not be
+# imported here) that mean "the endpoint cannot be reached" or "no credentials were found".
+_UNREACHABLE = frozenset({
+    "ClientConnectorError", "ClientOSError", "ConnectTimeoutError", "ConnectionError",
+    "EndpointConnectionError", "HTTPClientError", "ServerDisconnectedError", "TimeoutError",
+})
+_NO_CREDENTIALS = frozenset({
+    "CredentialRetrievalError", "DefaultCredentialsError", "NoCredentialsError", "PartialCredentialsError", "RefreshError",
+})
 
 
 def checksum(data: bytes) -> str:
@@ -162,14 +177,31 @@ class Manifest:
 def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> Manifest:
     """Read the manifest at the dataset root ``url`` (any fsspec URL).
 
+    This is usually a command's first contact with the store, so it is where a wrong endpoint,
+    missing credentials or a denied bucket show up: they become one clear line, and an S3 read
+    gives up within seconds (short connect timeout, :data:`FIRST_READ_MAX_ATTEMPTS` attempts, no
+    s3fs retry loop) instead of botocore's and s3fs's minutes of multiplied retries.
+
     Raises:
         UsageError: No manifest there (with the command that makes one) or an invalid one.
+        RuntimeFailure: The endpoint cannot be reached, no credentials were found, or access was
+            denied; the message names the endpoint (never credentials).
     """
-    from delibench.storage import resolve
+    from delibench.storage import Location, resolve
 
     loc = resolve(url, storage_options)
-    fs = loc.filesystem()
+    first_read = loc
+    if loc.protocol == "s3":
+        config = dict(loc.storage_options.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", FIRST_READ_CONNECT_TIMEOUT_S)
+        config["retries"] = {"total_max_attempts": FIRST_READ_MAX_ATTEMPTS, "mode": "standard"}
+        first_read = Location(loc.protocol, loc.path, {**loc.storage_options, "config_kwargs": config})
+    fs = first_read.filesystem()
+    if loc.protocol == "s3":
+        # Instance-cached per storage options, which carry the config above: only manifest reads share it.
+        fs.retries = 1
     path = loc.child(MANIFEST_NAME)
+    where = f"{loc.display_url}/{MANIFEST_NAME}"
     try:
         data = fs.cat_file(path)
     except FileNotFoundError as exc:
@@ -177,7 +209,39 @@ def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> Ma
             f"no dataset manifest at {loc.display_url}",
             hint="create one with 'delibench data push SRC URL' or 'delibench data index URL'",
         ) from exc
-    return Manifest.from_json(data, origin=f"{loc.display_url}/{MANIFEST_NAME}")
+    except PermissionError as exc:
+        raise RuntimeFailure(
+            f"access denied reading {where} at {_endpoint(loc)}",
+            hint="the credentials in use may not read this bucket: check its policy/IAM (s3:GetObject, storage.objects.get)",
+        ) from exc
+    except Exception as exc:
+        names = {c.__name__ for c in type(exc).__mro__}
+        if names & _NO_CREDENTIALS:
+            raise RuntimeFailure(f"no credentials to read {where} at {_endpoint(loc)} ({type(exc).__name__})", hint=_credentials_hint(loc.protocol)) from exc
+        if names & _UNREACHABLE:
+            raise RuntimeFailure(
+                f"cannot reach the object store at {_endpoint(loc)} to read {where} ({type(exc).__name__})",
+                hint="is the endpoint up? (local testbed: 'delibench testbed status'; check AWS_ENDPOINT_URL / STORAGE_EMULATOR_HOST)",
+            ) from exc
+        raise
+    return Manifest.from_json(data, origin=where)
+
+
+def _endpoint(loc: Any) -> str:
+    """The endpoint a Location talks to, for messages: from its storage options, credentials removed."""
+    from delibench.storage import redact
+
+    options = loc.storage_options
+    endpoint = (options.get("client_kwargs") or {}).get("endpoint_url") or options.get("endpoint_url")
+    if endpoint:
+        return redact(str(endpoint))
+    return {"s3": "the default AWS S3 endpoint", "gs": "https://storage.googleapis.com"}.get(loc.protocol, loc.protocol)
+
+
+def _credentials_hint(protocol: str) -> str:
+    if protocol == "gs":
+        return "run 'gcloud auth application-default login' (application-default credentials) or set GOOGLE_APPLICATION_CREDENTIALS"
+    return "set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE (for the local testbed: eval $(delibench testbed env))"
 
 
 def write_manifest(manifest: Manifest, url: str, storage_options: dict[str, Any] | None = None) -> str:

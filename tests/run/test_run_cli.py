@@ -213,12 +213,6 @@ def test_min_au_gate_exits_4_on_storage_bound_run(s3_server, s3_mnist, shaped_s3
     assert doc["metrics"]["accelerator_utilization"] < 0.99
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="core/manifest.py read_manifest() lets connection errors through (only FileNotFoundError becomes a "
-    "DelibenchError): an unreachable endpoint prints 'error: unexpected EndpointConnectionError ... report it' "
-    "instead of a RuntimeFailure naming the endpoint",
-)
 def test_unreachable_endpoint_is_a_clear_runtime_error(cli, monkeypatch):
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")  # discard port: nothing listens
     monkeypatch.setenv("AWS_MAX_ATTEMPTS", "1")
