@@ -13,9 +13,9 @@ from delibench.records import to_dict
 __all__ = ["console", "err_console", "print_json"]
 
 #: Results (tables, JSON) go to stdout.
-console = Console()
+console = Console(soft_wrap=True)
 #: Progress, logs, warnings and errors go to stderr.
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def print_json(obj: Any) -> None:

@@ -63,7 +63,7 @@ def report_cmd(
         console.print(report.summary, soft_wrap=True, highlight=False, markup=False)
     for kind, where in report.written.items():
         if where != "-":
-            err_console.print(f"[dim]wrote {kind}: {where}[/]", highlight=False)
+            err_console.print(f"[dim]wrote {kind}: {where}[/]", highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:
