@@ -392,10 +392,12 @@ class SampleSource:
         """This process's filesystem (created on first use, re-created after fork)."""
         pid = os.getpid()
         if self._pid != pid:
-            self._fs = self.location.filesystem()
+            # NOTE: a client of our own (not fsspec's shared instance), so that close() may close it.
+            own = Location(self.location.protocol, self.location.path,
+                           {**self.location.storage_options, "skip_instance_cache": True})
+            self._fs = own.filesystem()
             if self.location.protocol == "s3":
-                # Instance-cached per storage options, which carry our retry config: only sources share it.
-                self._fs.retries = 1
+                self._fs.retries = 1  # our retry policy counts every attempt (see the module docstring)
             self._executor = None
             self._lock = threading.Lock()
             self.meter = FetchMeter() if self._pid is not None else self.meter
@@ -662,7 +664,45 @@ class SampleSource:
         return asyncio.run_coroutine_threadsafe(gather(), self.loop).result()
 
     def close(self) -> None:
-        """Stop the thread pool of synchronous backends (the filesystem itself is fsspec's)."""
-        if self._executor is not None and self._pid == os.getpid():
-            self._executor.shutdown(wait=True, cancel_futures=True)
+        """Close this process's client on fsspec's IO loop and stop the thread pool of synchronous backends.
+
+        Why here: s3fs and gcsfs close a dropped client from a ``weakref.finalize`` that runs when
+        the garbage collector frees the filesystem (it sits in a reference cycle), in whatever
+        thread trips the collector. When that thread runs an event loop, the close is scheduled
+        as a task on *that* loop, where the client's loop-bound lock fails ("Task exception was
+        never retrieved"). Closing explicitly on the client's own loop, and detaching that
+        finalizer, leaves nothing for the collector to do.
+        """
+        if self._pid == os.getpid():
+            fs, self._fs, self._pid = self._fs, None, None
+            if fs is not None:
+                _close_client(fs)
+            if self._executor is not None:
+                self._executor.shutdown(wait=True, cancel_futures=True)
         self._executor = None
+
+
+def _close_client(fs: Any, timeout_s: float = 5.0) -> None:
+    """Close an async filesystem's HTTP client on its loop and drop the backend's GC-time close of it."""
+    import weakref
+
+    loop = getattr(fs, "loop", None)
+    if not getattr(fs, "async_impl", False) or loop is None or loop.is_closed() or not loop.is_running():
+        return
+    creator = getattr(fs, "_s3creator", None)  # s3fs: the aiobotocore client context
+    session = getattr(fs, "_session", None)  # gcsfs: the aiohttp session
+    if creator is not None:
+        close = creator.__aexit__(None, None, None)
+    elif session is not None and not getattr(session, "closed", True):
+        close = session.close()
+    else:
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(close, loop).result(timeout_s)
+    except Exception:  # noqa: BLE001 - a client that fails to close cleanly is dropped all the same
+        pass
+    # NOTE: weakref.finalize has no public lookup; its registry is a stable CPython detail.
+    registry = getattr(weakref.finalize, "_registry", {})
+    for finalizer, info in list(registry.items()):
+        if info.weakref() is fs:
+            finalizer.detach()

@@ -203,3 +203,33 @@ def test_deli_beats_naive_bucket_through_a_slow_link(s3_corpus: Corpus, shaped_s
     deli_s = epoch_time(DeliLoader(make_context(s3_corpus, num_workers=1), concurrency=16, prefetch_depth=32))
     assert bucket_s >= n * rtt_s  # one round trip per sample, one after another
     assert deli_s < bucket_s
+
+
+@pytest.mark.s3
+def test_close_closes_its_s3_client_so_a_later_collection_schedules_nothing(s3_corpus: Corpus) -> None:
+    """Regression: s3fs closes a dropped client from a GC finalizer, on the event loop of whatever
+    thread trips the collector ('Task exception was never retrieved': its lock is bound to fsspec's loop)."""
+    import asyncio
+    import gc
+    import threading
+
+    loader = DeliLoader(make_context(s3_corpus, num_workers=0), cache_size=0, concurrency=4)
+    assert sorted(run_epoch(loader, 0, s3_corpus)) == list(range(len(s3_corpus.manifest)))
+    fs = loader.source.fs
+    http = fs._s3._endpoint.http_session
+    loader.close()
+    assert http._sessions is None, "close() left the client's HTTP session open"
+    scheduled: list[Any] = []
+
+    async def drop_and_collect() -> None:  # the collector fires in a thread running another loop
+        nonlocal fs, loader
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, ctx: scheduled.append(ctx))
+        fs = loader = None
+        gc.collect()
+        scheduled.extend(t for t in asyncio.all_tasks() if t is not asyncio.current_task())
+        await asyncio.sleep(0.2)
+
+    thread = threading.Thread(target=asyncio.run, args=(drop_and_collect(),))
+    thread.start()
+    thread.join()
+    assert not scheduled, f"closing the dropped client was scheduled on a foreign loop: {scheduled}"
