@@ -113,7 +113,10 @@ def test_missing_object_404(kind: str, rel_s3: Corpus, monkeypatch: pytest.Monke
         report(Scenario(f"missing object (404), on_error=skip ({kind})", {"404": 1}, stats.requests_count,
                         stats.retries_count, stats.hedges_count, len(indices), lost, skipped=1))
     finally:
-        loc.filesystem().pipe_file(loc.child(missing), data)
+        # NOTE: restore through a client made now, not the cached one made before the workers forked:
+        # that one's pooled connection once hung this PUT for minutes (open finding, issue note).
+        fresh = resolve(rel_s3.url, {"skip_instance_cache": True}).filesystem()
+        fresh.pipe_file(loc.child(missing), data)
 
 
 def _jpeg(seed: int) -> bytes:

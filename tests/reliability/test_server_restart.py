@@ -106,7 +106,9 @@ def test_server_down_longer_than_deadline_stops_with_fetch_error(own_server: dic
     assert info.value.key in text and "gave up after" in text
     assert info.value.url.startswith(corpus.url)
     assert stats.retries_count >= 1 and stats.errors_count >= 1
-    assert stopped_s >= deadline_s * 0.5  # it did retry for (most of) the deadline before giving up
+    # NOTE: no lower bound on stopped_s: a sample's deadline may start before the kill, and a retry
+    # gives up as soon as its next backoff would cross the deadline; retries_count >= 1 shows it retried.
+    assert stopped_s <= deadline_s + 10.0  # bounded: it did not retry past its deadline for long
     report(Scenario("SeaweedFS SIGKILLed, never back, retry_deadline_s=2 (deli)", {"server_kill": 1},
                     stats.requests_count, stats.retries_count, stats.hedges_count, delivered, 0,
                     outcome=f"FetchError after {stopped_s:.1f} s: {text[:80]}..."))
