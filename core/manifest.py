@@ -196,14 +196,17 @@ def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> Ma
         config.setdefault("connect_timeout", FIRST_READ_CONNECT_TIMEOUT_S)
         config["retries"] = {"total_max_attempts": FIRST_READ_MAX_ATTEMPTS, "mode": "standard"}
         first_read = Location(loc.protocol, loc.path, {**loc.storage_options, "config_kwargs": config})
+    if loc.protocol in ("s3", "gs"):
+        # NOTE: a client of its own, closed after the read: fsspec's shared instance may predate a
+        # fork of DataLoader workers, and reusing one across forks once hung a later request here.
+        first_read = Location(first_read.protocol, first_read.path, {**first_read.storage_options, "skip_instance_cache": True})
     fs = first_read.filesystem()
     if loc.protocol == "s3":
-        # Instance-cached per storage options, which carry the config above: only manifest reads share it.
         fs.retries = 1
     path = loc.child(MANIFEST_NAME)
     where = f"{loc.display_url}/{MANIFEST_NAME}"
     try:
-        data = fs.cat_file(path)
+        data = _read_and_close(fs, path)
     except FileNotFoundError as exc:
         raise UsageError(
             f"no dataset manifest at {loc.display_url}",
@@ -225,6 +228,17 @@ def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> Ma
             ) from exc
         raise
     return Manifest.from_json(data, origin=where)
+
+
+def _read_and_close(fs: Any, path: str) -> bytes:
+    """``fs.cat_file(path)``, then close ``fs``'s client if it is an async one of its own."""
+    from delibench.storage import close_filesystem
+
+    try:
+        return fs.cat_file(path)
+    finally:
+        if getattr(fs, "async_impl", False):
+            close_filesystem(fs)
 
 
 def _endpoint(loc: Any) -> str:

@@ -13,6 +13,7 @@ from delibench.errors import UsageError
 __all__ = [
     "SUPPORTED_PROTOCOLS",
     "Location",
+    "close_filesystem",
     "join_url",
     "redact",
     "resolve",
@@ -148,3 +149,30 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
     options = storage_options_for(scheme)
     options.update(storage_options or {})
     return Location(protocol=scheme, path=path, storage_options=options)
+
+
+def close_filesystem(fs: Any, timeout_s: float = 5.0) -> None:
+    """Close an async filesystem's HTTP client on its loop and drop the backend's GC-time close of it."""
+    import asyncio
+    import weakref
+
+    loop = getattr(fs, "loop", None)
+    if not getattr(fs, "async_impl", False) or loop is None or loop.is_closed() or not loop.is_running():
+        return
+    creator = getattr(fs, "_s3creator", None)  # s3fs: the aiobotocore client context
+    session = getattr(fs, "_session", None)  # gcsfs: the aiohttp session
+    if creator is not None:
+        close = creator.__aexit__(None, None, None)
+    elif session is not None and not getattr(session, "closed", True):
+        close = session.close()
+    else:
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(close, loop).result(timeout_s)
+    except Exception:  # noqa: BLE001 - a client that fails to close cleanly is dropped all the same
+        pass
+    # NOTE: weakref.finalize has no public lookup; its registry is a stable CPython detail.
+    registry = getattr(weakref.finalize, "_registry", {})
+    for finalizer, info in list(registry.items()):
+        if info.weakref() is fs:
+            finalizer.detach()

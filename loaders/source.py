@@ -44,7 +44,7 @@ from typing import Any
 
 from delibench.errors import FetchError, UsageError
 from delibench.manifest import Manifest, checksum
-from delibench.storage import Location, redact, resolve
+from delibench.storage import Location, close_filesystem, redact, resolve
 from delibench.units import parse_duration
 
 __all__ = [
@@ -676,33 +676,9 @@ class SampleSource:
         if self._pid == os.getpid():
             fs, self._fs, self._pid = self._fs, None, None
             if fs is not None:
-                _close_client(fs)
+                close_filesystem(fs)
             if self._executor is not None:
                 self._executor.shutdown(wait=True, cancel_futures=True)
         self._executor = None
 
 
-def _close_client(fs: Any, timeout_s: float = 5.0) -> None:
-    """Close an async filesystem's HTTP client on its loop and drop the backend's GC-time close of it."""
-    import weakref
-
-    loop = getattr(fs, "loop", None)
-    if not getattr(fs, "async_impl", False) or loop is None or loop.is_closed() or not loop.is_running():
-        return
-    creator = getattr(fs, "_s3creator", None)  # s3fs: the aiobotocore client context
-    session = getattr(fs, "_session", None)  # gcsfs: the aiohttp session
-    if creator is not None:
-        close = creator.__aexit__(None, None, None)
-    elif session is not None and not getattr(session, "closed", True):
-        close = session.close()
-    else:
-        return
-    try:
-        asyncio.run_coroutine_threadsafe(close, loop).result(timeout_s)
-    except Exception:  # noqa: BLE001 - a client that fails to close cleanly is dropped all the same
-        pass
-    # NOTE: weakref.finalize has no public lookup; its registry is a stable CPython detail.
-    registry = getattr(weakref.finalize, "_registry", {})
-    for finalizer, info in list(registry.items()):
-        if info.weakref() is fs:
-            finalizer.detach()
