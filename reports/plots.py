@@ -44,7 +44,7 @@ def _colors(records: Sequence[RunRecord]) -> list[str]:
 def figure_png(fig: Figure) -> bytes:
     """Render a figure to PNG bytes."""
     buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    fig.savefig(buf, format="png", bbox_inches="tight")  # long rotated labels must not be clipped
     return buf.getvalue()
 
 
@@ -103,6 +103,20 @@ def plot_wait_timeline(records: Sequence[RunRecord]) -> Figure | None:
     return fig
 
 
+def _cache_budget_bytes(record: RunRecord) -> int | None:
+    """The run's configured cache budget (``cache_size`` option: bytes or ``"1GiB"``), if any."""
+    from delibench.errors import UsageError
+    from delibench.units import parse_bytes
+
+    value = record.spec.loader.options.get("cache_size", record.spec.loader.options.get("cache_size_bytes"))
+    if value is None:
+        return None
+    try:
+        return parse_bytes(value)
+    except UsageError:
+        return None
+
+
 def plot_cache(records: Sequence[RunRecord]) -> Figure | None:
     """For runs with a cache: hit rate, and peak occupancy against the configured budget."""
     cached = [(r, c) for r, c in zip(records, _colors(records)) if r.loader_stats.cache_hits + r.loader_stats.cache_misses > 0]
@@ -117,7 +131,7 @@ def plot_cache(records: Sequence[RunRecord]) -> Figure | None:
     ax1.set_title("Cache hit rate")
     peak = [r.loader_stats.cache_peak_bytes / 2**20 for r, _ in cached]
     _bars(ax2, labels, peak, colors, ",.1f")
-    budgets = [r.spec.loader.options.get("cache_size_bytes") for r, _ in cached]
+    budgets = [_cache_budget_bytes(r) for r, _ in cached]
     for i, budget in enumerate(budgets):
         if isinstance(budget, (int, float)) and budget > 0:
             ax2.hlines(budget / 2**20, i - 0.4, i + 0.4, colors="black", linestyles="--", label="budget" if i == 0 else None)
