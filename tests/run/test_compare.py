@@ -4,20 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from tests.run.conftest import FAST, SAMPLES
+
 from delibench.reports.schema import validate_record
 
 pytestmark = [pytest.mark.s3, pytest.mark.timeout(240)]
-
-SAMPLES = 128
-FAST = [
-    "--workload", "mnist-cnn",
-    "--compute", "emulated:20ms",
-    "--batch-size", "16",
-    "--num-workers", "1",
-    "--warmup-steps", "1",
-    "--no-diagnose",
-    "--no-progress",
-]
 
 
 def test_compare_bucket_deli_disk_interleaved_full_reads(s3_mnist, mnist_dir, shaped_s3, tmp_path, cli, monkeypatch):

@@ -10,18 +10,9 @@ import time
 import psutil
 import pytest
 
-pytestmark = [pytest.mark.s3, pytest.mark.timeout(240)]
+from tests.run.conftest import FAST, SAMPLES
 
-SAMPLES = 128
-FAST = [
-    "--workload", "mnist-cnn",
-    "--compute", "emulated:20ms",
-    "--batch-size", "16",
-    "--num-workers", "1",
-    "--warmup-steps", "1",
-    "--no-diagnose",
-    "--no-progress",
-]
+pytestmark = [pytest.mark.s3, pytest.mark.timeout(240)]
 
 
 def test_nproc_2_reports_both_ranks_and_reads_each_partition_once(s3_mnist, tmp_path, cli_process, no_leftover_processes):

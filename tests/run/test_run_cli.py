@@ -7,22 +7,13 @@ import json
 from pathlib import Path
 
 import pytest
+
+from tests.run.conftest import FAST, SAMPLES
 import yaml
 
 from delibench.reports.schema import validate_record
 
 pytestmark = pytest.mark.timeout(240)
-
-SAMPLES = 128
-FAST = [
-    "--workload", "mnist-cnn",
-    "--compute", "emulated:20ms",
-    "--batch-size", "16",
-    "--num-workers", "1",
-    "--warmup-steps", "1",
-    "--no-diagnose",
-    "--no-progress",
-]
 
 
 def _steps_rows(path: Path) -> list[dict[str, str]]:
