@@ -86,6 +86,10 @@ class Registry(Generic[T]):
             return obj
         return target
 
+    def install_hint(self, name: str) -> str | None:
+        """The hint registered for ``name``'s import failure (e.g. which extra to install)."""
+        return self._errors.get(name)
+
     def importable(self, name: str) -> bool:
         """True when ``get(name)`` would succeed."""
         try:

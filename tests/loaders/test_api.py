@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
@@ -24,12 +23,29 @@ def test_unknown_option_is_a_usage_error(local_corpus: Corpus, kind: str) -> Non
         build_loader(LoaderSpec(kind, {"concurrancy": 2}), make_context(local_corpus))
 
 
-@pytest.mark.parametrize("kind,module", [("s3torchconnector", "s3torchconnector"), ("webdataset", "webdataset")])
-def test_missing_peer_names_the_install_command(local_corpus: Corpus, kind: str, module: str) -> None:
-    if importlib.util.find_spec(module) is not None:
-        pytest.skip(f"{module} is installed")
+@pytest.mark.parametrize(
+    "kind,module,cls",
+    [("s3torchconnector", "s3torchconnector", "S3TorchConnectorLoader"), ("webdataset", "webdataset", "WebDatasetLoader")],
+)
+def test_missing_peer_names_the_install_command(
+    kind: str, module: str, cls: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Whether or not the peer is installed here, hide it and check the user gets the install command."""
+    import sys
+
+    from delibench.plugins import loaders
+    from delibench.registry import Registry
+
+    import delibench.loaders as package
+    import delibench.loaders.peers  # noqa: F401 - the real module, loaded first so monkeypatch restores it after
+
+    monkeypatch.setitem(sys.modules, module, None)  # 'import <module>' now raises ImportError
+    monkeypatch.delitem(sys.modules, "delibench.loaders.peers", raising=False)  # re-imported without it
+    monkeypatch.setattr(package, "peers", package.peers)  # restored after the probe re-import
+    fresh = Registry("delibench.loaders.probe")
+    fresh.register(kind, f"delibench.loaders.peers:{cls}", err=loaders.install_hint(kind))
     with pytest.raises(UsageError) as info:
-        build_loader(LoaderSpec(kind), make_context(local_corpus))
+        fresh.get(kind)
     assert "delibench[peers]" in str(info.value)
 
 
