@@ -248,6 +248,7 @@ def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, p
             should_stop=flag,
             interleave=interleave,
             with_diagnosis=diagnose,
+            manifests={specs[0].dataset_url: manifest},
         )
     if not info.is_main:
         return int(ExitCode.OK)
