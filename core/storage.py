@@ -17,6 +17,7 @@ __all__ = [
     "join_url",
     "redact",
     "resolve",
+    "run_on_loop",
     "storage_options_for",
 ]
 
@@ -153,7 +154,6 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
 
 def close_filesystem(fs: Any, timeout_s: float = 5.0) -> None:
     """Close an async filesystem's HTTP client on its loop and drop the backend's GC-time close of it."""
-    import asyncio
     import weakref
 
     loop = getattr(fs, "loop", None)
@@ -167,12 +167,22 @@ def close_filesystem(fs: Any, timeout_s: float = 5.0) -> None:
         close = session.close()
     else:
         return
-    try:
-        asyncio.run_coroutine_threadsafe(close, loop).result(timeout_s)
-    except Exception:  # noqa: BLE001 - a client that fails to close cleanly is dropped all the same
-        pass
+    run_on_loop(close, loop, timeout_s)
     # NOTE: weakref.finalize has no public lookup; its registry is a stable CPython detail.
     registry = getattr(weakref.finalize, "_registry", {})
     for finalizer, info in list(registry.items()):
         if info.weakref() is fs:
             finalizer.detach()
+
+
+def run_on_loop(coro: Any, loop: Any, timeout_s: float = 5.0) -> None:
+    """Run ``coro`` on ``loop`` (another thread's) and wait; for closing clients, so failures are dropped."""
+    import asyncio
+
+    if loop is None or loop.is_closed() or not loop.is_running():
+        coro.close()
+        return
+    try:
+        asyncio.run_coroutine_threadsafe(coro, loop).result(timeout_s)
+    except Exception:  # noqa: BLE001 - a client that fails to close cleanly is dropped all the same
+        pass

@@ -54,6 +54,11 @@ class DeliOptions(ReliabilityOptions):
             runs (counted as requests and misses; their hits are not counted).
         persistent_workers: Keep the DataLoader's decode workers across epochs instead of forking
             new ones every epoch (they hold no client, so nothing is lost by keeping them).
+        lean_http: S3 only: GET each sample through a URL presigned by s3fs's own client on a
+            plain aiohttp pool, a third of the CPU of a full s3fs request (see
+            :mod:`delibench.loaders.s3http`); false sends every GET through s3fs. Set-ups a
+            presigned GET cannot express (requester pays, versioned reads, SSE-C, a bucket in
+            another region) use s3fs either way.
     """
 
     cache_size: int | str = "1GiB"
@@ -65,6 +70,7 @@ class DeliOptions(ReliabilityOptions):
     eviction: str = "lru"
     prefetch_across_epochs: bool = False
     persistent_workers: bool = True
+    lean_http: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -106,7 +112,7 @@ class DeliLoader:
         self.ctx = ctx
         self.options = parse_options(DeliOptions, self.name, options)
         self.source = SampleSource(ctx.dataset_url, ctx.manifest, ctx.storage_options, io_threads=self.options.concurrency,
-                                   **self.options.source_kwargs())
+                                   lean_http=self.options.lean_http, **self.options.source_kwargs())
         self._skipped: list[str] = []
         self._tmpdir: str | None = None
         disk_dir = None
