@@ -8,7 +8,8 @@ from typing import Any, ClassVar
 
 from delibench.errors import UsageError
 from delibench.loaders.base import Batch, LoaderContext
-from delibench.loaders.pipeline import BytesBatchDataset, batches_of, context_order, parse_options, run_dataloader
+from delibench.loaders.pipeline import BytesBatchDataset, batches_of, context_order, parse_options
+from delibench.loaders.prefetch import DecodePipeline
 from delibench.loaders.source import SampleSource
 from delibench.records import LoaderStats
 
@@ -40,9 +41,9 @@ class MemoryOptions:
 class MemoryLoader:
     """Reads a subset of samples into RAM at the first epoch, then serves them with no I/O.
 
-    The bytes travel to the DataLoader workers with the sampler items (as in ``deli``), so the
-    decode work is identical to the other loaders'; comparing its step rate with theirs separates
-    the prep stall from the fetch stall.
+    The bytes travel to the DataLoader workers with the sampler items and the workers persist
+    across epochs (both as in ``deli``), so the decode work is identical to the other loaders';
+    comparing its step rate with theirs separates the prep stall from the fetch stall.
     """
 
     name: ClassVar[str] = "memory"
@@ -52,6 +53,8 @@ class MemoryLoader:
         self.options = parse_options(MemoryOptions, self.name, options)
         self.source = SampleSource(ctx.dataset_url, ctx.manifest, ctx.storage_options, io_threads=self.options.concurrency)
         self._data: dict[int, bytes] | None = None
+        labels = [s.label for s in ctx.manifest.samples]
+        self._pipeline = DecodePipeline(BytesBatchDataset(ctx.decode, labels), ctx.num_workers)
         self._closed = False
 
     def _load(self) -> dict[int, bytes]:
@@ -76,8 +79,7 @@ class MemoryLoader:
         data = self._load()
         order = [i for i in context_order(self.ctx, epoch) if i in data]
         items = ([(i, data[i]) for i in batch] for batch in batches_of(order, self.ctx.batch_size))
-        dataset = BytesBatchDataset(self.ctx.decode, [s.label for s in self.ctx.manifest.samples])
-        for result in run_dataloader(dataset, items, self.ctx.num_workers):
+        for result in self._pipeline.run(items):
             yield result.unwrap()
 
     def stats(self) -> LoaderStats:
@@ -90,4 +92,7 @@ class MemoryLoader:
         if not self._closed:
             self._closed = True
             self._data = None
-            self.source.close()
+            try:
+                self._pipeline.close()
+            finally:
+                self.source.close()

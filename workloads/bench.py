@@ -6,8 +6,9 @@ nothing new per loader: one SeaweedFS server, one link-emulator process per prof
 the emulator's CPU work never takes the measured process's GIL), one generated dataset per size.
 It then measures, in the same run:
 
-* **probes** — the object store's raw-fetch ceiling (many concurrent GETs from boto3 threads,
-  direct and through the link, with the CPU the store and the emulator burn per object), the
+* **probes** — the object store's raw-fetch ceiling (many concurrent GETs from delibench's
+  lightest client, presigned URLs on one aiohttp pool, direct and through the link, with the CPU
+  the store and the emulator burn per object), the
   accelerator rate (batch / step time), the link's bandwidth (from the profile) and the best miss
   rate a cache of the budget can reach (:class:`delibench.tuning.simulator.CacheSimulator`,
   Belady and LRU over the same sampler orders);
@@ -18,15 +19,19 @@ It then measures, in the same run:
   (main process + DataLoader workers) are attributed to each loader step by step.
 
 The **physical bound** of an epoch is ``min(accelerator rate, CPU rate, link bandwidth / mean
-sample size / miss rate, store ceiling / miss rate)``. The CPU rate is ``cores / (CPU per sample
-of the memory loader + miss rate x CPU per object of the co-located store and emulator)``: on a
-testbed the store shares the cores with decoding, and counting it keeps efficiency figures honest.
+sample size / miss rate, store ceiling / miss rate, no-fetch pipeline rate)``. The CPU rate is
+``cores / (CPU per sample of the pipeline + miss rate x CPU per object of the co-located store and
+emulator)``: on a testbed the store shares the cores with decoding, and counting it keeps
+efficiency figures honest. The pipeline's CPU per sample is the steady-state CPU of the no-fetch
+loaders (memory, disk; warm-up steps left out), and their measured rate in the epoch is the last
+term (DS-Analyzer's prep rate: no loader that also fetches can beat the same pipeline fed from
+RAM). The client's own CPU per GET is not in the bound: it is the loader's overhead, which the
+benchmark exists to show.
 A loader's efficiency is its throughput over the bound for the same epochs and sample counts.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import json
 import math
@@ -34,7 +39,6 @@ import os
 import platform
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -317,45 +321,61 @@ def raw_fetch_ceiling(
     threads: int = 64,
     meter: CpuMeter | None = None,
 ) -> FetchCeiling:
-    """GET ``keys`` (cycling) from ``threads`` boto3 threads for ``duration_s``: the store's ceiling.
+    """GET ``keys`` (cycling) with ``threads`` requests in flight for ``duration_s``: the store's ceiling.
 
-    One botocore client with a pool as large as the threads (botocore's default of 10 would cap
-    the probe); connections are opened before the clock starts.
+    Uses the lightest client delibench has (presigned URLs on one aiohttp pool, see
+    :mod:`delibench.loaders.s3http`: a third of botocore's CPU per object), so the ceiling is
+    the store's and not the probe's own client's. Connections are opened before the clock starts.
     """
-    import boto3
-    from botocore.config import Config
+    import fsspec.asyn
+    import s3fs
 
-    client = boto3.client(
-        "s3",
+    from delibench.loaders.s3http import LeanS3Reader
+
+    fs = s3fs.S3FileSystem(
         endpoint_url=endpoint_url,
-        config=Config(max_pool_connections=threads, retries={"max_attempts": 2}, s3={"addressing_style": "path"}),
-        aws_access_key_id=os.environ.get("AWS_ACCESS_KEY_ID", "bench"),
-        aws_secret_access_key=os.environ.get("AWS_SECRET_ACCESS_KEY", "bench-secret"),
-        region_name=os.environ.get("AWS_REGION", "us-east-1"),
+        key=os.environ.get("AWS_ACCESS_KEY_ID", "bench"),
+        secret=os.environ.get("AWS_SECRET_ACCESS_KEY", "bench-secret"),
+        client_kwargs={"region_name": os.environ.get("AWS_REGION", "us-east-1")},
+        skip_instance_cache=True,
     )
+    reader = LeanS3Reader(fs, pool_size=threads)
+    paths = [f"{bucket}/{k}" for k in keys]
     counter = {"n": 0, "bytes": 0}
-    lock = threading.Lock()
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        # Warm: one GET per thread opens every connection.
-        list(pool.map(lambda k: client.get_object(Bucket=bucket, Key=k)["Body"].read(), [keys[i % len(keys)] for i in range(threads)]))
-        before = meter.snapshot() if meter else {}
-        start = time.perf_counter()
-        deadline = start + duration_s
+    clock: dict[str, Any] = {}
 
-        def worker(offset: int) -> None:
-            i = offset
-            while time.perf_counter() < deadline:
-                body = client.get_object(Bucket=bucket, Key=keys[i % len(keys)])["Body"].read()
-                i += threads
-                with lock:
+    async def probe() -> None:
+        import asyncio
+
+        try:
+            await asyncio.gather(*(reader.get(paths[i % len(paths)]) for i in range(threads)))  # warm
+            clock["before"] = meter.snapshot() if meter else {}
+            clock["start"] = time.perf_counter()
+            deadline = clock["start"] + duration_s
+
+            async def worker(offset: int) -> None:
+                i = offset
+                while time.perf_counter() < deadline:
+                    body = await reader.get(paths[i % len(paths)])
+                    i += threads
                     counter["n"] += 1
                     counter["bytes"] += len(body)
 
-        list(pool.map(worker, range(threads)))
-        elapsed = time.perf_counter() - start
-        after = meter.snapshot() if meter else {}
+            await asyncio.gather(*(worker(t) for t in range(threads)))
+            clock["elapsed"] = time.perf_counter() - clock["start"]
+            clock["after"] = meter.snapshot() if meter else {}
+        finally:
+            await reader.close()
+
+    try:
+        fsspec.asyn.sync(fs.loop, probe)
+    finally:
+        from delibench.storage import close_filesystem
+
+        close_filesystem(fs)
     n = max(counter["n"], 1)
-    cpu = {k: v / n for k, v in _delta(before, after).items() if k != "workers"}
+    cpu = {k: v / n for k, v in _delta(clock["before"], clock["after"]).items() if k != "workers"}
+    elapsed = clock["elapsed"]
     return FetchCeiling(label, counter["n"] / elapsed, counter["bytes"] / elapsed, threads, counter["n"], cpu)
 
 
@@ -370,11 +390,16 @@ class Bound:
         epoch: Epoch index.
         miss_rate: Best miss rate a cache of the budget can reach in this epoch (simulated).
         accelerator_per_s: Batch / step time.
-        cpu_per_s: Cores / (pipeline CPU per sample + miss rate x store/emulator CPU per object).
+        cpu_per_s: Cores / (pipeline CPU per sample + miss rate x store/emulator CPU per object),
+            the pipeline's CPU per sample being the no-fetch loaders' steady-state CPU.
         link_per_s: Link bandwidth / mean sample bytes / miss rate.
         store_per_s: Raw-fetch ceiling (direct) / miss rate.
-        samples_per_s: The minimum of the four.
+        samples_per_s: The minimum of the terms.
         binds: Which term is the minimum.
+        pipeline_per_s: Measured rate of the same decode pipeline with no fetch at all (the memory
+            and disk loaders, DS-Analyzer's prep rate) in this epoch: a loader that also fetches
+            cannot beat it. Below the accelerator it holds what CPU time alone does not show (the
+            hand-over to the workers, their scheduling, the jitter of the last batch).
     """
 
     epoch: int
@@ -385,6 +410,7 @@ class Bound:
     store_per_s: float
     samples_per_s: float
     binds: str
+    pipeline_per_s: float = math.inf
 
 
 def compute_bound(
@@ -398,8 +424,9 @@ def compute_bound(
     link_bytes_per_s: float,
     mean_sample_bytes: float,
     store_objects_per_s: float,
+    pipeline_per_s: float = math.inf,
 ) -> Bound:
-    """``min(accelerator, CPU, link bandwidth / size / miss, store ceiling / miss)`` for one epoch.
+    """``min(accelerator, CPU, link bandwidth / size / miss, store ceiling / miss, no-fetch pipeline)`` for one epoch.
 
     A zero bandwidth (an unshaped link) or a zero miss rate leaves that term unbounded.
     """
@@ -415,9 +442,11 @@ def compute_bound(
         "cpu": cores / cpu_cost if cpu_cost > 0 else math.inf,
         "link": per_miss(link_bytes_per_s / mean_sample_bytes if link_bytes_per_s > 0 else 0.0),
         "store": per_miss(store_objects_per_s),
+        "pipeline": pipeline_per_s,
     }
     binds = min(terms, key=lambda k: terms[k])
-    return Bound(epoch, miss_rate, terms["accelerator"], terms["cpu"], terms["link"], terms["store"], terms[binds], binds)
+    return Bound(epoch, miss_rate, terms["accelerator"], terms["cpu"], terms["link"], terms["store"], terms[binds], binds,
+                 pipeline_per_s)
 
 
 # -- per-loader figures ------------------------------------------------------------------------
@@ -752,14 +781,19 @@ def _run_cell(cell: Cell, options: BenchOptions, bed: _BenchBed, log: Callable[[
         memory = _memory_run(spec("deli"), meter, cache_bytes, manifest, options, log)
         s3fs.S3FileSystem.clear_instance_cache()
         cpu_by_loader: dict[str, dict[str, float]] = {}
+        steps_seen: dict[str, int] = {}
         last = {"name": None, "snap": meter.snapshot(), "t": time.perf_counter()}
 
         def on_step(name: str, step: StepSample) -> None:
             snap = meter.snapshot()
-            acc = cpu_by_loader.setdefault(name, {"samples": 0.0})
-            for k, v in _delta(last["snap"], snap).items():  # type: ignore[arg-type]
-                acc[k] = acc.get(k, 0.0) + v
-            acc["samples"] += step.samples
+            steps_seen[name] = steps_seen.get(name, 0) + 1
+            # NOTE: only the steps the throughput counts: the warm-up holds one-off work (the
+            # memory loader's load, worker start-up) that would otherwise inflate CPU per sample.
+            if steps_seen[name] > options.warmup_steps:
+                acc = cpu_by_loader.setdefault(name, {"samples": 0.0})
+                for k, v in _delta(last["snap"], snap).items():  # type: ignore[arg-type]
+                    acc[k] = acc.get(k, 0.0) + v
+                acc["samples"] += step.samples
             last["snap"] = snap
 
         log(f"  measuring {', '.join(kinds)} ({options.epochs} epochs, interleaved)")
@@ -790,39 +824,31 @@ def _run_cell(cell: Cell, options: BenchOptions, bed: _BenchBed, log: Callable[[
         deli_misses = [1.0] + [extra / (n0 * (options.epochs - 1))] * (options.epochs - 1) if options.epochs > 1 else [1.0]
     misses = _best_miss_rates(manifest, cache_bytes, options.epochs, options.seed, deli_misses)
     mem_fig = by_name.get("memory")
-    # CPU per sample of the pipeline with no fetch: the cheaper of the disk loader (reads local
-    # files in the workers) and the memory loader (its first epoch also loads the bytes).
+    no_fetch = [f for f in (by_name.get("disk"), mem_fig) if f is not None]
+    # Steady-state CPU per sample of the pipeline with no fetch (disk reads local files in the
+    # workers; memory hands bytes over as deli does): the cheaper one.
     costs = [
         f.cpu_s_per_sample.get("main", 0.0) + f.cpu_s_per_sample.get("workers", 0.0)
-        for f in (by_name.get("disk"), mem_fig)
-        if f is not None and f.cpu_s_per_sample
+        for f in no_fetch
+        if f.cpu_s_per_sample
     ]
-    pipeline_cpu = min(costs) if costs else None
+    steady_cpu = min(costs) if costs else None
     cores = float(len(os.sched_getaffinity(0))) if hasattr(os, "sched_getaffinity") else float(os.cpu_count() or 1)
-    bounds = [
-        compute_bound(
+    bounds = []
+    for e, m in enumerate(misses):
+        rates = [f.epoch_throughput_per_s[e] for f in no_fetch if e < len(f.epoch_throughput_per_s)]
+        bounds.append(compute_bound(
             epoch=e,
             miss_rate=m,
             accelerator_per_s=cell.accelerator_samples_per_s,
             cores=cores,
-            pipeline_cpu_s_per_sample=pipeline_cpu,
+            pipeline_cpu_s_per_sample=steady_cpu,
             testbed_cpu_s_per_object=testbed_cpu,
             link_bytes_per_s=profile.bandwidth_bytes_per_s,
             mean_sample_bytes=manifest.mean_sample_bytes,
             store_objects_per_s=direct.objects_per_s,
-        )
-        for e, m in enumerate(misses)
-    ]
-    no_fetch = [f for f in (by_name.get("disk"), mem_fig) if f is not None]
-    for i in range(len(bounds)):
-        # Where the no-fetch loaders fell short of the accelerator, the faster one's measured rate
-        # is the CPU rate of these workers: no loader that also fetches can beat it.
-        rates = [f.epoch_throughput_per_s[i] for f in no_fetch if i < len(f.epoch_throughput_per_s)]
-        b = bounds[i]
-        if rates and max(rates) < 0.8 * cell.accelerator_samples_per_s and max(rates) < b.cpu_per_s:
-            terms = {"accelerator": b.accelerator_per_s, "cpu": max(rates), "link": b.link_per_s, "store": b.store_per_s}
-            binds = min(terms, key=lambda k: terms[k])
-            bounds[i] = dataclasses.replace(b, cpu_per_s=max(rates), samples_per_s=terms[binds], binds=binds)
+            pipeline_per_s=max(rates) if rates else math.inf,
+        ))
     bucket_fig = by_name.get("bucket")
     final = []
     for fig in figures:
@@ -845,7 +871,7 @@ def _run_cell(cell: Cell, options: BenchOptions, bed: _BenchBed, log: Callable[[
         cache_size_bytes=cache_bytes,
         ceilings=ceilings,
         decode_per_core_per_s=decode_rate,
-        pipeline_cpu_s_per_sample=pipeline_cpu,
+        pipeline_cpu_s_per_sample=steady_cpu,
         testbed_cpu_s_per_object=testbed_cpu,
         bounds=bounds,
         figures=final,
@@ -985,6 +1011,7 @@ def format_table(result: CellResult | dict[str, Any]) -> str:
         + ", ".join(f"e{b['epoch']} {b['samples_per_s']:.0f}/s ({b['binds']}, miss {b['miss_rate']:.2f})" for b in bounds),
         f"  accel {bounds[0]['accelerator_per_s']:.0f}/s  cpu {bounds[0]['cpu_per_s']:.0f}/s  "
         f"link {_num(bounds[0]['link_per_s'])}/s  store {_num(bounds[0]['store_per_s'])}/s (cold)  "
+        f"no-fetch pipeline " + "/".join(_num(b.get("pipeline_per_s")) for b in bounds) + "/s  "
         f"ceilings: " + ", ".join(f"{c['endpoint']} {c['objects_per_s']:.0f} obj/s" for c in data["ceilings"])
         + f"  load {data['load_average'][0]:.1f}",
         f"  {'loader':18s} {'samples/s':>9s} {'wait':>6s} {'eff':>6s} {'wait-red':>8s} {'vs peer':>7s} {'cpu ms/smp':>10s} {'GETs':>6s}",

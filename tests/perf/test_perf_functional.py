@@ -41,6 +41,12 @@ def test_warm_cache_removes_the_fetch_terms_but_not_the_cpu() -> None:
     assert half.link_per_s == pytest.approx(100.0) and half.store_per_s == pytest.approx(800.0)
 
 
+def test_no_fetch_pipeline_rate_caps_the_bound() -> None:
+    b = _bound(accelerator_per_s=300.0, link_bytes_per_s=0.0, miss_rate=0.0, pipeline_per_s=280.0)
+    assert b.binds == "pipeline" and b.samples_per_s == 280.0 and b.pipeline_per_s == 280.0
+    assert _bound(pipeline_per_s=1e6).binds == "link"  # a fast pipeline leaves the other terms
+
+
 def test_unshaped_link_is_no_bound() -> None:
     assert math.isinf(_bound(link_bytes_per_s=0.0).link_per_s)
 
