@@ -132,6 +132,7 @@ def _prepare(spec: RunSpec, info: RankInfo, manifests: dict[str, Manifest]) -> _
         world_size=info.world_size,
         order=str(order.get("order", "shuffle")),
         exchange_fraction=float(order.get("exchange_fraction", 0.0)),
+        epochs=spec.epochs,
     )
     loader = build_loader(dataclasses.replace(spec.loader, options=options), ctx)
     try:

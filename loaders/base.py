@@ -45,6 +45,8 @@ class LoaderContext:
         storage_options: fsspec options overriding those derived from the environment.
         order: ``shuffle`` (DistributedSampler order) or ``locality`` (stable rank partitions).
         exchange_fraction: For ``locality``: share of each rank's samples swapped across ranks per epoch.
+        epochs: Epochs the caller will ask for, when known: a loader that looks ahead into the
+            next epoch stops at the last one (None = unknown: it looks ahead after every epoch).
     """
 
     dataset_url: str
@@ -59,6 +61,7 @@ class LoaderContext:
     storage_options: dict[str, Any] | None = None
     order: str = "shuffle"
     exchange_fraction: float = 0.0
+    epochs: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:

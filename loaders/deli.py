@@ -45,13 +45,18 @@ class DeliOptions(ReliabilityOptions):
         cache_tier: ``memory``, or ``disk`` to spill evicted samples to ``cache_dir``.
         cache_dir: Directory of the disk tier (default: a temporary directory removed on close).
         disk_cache_size: Disk tier budget in bytes (or ``"8GiB"``); required for ``cache_tier=disk``.
-        eviction: ``lru`` or ``belady`` (evicts what the next epoch needs last; refuses samples
-            needed later than everything cached).
+        eviction: ``belady`` (the default: evicts what is needed again last, and refuses samples
+            needed later than everything cached; the sampler order is known, so this is exact)
+            or ``lru``. Simulated over 5 shuffled epochs with a cache of 25 % of the dataset,
+            Belady hits 24-25 % of each later epoch and LRU 2-5 % (a shuffled order defeats
+            recency).
         prefetch_across_epochs: Start fetching the next epoch's known order as soon as the last
             sample of this one is handed on (still within ``prefetch_depth``), so the link does
-            not idle while the DataLoader decodes the epoch's last batches. Off by default: after
-            the last epoch of a run up to ``prefetch_depth`` GETs are made for an epoch that never
-            runs (counted as requests and misses; their hits are not counted).
+            not idle while the DataLoader decodes the epoch's last batches and the next epoch
+            does not start cold. Not after the last epoch when the context knows how many there
+            are (``LoaderContext.epochs``; the runner sets it); where it does not, up to
+            ``prefetch_depth`` GETs after the last epoch are for an epoch that never runs
+            (counted as requests and misses; their hits are not counted).
         persistent_workers: Keep the DataLoader's decode workers across epochs instead of forking
             new ones every epoch (they hold no client, so nothing is lost by keeping them).
         lean_http: S3 only: GET each sample through a URL presigned by s3fs's own client on a
@@ -67,8 +72,8 @@ class DeliOptions(ReliabilityOptions):
     cache_tier: str = "memory"
     cache_dir: str | None = None
     disk_cache_size: int | str = 0
-    eviction: str = "lru"
-    prefetch_across_epochs: bool = False
+    eviction: str = "belady"
+    prefetch_across_epochs: bool = True
     persistent_workers: bool = True
     lean_http: bool = True
 
@@ -214,7 +219,8 @@ class DeliLoader:
         # Every sample of this epoch has been handed on (the DataLoader is still decoding the
         # last batches): start walking the next epoch's known order now. Nothing of this epoch
         # is held by the prefetcher any more, so prefetch_depth still bounds what is held.
-        if not self._closed and self._ahead is None and self.options.prefetch_across_epochs:
+        last = self.ctx.epochs is not None and epoch + 1 >= self.ctx.epochs
+        if not self._closed and self._ahead is None and self.options.prefetch_across_epochs and not last:
             self._ahead = (epoch + 1, self._new_prefetcher(epoch + 1))
 
     def _record_occupancy(self) -> None:

@@ -30,7 +30,8 @@ def run_epoch(loader: Any, epoch: int, corpus: Corpus) -> list[int]:
 )
 def test_budget_is_a_hard_limit(sized_corpus: Corpus, cache_size: int, depth: int) -> None:
     n = len(sized_corpus.manifest)
-    with DeliLoader(make_context(sized_corpus, num_workers=1), cache_size=cache_size, prefetch_depth=depth, concurrency=4) as loader:
+    with DeliLoader(make_context(sized_corpus, num_workers=1, epochs=3), cache_size=cache_size, prefetch_depth=depth,
+                    concurrency=4) as loader:
         for epoch in range(3):
             assert sorted(run_epoch(loader, epoch, sized_corpus)) == list(range(n))
         stats = loader.stats()

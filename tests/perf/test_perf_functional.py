@@ -152,6 +152,15 @@ def test_cross_epoch_prefetch_delivers_every_sample_once_and_counts_hits_deliver
     assert stats.cache_hits == 2 * n  # the walk of an epoch 4 that never ran is not counted
 
 
+def test_no_look_ahead_past_the_last_known_epoch(corpus: Corpus) -> None:
+    n = len(corpus.manifest)
+    with DeliLoader(make_context(corpus, num_workers=1, epochs=2), cache_size=0, prefetch_depth=4) as loader:
+        for epoch in range(2):
+            assert sorted(int(i) for b in loader.iter_epoch(epoch) for i in b.indices) == list(range(n))
+            assert (loader._ahead is not None) == (epoch == 0)  # on by default, but not after the last epoch
+        assert loader.stats().requests_count == 2 * n  # no GET for an epoch that never runs
+
+
 def test_decode_pipeline_without_workers_runs_inline() -> None:
     class Double:
         def __getitem__(self, x: int) -> int:

@@ -26,7 +26,7 @@ _FAST_RETRY = {"retries": 8, "retry_deadline_s": 30}
 
 
 def _loader(kind: str, corpus: Corpus, num_workers: int = 1, **options: Any) -> Any:
-    ctx = make_context(corpus, batch_size=8, num_workers=num_workers)
+    ctx = make_context(corpus, batch_size=8, num_workers=num_workers, epochs=1)
     if kind == "deli":
         return DeliLoader(ctx, cache_size=0, prefetch_depth=32, concurrency=8, **options)
     return BucketLoader(ctx, concurrency=4, **options)

@@ -57,7 +57,7 @@ def _corrupt(corpus: Corpus, index: int) -> str:
 def test_checksum_mismatch_raise_names_key_and_skip_lists_it(kind: str, rel_local: Corpus, tmp_path: Path) -> None:
     corpus = _copy(rel_local, tmp_path / "ds")
     bad = [_corrupt(corpus, i) for i in (4, 57)]
-    ctx = make_context(corpus, batch_size=8, num_workers=1)
+    ctx = make_context(corpus, batch_size=8, num_workers=1, epochs=1)
     with LOADERS[kind](ctx) as loader:  # verify=True, on_error=raise by default
         with pytest.raises(FetchError) as info:
             collect(loader)
@@ -97,7 +97,7 @@ def test_missing_object_404(kind: str, rel_s3: Corpus, monkeypatch: pytest.Monke
     data = loc.filesystem().cat_file(loc.child(missing))
     loc.filesystem().rm_file(loc.child(missing))
     try:
-        ctx = make_context(rel_s3, batch_size=8, num_workers=1)
+        ctx = make_context(rel_s3, batch_size=8, num_workers=1, epochs=1)
         with LOADERS[kind](ctx) as loader:
             with pytest.raises(FetchError) as info:
                 collect(loader)

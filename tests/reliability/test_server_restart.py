@@ -50,7 +50,7 @@ def test_server_killed_and_restarted_mid_epoch(own_server: dict[str, Any], rel_l
     server: SeaweedServer = own_server["server"]
     corpus = upload(rel_local, server.endpoint_url)
     monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
-    ctx = make_context(corpus, batch_size=8, num_workers=1)
+    ctx = make_context(corpus, batch_size=8, num_workers=1, epochs=1)
     restarted = threading.Event()
     down_s: list[float] = []
 
@@ -90,7 +90,7 @@ def test_server_down_longer_than_deadline_stops_with_fetch_error(own_server: dic
     server: SeaweedServer = own_server["server"]
     corpus = upload(rel_local, server.endpoint_url)
     monkeypatch.setenv("AWS_ENDPOINT_URL", server.endpoint_url)
-    ctx = make_context(corpus, batch_size=8, num_workers=1)
+    ctx = make_context(corpus, batch_size=8, num_workers=1, epochs=1)
     deadline_s = 2.0
     with DeliLoader(ctx, cache_size=0, prefetch_depth=8, concurrency=4, retries=100, retry_deadline_s=deadline_s) as loader:
         delivered = 0
