@@ -18,8 +18,10 @@ HELP = """Benchmark the loaders against the physical bound of each environment (
 For each cell (link profile x sample size, with an emulated accelerator and a cache budget) it
 probes the object store's raw-fetch ceiling, the decode rate and the link, measures disk, bucket,
 deli, fsspec-cache and the installed peers interleaved, and prints throughput, data-wait fraction,
-efficiency against min(accelerator, CPU, bandwidth/size/miss rate, store ceiling/miss rate), the
-wait removed relative to the bucket loader and the ratio to the best peer. Writes one JSON file.
+efficiency against min(accelerator, CPU, bandwidth/size/miss rate, store ceiling/miss rate, the
+no-fetch pipeline's rate), the wait removed relative to the bucket loader, the share of its fetch
+stall removed (wait beyond what the pipeline waits with the data in RAM) and the ratio to the best
+peer. Writes one JSON file.
 
 Example:
 

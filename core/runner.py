@@ -462,6 +462,11 @@ def compare(
             if result.stopped:
                 stopped = True
                 break
+            if interleave and len(specs) > 1:
+                # A loader's background work must not run in another loader's measured epochs.
+                pause = getattr(p.loader, "pause_background", None)
+                if pause is not None:
+                    pause()
             # NOTE: collect between measured epochs, in this thread: one loader's garbage is then not
             # collected inside the next loader's timed steps, and dropped s3fs/gcsfs clients are closed
             # here rather than on whichever thread runs an event loop when the collector fires (s3fs

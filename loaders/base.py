@@ -91,6 +91,9 @@ class Loader(Protocol):
       the next ``iter_epoch`` and leaks nothing.
     * ``stats()`` counters are cumulative over the loader's life and monotonic.
     * ``close()`` stops every thread and process the loader started; it is idempotent.
+    * Optional ``pause_background()``: a loader that works between epochs (deli looks ahead
+      into the next one) stops that work; ``compare`` calls it when another loader's epoch is
+      about to be measured, and the loader picks up again at its next ``iter_epoch``.
     """
 
     name: ClassVar[str]

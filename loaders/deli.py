@@ -178,6 +178,7 @@ class DeliLoader:
         ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == epoch:
             prefetcher, order, when_next = ahead[1]
+            prefetcher.resume()  # paused while another loader was measured (see pause_background)
         else:
             if ahead is not None:
                 self._retire(ahead[1][0])
@@ -222,6 +223,18 @@ class DeliLoader:
         last = self.ctx.epochs is not None and epoch + 1 >= self.ctx.epochs
         if not self._closed and self._ahead is None and self.options.prefetch_across_epochs and not last:
             self._ahead = (epoch + 1, self._new_prefetcher(epoch + 1))
+
+    def pause_background(self) -> None:
+        """Stop the look-ahead into the next epoch until that epoch starts; keep what has arrived.
+
+        Why: ``compare`` interleaves the epochs of several loaders. Left running, the walk of
+        deli's next epoch would fetch during the other loaders' epochs: their link would be
+        shared with it, and deli's next epoch would look faster than any training run could
+        make it. What arrived while deli's own epoch was ending is kept; requests in flight are
+        cancelled (counted as sent) and sent again when the epoch starts.
+        """
+        if self._ahead is not None:
+            self._ahead[1][0].pause()
 
     def _record_occupancy(self) -> None:
         now = time.perf_counter() - self._t0

@@ -50,6 +50,8 @@ class EpochPrefetcher:
         self.concurrency = max(1, concurrency)
         self.next_use = next_use
         self._ready: dict[int, tuple[bytes | BaseException, bool]] = {}
+        #: Positions whose cache lookup missed (counted once, even when the fetch is re-sent after a pause).
+        self._missed: set[int] = set()
         self._cond = threading.Condition()
         self._consumed = 0
         self.ready_bytes = 0
@@ -63,13 +65,32 @@ class EpochPrefetcher:
         self._stopped = threading.Event()
         self._stop_requested = False
         self._task: asyncio.Task[None] | None = None
+        self.paused = False
 
     # -- loop side ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Begin prefetching (returns at once)."""
+        """Begin prefetching (returns at once); after :meth:`pause`, go on where the walk stopped."""
         self._loop = self.source.loop
+        self._stopped.clear()
+        self._stop_requested = False
+        self._task = None
         self._future = asyncio.run_coroutine_threadsafe(self._main(), self._loop)
+
+    def pause(self, timeout_s: float = 10.0) -> None:
+        """Stop fetching but keep what has arrived: :meth:`start` later goes on from there.
+
+        Requests in flight are cancelled (they are counted as sent; :meth:`start` sends them
+        again), so a paused walk uses no link while another loader is measured.
+        """
+        self._halt(timeout_s)
+        self.paused = True
+
+    def resume(self) -> None:
+        """Go on after :meth:`pause` (does nothing when the walk was not paused)."""
+        if self.paused:
+            self.paused = False
+            self.start()
 
     async def _main(self) -> None:
         self._task = asyncio.current_task()
@@ -87,17 +108,22 @@ class EpochPrefetcher:
         sem = asyncio.Semaphore(self.concurrency)
         tasks: set[asyncio.Task[None]] = set()
         try:
-            for pos, idx in enumerate(self.order):
+            for pos in range(self._consumed, len(self.order)):
+                if pos in self._ready:
+                    continue  # arrived before a pause
+                idx = self.order[pos]
                 while pos >= self._consumed + self.depth:
                     assert self._wake is not None
                     self._wake.clear()
                     if pos < self._consumed + self.depth:
                         break
                     await self._wake.wait()
-                data = self.cache.get(idx, self.next_use(pos))
-                if data is not None:
-                    self._deliver(pos, data, hit=True)
-                    continue
+                if pos not in self._missed:
+                    data = self.cache.get(idx, self.next_use(pos))
+                    if data is not None:
+                        self._deliver(pos, data, hit=True)
+                        continue
+                    self._missed.add(pos)
                 await sem.acquire()
                 task = asyncio.ensure_future(self._fetch(pos, idx, sem))
                 tasks.add(task)
@@ -169,14 +195,21 @@ class EpochPrefetcher:
             raise data
         return data, hit
 
-    def close(self, timeout_s: float = 10.0) -> None:
-        """Cancel outstanding requests and wait until the walk has stopped (idempotent)."""
+    def _halt(self, timeout_s: float) -> None:
+        """Cancel the walk and its requests and wait until it has stopped."""
         if self._future is None or self._loop is None:
             return
         if not self._stopped.is_set() and not self._loop.is_closed():
             self._loop.call_soon_threadsafe(self._request_stop)
             if not self._stopped.wait(timeout_s):
                 raise RuntimeFailure(f"prefetcher did not stop within {timeout_s:g} s")
+
+    def close(self, timeout_s: float = 10.0) -> None:
+        """Cancel outstanding requests and wait until the walk has stopped (idempotent)."""
+        if self._future is None or self._loop is None:
+            return
+        self._halt(timeout_s)
+        self.paused = False
         with self._cond:
             self.dropped_hits += sum(1 for _, hit in self._ready.values() if hit)
             self._ready.clear()

@@ -47,6 +47,15 @@ def test_no_fetch_pipeline_rate_caps_the_bound() -> None:
     assert _bound(pipeline_per_s=1e6).binds == "link"  # a fast pipeline leaves the other terms
 
 
+def test_epoch0_bound_credits_the_link_time_of_the_warmup() -> None:
+    from delibench.workloads.bench import _with_head_start
+
+    link_bound = _bound(link_bytes_per_s=10e6, accelerator_per_s=100.0, pipeline_per_s=50.0)  # link: 10/s
+    assert _with_head_start(link_bound, 80, 20, 2.0) == pytest.approx(10.0)  # a slow warm-up gives nothing
+    assert _with_head_start(link_bound, 80, 20, 5.0) == pytest.approx(80 / (100 / 10 - 5))  # 16/s
+    assert _with_head_start(link_bound, 80, 20, 60.0) == pytest.approx(50.0)  # then the pipeline binds
+
+
 def test_unshaped_link_is_no_bound() -> None:
     assert math.isinf(_bound(link_bytes_per_s=0.0).link_per_s)
 
@@ -159,6 +168,23 @@ def test_no_look_ahead_past_the_last_known_epoch(corpus: Corpus) -> None:
             assert sorted(int(i) for b in loader.iter_epoch(epoch) for i in b.indices) == list(range(n))
             assert (loader._ahead is not None) == (epoch == 0)  # on by default, but not after the last epoch
         assert loader.stats().requests_count == 2 * n  # no GET for an epoch that never runs
+
+
+def test_paused_look_ahead_fetches_nothing_until_its_epoch_then_delivers_it_exactly(corpus: Corpus) -> None:
+    import time
+
+    n = len(corpus.manifest)
+    with DeliLoader(make_context(corpus, num_workers=1, epochs=2), cache_size=0, prefetch_depth=8) as loader:
+        assert sorted(int(i) for b in loader.iter_epoch(0) for i in b.indices) == list(range(n))
+        loader.pause_background()
+        paused = loader.stats().requests_count
+        time.sleep(0.3)
+        assert loader.stats().requests_count == paused  # no GET while another loader would be measured
+        assert n <= paused <= n + 8  # the look-ahead ran until the pause: at most prefetch_depth GETs
+        assert sorted(int(i) for b in loader.iter_epoch(1) for i in b.indices) == list(range(n))
+        stats = loader.stats()
+    assert stats.cache_misses == 2 * n  # a request re-sent after the pause is not a second miss
+    assert 2 * n <= stats.requests_count <= 2 * n + 8
 
 
 def test_decode_pipeline_without_workers_runs_inline() -> None:
