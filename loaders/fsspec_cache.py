@@ -42,6 +42,13 @@ class CachedReader:
 
     ``requests_count`` counts samples that were not yet in fsspec's cache directory when read
     (each costs at least one request; s3fs adds a HEAD before its GET); cached reads count nothing.
+
+    Each read is checked against the manifest's size. Why: ``simplecache`` downloads straight
+    into the final cache file name (``fs.get_file(path, fn)``, fsspec 2026.9), and a file that
+    exists counts as cached. A DataLoader worker stopped mid-download (an epoch cut short, a
+    Ctrl-C) leaves a truncated file that every later epoch then serves as the sample. The
+    benchmark hit this once: a 1 MB JPEG served 11 bytes short. A short file is dropped from the
+    cache and read again once (counted as a retry); still short is a FetchError.
     """
 
     def __init__(self, source: SampleSource, mode: str, cache_dir: str) -> None:
@@ -82,18 +89,37 @@ class CachedReader:
         for index in indices:
             entry = self.manifest.samples[index]
             path = self.location.child(entry.key)
-            cached = self._cached(fs, path)
-            start = time.perf_counter()
-            try:
-                with fs.open(path, "rb") as f:
-                    data = f.read()
-            except Exception as exc:  # noqa: BLE001 - becomes a FetchError naming the key
-                url = f"{self.location.display_url.rstrip('/')}/{entry.key}"
-                raise FetchError(entry.key, url, clean_cause(exc)) from exc
-            if not cached:
-                meter.record(len(data), time.perf_counter() - start)
+            url = f"{self.location.display_url.rstrip('/')}/{entry.key}"
+            for attempt in (1, 2):
+                cached = self._cached(fs, path)
+                start = time.perf_counter()
+                try:
+                    with fs.open(path, "rb") as f:
+                        data = f.read()
+                except Exception as exc:  # noqa: BLE001 - becomes a FetchError naming the key
+                    raise FetchError(entry.key, url, clean_cause(exc)) from exc
+                if not cached:
+                    meter.record(len(data), time.perf_counter() - start)
+                if len(data) == entry.size_bytes:
+                    break
+                self._drop(fs, path)
+                if attempt == 2:
+                    raise FetchError(entry.key, url, f"short read through fsspec {self.mode}: got {len(data)} of "
+                                     f"{entry.size_bytes} bytes")
+                meter.retries_count += 1
             out.append(data)
         return out, meter
+
+    def _drop(self, fs: Any, path: str) -> None:
+        """Remove ``path``'s local copy so that the next open downloads it again."""
+        try:
+            local = fs._check_file(path)
+        except Exception:  # noqa: BLE001 - nothing cached to drop
+            return
+        if isinstance(local, tuple):  # filecache/blockcache: (details, path)
+            local = local[-1]
+        if isinstance(local, str) and os.path.exists(local):
+            os.remove(local)
 
 
 class FsspecCacheLoader(WorkerFetchLoader):
