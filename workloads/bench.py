@@ -890,9 +890,17 @@ def _run_cell(cell: Cell, options: BenchOptions, bed: _BenchBed, log: Callable[[
         ))
     bucket_fig = by_name.get("bucket")
     prep_wait = min((f.wait_s_per_sample for f in no_fetch), default=0.0)
+    # The no-fetch loaders read no bucket: their bound has no link, store or fetch-CPU term.
+    local_bounds = [
+        compute_bound(epoch=b.epoch, miss_rate=0.0, accelerator_per_s=b.accelerator_per_s, cores=cores,
+                      pipeline_cpu_s_per_sample=steady_cpu, testbed_cpu_s_per_object=0.0, link_bytes_per_s=0.0,
+                      mean_sample_bytes=manifest.mean_sample_bytes, store_objects_per_s=0.0,
+                      pipeline_per_s=b.pipeline_per_s)
+        for b in bounds
+    ]
     final = []
     for fig in figures:
-        bound = _bound_for(fig, bounds)
+        bound = _bound_for(fig, local_bounds if fig in no_fetch else bounds)
         reduction = stall_removed = None
         if bucket_fig is not None and bucket_fig.wait_s_per_sample > 0:
             reduction = 1.0 - fig.wait_s_per_sample / bucket_fig.wait_s_per_sample

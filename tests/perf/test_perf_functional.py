@@ -248,3 +248,29 @@ def test_format_table_reads_a_saved_cell() -> None:
     text = format_table(cell)
     deli_line = next(line for line in text.splitlines() if line.strip().startswith("deli"))
     assert "5.00x" in deli_line and "95.0%" in deli_line and "99.0%" in deli_line
+
+
+@pytest.mark.s3
+def test_bench_cell_end_to_end_on_a_real_store(tmp_path: Path) -> None:
+    """One tiny cell through run_bench: every figure, bound and invariant a report relies on (no timing)."""
+    from delibench.workloads.bench import BenchOptions, Cell, run_bench
+
+    cell = Cell(regime="custom", profile="local", size="small", samples=96, step_time_s=0.02, cache_fraction=1.0,
+                batch_size=16)
+    options = BenchOptions(workdir=tmp_path / "bench", cells=(cell,), loaders=("disk", "bucket", "deli"), epochs=2,
+                           warmup_steps=1, naive_steps=2, workload="resnet18", probe_s=0.3)
+    doc = run_bench(options, out=tmp_path / "out.json", log=lambda _line: None)
+    (result,) = doc["cells"]
+    by = {f["loader"]: f for f in result["figures"]}
+    assert set(by) == {"disk", "bucket", "deli", "memory"}
+    n = cell.samples
+    assert sum(by["deli"]["samples_per_epoch"]) == 2 * n - 16  # every sample of both epochs, warm-up step left out
+    assert by["deli"]["requests"] == n  # a cache of the whole dataset: epoch 2 sends no GET
+    assert by["bucket"]["sliced"] and not by["deli"]["sliced"]
+    for f in result["figures"]:
+        assert f["bound_per_s"] > 0 and f["efficiency"] == pytest.approx(f["throughput_per_s"] / f["bound_per_s"])
+        assert f["cpu_s_per_sample"]["main"] >= 0 and f["cpu_s_per_sample"]["workers"] > 0
+    assert by["bucket"]["wait_reduction_vs_bucket"] == 0.0 and by["bucket"]["fetch_stall_removed"] == 0.0
+    assert all(b["binds"] in ("accelerator", "cpu", "link", "store", "pipeline") for b in result["bounds"])
+    assert result["ceilings"][0]["objects_per_s"] > 0 and result["memory"]["within_budget"] in (True, False)
+    assert (tmp_path / "out.json").exists()
