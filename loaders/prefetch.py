@@ -50,7 +50,8 @@ class EpochPrefetcher:
         self.concurrency = max(1, concurrency)
         self.next_use = next_use
         self._ready: dict[int, tuple[bytes | BaseException, bool]] = {}
-        #: Positions whose cache lookup missed (counted once, even when the fetch is re-sent after a pause).
+        #: Positions looked up (a miss) but not delivered yet: after a pause their fetch is sent again
+        #: without a second lookup, so a miss is counted once. At most ``concurrency`` entries.
         self._missed: set[int] = set()
         self._cond = threading.Condition()
         self._consumed = 0
@@ -148,6 +149,7 @@ class EpochPrefetcher:
         self._deliver(pos, data, hit=False)
 
     def _deliver(self, pos: int, data: bytes | BaseException, *, hit: bool) -> None:
+        self._missed.discard(pos)
         with self._cond:
             self._ready[pos] = (data, hit)
             if isinstance(data, bytes):
