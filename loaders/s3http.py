@@ -27,6 +27,8 @@ import re
 import ssl
 from typing import Any
 
+import yarl
+
 __all__ = ["LeanS3Reader", "NeedsFullClient", "S3HttpError"]
 
 #: Validity of a presigned URL: it is used at once, so this only has to outlast a slow queue.
@@ -133,8 +135,6 @@ class LeanS3Reader:
             S3HttpError: The store answered with an error status.
             NeedsFullClient: The bucket lives in another region (s3fs follows that redirect).
         """
-        import yarl
-
         bucket, key, _ = self.fs.split_path(path)
         await self.fs.set_session()  # returns at once once the client exists
         client = await self.fs.get_s3(bucket)

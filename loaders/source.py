@@ -43,6 +43,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from delibench.errors import FetchError, UsageError
+from delibench.loaders import s3http
 from delibench.manifest import Manifest, checksum
 from delibench.storage import Location, close_filesystem, redact, resolve, run_on_loop
 from delibench.units import parse_duration
@@ -442,8 +443,6 @@ class SampleSource:
     def _lean_reader(self) -> Any:
         """This process's presigned-URL reader, or None where it would not read what s3fs reads."""
         if self._lean is None and self.lean_http:
-            from delibench.loaders import s3http
-
             fs = self.fs
             if s3http.supports(fs):
                 config = (self.location.storage_options.get("config_kwargs") or {})
@@ -458,11 +457,9 @@ class SampleSource:
         fs = self.fs
         reader = self._lean_reader()
         if reader is not None:
-            from delibench.loaders.s3http import NeedsFullClient
-
             try:
                 return await reader.get(path)
-            except NeedsFullClient:
+            except s3http.NeedsFullClient:
                 self.lean_http = False  # e.g. a bucket in another region: s3fs follows the redirect
                 self._lean = None
                 self._count_attempt(retry=False)  # the redirected request was sent: count it
