@@ -13,11 +13,6 @@ from delibench.workloads.compute import load_profiles, parse_compute
 from delibench.workloads.models import get_workload
 
 
-@pytest.fixture(autouse=True)
-def _isolated_profiles(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.delenv("DELIBENCH_PROFILES", raising=False)
-
 
 def test_calibrate_cli_writes_a_profile_that_emulation_resolves(tmp_path, capsys):
     out = tmp_path / "profiles.yaml"

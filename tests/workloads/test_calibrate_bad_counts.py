@@ -7,11 +7,6 @@ import pytest
 from delibench.cli.app import main
 
 
-@pytest.fixture(autouse=True)
-def _isolated_profiles(tmp_path, monkeypatch):
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.delenv("DELIBENCH_PROFILES", raising=False)
-
 
 @pytest.mark.parametrize(
     ("flags", "named"),

@@ -17,12 +17,6 @@ from delibench.workloads.compute import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _isolated_profiles(tmp_path, monkeypatch):
-    """Keep the user's real ~/.config out of every test."""
-    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
-    monkeypatch.delenv("DELIBENCH_PROFILES", raising=False)
-
 
 @pytest.mark.parametrize(
     ("text", "step"),
