@@ -19,7 +19,9 @@ For each cell (link profile x sample size, with an emulated accelerator and a ca
 probes the object store's raw-fetch ceiling, the decode rate and the link, measures disk, bucket,
 deli, fsspec-cache and the installed peers interleaved, and prints throughput, data-wait fraction,
 efficiency against min(accelerator, CPU, bandwidth/size/miss rate, store ceiling/miss rate, the
-no-fetch pipeline's rate), the wait removed relative to the bucket loader, the share of its fetch
+no-fetch pipeline's rate; each epoch's fetch terms also carry the round trips before its first byte
+and the last sample's decode and step after its last byte), the wait removed relative to the
+bucket loader, the share of its fetch
 stall removed (wait beyond what the pipeline waits with the data in RAM) and the ratio to the best
 peer. Writes one JSON file.
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -12,13 +13,8 @@ from typing import Any, ClassVar
 from delibench.errors import FetchError, UsageError
 from delibench.loaders.base import Batch, LoaderContext
 from delibench.loaders.cache import ByteBudgetCache, policy_names
-from delibench.loaders.pipeline import (
-    BytesBatchDataset,
-    batches_of,
-    context_order,
-    parse_options,
-    percentiles,
-)
+from delibench.loaders.handoff import BatchFeed, FeedDataset
+from delibench.loaders.pipeline import batches_of, context_order, parse_options, percentiles
 from delibench.loaders.prefetch import DecodePipeline, EpochPrefetcher
 from delibench.loaders.sampler import next_use
 from delibench.loaders.source import ReliabilityOptions, SampleSource
@@ -104,8 +100,8 @@ class DeliLoader:
     Design: the sampler order of the epoch is known, so an :class:`EpochPrefetcher` walks it
     ``prefetch_depth`` samples ahead with ``concurrency`` GETs in flight on fsspec's event loop (one
     thread, no client in the workers, so nothing to break after ``fork``). The DataLoader's sampler
-    yields ``[(index, bytes), ...]`` per batch, which the DataLoader sends to its workers through
-    its index queues for decoding. After delivery each fetched sample is offered to the
+    yields batch numbers; each worker asks the loader's :class:`BatchFeed` for its batch's
+    ``[(index, bytes), ...]`` (handed out in order, over a local socket) and decodes it. After delivery each fetched sample is offered to the
     :class:`ByteBudgetCache`; later epochs look the cache up before fetching, so a sample is never
     fetched twice in an epoch while cached, and with a cache holding the whole dataset epoch 2
     issues no request at all.
@@ -137,8 +133,11 @@ class DeliLoader:
         self._ahead: tuple[int, tuple[EpochPrefetcher, list[int], Any]] | None = None
         labels = [s.label for s in ctx.manifest.samples]
         keys = [s.key for s in ctx.manifest.samples]
-        dataset = BytesBatchDataset(ctx.decode, labels, keys, self.source.location.display_url, self.options.on_error)
+        self._feed = BatchFeed()
+        dataset = FeedDataset(self._feed, ctx.decode, labels, keys, self.source.location.display_url, self.options.on_error)
         self._pipeline = DecodePipeline(dataset, ctx.num_workers, persistent=self.options.persistent_workers)
+        #: Guards ``_ahead`` and ``_closed`` (the feed's server thread starts the next epoch's walk).
+        self._lock = threading.Lock()
         self._prefetch_peak = 0
         self._unused_hits = 0
         self._lead_sum = 0
@@ -169,13 +168,16 @@ class DeliLoader:
         """Yield this rank's batches of ``epoch`` (see :class:`delibench.loaders.base.Loader`).
 
         The walk of ``epoch`` may already be under way: the previous epoch starts it as soon as
-        it has handed its last sample on (see :meth:`_items`), so the accelerator does not wait
-        through a cold start at every epoch boundary.
+        it has handed its last sample on (see :meth:`_assemble`), so the accelerator does not
+        wait through a cold start at every epoch boundary. The DataLoader's sampler items are
+        batch numbers; each decode worker asks the :class:`BatchFeed` for its batch's bytes, so
+        the loop never waits for a batch that is still on the link behind the one it needs.
         """
         if self._closed:
             raise UsageError("the deli loader is closed")
         self._stop_prefetcher()
-        ahead, self._ahead = self._ahead, None
+        with self._lock:
+            ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == epoch:
             prefetcher, order, when_next = ahead[1]
             prefetcher.resume()  # paused while another loader was measured (see pause_background)
@@ -184,45 +186,57 @@ class DeliLoader:
                 self._retire(ahead[1][0])
             prefetcher, order, when_next = self._new_prefetcher(epoch)
         self._prefetcher = prefetcher
+        batches = batches_of(order, self.ctx.batch_size)
+        token = self._feed.open_epoch(lambda b: self._assemble(prefetcher, batches, b, when_next, epoch, token))
         try:
-            items = self._items(prefetcher, order, batches_of(order, self.ctx.batch_size), when_next, epoch)
-            for result in self._pipeline.run(items):
+            for result in self._pipeline.run(self._feed.items(token, len(batches))):
                 if result.meter is not None:
                     self._skipped.extend(result.meter.skipped_keys)  # decode failures under on_error=skip
                 batch = result.unwrap()
                 if batch is not None:
                     yield batch
         finally:
+            self._feed.close_epoch(token)
             self._stop_prefetcher()
 
-    def _items(
-        self, prefetcher: EpochPrefetcher, order: list[int], batches: list[list[int]], when_next: Any, epoch: int
-    ) -> Iterator[list[tuple[int, bytes]]]:
-        pos = 0
-        for batch in batches:
-            items = []
-            for idx in batch:
-                try:
-                    data, hit = prefetcher.take(pos)
-                except FetchError as exc:
-                    if self.options.on_error != "skip":
-                        raise
-                    self._skipped.append(exc.key)  # listed in stats().skipped_keys, never silent
-                    pos += 1
-                    continue
-                if not hit:
-                    self.cache.put(idx, data, when_next(pos))
-                    self._record_occupancy()
-                items.append((idx, data))
+    def _assemble(
+        self, prefetcher: EpochPrefetcher, batches: list[list[int]], b: int, when_next: Any, epoch: int, token: int
+    ) -> list[tuple[int, bytes]]:
+        """The ``(index, bytes)`` of batch ``b`` (the feed calls this for b = 0, 1, ... in order).
+
+        Each sample is offered to the cache once handed on; failures under ``on_error=skip`` are
+        left out and listed.
+        """
+        pos = b * len(batches[0])  # every batch but the last is full
+        items = []
+        for idx in batches[b]:
+            try:
+                data, hit = prefetcher.take(pos)
+            except FetchError as exc:
+                if self.options.on_error != "skip":
+                    raise
+                self._skipped.append(exc.key)  # listed in stats().skipped_keys, never silent
                 pos += 1
-            if items:
-                yield items
-        # Every sample of this epoch has been handed on (the DataLoader is still decoding the
-        # last batches): start walking the next epoch's known order now. Nothing of this epoch
-        # is held by the prefetcher any more, so prefetch_depth still bounds what is held.
+                continue
+            if not hit:
+                self.cache.put(idx, data, when_next(pos))
+                self._record_occupancy()
+            items.append((idx, data))
+            pos += 1
+        if b == len(batches) - 1:
+            self._look_ahead(epoch, token)
+        return items
+
+    def _look_ahead(self, epoch: int, token: int) -> None:
+        """Every sample of ``epoch`` is handed on (the workers are still decoding the last
+        batches): start walking the next epoch's known order now. Nothing of this epoch is held
+        by the prefetcher any more, so ``prefetch_depth`` still bounds what is held."""
         last = self.ctx.epochs is not None and epoch + 1 >= self.ctx.epochs
-        if not self._closed and self._ahead is None and self.options.prefetch_across_epochs and not last:
-            self._ahead = (epoch + 1, self._new_prefetcher(epoch + 1))
+        if last or not self.options.prefetch_across_epochs:
+            return
+        with self._lock:
+            if not self._closed and self._ahead is None and self._feed.is_active(token):
+                self._ahead = (epoch + 1, self._new_prefetcher(epoch + 1))
 
     def pause_background(self) -> None:
         """Stop the look-ahead into the next epoch until that epoch starts; keep what has arrived.
@@ -233,8 +247,9 @@ class DeliLoader:
         make it. What arrived while deli's own epoch was ending is kept; requests in flight are
         cancelled (counted as sent) and sent again when the epoch starts.
         """
-        if self._ahead is not None:
-            self._ahead[1][0].pause()
+        with self._lock:
+            if self._ahead is not None:
+                self._ahead[1][0].pause()
 
     def _record_occupancy(self) -> None:
         now = time.perf_counter() - self._t0
@@ -298,15 +313,17 @@ class DeliLoader:
 
     def close(self) -> None:
         """Stop prefetching, drop the cache (and its disk files) and release the IO threads; idempotent."""
-        if self._closed:
-            return
-        self._closed = True
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            ahead, self._ahead = self._ahead, None
         try:
             self._stop_prefetcher()
-            ahead, self._ahead = self._ahead, None
             if ahead is not None:
                 self._retire(ahead[1][0])
             self._pipeline.close()
+            self._feed.close()
         finally:
             self.cache.close()
             self.source.close()

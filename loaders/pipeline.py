@@ -14,7 +14,7 @@ import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
-from delibench.errors import FetchError, UsageError
+from delibench.errors import FetchError, RuntimeFailure, UsageError
 from delibench.loaders.base import Batch, Decoder, LoaderContext
 from delibench.loaders.sampler import epoch_order
 from delibench.loaders.source import FetchMeter, SampleSource, clean_cause
@@ -96,15 +96,19 @@ class WorkerResult:
         meter: Fetch counters of this batch (workers that fetch), with ``skipped_keys``.
         error: ``(key, url, cause)`` of the failure under ``on_error=raise``.
         decode_failed: Whether ``error`` is a decode failure (else a fetch failure).
+        failure: Any other failure's message (raised as RuntimeFailure here).
     """
 
     batch: Batch | None
     meter: FetchMeter | None = None
     error: tuple[str, str, str] | None = None
     decode_failed: bool = False
+    failure: str | None = None
 
     def unwrap(self) -> Batch | None:
         """The batch (None when all its samples were skipped), or the worker's error re-raised here."""
+        if self.failure is not None:
+            raise RuntimeFailure(self.failure)
         if self.error is not None:
             raise (DecodeError if self.decode_failed else FetchError)(*self.error)
         return self.batch

@@ -59,6 +59,7 @@ __all__ = [
     "LoaderFigures",
     "build_matrix",
     "compute_bound",
+    "fetch_term_rate",
     "format_table",
     "loader_figures",
     "raw_fetch_ceiling",
@@ -402,6 +403,12 @@ class Bound:
             and disk loaders, DS-Analyzer's prep rate) in this epoch: a loader that also fetches
             cannot beat it. Below the accelerator it holds what CPU time alone does not show (the
             hand-over to the workers, their scheduling, the jitter of the last batch).
+        fill_s: Time before the first byte of an epoch can arrive: the round trips of a new
+            connection and of the first request (the rates above are steady-state rates).
+        drain_s: Time after the epoch's last byte has arrived that no loader can avoid: that
+            sample's decode and the last step. Fill and drain are added to the fetch terms of an
+            epoch measured whole (:func:`fetch_term_rate`); with epochs of 10 batches they are
+            several per cent of a bandwidth-bound epoch.
     """
 
     epoch: int
@@ -413,6 +420,8 @@ class Bound:
     samples_per_s: float
     binds: str
     pipeline_per_s: float = math.inf
+    fill_s: float = 0.0
+    drain_s: float = 0.0
 
 
 def compute_bound(
@@ -427,10 +436,13 @@ def compute_bound(
     mean_sample_bytes: float,
     store_objects_per_s: float,
     pipeline_per_s: float = math.inf,
+    fill_s: float = 0.0,
+    drain_s: float = 0.0,
 ) -> Bound:
     """``min(accelerator, CPU, link bandwidth / size / miss, store ceiling / miss, no-fetch pipeline)`` for one epoch.
 
-    A zero bandwidth (an unshaped link) or a zero miss rate leaves that term unbounded.
+    A zero bandwidth (an unshaped link) or a zero miss rate leaves that term unbounded. ``fill_s``
+    and ``drain_s`` are kept for :func:`fetch_term_rate` (see :class:`Bound`).
     """
 
     def per_miss(rate: float) -> float:
@@ -448,7 +460,7 @@ def compute_bound(
     }
     binds = min(terms, key=lambda k: terms[k])
     return Bound(epoch, miss_rate, terms["accelerator"], terms["cpu"], terms["link"], terms["store"], terms[binds], binds,
-                 pipeline_per_s)
+                 pipeline_per_s, fill_s, drain_s)
 
 
 # -- per-loader figures ------------------------------------------------------------------------
@@ -530,18 +542,24 @@ def loader_figures(name: str, steps: Sequence[StepSample], warmup_steps: int) ->
     )
 
 
-def _with_head_start(bound: Bound, counted: int, warmup_samples: int, warmup_s: float) -> float:
-    """The epoch's bound for the ``counted`` samples after a warm-up of ``warmup_s``.
+def fetch_term_rate(
+    bound: Bound, counted: int, *, warmup_samples: int = 0, warmup_s: float = 0.0, whole_epoch: bool = True
+) -> float:
+    """The epoch's bound for ``counted`` samples measured after a warm-up of ``warmup_s``.
 
-    The link and the store could already work during the warm-up (a loader that looks ahead
-    does), so the fetch terms only have to carry what the warm-up did not:
-    ``counted / ((warmup + counted) / term - warmup_s)``. This is the most any loader could
-    reach in the counted window; one that fetched nothing during its warm-up scores lower.
+    The fetch terms (link, store) are steady-state rates; an epoch also needs ``fill_s`` before its
+    first byte and ``drain_s`` after its last one (when the counted steps reach the epoch's end:
+    ``whole_epoch``). The link and the store could already work during the warm-up (a loader that
+    looks ahead does), so they only have to carry what the warm-up did not:
+    ``counted / (fill + (warmup + counted) / term + drain - warmup_s)``. This is the most any
+    loader could reach in the counted window; one that fetched nothing during its warm-up scores
+    lower.
     """
     rate = min(bound.accelerator_per_s, bound.cpu_per_s, bound.pipeline_per_s)
+    fixed_s = bound.fill_s + (bound.drain_s if whole_epoch else 0.0)
     for term in (bound.link_per_s, bound.store_per_s):
         if math.isfinite(term) and term > 0:
-            need_s = (warmup_samples + counted) / term - warmup_s
+            need_s = fixed_s + (warmup_samples + counted) / term - warmup_s
             rate = min(rate, counted / need_s if need_s > 0 else math.inf)
     return rate
 
@@ -549,12 +567,15 @@ def _with_head_start(bound: Bound, counted: int, warmup_samples: int, warmup_s: 
 def _bound_for(fig: LoaderFigures, bounds: Sequence[Bound]) -> float:
     """Samples / Σ (epoch samples / epoch bound): the bound weighted by this loader's sample counts.
 
-    Epoch 0 is credited with the link time of the warm-up steps (see :func:`_with_head_start`).
+    Epoch 0 is credited with the link time of the warm-up steps; every epoch's fetch terms carry
+    its fill and, when measured to its end, its drain (see :func:`fetch_term_rate`).
     """
     t = 0.0
     for i, n in enumerate(fig.samples_per_epoch):
         b = bounds[min(i, len(bounds) - 1)]
-        rate = _with_head_start(b, n, fig.warmup_samples, fig.warmup_s) if i == 0 and fig.warmup_s > 0 else b.samples_per_s
+        head = i == 0 and fig.warmup_s > 0
+        rate = fetch_term_rate(b, n, warmup_samples=fig.warmup_samples if head else 0,
+                               warmup_s=fig.warmup_s if head else 0.0, whole_epoch=not fig.sliced)
         t += n / rate
     return fig.samples / t if t > 0 else math.inf
 
@@ -892,6 +913,10 @@ def _run_cell(cell: Cell, options: BenchOptions, bed: _BenchBed, log: Callable[[
             mean_sample_bytes=manifest.mean_sample_bytes,
             store_objects_per_s=direct.objects_per_s,
             pipeline_per_s=max(rates) if rates else math.inf,
+            # The first byte needs a new connection's round trips in epoch 0 (after a pause, one
+            # round trip); after the last byte, that sample's decode and the last step remain.
+            fill_s=profile.rtt_s * ((profile.connect_rtts + 1) if e == 0 else 1),
+            drain_s=cell.step_time_s + (epoch_cpu or 0.0),
         ))
     bucket_fig = by_name.get("bucket")
     prep_wait = min((f.wait_s_per_sample for f in no_fetch), default=0.0)
@@ -1070,6 +1095,8 @@ def format_table(result: CellResult | dict[str, Any]) -> str:
         f"no-fetch pipeline " + "/".join(_num(b.get("pipeline_per_s")) for b in bounds) + "/s  "
         f"ceilings: " + ", ".join(f"{c['endpoint']} {c['objects_per_s']:.0f} obj/s" for c in data["ceilings"])
         + f"  load {data['load_average'][0]:.1f}",
+        f"  per epoch, on top of the fetch terms: fill {bounds[0].get('fill_s', 0.0):.2f} s before the first byte "
+        f"(later epochs {bounds[-1].get('fill_s', 0.0):.2f} s), drain {bounds[0].get('drain_s', 0.0):.2f} s after the last",
         f"  {'loader':18s} {'samples/s':>9s} {'wait':>6s} {'eff':>6s} {'wait-red':>8s} {'stall-red':>9s} {'vs peer':>7s} "
         f"{'cpu ms/smp':>10s} {'GETs':>6s}",
     ]

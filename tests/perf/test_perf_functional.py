@@ -48,12 +48,24 @@ def test_no_fetch_pipeline_rate_caps_the_bound() -> None:
 
 
 def test_epoch0_bound_credits_the_link_time_of_the_warmup() -> None:
-    from delibench.workloads.bench import _with_head_start
+    from delibench.workloads.bench import fetch_term_rate
 
     link_bound = _bound(link_bytes_per_s=10e6, accelerator_per_s=100.0, pipeline_per_s=50.0)  # link: 10/s
-    assert _with_head_start(link_bound, 80, 20, 2.0) == pytest.approx(10.0)  # a slow warm-up gives nothing
-    assert _with_head_start(link_bound, 80, 20, 5.0) == pytest.approx(80 / (100 / 10 - 5))  # 16/s
-    assert _with_head_start(link_bound, 80, 20, 60.0) == pytest.approx(50.0)  # then the pipeline binds
+    assert fetch_term_rate(link_bound, 80, warmup_samples=20, warmup_s=2.0) == pytest.approx(10.0)  # slow warm-up: nothing
+    assert fetch_term_rate(link_bound, 80, warmup_samples=20, warmup_s=5.0) == pytest.approx(80 / (100 / 10 - 5))  # 16/s
+    assert fetch_term_rate(link_bound, 80, warmup_samples=20, warmup_s=60.0) == pytest.approx(50.0)  # the pipeline binds
+
+
+def test_fill_and_drain_lengthen_a_whole_epoch_of_the_fetch_terms_only() -> None:
+    from delibench.workloads.bench import fetch_term_rate
+
+    b = _bound(link_bytes_per_s=10e6, accelerator_per_s=100.0, fill_s=0.5, drain_s=1.5)  # link: 10/s
+    assert b.samples_per_s == pytest.approx(10.0)  # the steady-state rate is unchanged
+    assert fetch_term_rate(b, 100) == pytest.approx(100 / (0.5 + 10 + 1.5))
+    assert fetch_term_rate(b, 100, whole_epoch=False) == pytest.approx(100 / 10.5)  # a slice ends before the drain
+    assert fetch_term_rate(b, 80, warmup_samples=20, warmup_s=5.0) == pytest.approx(80 / (0.5 + 10 + 1.5 - 5))
+    warm = _bound(miss_rate=0.0, accelerator_per_s=100.0, fill_s=0.5, drain_s=1.5)
+    assert fetch_term_rate(warm, 100) == pytest.approx(100.0)  # nothing to fetch: no fill, no drain
 
 
 def test_unshaped_link_is_no_bound() -> None:
