@@ -30,6 +30,8 @@ Example:
   delibench bench                                   # the three regimes (latency, bandwidth, CPU)
 
   delibench bench --quick --sizes small --profiles cross-region --out bench.json
+
+  delibench bench --show benchmarks/results/bench-default.json   # reprint a saved result
 """
 
 
@@ -52,10 +54,15 @@ def bench(
     workdir: Path = typer.Option(Path(".delibench/bench"), "--dir", help="Datasets and testbed (datasets are reused)."),
     out: Path = typer.Option(None, "--out", help="JSON result file (default: <dir>/bench-<time>.json)."),
     as_json: bool = typer.Option(False, "--json", help="Print the JSON document on stdout."),
+    show: Path = typer.Option(None, "--show", help="Print the tables of a saved result file instead of running.", metavar="FILE"),
 ) -> None:
     from delibench.errors import UsageError
     from delibench.units import parse_duration
     from delibench.workloads.bench import BenchOptions, build_matrix, run_bench
+
+    if show is not None:
+        _show(show)
+        return
 
     if epochs < 1 or num_workers < 0:
         raise UsageError("--epochs must be at least 1 and --num-workers at least 0")
@@ -79,6 +86,27 @@ def bench(
         print_json(doc)
     else:
         console.print(f"{len(doc['cells'])} cell(s) measured; JSON in {target}", markup=False)
+
+
+def _show(path: Path) -> None:
+    """Print the tables of a saved ``delibench bench`` JSON file."""
+    import json
+
+    from delibench.errors import UsageError
+    from delibench.workloads.bench import format_table
+
+    try:
+        doc = json.loads(path.read_text())
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
+    except ValueError as exc:
+        raise UsageError(f"{path} is not JSON: {exc}") from exc
+    cells = doc.get("cells") if isinstance(doc, dict) else None
+    if not isinstance(cells, list) or not cells:
+        raise UsageError(f"{path} is not a delibench bench result (no cells)", hint="write one with: delibench bench --out FILE")
+    console.print(f"{doc.get('command', '')}  ({doc.get('created_at', '?')})", markup=False)
+    for cell in cells:
+        console.print(format_table(cell), markup=False, highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

@@ -241,25 +241,44 @@ def test_bench_cli_bad_size_is_a_usage_error() -> None:
     assert main(["bench", "--sizes", "huge"]) == 2
 
 
+_SAVED_CELL: dict = {
+    "cell": {"name": "cross-region/small", "regime": "latency"},
+    "bounds": [{"epoch": 0, "samples_per_s": 100.0, "binds": "accelerator", "miss_rate": 1.0, "accelerator_per_s": 100.0,
+                "cpu_per_s": 500.0, "link_per_s": None, "store_per_s": 400.0}],
+    "ceilings": [{"endpoint": "direct", "objects_per_s": 400.0}],
+    "load_average": [1.0, 1.0, 1.0],
+    "figures": [
+        {"loader": "bucket", "throughput_per_s": 10.0, "wait_fraction": 0.9, "efficiency": 0.1, "wait_reduction_vs_bucket": 0.0,
+         "cpu_s_per_sample": {"main": 0.001}, "requests": 10, "sliced": True},
+        {"loader": "deli", "throughput_per_s": 95.0, "wait_fraction": 0.05, "efficiency": 0.95, "wait_reduction_vs_bucket": 0.99,
+         "cpu_s_per_sample": {"main": 0.002, "workers": 0.003}, "requests": 10, "sliced": False},
+        {"loader": "fsspec-cache", "throughput_per_s": 19.0, "wait_fraction": 0.8, "efficiency": 0.19,
+         "wait_reduction_vs_bucket": 0.1, "cpu_s_per_sample": {}, "requests": 10, "sliced": True},
+    ],
+}
+
+
 def test_format_table_reads_a_saved_cell() -> None:
-    cell = {
-        "cell": {"name": "cross-region/small", "regime": "latency"},
-        "bounds": [{"epoch": 0, "samples_per_s": 100.0, "binds": "accelerator", "miss_rate": 1.0, "accelerator_per_s": 100.0,
-                    "cpu_per_s": 500.0, "link_per_s": None, "store_per_s": 400.0}],
-        "ceilings": [{"endpoint": "direct", "objects_per_s": 400.0}],
-        "load_average": [1.0, 1.0, 1.0],
-        "figures": [
-            {"loader": "bucket", "throughput_per_s": 10.0, "wait_fraction": 0.9, "efficiency": 0.1, "wait_reduction_vs_bucket": 0.0,
-             "cpu_s_per_sample": {"main": 0.001}, "requests": 10, "sliced": True},
-            {"loader": "deli", "throughput_per_s": 95.0, "wait_fraction": 0.05, "efficiency": 0.95, "wait_reduction_vs_bucket": 0.99,
-             "cpu_s_per_sample": {"main": 0.002, "workers": 0.003}, "requests": 10, "sliced": False},
-            {"loader": "fsspec-cache", "throughput_per_s": 19.0, "wait_fraction": 0.8, "efficiency": 0.19,
-             "wait_reduction_vs_bucket": 0.1, "cpu_s_per_sample": {}, "requests": 10, "sliced": True},
-        ],
-    }
+    cell = _SAVED_CELL
     text = format_table(cell)
     deli_line = next(line for line in text.splitlines() if line.strip().startswith("deli"))
     assert "5.00x" in deli_line and "95.0%" in deli_line and "99.0%" in deli_line
+
+
+def test_bench_show_reprints_a_saved_result_and_rejects_other_files(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    import json
+
+    from delibench.cli.app import main
+
+    saved = tmp_path / "bench.json"
+    saved.write_text(json.dumps({"command": "delibench bench", "created_at": "now", "cells": [_SAVED_CELL]}))
+    assert main(["bench", "--show", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "cross-region/small [latency]" in out and any(line.strip().startswith("deli") for line in out.splitlines())
+    other = tmp_path / "run.json"
+    other.write_text(json.dumps({"schema": "delibench.run/1"}))
+    assert main(["bench", "--show", str(other)]) == 2
+    assert "not a delibench bench result" in capsys.readouterr().err
 
 
 @pytest.mark.s3
@@ -286,3 +305,13 @@ def test_bench_cell_end_to_end_on_a_real_store(tmp_path: Path) -> None:
     assert all(b["binds"] in ("accelerator", "cpu", "link", "store", "pipeline") for b in result["bounds"])
     assert result["ceilings"][0]["objects_per_s"] > 0 and result["memory"]["within_budget"] in (True, False)
     assert (tmp_path / "out.json").exists()
+
+
+def test_wait_reduction_at_the_bound_says_how_much_wait_is_reachable() -> None:
+    from delibench.workloads.bench import wait_reduction_at_bound
+
+    # 10/s with 50 ms of wait per sample: 50 ms of compute; at a 12.5/s bound it would still wait 30 ms.
+    fig = {"throughput_per_s": 10.0, "wait_s_per_sample": 0.05, "bound_per_s": 12.5}
+    assert wait_reduction_at_bound(fig, {"wait_s_per_sample": 0.3}) == pytest.approx(0.9)
+    assert wait_reduction_at_bound(fig | {"bound_per_s": 1000.0}, {"wait_s_per_sample": 0.3}) == pytest.approx(1.0)
+    assert wait_reduction_at_bound(fig, None) is None
