@@ -101,10 +101,10 @@ class DeliLoader:
     ``prefetch_depth`` samples ahead with ``concurrency`` GETs in flight on fsspec's event loop (one
     thread, no client in the workers, so nothing to break after ``fork``). The DataLoader's sampler
     yields batch numbers; each worker asks the loader's :class:`BatchFeed` for its batch's
-    ``[(index, bytes), ...]`` (handed out in order, over a local socket) and decodes it. After delivery each fetched sample is offered to the
-    :class:`ByteBudgetCache`; later epochs look the cache up before fetching, so a sample is never
-    fetched twice in an epoch while cached, and with a cache holding the whole dataset epoch 2
-    issues no request at all.
+    ``[(index, bytes), ...]`` (handed out in order, over a local socket) and decodes it. After
+    delivery each fetched sample is offered to the :class:`ByteBudgetCache`; later epochs look the
+    cache up before fetching, so a sample is never fetched twice in an epoch while cached, and
+    with a cache holding the whole dataset epoch 2 issues no request at all.
     """
 
     name: ClassVar[str] = "deli"
