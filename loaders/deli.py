@@ -14,7 +14,7 @@ from delibench.errors import FetchError, UsageError
 from delibench.loaders.base import Batch, LoaderContext
 from delibench.loaders.cache import ByteBudgetCache, policy_names
 from delibench.loaders.handoff import BatchFeed, FeedDataset
-from delibench.loaders.pipeline import batches_of, context_order, parse_options, percentiles
+from delibench.loaders.pipeline import BytesBatchDataset, batches_of, context_order, parse_options, percentiles
 from delibench.loaders.prefetch import DecodePipeline, EpochPrefetcher
 from delibench.loaders.sampler import next_use
 from delibench.loaders.source import ReliabilityOptions, SampleSource
@@ -54,7 +54,8 @@ class DeliOptions(ReliabilityOptions):
             ``prefetch_depth`` GETs after the last epoch are for an epoch that never runs
             (counted as requests and misses; their hits are not counted).
         persistent_workers: Keep the DataLoader's decode workers across epochs instead of forking
-            new ones every epoch (they hold no client, so nothing is lost by keeping them).
+            new ones every epoch (they hold no storage client, only a socket to this process, so
+            nothing is lost by keeping them).
         lean_http: S3 only: GET each sample through a URL presigned by s3fs's own client on a
             plain aiohttp pool, a third of the CPU of a full s3fs request (see
             :mod:`delibench.loaders.s3http`); false sends every GET through s3fs. Set-ups a
@@ -133,8 +134,9 @@ class DeliLoader:
         self._ahead: tuple[int, tuple[EpochPrefetcher, list[int], Any]] | None = None
         labels = [s.label for s in ctx.manifest.samples]
         keys = [s.key for s in ctx.manifest.samples]
-        self._feed = BatchFeed()
-        dataset = FeedDataset(self._feed, ctx.decode, labels, keys, self.source.location.display_url, self.options.on_error)
+        self._feed = BatchFeed(remote=ctx.num_workers > 0)
+        decode_bytes = BytesBatchDataset(ctx.decode, labels, keys, self.source.location.display_url, self.options.on_error)
+        dataset = FeedDataset(self._feed, decode_bytes)
         self._pipeline = DecodePipeline(dataset, ctx.num_workers, persistent=self.options.persistent_workers)
         #: Guards ``_ahead`` and ``_closed`` (the feed's server thread starts the next epoch's walk).
         self._lock = threading.Lock()
@@ -176,6 +178,7 @@ class DeliLoader:
         if self._closed:
             raise UsageError("the deli loader is closed")
         self._stop_prefetcher()
+        self._feed.end_current()  # a previous epoch left open can no longer start a look-ahead
         with self._lock:
             ahead, self._ahead = self._ahead, None
         if ahead is not None and ahead[0] == epoch:
@@ -188,16 +191,25 @@ class DeliLoader:
         self._prefetcher = prefetcher
         batches = batches_of(order, self.ctx.batch_size)
         token = self._feed.open_epoch(lambda b: self._assemble(prefetcher, batches, b, when_next, epoch, token))
+
+        def end_epoch() -> None:
+            # Before any worker is shut down: workers waiting for bytes get "stale" at once.
+            self._feed.close_epoch(token)
+            self._stop_prefetcher()
+
         try:
-            for result in self._pipeline.run(self._feed.items(token, len(batches))):
+            for result in self._pipeline.run(self._feed.items(token, len(batches)), on_abort=end_epoch):
                 if result.meter is not None:
                     self._skipped.extend(result.meter.skipped_keys)  # decode failures under on_error=skip
+                if result.failure is not None:
+                    error = self._feed.take_error(token)
+                    if error is not None:
+                        raise error  # the original exception, raised in this process
                 batch = result.unwrap()
                 if batch is not None:
                     yield batch
         finally:
-            self._feed.close_epoch(token)
-            self._stop_prefetcher()
+            end_epoch()
 
     def _assemble(
         self, prefetcher: EpochPrefetcher, batches: list[list[int]], b: int, when_next: Any, epoch: int, token: int
@@ -236,7 +248,10 @@ class DeliLoader:
             return
         with self._lock:
             if not self._closed and self._ahead is None and self._feed.is_active(token):
-                self._ahead = (epoch + 1, self._new_prefetcher(epoch + 1))
+                try:
+                    self._ahead = (epoch + 1, self._new_prefetcher(epoch + 1))
+                except Exception:  # noqa: BLE001 - not this batch's failure: the next epoch starts its
+                    pass  # own walk in the loader's thread and raises there if the cause persists
 
     def pause_background(self) -> None:
         """Stop the look-ahead into the next epoch until that epoch starts; keep what has arrived.
@@ -323,8 +338,8 @@ class DeliLoader:
             if ahead is not None:
                 self._retire(ahead[1][0])
             self._pipeline.close()
-            self._feed.close()
         finally:
+            self._feed.close()
             self.cache.close()
             self.source.close()
             if self._tmpdir is not None:

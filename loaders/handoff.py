@@ -18,14 +18,16 @@ that are decoded, and a worker waits for exactly the bytes it is about to decode
 from __future__ import annotations
 
 import os
+import secrets
+import socket
+import sys
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from multiprocessing.connection import Client, Connection, Listener
 from typing import Any
 
 from delibench.errors import FetchError, RuntimeFailure
-from delibench.loaders.base import Decoder
-from delibench.loaders.pipeline import WorkerResult, decode_items
+from delibench.loaders.pipeline import BytesBatchDataset, WorkerResult
 from delibench.loaders.source import FetchMeter
 
 __all__ = ["BatchFeed", "FeedDataset"]
@@ -51,10 +53,18 @@ class BatchFeed:
     (``multiprocessing.connection``, authenticated with a random key; connected lazily, once per
     process); in the loader process itself (``num_workers=0``) it assembles directly.
 
+    A failure other than a :class:`FetchError` reaches the worker as a message only; the loader
+    process re-raises the original exception (:meth:`take_error`), type and traceback intact.
+
     Pickling (``spawn`` workers) keeps only the address, the key and the owner's pid.
+
+    Args:
+        remote: Serve worker processes over a socket (False with ``num_workers=0``: no socket, no thread).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, remote: bool = True) -> None:
+        self._remote = remote
+        self._errors: dict[int, BaseException] = {}
         self._owner_pid = os.getpid()
         self._authkey = os.urandom(32)
         self._listener: Listener | None = None
@@ -72,10 +82,12 @@ class BatchFeed:
     # -- loader process ---------------------------------------------------------------------------
 
     def _start_server(self) -> None:
-        if self._listener is not None:
+        if self._listener is not None or not self._remote:
             return
-        self._listener = Listener(family="AF_UNIX", authkey=self._authkey)
-        self.address = str(self._listener.address)
+        # Linux: an abstract socket (no file, no path length limit from a long TMPDIR).
+        address = f"\0delibench-feed-{os.getpid()}-{secrets.token_hex(8)}" if sys.platform.startswith("linux") else None
+        self._listener = Listener(address, family="AF_UNIX", authkey=self._authkey)
+        self.address = self._listener.address
         accept = threading.Thread(target=self._accept_loop, name="delibench-feed-accept", daemon=True)
         accept.start()
         self._threads.append(accept)
@@ -97,6 +109,15 @@ class BatchFeed:
         """The DataLoader's sampler items of epoch ``token``: ``(token, b)`` for each batch."""
         return ((token, b) for b in range(batches))
 
+    def end_current(self) -> None:
+        """Stop serving whatever epoch is open (before the next one is set up)."""
+        self.close_epoch(self._token)
+
+    def take_error(self, token: int) -> BaseException | None:
+        """The exception behind epoch ``token``'s first "failure" reply (removed once taken)."""
+        with self._cond:
+            return self._errors.pop(token, None)
+
     def is_active(self, token: int) -> bool:
         """Whether epoch ``token`` is still being served."""
         with self._cond:
@@ -108,6 +129,7 @@ class BatchFeed:
             if self._token == token:
                 self._active = False
                 self._assemble = None
+            self._errors.pop(token, None)
             self._cond.notify_all()
 
     def close(self) -> None:
@@ -121,8 +143,11 @@ class BatchFeed:
             self._cond.notify_all()
         listener, self._listener = self._listener, None
         if listener is not None and self.address is not None:
-            try:  # wake the accept() call so its thread sees the flag and ends
-                Client(self.address, authkey=self._authkey).close()
+            # Wake the accept() call with a bare connection (no handshake to wait for): accept
+            # fails on it, the thread sees the flag and ends.
+            try:
+                with socket.socket(socket.AF_UNIX) as poke:
+                    poke.connect(self.address)
             except OSError:
                 pass
             listener.close()
@@ -135,10 +160,10 @@ class BatchFeed:
         while not self._closed and listener is not None:
             try:
                 conn = listener.accept()
-            except (OSError, EOFError):
+            except Exception:  # noqa: BLE001 - a failed handshake (AuthenticationError, EOF): not our worker
                 if self._closed:
                     return
-                continue  # a failed handshake: not one of our workers
+                continue
             if self._closed:
                 conn.close()
                 return
@@ -175,8 +200,13 @@ class BatchFeed:
             reply: tuple[str, Any] = (_OK, assemble(batch))
         except FetchError as exc:
             reply = (_FETCH_ERROR, (exc.key, exc.url, exc.cause))
-        except Exception as exc:  # noqa: BLE001 - the worker returns it as data; raised in the loader
-            reply = (_FAILURE, str(exc)) if self.is_active(token) else (_STALE, None)
+        except Exception as exc:  # noqa: BLE001 - the worker gets a message; take_error() has the exception
+            if self.is_active(token):
+                with self._cond:
+                    self._errors.setdefault(token, exc)
+                reply = (_FAILURE, str(exc))
+            else:
+                reply = (_STALE, None)
         with self._cond:
             if self._token == token:
                 self._next = batch + 1
@@ -202,7 +232,7 @@ class BatchFeed:
         return {"address": self.address, "authkey": self._authkey, "owner": self._owner_pid}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__init__()  # type: ignore[misc]
+        self.__init__(remote=False)  # type: ignore[misc]
         self.address = state["address"]
         self._authkey = state["authkey"]
         self._owner_pid = state["owner"]
@@ -214,33 +244,17 @@ class FeedDataset:
 
     Args:
         feed: Where the bytes come from.
-        decode: The decode step.
-        labels: Label of each manifest index.
-        keys: Key of each manifest index (so a decode failure names its sample).
-        root_url: Credential-free dataset URL (for error messages).
-        on_error: ``raise`` or ``skip`` samples that fail to decode.
+        decode_bytes: Decodes ``[(index, bytes), ...]`` (labels, keys for error messages, ``on_error``).
     """
 
-    def __init__(
-        self,
-        feed: BatchFeed,
-        decode: Decoder,
-        labels: Sequence[int],
-        keys: Sequence[str],
-        root_url: str,
-        on_error: str = "raise",
-    ) -> None:
+    def __init__(self, feed: BatchFeed, decode_bytes: BytesBatchDataset) -> None:
         self.feed = feed
-        self.decode = decode
-        self.labels = list(labels)
-        self.keys = list(keys)
-        self.root_url = root_url
-        self.on_error = on_error
+        self.decode_bytes = decode_bytes
 
     def __getitem__(self, item: tuple[int, int]) -> WorkerResult:
         kind, payload = self.feed.get(item)
         if kind == _OK:
-            return decode_items(self.decode, payload, self.labels, self.keys, self.root_url, self.on_error, FetchMeter())
+            return self.decode_bytes[payload]
         if kind == _FETCH_ERROR:
             return WorkerResult(None, FetchMeter(), tuple(payload))  # counted where it was fetched
         if kind == _FAILURE:

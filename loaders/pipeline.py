@@ -302,12 +302,21 @@ class GuardedItems:
             raise error
 
 
-def run_dataloader(dataset: Any, items: Iterable[Any], num_workers: int, *, timeout_s: float = 0) -> Iterator[WorkerResult]:
+def run_dataloader(
+    dataset: Any,
+    items: Iterable[Any],
+    num_workers: int,
+    *,
+    timeout_s: float = 0,
+    on_abort: Callable[[], None] | None = None,
+) -> Iterator[WorkerResult]:
     """Yield the dataset's results for ``items`` through a DataLoader, then stop its workers.
 
     Workers are shut down when the epoch ends, when the caller stops early (generator close) and
     on an exception, so no process outlives the epoch. A failure of ``items`` (e.g. a sample
     that could not be fetched) is raised after the batches before it (see :class:`GuardedItems`).
+    ``on_abort`` runs first when the epoch stops early or fails: it must release workers that
+    wait on the caller (torch gives a busy worker 5 s before it terminates it).
     """
     from torch.utils.data import DataLoader
 
@@ -324,6 +333,10 @@ def run_dataloader(dataset: Any, items: Iterable[Any], num_workers: int, *, time
     it = iter(loader)
     try:
         yield from it
+    except BaseException:  # GeneratorExit included: an early stop
+        if on_abort is not None:
+            on_abort()
+        raise
     finally:
         shutdown = getattr(it, "_shutdown_workers", None)
         if shutdown is not None:

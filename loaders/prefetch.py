@@ -249,8 +249,8 @@ class DecodePipeline:
     """Decode workers that outlive an epoch: one DataLoader with persistent workers, fed epoch by epoch.
 
     A fresh DataLoader per epoch forks its workers again and makes the accelerator wait through
-    the fork and the first batch's decode at every epoch boundary. The deli workers hold no
-    client (the bytes arrive with the sampler items), so they can be kept: each epoch sets the
+    the fork and the first batch's decode at every epoch boundary. The workers hold no storage
+    client (the bytes come from the loader process), so they can be kept: each epoch sets the
     sampler's items and resets the same iterator, which drains whatever a stopped epoch left in
     flight. A worker failure shuts the workers down; the next epoch starts new ones.
 
@@ -270,10 +270,14 @@ class DecodePipeline:
         self._loader: Any = None
         self._it: Any = None
 
-    def run(self, items: Iterable[Any]) -> Iterator[Any]:
-        """Yield the dataset's result for every item of one epoch, in order."""
+    def run(self, items: Iterable[Any], on_abort: Callable[[], None] | None = None) -> Iterator[Any]:
+        """Yield the dataset's result for every item of one epoch, in order.
+
+        ``on_abort`` runs when the epoch stops early or fails, before any worker is shut down
+        (see :func:`~delibench.loaders.pipeline.run_dataloader`).
+        """
         if not self.persistent:
-            yield from run_dataloader(self.dataset, items, self.num_workers, timeout_s=self.timeout_s)
+            yield from run_dataloader(self.dataset, items, self.num_workers, timeout_s=self.timeout_s, on_abort=on_abort)
             return
         if self._loader is None:
             from torch.utils.data import DataLoader
@@ -295,8 +299,12 @@ class DecodePipeline:
             self._it = iter(self._loader)  # first epoch: starts the workers; later: resets them
             yield from self._it
         except GeneratorExit:
+            if on_abort is not None:
+                on_abort()
             raise  # stopped early: the next iter() drains what is in flight
         except BaseException:
+            if on_abort is not None:
+                on_abort()
             self.close()  # a failed epoch may have lost a worker: start afresh next time
             raise
         guarded.raise_error()
