@@ -1,7 +1,8 @@
-"""CPU per GET of the S3 read paths delibench can take, side by side in one run.
+"""CPU per GET of the S3 and GCS read paths delibench can take, side by side in one run.
 
     .venv/bin/python benchmarks/get_paths.py                 # 512 x ~110 KB objects, 32 in flight
     .venv/bin/python benchmarks/get_paths.py --objects 1024 --size 10000 --inflight 64
+    .venv/bin/python benchmarks/get_paths.py --store gcs     # gcsfs vs a bare aiohttp GET
 
 Starts an embedded SeaweedFS (no link shaping: the client's own cost is what is measured), writes
 random objects and reads all of them through each path twice, interleaved (this machine is shared
@@ -10,6 +11,12 @@ and noisy: compare the ratios of one run, not absolute figures across runs):
 * ``s3fs``   — ``S3FileSystem._cat_file(path, max_concurrency=1)``, the bucket loader's path;
 * ``lean``   — :class:`delibench.loaders.s3http.LeanS3Reader` (presigned by s3fs's own client, read
   by aiohttp), the deli loader's path.
+
+With ``--store gcs`` it starts the GCS emulator (fake-gcs-server) instead and compares:
+
+* ``gcsfs``  — ``GCSFileSystem._cat_file(path)``, what both loaders use on ``gs://``;
+* ``bare``   — one aiohttp session GETting the same JSON-API media URL (``alt=media``) with no
+  client around it: the floor a lean GCS path could reach (no auth, as the emulator needs none).
 
 Prints objects/s and CPU milliseconds per object of this process (the store's CPU is not in it).
 """
@@ -65,16 +72,75 @@ async def _run(endpoint: str, bucket: str, keys: list[str], inflight: int) -> li
     return rows
 
 
+async def _run_gcs(endpoint: str, bucket: str, keys: list[str], inflight: int) -> list[tuple[str, float, float]]:
+    from urllib.parse import quote
+
+    import aiohttp
+    import gcsfs
+
+    fs = gcsfs.GCSFileSystem(endpoint_url=endpoint, token="anon", project="delibench", asynchronous=True,
+                             skip_instance_cache=True)
+    await fs._set_session()
+    connector = aiohttp.TCPConnector(limit=inflight)
+    session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
+
+    async def bare(path: str) -> bytes:
+        b, _, key = path.partition("/")
+        url = f"{endpoint}/download/storage/v1/b/{b}/o/{quote(key, safe='')}?alt=media"
+        async with session.get(url) as response:
+            response.raise_for_status()
+            return await response.read()
+
+    paths = [f"{bucket}/{k}" for k in keys]
+    rows = []
+    try:
+        for _ in range(2):
+            rows.append(await _measure("gcsfs _cat_file", fs._cat_file, paths, inflight))
+            rows.append(await _measure("bare aiohttp GET", bare, paths, inflight))
+    finally:
+        await session.close()
+        if fs.session is not None:
+            await fs.session.close()
+    return rows
+
+
+def _gcs_rows(objects: int, size: int, inflight: int, workdir: Path) -> list[tuple[str, float, float]]:
+    # As delibench.storage does: gcsfs >= 2025 probes the bucket type over gRPC at import-time
+    # settings, which hangs on emulators (60 s per call).
+    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    import gcsfs
+
+    from delibench.testbed.testbed import Testbed
+
+    bed = Testbed.start(workdir / "testbed", profile="local", services=("gcs",))
+    try:
+        endpoint = bed.gcs_direct_url
+        assert endpoint is not None
+        bucket = "get-paths"
+        bed.make_bucket(bucket, "gs")
+        fs = gcsfs.GCSFileSystem(endpoint_url=endpoint, token="anon", project="delibench", skip_instance_cache=True)
+        keys = [f"obj/{i:06d}.bin" for i in range(objects)]
+        fs.pipe({f"{bucket}/{k}": os.urandom(size) for k in keys})
+        return asyncio.run(_run_gcs(endpoint, bucket, keys, inflight))
+    finally:
+        bed.stop()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--objects", type=int, default=512)
     parser.add_argument("--size", type=int, default=110_000, help="bytes per object")
     parser.add_argument("--inflight", type=int, default=32, help="GETs in flight")
+    parser.add_argument("--store", choices=("s3", "gcs"), default="s3")
     args = parser.parse_args()
 
     from delibench.testbed.testbed import Testbed
 
     with tempfile.TemporaryDirectory(prefix="delibench-get-paths-") as tmp:
+        if args.store == "gcs":
+            rows = _gcs_rows(args.objects, args.size, args.inflight, Path(tmp))
+            _print(args, rows)
+            return
         bed = Testbed.start(Path(tmp) / "testbed", profile="local", services=("s3",))
         try:
             env = bed.env
@@ -90,7 +156,12 @@ def main() -> None:
             rows = asyncio.run(_run(endpoint, bucket, keys, args.inflight))
         finally:
             bed.stop()
-    print(f"{args.objects} objects of {args.size} bytes, {args.inflight} in flight, load {os.getloadavg()[0]:.1f}")
+    _print(args, rows)
+
+
+def _print(args: argparse.Namespace, rows: list[tuple[str, float, float]]) -> None:
+    print(f"{args.store}: {args.objects} objects of {args.size} bytes, {args.inflight} in flight, "
+          f"load {os.getloadavg()[0]:.1f}")
     print(f"  {'path':28s} {'objects/s':>10s} {'cpu ms/object':>14s}")
     for name, rate, cpu_ms in rows:
         print(f"  {name:28s} {rate:10.0f} {cpu_ms:14.3f}")
