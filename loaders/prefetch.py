@@ -298,14 +298,13 @@ class DecodePipeline:
         try:
             self._it = iter(self._loader)  # first epoch: starts the workers; later: resets them
             yield from self._it
-        except GeneratorExit:
+        except BaseException as exc:
             if on_abort is not None:
                 on_abort()
-            raise  # stopped early: the next iter() drains what is in flight
-        except BaseException:
-            if on_abort is not None:
-                on_abort()
-            self.close()  # a failed epoch may have lost a worker: start afresh next time
+            # Stopped early (GeneratorExit): the next iter() drains what is in flight. Failed: it
+            # may have lost a worker, so start afresh next time.
+            if not isinstance(exc, GeneratorExit):
+                self.close()
             raise
         guarded.raise_error()
 
