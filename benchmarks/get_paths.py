@@ -105,9 +105,9 @@ async def _run_gcs(endpoint: str, bucket: str, keys: list[str], inflight: int) -
 
 
 def _gcs_rows(objects: int, size: int, inflight: int, workdir: Path) -> list[tuple[str, float, float]]:
-    # As delibench.storage does: gcsfs >= 2025 probes the bucket type over gRPC at import-time
-    # settings, which hangs on emulators (60 s per call).
-    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    from delibench.storage import skip_gcs_bucket_type_probe
+
+    skip_gcs_bucket_type_probe()
     import gcsfs
 
     from delibench.testbed.testbed import Testbed

@@ -90,17 +90,11 @@ def bench(
 
 def _show(path: Path) -> None:
     """Print the tables of a saved ``delibench bench`` JSON file."""
-    import json
-
     from delibench.errors import UsageError
+    from delibench.store import read_json_file
     from delibench.workloads.bench import format_table
 
-    try:
-        doc = json.loads(path.read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror or exc}") from exc
-    except ValueError as exc:
-        raise UsageError(f"{path} is not JSON: {exc}") from exc
+    doc = read_json_file(path, "bench result")
     cells = doc.get("cells") if isinstance(doc, dict) else None
     if not isinstance(cells, list) or not cells:
         raise UsageError(f"{path} is not a delibench bench result (no cells)", hint="write one with: delibench bench --out FILE")

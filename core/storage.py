@@ -57,12 +57,21 @@ class Location:
         import fsspec
 
         if self.protocol == "gs":
-            # NOTE: gcsfs >= 2025 probes the bucket type over gRPC, which hangs on emulators.
-            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+            skip_gcs_bucket_type_probe()
         try:
             return fsspec.filesystem(self.protocol, **self.storage_options)
         except ImportError as exc:
             raise UsageError(f"no filesystem for {self.protocol}://: {exc}", hint="pip install s3fs gcsfs") from exc
+
+
+#: gcsfs >= 2025 probes each bucket's type over gRPC when this is not "false"; on an emulator the
+#: probe hangs 60 s per call. gcsfs reads it when it is imported.
+GCS_BUCKET_TYPE_PROBE = ("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+
+
+def skip_gcs_bucket_type_probe() -> None:
+    """Turn gcsfs's bucket-type probe off unless the user chose (call before gcsfs is imported)."""
+    os.environ.setdefault(*GCS_BUCKET_TYPE_PROBE)
 
 
 def redact(url: str) -> str:

@@ -183,18 +183,28 @@ def read_steps_csv(path: str | Path) -> tuple[StepSample, ...]:
     return tuple(out)
 
 
-def _read_json(p: Path) -> Any:
+def read_json_file(p: Path, what: str, *, hint: str | None = None) -> Any:
+    """The JSON document in ``p``; an unreadable or corrupt file is a one-line UsageError naming it.
+
+    Args:
+        p: The file.
+        what: What the file should be, for the message (``result file``, ``study export``).
+        hint: Shown under a corrupt-file error.
+    """
     try:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
-        raise UsageError(f"{p}: cannot read result file: {exc.strerror or exc}") from None
+        raise UsageError(f"{p}: cannot read {what}: {exc.strerror or exc}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(
-            f"{p}: corrupt result file (not JSON: {exc.msg} at line {exc.lineno} column {exc.colno})",
-            hint="delete it or re-run the benchmark that wrote it",
+            f"{p}: corrupt {what} (not JSON: {exc.msg} at line {exc.lineno} column {exc.colno})", hint=hint
         ) from None
+
+
+def _read_json(p: Path) -> Any:
+    return read_json_file(p, "result file", hint="delete it or re-run the benchmark that wrote it")
 
 
 def _record_from_data(data: Any, source: str, folder: Path, *, with_steps: bool) -> RunRecord:

@@ -19,7 +19,6 @@ Format (``"format": "delibench.study/1"``)::
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -132,14 +131,10 @@ def load_study(path: str | Path) -> StudyExport:
     Raises:
         UsageError: Missing file, corrupt JSON or wrong format; the message names the file.
     """
+    from delibench.store import read_json_file
+
     p = Path(path)
-    try:
-        doc = json.loads(p.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise UsageError(f"{p}: cannot read study export: {exc.strerror or exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UsageError(f"{p}: corrupt study export (not JSON: {exc.msg} at line {exc.lineno})") from None
-    return parse_study(doc, source=str(p))
+    return parse_study(read_json_file(p, "study export"), source=str(p))
 
 
 def study_export(study: Any, objective_names: Sequence[str] | None = None) -> dict[str, Any]:

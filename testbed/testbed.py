@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from delibench.errors import RuntimeFailure, UsageError
+from delibench.storage import GCS_BUCKET_TYPE_PROBE
 from delibench.testbed.link import LinkEmulator
 from delibench.testbed.profiles import LinkProfile, get_profile
 from delibench.testbed.servers import GcsEmulator, ManagedProcess, SeaweedServer, free_ports, terminate_group
@@ -109,7 +110,8 @@ class TestbedState:
             env["AWS_ENDPOINT_URL"] = self.s3_url
         if self.gcs_url:
             env["STORAGE_EMULATOR_HOST"] = self.gcs_url
-            env["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+            name, value = GCS_BUCKET_TYPE_PROBE
+            env[name] = value
         env["DELIBENCH_LINK_PROFILE"] = str(self.profile.get("name", "local"))
         return env
 

@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 
-# NOTE: gcsfs reads this at import time; its experimental bucket-type probe hangs on emulators.
-os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+from delibench.storage import GCS_BUCKET_TYPE_PROBE, skip_gcs_bucket_type_probe
+
+skip_gcs_bucket_type_probe()  # before anything imports gcsfs
 
 from delibench.testbed.link import LinkEmulator  # noqa: E402
 from delibench.testbed.profiles import LinkProfile  # noqa: E402
@@ -137,10 +138,10 @@ def shaped_s3(s3_server: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> Itera
 @pytest.fixture(scope="session")
 def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle]:
     """A fake-gcs-server emulator on a free loopback port for the whole session."""
-    os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    skip_gcs_bucket_type_probe()
     server = GcsEmulator(Path(tmp_path_factory.mktemp("fake-gcs")))
     server.start(timeout_s=30)
-    env = {"STORAGE_EMULATOR_HOST": server.endpoint_url, "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false"}
+    env = {"STORAGE_EMULATOR_HOST": server.endpoint_url, GCS_BUCKET_TYPE_PROBE[0]: GCS_BUCKET_TYPE_PROBE[1]}
     try:
         yield ServerHandle(server, server.endpoint_url, env)
     finally:
@@ -163,7 +164,7 @@ def gcs_bucket(gcs_server: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> Ite
     with urllib.request.urlopen(request, timeout=10) as resp:
         resp.read()
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.endpoint_url)
-    monkeypatch.setenv("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
+    monkeypatch.setenv(*GCS_BUCKET_TYPE_PROBE)
     _clear_fsspec_caches()
     yield f"gs://{name}"
     _clear_fsspec_caches()
