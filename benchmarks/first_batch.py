@@ -71,7 +71,7 @@ def main() -> None:
     from delibench.loaders.publish import push
     from delibench.manifest import MANIFEST_NAME, read_manifest
     from delibench.records import ComputeSpec, LoaderSpec, RunSpec
-    from delibench.runner import compare
+    from delibench.app.session import compare
     from delibench.testbed.profiles import with_overrides
     from delibench.testbed.testbed import Testbed
     from delibench.workloads.datagen import make_dataset

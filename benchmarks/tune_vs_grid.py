@@ -5,7 +5,7 @@ measures every configuration of a discretised search space (the grid), then runs
 same space: TPE alone for 20 trials (its best after 10 and after 20) and the model-guided start
 for 8 trials. For each, it prints the tuner's pick, that pick's value in the grid, the grid's best,
 the gap (regret) and the pick's rank in the grid; and the analytic model's error over the whole
-grid. Every number is a measured run through ``delibench.runner.run``.
+grid. Every number is a measured run through ``delibench.app.session.run``.
 
 Usage::
 
@@ -65,6 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     from delibench.testbed.link import LinkEmulator
     from delibench.testbed.profiles import LinkProfile
     from delibench.testbed.servers import SeaweedServer
+    from delibench.app.session import run
     from delibench.tuning.api import prepare_tuning
     from delibench.tuning.tuner import runner_evaluator
     from delibench.workloads.datagen import make_dataset
@@ -99,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
             warmup_steps=2,
             write_records=False,
             link_profile=profile.name,
+            run=run,
             space_overrides=dict(cache_levels=2, prefetch_depths=(4, 8, 16, 32), concurrencies=(2, 4, 8, 16)),
         )
 

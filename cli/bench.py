@@ -58,7 +58,7 @@ def bench(
 ) -> None:
     from delibench.errors import UsageError
     from delibench.units import parse_duration
-    from delibench.workloads.bench import BenchOptions, build_matrix, run_bench
+    from delibench.app.bench import BenchOptions, build_matrix, run_bench
 
     if show is not None:
         _show(show)
@@ -91,8 +91,8 @@ def bench(
 def _show(path: Path) -> None:
     """Print the tables of a saved ``delibench bench`` JSON file."""
     from delibench.errors import UsageError
-    from delibench.store import read_json_file
-    from delibench.workloads.bench import format_table
+    from delibench.reports.store import read_json_file
+    from delibench.app.bench import format_table
 
     doc = read_json_file(path, "bench result")
     cells = doc.get("cells") if isinstance(doc, dict) else None

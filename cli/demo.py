@@ -38,7 +38,7 @@ def demo(
     progress: bool = typer.Option(True, "--progress/--no-progress", help="Live progress on stderr."),
 ) -> None:
     from delibench.cli.run import report_and_exit_code
-    from delibench.demo import DemoOptions, run_demo
+    from delibench.app.demo import DemoOptions, run_demo
     from delibench.errors import UsageError
     from delibench.testbed.profiles import get_profile
     from delibench.units import parse_duration

@@ -224,7 +224,7 @@ def _check_creatable_dir(path: Path, flag: str) -> None:
 def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, progress: bool, diagnose: bool, html: Path | None, min_au: float | None, interleave: bool, dry_run: bool, json_list: bool | None = None) -> int:
     from delibench.distributed import rank_info
     from delibench.manifest import read_manifest
-    from delibench.runner import compare
+    from delibench.app.session import compare
 
     info = rank_info()
     manifest = read_manifest(specs[0].dataset_url)

@@ -144,6 +144,7 @@ def tune_cmd(
     budget = parse_bytes(mem_budget) if mem_budget is not None else _default_mem_budget()
     compute_spec = parse_compute(compute, batch_size=batch_size)
 
+    from delibench.app.session import run as run_trial
     from delibench.tuning.api import prepare_tuning
     from delibench.tuning.export import recommended_trial, trials_document, write_best_yaml
     from delibench.tuning.tuner import check_storage_url
@@ -153,6 +154,7 @@ def tune_cmd(
     session = prepare_tuning(
         data,
         workload,
+        run=run_trial,
         compute=compute_spec,
         mem_budget_bytes=budget,
         objective=objective_name,

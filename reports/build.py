@@ -59,7 +59,7 @@ def resolve_sheet(prices: PriceSheet | PathLike | Sequence[PathLike] | None) -> 
 
 def resolve_records(records: Iterable[RunRecord | PathLike]) -> list[RunRecord]:
     """Records as given; paths (files or directories) are read through the store (validated, migrated)."""
-    from delibench.store import load_records
+    from delibench.reports.store import load_records
 
     out: list[RunRecord] = []
     for item in records:

@@ -131,7 +131,7 @@ def load_study(path: str | Path) -> StudyExport:
     Raises:
         UsageError: Missing file, corrupt JSON or wrong format; the message names the file.
     """
-    from delibench.store import read_json_file
+    from delibench.reports.store import read_json_file
 
     p = Path(path)
     return parse_study(read_json_file(p, "study export"), source=str(p))

@@ -476,10 +476,10 @@ def stop_detached(data_dir: str | os.PathLike[str] = DEFAULT_DIR, *, grace_s: fl
 
 
 def _create_s3_bucket(endpoint_url: str, name: str) -> None:
-    import boto3
+    import botocore.session
     import botocore.exceptions
 
-    client = boto3.client(
+    client = botocore.session.get_session().create_client(
         "s3",
         endpoint_url=endpoint_url,
         aws_access_key_id=_DUMMY_AWS["AWS_ACCESS_KEY_ID"],

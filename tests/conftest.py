@@ -96,10 +96,10 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandle
 @pytest.fixture
 def s3_bucket(s3_server: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A new, empty bucket on ``s3_server``; ``AWS_ENDPOINT_URL`` points at the direct endpoint."""
-    import boto3
+    import botocore.session
 
     name = _unique_bucket("test")
-    client = boto3.client(
+    client = botocore.session.get_session().create_client(
         "s3",
         endpoint_url=s3_server.endpoint_url,
         aws_access_key_id=_FAKE_AWS["AWS_ACCESS_KEY_ID"],

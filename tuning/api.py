@@ -32,10 +32,12 @@ from delibench.tuning.tuner import (
     ATTR_OBJECTIVE,
     ATTR_PROBE,
     ATTR_SPACE,
+    RunFunction,
     TuneSettings,
     Tuner,
     check_storage_url,
     open_storage,
+    runner_evaluator,
 )
 
 __all__ = ["TuningSession", "find_study", "prepare_tuning"]
@@ -116,6 +118,7 @@ def prepare_tuning(
     link_profile: str | None = None,
     sampler_seed: int | None = 0,
     space_overrides: dict[str, Any] | None = None,
+    run: RunFunction,
 ) -> TuningSession:
     """Probe the environment, name the study after its fingerprint, build the space and the model, open the study.
 
@@ -138,6 +141,7 @@ def prepare_tuning(
         model_start: How many of the model's best guesses to enqueue first (0: none).
         results_dir: Where trial RunRecords go.
         write_records: Write trial RunRecords.
+        run: Runs one trial: the session's ``run`` (``delibench.app.session.run``).
         link_profile: Link-emulation profile name to record with each run.
         sampler_seed: TPE seed.
         space_overrides: Extra :class:`SearchSpace` fields (e.g. ``cache_levels``, ``concurrencies``).
@@ -210,6 +214,7 @@ def prepare_tuning(
         storage=store,
         study_name=study_name or find_study(store, fp, search) or fp.study_name(search),
         predictor=predictor,
+        evaluate=runner_evaluator(settings, run),
         sampler_seed=sampler_seed,
         study_attrs={ATTR_FINGERPRINT: fp.as_dict(), ATTR_PROBE: asdict(probe)},
     )

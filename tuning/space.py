@@ -91,7 +91,7 @@ class TuneConfig:
         }
 
     def to_loader_spec(self, label: str | None = None) -> LoaderSpec:
-        """A ``LoaderSpec(kind="deli", ...)`` that ``delibench.runner.run`` accepts."""
+        """A ``LoaderSpec(kind="deli", ...)`` that ``delibench.app.session.run`` accepts."""
         return LoaderSpec(kind="deli", options=self.loader_options(), label=label)
 
     def to_yaml_loader(self) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""The Optuna-driven tuner: each trial is a short measured run of the DELI loader through ``delibench.runner``.
+"""The Optuna-driven tuner: each trial is a short measured run of the DELI loader through the session (``delibench.app.session.run``, handed in by the caller).
 
 Studies live in an RDB storage (SQLite file ``.delibench/studies.db`` by default, any SQLAlchemy
 URL otherwise) and are opened with ``load_if_exists=True``: running the same command again resumes
@@ -293,12 +293,15 @@ class _StepReporter:
         return self.pruned
 
 
-def runner_evaluator(settings: TuneSettings) -> Evaluator:
-    """The real evaluator: one measured run through ``delibench.runner.run`` per trial."""
+#: The session's ``run`` (``delibench.app.session.run``): the tuner is a part and never imports the
+#: application layer, so whoever builds the tuner hands it the function that runs a trial.
+RunFunction = Callable[..., RunRecord]
+
+
+def runner_evaluator(settings: TuneSettings, run: RunFunction) -> Evaluator:
+    """The real evaluator: one measured run through the session's ``run`` per trial."""
 
     def evaluate(config: TuneConfig, on_step: Callable[[StepSample], None], should_stop: Callable[[], bool]) -> Measurement:
-        from delibench.runner import run
-
         record = run(
             settings.run_spec(config, label=config.label),
             results_dir=settings.results_dir,
@@ -321,7 +324,7 @@ class Tuner:
             in tests), or None for :data:`DEFAULT_STORAGE`.
         study_name: The study (normally ``Fingerprint.study_name``).
         predictor: The analytic model; None disables predictions and model-guided starts.
-        evaluate: Runs one trial; default: :func:`runner_evaluator` (tests pass a fake).
+        evaluate: Runs one trial: :func:`runner_evaluator` over the session's ``run`` (tests pass a fake).
         sampler_seed: Seed of the TPE sampler.
         prune: Stop hopeless trials early (single-objective ``wait`` only: Optuna cannot prune
             multi-objective studies, and for ``cost`` the running wait is not the objective).
@@ -339,7 +342,7 @@ class Tuner:
         storage: Any = None,
         study_name: str,
         predictor: Predictor | None = None,
-        evaluate: Evaluator | None = None,
+        evaluate: Evaluator,
         sampler_seed: int | None = 0,
         prune: bool = True,
         study_attrs: dict[str, Any] | None = None,
@@ -350,7 +353,7 @@ class Tuner:
         self.settings = settings
         self.space = space
         self.predictor = predictor
-        self.evaluate = evaluate or runner_evaluator(settings)
+        self.evaluate = evaluate
         self.prune = prune and settings.objective == "wait"
         # NOTE: constraints go through ``trial.set_constraint`` (Optuna 5), which TPE reads itself.
         self.sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5)

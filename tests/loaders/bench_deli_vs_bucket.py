@@ -15,7 +15,7 @@ from delibench.loaders import build_loader
 from delibench.records import LoaderSpec
 from delibench.testbed.link import LinkEmulator
 from delibench.testbed.servers import SeaweedServer
-from delibench.testing import copy_corpus, make_context, make_corpus
+from delibench.loaders.testing import copy_corpus, make_context, make_corpus
 
 
 def main() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from delibench.testing import Corpus, copy_corpus, make_corpus
+from delibench.loaders.testing import Corpus, copy_corpus, make_corpus
 
 _CREDS = {"key": "delibench-test", "secret": "delibench-test-secret"}
 

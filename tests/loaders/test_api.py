@@ -9,7 +9,7 @@ import pytest
 from delibench.errors import UsageError
 from delibench.loaders import build_loader, deli_loader
 from delibench.records import LoaderSpec
-from delibench.testing import Corpus, make_context
+from delibench.loaders.testing import Corpus, make_context
 
 
 def test_unknown_loader_suggests_a_name(local_corpus: Corpus) -> None:

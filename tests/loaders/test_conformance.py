@@ -8,7 +8,7 @@ import pytest
 
 from delibench.loaders import build_loader
 from delibench.records import LoaderSpec
-from delibench.testing import Corpus, LoaderConformance
+from delibench.loaders.testing import Corpus, LoaderConformance
 
 
 def factory(kind: str, **options: Any) -> Any:

@@ -12,7 +12,7 @@ import pytest
 from delibench.errors import FetchError, UsageError
 from delibench.loaders.deli import DeliLoader
 from delibench.testbed.profiles import LinkProfile
-from delibench.testing import Corpus, leftovers, make_context, resource_snapshot
+from delibench.loaders.testing import Corpus, leftovers, make_context, resource_snapshot
 
 
 def run_epoch(loader: Any, epoch: int, corpus: Corpus) -> list[int]:
@@ -108,7 +108,7 @@ def test_disk_tier_serves_spilled_samples(sized_corpus: Corpus, tmp_path: Path) 
 
 
 def test_fetch_error_names_the_key_and_leaves_nothing_behind(sized_corpus: Corpus, tmp_path: Path) -> None:
-    from delibench.testing import Corpus as C
+    from delibench.loaders.testing import Corpus as C
 
     root = tmp_path / "copy"
     shutil.copytree(sized_corpus.url, root)
@@ -136,7 +136,7 @@ def test_fetch_error_while_workers_start_keeps_the_pipeline_sound(
     them again (EBADF, then ``SystemError`` in an unrelated ``compile()`` at exit).
     """
     from delibench.loaders.pipeline import context_order
-    from delibench.testing import Corpus as C
+    from delibench.loaders.testing import Corpus as C
 
     root = tmp_path / "copy"
     shutil.copytree(sized_corpus.url, root)

@@ -9,7 +9,7 @@ import pytest
 from delibench.errors import FetchError
 from delibench.loaders.fsspec_cache import CachedReader
 from delibench.loaders.source import SampleSource
-from delibench.testing import Corpus
+from delibench.loaders.testing import Corpus
 
 
 def _truncate_cached_copy(reader: CachedReader, key: str) -> Path:

@@ -16,7 +16,7 @@ from delibench.errors import FetchError, RuntimeFailure
 from delibench.loaders.deli import DeliLoader
 from delibench.loaders.handoff import BatchFeed, FeedDataset
 from delibench.loaders.pipeline import BytesBatchDataset, context_order
-from delibench.testing import Corpus, leftovers, make_context, resource_snapshot
+from delibench.loaders.testing import Corpus, leftovers, make_context, resource_snapshot
 
 
 def _batch(b: int) -> list[tuple[int, bytes]]:

@@ -15,7 +15,7 @@ from delibench.loaders.s3http import LeanS3Reader, S3HttpError, supports
 from delibench.loaders.source import SampleSource, is_transient
 from delibench.manifest import Manifest, SampleEntry, checksum
 from delibench.storage import resolve
-from delibench.testing import Corpus
+from delibench.loaders.testing import Corpus
 
 
 def _read(fs: Any, paths: list[str]) -> list[bytes | BaseException]:

@@ -11,7 +11,7 @@ from delibench.errors import FetchError
 from delibench.loaders.source import SampleSource, clean_cause
 from delibench.storage import resolve
 from delibench.testbed.profiles import LinkProfile
-from delibench.testing import Corpus
+from delibench.loaders.testing import Corpus
 
 
 @pytest.mark.s3
@@ -101,7 +101,7 @@ def test_client_used_before_fork_does_not_hang_workers(s3_corpus: Corpus) -> Non
     """The parent reads (client and loop exist), then forked workers read through their own clients."""
     from delibench.loaders import build_loader
     from delibench.records import LoaderSpec
-    from delibench.testing import make_context
+    from delibench.loaders.testing import make_context
 
     parent = SampleSource(s3_corpus.url, s3_corpus.manifest)
     parent.fetch_sync(0)

@@ -14,8 +14,8 @@ import pytest
 from delibench.loaders.deli import DeliLoader
 from delibench.loaders.prefetch import DecodePipeline
 from delibench.records import StepSample
-from delibench.testing import Corpus, copy_corpus, make_context, make_corpus
-from delibench.workloads.bench import CpuMeter, build_matrix, compute_bound, format_table, loader_figures
+from delibench.loaders.testing import Corpus, copy_corpus, make_context, make_corpus
+from delibench.app.bench import CpuMeter, build_matrix, compute_bound, format_table, loader_figures
 
 
 def _bound(**kw: float) -> object:
@@ -48,7 +48,7 @@ def test_no_fetch_pipeline_rate_caps_the_bound() -> None:
 
 
 def test_epoch0_bound_credits_the_link_time_of_the_warmup() -> None:
-    from delibench.workloads.bench import fetch_term_rate
+    from delibench.app.bench import fetch_term_rate
 
     link_bound = _bound(link_bytes_per_s=10e6, accelerator_per_s=100.0, pipeline_per_s=50.0)  # link: 10/s
     assert fetch_term_rate(link_bound, 80, warmup_samples=20, warmup_s=2.0) == pytest.approx(10.0)  # slow warm-up: nothing
@@ -57,7 +57,7 @@ def test_epoch0_bound_credits_the_link_time_of_the_warmup() -> None:
 
 
 def test_fill_and_drain_lengthen_a_whole_epoch_of_the_fetch_terms_only() -> None:
-    from delibench.workloads.bench import fetch_term_rate
+    from delibench.app.bench import fetch_term_rate
 
     b = _bound(link_bytes_per_s=10e6, accelerator_per_s=100.0, fill_s=0.5, drain_s=1.5)  # link: 10/s
     assert b.samples_per_s == pytest.approx(10.0)  # the steady-state rate is unchanged
@@ -284,7 +284,7 @@ def test_bench_show_reprints_a_saved_result_and_rejects_other_files(tmp_path: Pa
 @pytest.mark.s3
 def test_bench_cell_end_to_end_on_a_real_store(tmp_path: Path) -> None:
     """One tiny cell through run_bench: every figure, bound and invariant a report relies on (no timing)."""
-    from delibench.workloads.bench import BenchOptions, Cell, run_bench
+    from delibench.app.bench import BenchOptions, Cell, run_bench
 
     cell = Cell(regime="custom", profile="local", size="small", samples=96, step_time_s=0.02, cache_fraction=1.0,
                 batch_size=16)
@@ -308,7 +308,7 @@ def test_bench_cell_end_to_end_on_a_real_store(tmp_path: Path) -> None:
 
 
 def test_wait_reduction_at_the_bound_says_how_much_wait_is_reachable() -> None:
-    from delibench.workloads.bench import wait_reduction_at_bound
+    from delibench.app.bench import wait_reduction_at_bound
 
     # 10/s with 50 ms of wait per sample: 50 ms of compute; at a 12.5/s bound it would still wait 30 ms.
     fig = {"throughput_per_s": 10.0, "wait_s_per_sample": 0.05, "bound_per_s": 12.5}

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from delibench.cli.app import main
-from delibench.testing import Corpus
+from delibench.loaders.testing import Corpus
 
 RUN_TAIL = ["--compute", "emulated:1ms", "--max-steps", "1", "--num-workers", "0", "--no-diagnose", "--no-progress"]
 

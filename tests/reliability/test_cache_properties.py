@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from delibench.loaders.cache import ByteBudgetCache
 from delibench.loaders.deli import DeliLoader
 from delibench.manifest import checksum
-from delibench.testing import Corpus, make_context
+from delibench.loaders.testing import Corpus, make_context
 
 from .conftest import assert_exact, collect
 

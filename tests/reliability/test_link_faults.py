@@ -16,7 +16,7 @@ from delibench.errors import FetchError
 from delibench.loaders.bucket import BucketLoader
 from delibench.loaders.deli import DeliLoader
 from delibench.testbed.profiles import LinkProfile
-from delibench.testing import Corpus, make_context
+from delibench.loaders.testing import Corpus, make_context
 
 from .conftest import Scenario, assert_exact, collect, report
 

@@ -27,7 +27,7 @@ from delibench.loaders.pipeline import DecodeError
 from delibench.loaders.source import HedgePolicy, SampleSource, is_transient
 from delibench.manifest import Manifest, SampleEntry, checksum, write_manifest
 from delibench.storage import resolve
-from delibench.testing import Corpus, copy_corpus, make_context
+from delibench.loaders.testing import Corpus, copy_corpus, make_context
 
 from .conftest import Scenario, assert_exact, collect, report
 

@@ -20,7 +20,7 @@ import pytest
 from delibench.errors import FetchError
 from delibench.loaders.deli import DeliLoader
 from delibench.testbed.servers import SeaweedServer
-from delibench.testing import Corpus, make_context
+from delibench.loaders.testing import Corpus, make_context
 
 from .conftest import Scenario, assert_exact, report, upload
 

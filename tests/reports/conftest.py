@@ -23,7 +23,7 @@ from delibench.records import (
     RunSpec,
     StepSample,
 )
-from delibench.store import new_run_id
+from delibench.reports.store import new_run_id
 
 DATA_DIR = Path(__file__).parent / "data"
 

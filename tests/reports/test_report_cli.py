@@ -16,7 +16,7 @@ from delibench.errors import ExitCode
 from delibench.records import RESULT_SCHEMA_VERSION, RunRecord, from_dict
 from delibench.reports import build_report
 from delibench.reports.schema import csv_columns, validate_record
-from delibench.store import ResultStore
+from delibench.reports.store import ResultStore
 
 
 @pytest.fixture

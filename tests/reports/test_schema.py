@@ -118,7 +118,7 @@ def test_csv_columns_follow_the_schema(make_record) -> None:
 
 @pytest.mark.parametrize("module", ["schema", "store", "cost", "prices", "tables", "plots", "html", "build", "study"])
 def test_public_names_sorted(module: str) -> None:
-    name = "delibench.store" if module == "store" else f"delibench.reports.{module}"
+    name = "delibench.reports.store" if module == "store" else f"delibench.reports.{module}"
     mod = importlib.import_module(name)
     assert list(mod.__all__) == sorted(mod.__all__)
     for attr in mod.__all__:

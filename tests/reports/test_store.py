@@ -13,7 +13,7 @@ import pytest
 
 from delibench.errors import UsageError
 from delibench.records import RESULT_SCHEMA_VERSION, RunRecord, from_dict
-from delibench.store import (
+from delibench.reports.store import (
     ResultStore,
     load_record,
     load_records,

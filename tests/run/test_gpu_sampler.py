@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from delibench.distributed import RankInfo
 from delibench.records import ComputeSpec, LoaderSpec, RunSpec, StepSample
-from delibench.runner import GpuUtilizationSampler
+from delibench.app.session import GpuUtilizationSampler
 
 
 def _spec(kind: str) -> RunSpec:

@@ -18,7 +18,7 @@ def _spec(url: str, loader: LoaderSpec) -> RunSpec:
 
 
 def test_stopped_before_the_first_step_is_exit_130_and_writes_nothing(mnist_dir, tmp_path):
-    from delibench.runner import run
+    from delibench.app.session import run
 
     with pytest.raises(DelibenchError) as info:
         run(_spec(str(mnist_dir), LoaderSpec("bucket")), results_dir=str(tmp_path), should_stop=lambda: True, price=False)
@@ -28,7 +28,7 @@ def test_stopped_before_the_first_step_is_exit_130_and_writes_nothing(mnist_dir,
 
 
 def test_compare_stopped_mid_way_keeps_the_loaders_that_ran(mnist_dir, tmp_path):
-    from delibench.runner import compare
+    from delibench.app.session import compare
 
     steps: list[str] = []
     specs = [_spec(str(mnist_dir), LoaderSpec("bucket")), _spec(str(mnist_dir), LoaderSpec("memory"))]

@@ -26,10 +26,10 @@ BIG_BYTES = 8_000_000
 @pytest.fixture(scope="module")
 def objects(s3_server) -> dict[str, bytes]:
     """A bucket with a small and a large object, reachable anonymously at ``/<bucket>/<key>``."""
-    import boto3
+    import botocore.session
 
     bucket = f"link-{uuid.uuid4().hex[:10]}"
-    client = boto3.client(
+    client = botocore.session.get_session().create_client(
         "s3",
         endpoint_url=s3_server.endpoint_url,
         aws_access_key_id="x",
@@ -154,14 +154,14 @@ def test_error_rate_answers_503_without_forwarding(s3_server, objects) -> None:
     assert stats.bytes_client_to_server == 0  # nothing reached the server
 
 
-def test_error_through_boto3_is_a_slowdown(s3_server, objects) -> None:
-    import boto3
+def test_error_through_botocore_is_a_slowdown(s3_server, objects) -> None:
+    import botocore.session
     import botocore.config
     import botocore.exceptions
 
     bucket, key = _path(objects, "small").strip("/").split("/")
     with _link(s3_server, LinkProfile("err", error_rate=1.0)) as link:
-        client = boto3.client(
+        client = botocore.session.get_session().create_client(
             "s3",
             endpoint_url=link.endpoint_url,
             aws_access_key_id="x",

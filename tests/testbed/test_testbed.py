@@ -110,7 +110,7 @@ def test_cli_up_status_env_down_leaves_nothing(tmp_path: Path) -> None:
         assert all(line.startswith("export ") for line in lines)
         # The exported variables work for a fresh client process (through the shaped endpoint).
         script = (
-            "import boto3; c = boto3.client('s3'); c.create_bucket(Bucket='cli-bucket');"
+            "import botocore.session; c = botocore.session.get_session().create_client('s3'); c.create_bucket(Bucket='cli-bucket');"
             "c.put_object(Bucket='cli-bucket', Key='k', Body=b'v');"
             "print(c.get_object(Bucket='cli-bucket', Key='k')['Body'].read().decode())"
         )

@@ -7,6 +7,7 @@ import pytest
 from delibench.cli.app import main
 from delibench.errors import UsageError
 from delibench.records import ComputeSpec
+from delibench.app.session import run
 from delibench.tuning.api import prepare_tuning
 from delibench.tuning.tuner import check_storage_url, open_storage
 
@@ -23,7 +24,7 @@ def test_tune_rejects_storage_before_probing(tmp_path, capsys, url, says):
 
 def test_prepare_tuning_checks_storage_first(tmp_path):
     with pytest.raises(UsageError, match="not a database URL"):
-        prepare_tuning(str(tmp_path / "no-dataset"), "mnist-cnn", compute=ComputeSpec("emulated", 0.01), mem_budget_bytes=2**20, storage="notaurl")
+        prepare_tuning(str(tmp_path / "no-dataset"), "mnist-cnn", compute=ComputeSpec("emulated", 0.01), mem_budget_bytes=2**20, storage="notaurl", run=run)
 
 
 def test_good_urls_pass_and_open(tmp_path):

@@ -1,6 +1,6 @@
 """The real thing: tune against SeaweedFS behind a shaped link, with an emulated accelerator and a tiny dataset.
 
-Every trial is a measured run through ``delibench.runner.run``; studies live in SQLite files.
+Every trial is a measured run through ``delibench.app.session.run``; studies live in SQLite files.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ def _study(db: Path, name: str) -> optuna.Study:
 def test_tune_stores_resumes_and_exports_a_config_that_runs(dataset: str, tmp_path: Path, capsys, monkeypatch) -> None:
     from delibench.config import load_config
     from delibench.records import ComputeSpec, RunSpec
-    from delibench.runner import run
+    from delibench.app.session import run
 
     monkeypatch.chdir(tmp_path)
     db = tmp_path / "studies.db"

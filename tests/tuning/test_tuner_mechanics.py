@@ -47,7 +47,7 @@ def predictor() -> Predictor:
 
 
 class FakeRuns:
-    """Stands in for delibench.runner.run: the 'measured' wait is the model's with a 20 % bias, reported per step."""
+    """Stands in for delibench.app.session.run: the 'measured' wait is the model's with a 20 % bias, reported per step."""
 
     def __init__(self, cost: bool = True, bad: Callable[[TuneConfig], bool] | None = None) -> None:
         self.pred = predictor()

@@ -105,7 +105,7 @@ def run_demo(
     """
     from delibench.loaders.publish import push
     from delibench.manifest import MANIFEST_NAME
-    from delibench.runner import compare
+    from delibench.app.session import compare
     from delibench.testbed.testbed import Testbed
     from delibench.workloads.datagen import make_dataset
 

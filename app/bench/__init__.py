@@ -15,7 +15,7 @@ It then measures, in the same run:
 * **loaders** — disk, bucket, deli, fsspec-cache, the installed peers (s3torchconnector,
   webdataset) and the memory loader (the same decode pipeline with the bytes already in RAM: the
   CPU decode/augment rate with the same workers, DS-Analyzer style), epochs interleaved through
-  :func:`delibench.runner.compare` so that machine noise hits all alike; CPU seconds per sample
+  :func:`delibench.app.session.compare` so that machine noise hits all alike; CPU seconds per sample
   (main process + DataLoader workers) are attributed to each loader step by step.
 
 The **physical bound** of an epoch is ``min(accelerator rate, CPU rate, link bandwidth / mean
@@ -767,7 +767,7 @@ def _installed(kind: str) -> bool:
 
 def _run_cell(cell: Cell, options: BenchOptions, bed: _BenchBed, log: Callable[[str], None]) -> CellResult:
     from delibench.records import ComputeSpec, LoaderSpec, RunSpec
-    from delibench.runner import compare, warm_decoder
+    from delibench.app.session import compare, warm_decoder
     from delibench.testbed.profiles import with_overrides
     from delibench.workloads.loop import probe_decode_rate
     from delibench.workloads.models import get_workload
@@ -976,7 +976,7 @@ def _memory_run(spec: Any, meter: CpuMeter, cache_bytes: int, manifest: Any, opt
     """Run deli alone and sample the RSS of main + workers: peak vs cache budget + fixed overhead."""
     import gc
 
-    from delibench.runner import compare
+    from delibench.app.session import compare
 
     gc.collect()
     baseline = meter.rss_bytes()

@@ -2,7 +2,7 @@
 
 Usage (like fsspec's abstract tests)::
 
-    from delibench.testing import LoaderConformance, make_corpus
+    from delibench.loaders.testing import LoaderConformance, make_corpus
 
     class TestMyLoader(LoaderConformance):
         @pytest.fixture

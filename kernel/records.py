@@ -13,7 +13,10 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
+from delibench.errors import SpecError
+
 __all__ = [
+    "COMPUTE_KINDS",
     "RESULT_SCHEMA_VERSION",
     "CacheStats",
     "ComputeSpec",
@@ -33,7 +36,25 @@ __all__ = [
     "to_dict",
 ]
 
-#: Version of the RunRecord JSON document; bump it and add a migration in ``delibench.store``.
+#: Compute backends a run can use.
+COMPUTE_KINDS = ("auto", "cuda", "cpu", "emulated")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _require(ok: bool, spec: str, field_name: str, problem: str, *, hint: str | None = None) -> None:
+    """Raise :class:`SpecError` for ``spec.field_name`` unless ``ok``."""
+    if not ok:
+        raise SpecError(spec, field_name, problem, hint=hint)
+
+
+#: Version of the RunRecord JSON document; bump it and add a migration in ``delibench.reports.store``.
 RESULT_SCHEMA_VERSION = 1
 
 T = TypeVar("T")
@@ -127,6 +148,12 @@ class LoaderSpec:
     options: dict[str, Any] = field(default_factory=dict)
     label: str | None = None
 
+    def __post_init__(self) -> None:
+        _require(isinstance(self.kind, str) and bool(self.kind.strip()), "LoaderSpec", "kind", f"must name a loader, got {self.kind!r}")
+        _require(isinstance(self.options, dict), "LoaderSpec", "options", f"must be a mapping, got {type(self.options).__name__}")
+        _require(self.label is None or (isinstance(self.label, str) and bool(self.label.strip())), "LoaderSpec", "label",
+                 f"must be a non-empty name or None, got {self.label!r}")
+
     @property
     def display_name(self) -> str:
         """The label, or the kind."""
@@ -138,14 +165,23 @@ class ComputeSpec:
     """What executes the training step.
 
     Attributes:
-        kind: ``cuda``, ``cpu`` or ``emulated`` (a fixed time per batch, DLIO-style).
+        kind: ``auto`` (CUDA when present, else CPU; resolved when the workload is built), ``cuda``,
+            ``cpu`` or ``emulated`` (a fixed time per batch, DLIO-style; needs ``step_time_s``).
         step_time_s: For ``emulated``: seconds per batch.
         profile: For ``emulated``: the named GPU profile the step time came from, if any.
     """
 
-    kind: str = "emulated"
+    kind: str = "auto"
     step_time_s: float | None = None
     profile: str | None = None
+
+    def __post_init__(self) -> None:
+        _require(self.kind in COMPUTE_KINDS, "ComputeSpec", "kind", f"must be one of {', '.join(COMPUTE_KINDS)}, got {self.kind!r}")
+        if self.step_time_s is not None:
+            _require(_is_number(self.step_time_s) and self.step_time_s > 0, "ComputeSpec", "step_time_s",
+                     f"must be a positive number of seconds, got {self.step_time_s!r}")
+        _require(self.kind != "emulated" or self.step_time_s is not None, "ComputeSpec", "step_time_s",
+                 "is required for emulated compute", hint="e.g. emulated:120ms or emulated:resnet50-a100")
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +202,12 @@ class RunSpec:
         world_size: Ranks.
         max_steps_per_epoch: Stop each epoch after this many steps (a slice), or None for all.
         link_profile: Link-emulation profile in the path, when the testbed's emulator is used.
+        storage_options: fsspec options that reach the dataset (endpoint, client options, as
+            ``fsspec.filesystem`` takes them); empty: the cloud client's own configuration chain.
+            Never written to a record (it may hold credentials): records keep the endpoint only.
+
+    Every field is checked when the spec is made, before any I/O: a bad value raises
+    :class:`~delibench.errors.SpecError` naming the field.
     """
 
     dataset_url: str
@@ -181,6 +223,26 @@ class RunSpec:
     warmup_epochs: int = 0
     max_steps_per_epoch: int | None = None
     link_profile: str | None = None
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, metadata={"secret": True})
+
+    def __post_init__(self) -> None:
+        name = "RunSpec"
+        _require(isinstance(self.dataset_url, str) and bool(self.dataset_url.strip()), name, "dataset_url",
+                 f"must be a URL or path, got {self.dataset_url!r}", hint="e.g. s3://bucket/prefix")
+        _require(isinstance(self.workload, str) and bool(self.workload.strip()), name, "workload", f"must name a workload, got {self.workload!r}")
+        _require(isinstance(self.loader, LoaderSpec), name, "loader", f"must be a LoaderSpec, got {type(self.loader).__name__}")
+        _require(isinstance(self.compute, ComputeSpec), name, "compute", f"must be a ComputeSpec, got {type(self.compute).__name__}")
+        for key, least in (("batch_size", 1), ("num_workers", 0), ("epochs", 1), ("warmup_steps", 0), ("world_size", 1), ("warmup_epochs", 0)):
+            value = getattr(self, key)
+            _require(_is_int(value) and value >= least, name, key, f"must be a whole number >= {least}, got {value!r}")
+        _require(_is_int(self.seed), name, "seed", f"must be a whole number, got {self.seed!r}")
+        _require(self.warmup_epochs < self.epochs, name, "warmup_epochs",
+                 f"must be less than epochs ({self.epochs}), got {self.warmup_epochs}: no epoch would be measured")
+        if self.max_steps_per_epoch is not None:
+            _require(_is_int(self.max_steps_per_epoch) and self.max_steps_per_epoch >= 1, name, "max_steps_per_epoch",
+                     f"must be a whole number >= 1 or None, got {self.max_steps_per_epoch!r}")
+        _require(isinstance(self.storage_options, dict), name, "storage_options",
+                 f"must be a mapping of fsspec options, got {type(self.storage_options).__name__}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +469,7 @@ class RunRecord:
 def to_dict(obj: Any) -> Any:
     """Serialise a record (recursively) into JSON-ready dicts, lists and scalars."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("secret")}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

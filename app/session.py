@@ -2,7 +2,7 @@
 
 This is what ``delibench run``, ``compare``, ``demo`` and ``tune`` call; a Python user can call it too::
 
-    from delibench.runner import run
+    from delibench.app.session import run
     record = run(RunSpec(dataset_url="s3://b/imgs", workload="resnet50", loader=LoaderSpec("deli")))
 
 Each rank (torchrun environment, or ``delibench run --nproc N``) builds its own loader and cache;
@@ -293,7 +293,7 @@ def _record(
     from delibench import __version__
     from delibench.env import machine_info
     from delibench.measure import check_validity, summarize
-    from delibench.store import new_run_id
+    from delibench.reports.store import new_run_id
 
     spec = prepared.spec
     steps = [s for r in results for s in r["steps"]]
@@ -491,7 +491,7 @@ def compare(
                 "the run was stopped before its first step finished: nothing was measured, no result written"
             )
         if write and info.is_main:
-            from delibench.store import ResultStore
+            from delibench.reports.store import ResultStore
 
             store = ResultStore(results_dir) if results_dir else ResultStore()
             for i, rec in enumerate(records):

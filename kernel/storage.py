@@ -1,10 +1,18 @@
-"""Resolving dataset URLs to fsspec filesystems, with endpoints from the environment and redaction."""
+"""Resolving dataset URLs to fsspec filesystems with the storage options given as data, and redaction.
+
+Configuration is data: a URL and its ``storage_options`` (as fsspec takes them) travel from the CLI
+edge in the run spec down to the loaders. Nothing here reads the environment, except what the cloud
+clients' own configuration chains read for themselves (botocore: ``AWS_*`` credentials, profiles,
+``AWS_ENDPOINT_URL``; Google application-default credentials). The CLI turns the environment it was
+started with into storage options through :func:`storage_options_from_env`.
+"""
 
 from __future__ import annotations
 
 import os
 import re
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -15,10 +23,14 @@ __all__ = [
     "Location",
     "close_filesystem",
     "join_url",
+    "endpoint_of",
+    "gcs_emulator_options",
+    "protocol_of",
     "redact",
     "resolve",
+    "s3_endpoint_options",
     "run_on_loop",
-    "storage_options_for",
+    "storage_options_from_env",
 ]
 
 #: URL schemes delibench reads and writes; ``gcs`` is an alias of ``gs``.
@@ -100,27 +112,43 @@ def join_url(root: str, key: str) -> str:
     return f"{root.rstrip('/')}/{key.lstrip('/')}" if key else root
 
 
-def storage_options_for(protocol: str) -> dict[str, Any]:
-    """Storage options for ``protocol`` taken from the environment.
+def s3_endpoint_options(endpoint_url: str) -> dict[str, Any]:
+    """s3fs options for an S3-compatible endpoint (path-style addressing, as such stores expect)."""
+    return {"client_kwargs": {"endpoint_url": endpoint_url}, "config_kwargs": {"s3": {"addressing_style": "path"}}}
+
+
+def gcs_emulator_options(endpoint_url: str) -> dict[str, Any]:
+    """gcsfs options for a GCS emulator (anonymous, a fixed project)."""
+    return {"endpoint_url": endpoint_url, "token": "anon", "project": "delibench"}
+
+
+def storage_options_from_env(protocol: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """Storage options for ``protocol`` from an environment mapping (the CLI passes ``os.environ``).
 
     Credentials are left to each client's usual provider chain (``AWS_*`` variables, profiles,
     instance metadata; Google application-default credentials). Only endpoints are read here:
     ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL`` for S3-compatible stores (as the testbed
     prints them) and ``STORAGE_EMULATOR_HOST`` for a GCS emulator.
     """
-    if protocol == "s3":
-        endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
-        options: dict[str, Any] = {}
+    if protocol in ("s3", "gs", "gcs"):
+        endpoint = (environ.get("AWS_ENDPOINT_URL_S3") or environ.get("AWS_ENDPOINT_URL")) if protocol == "s3" \
+            else environ.get("STORAGE_EMULATOR_HOST")
         if endpoint:
-            options["client_kwargs"] = {"endpoint_url": endpoint}
-            options["config_kwargs"] = {"s3": {"addressing_style": "path"}}
-        return options
-    if protocol == "gs":
-        emulator = os.environ.get("STORAGE_EMULATOR_HOST")
-        if emulator:
-            return {"endpoint_url": emulator, "token": "anon", "project": "delibench"}
-        return {}
+            return s3_endpoint_options(endpoint) if protocol == "s3" else gcs_emulator_options(endpoint)
     return {}
+
+
+def protocol_of(url: str) -> str:
+    """The canonical protocol of ``url`` (``s3``, ``gs``, ``file``, ``memory``), without validating the rest."""
+    scheme, sep, _ = url.strip().partition("://")
+    return _ALIASES.get(scheme.lower(), scheme.lower()) if sep else "file"
+
+
+def endpoint_of(location: Location) -> str | None:
+    """The endpoint a location's options point at (None: the provider's default), without credentials."""
+    opts = location.storage_options
+    endpoint = (opts.get("client_kwargs") or {}).get("endpoint_url") or opts.get("endpoint_url")
+    return redact(str(endpoint)) if endpoint else None
 
 
 def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location:
@@ -128,7 +156,7 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
 
     Args:
         url: The dataset root or object URL.
-        storage_options: Options that override those derived from the environment.
+        storage_options: fsspec options (endpoint, client options); None or empty: the client's defaults.
 
     Raises:
         UsageError: Empty URL, unsupported scheme, or a bucket URL without a bucket name.
@@ -156,9 +184,7 @@ def resolve(url: str, storage_options: dict[str, Any] | None = None) -> Location
             raise UsageError(f"no bucket name in {redact(url)!r}", hint=f"e.g. {scheme}://my-bucket/prefix")
         if not re.fullmatch(r"[a-z0-9][a-z0-9._-]{1,62}", bucket):
             raise UsageError(f"bad bucket name in {redact(url)!r}", hint="bucket names are 3-63 lower-case letters, digits, '-', '.'")
-    options = storage_options_for(scheme)
-    options.update(storage_options or {})
-    return Location(protocol=scheme, path=path, storage_options=options)
+    return Location(protocol=scheme, path=path, storage_options=dict(storage_options or {}))
 
 
 def close_filesystem(fs: Any, timeout_s: float = 5.0) -> None:

@@ -9,6 +9,7 @@ __all__ = [
     "ExitCode",
     "FetchError",
     "RuntimeFailure",
+    "SpecError",
     "UsageError",
     "ValidityError",
 ]
@@ -48,6 +49,29 @@ class UsageError(DelibenchError):
     """Bad flag, value, URL, file or profile: the user must change the command (exit 2)."""
 
     exit_code = ExitCode.USAGE_ERROR
+
+
+class SpecError(UsageError):
+    """A spec field holds a bad value: raised by the specs' own validation, before any I/O (exit 2).
+
+    The message names the field as Python code writes it (``RunSpec.epochs``); the CLI, which knows
+    which flag set which field, rewrites it with :meth:`for_flag`.
+
+    Args:
+        spec: The spec's class name (``RunSpec``).
+        field: The field's name (``epochs``).
+        problem: What is wrong with the value (``must be at least 1, got 0``).
+    """
+
+    def __init__(self, spec: str, field: str, problem: str, *, hint: str | None = None) -> None:
+        super().__init__(f"{spec}.{field} {problem}", hint=hint)
+        self.spec = spec
+        self.field = field
+        self.problem = problem
+
+    def for_flag(self, flag: str) -> UsageError:
+        """The same error worded for the command line (``--epochs must be at least 1, got 0``)."""
+        return UsageError(f"{flag} {self.problem}", hint=self.hint)
 
 
 class RuntimeFailure(DelibenchError):
