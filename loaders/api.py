@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from delibench.loaders.base import Decoder, Loader, LoaderContext
+from delibench.loaders.decode import ImageDecoder
 from delibench.records import LoaderSpec
 
 __all__ = ["DeliIterable", "ImageDecoder", "build_loader", "deli_loader"]
@@ -23,27 +23,6 @@ def build_loader(spec: LoaderSpec, ctx: LoaderContext) -> Loader:
 
     cls = loaders.get(spec.kind)
     return cls(ctx, **dict(spec.options))
-
-
-class ImageDecoder:
-    """Decode image bytes with Pillow (RGB) and apply ``transform`` (default: to a float tensor).
-
-    Picklable as long as ``transform`` is (torchvision transforms are).
-    """
-
-    def __init__(self, transform: Callable[[Any], Any] | None = None) -> None:
-        self.transform = transform
-
-    def __call__(self, data: bytes, label: int) -> Any:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB")
-        if self.transform is not None:
-            return self.transform(rgb)
-        from torchvision.transforms.functional import to_tensor
-
-        return to_tensor(rgb)
 
 
 def _distributed_rank_world() -> tuple[int, int]:

@@ -7,21 +7,18 @@ Five built-ins, all with random weights (``weights=None``; nothing is downloaded
 * ``mnist-cnn`` and ``cifar-resnet50``: the two workloads of the DELI paper (28x28 grayscale with a
   small CNN, batch 512; 32x32 colour with a CIFAR-style ResNet-50, batch 1024).
 
-The decoders are picklable objects (they run in DataLoader worker processes) that turn a sample's
-bytes into a ``uint8`` CHW tensor. For the 224 pipeline ``torchvision.io.decode_image`` +
-``transforms.v2`` on tensors measured about 2x faster than PIL + ``ToTensor`` + ``Normalize`` (best
-of 5 interleaved runs on 114 KB generated JPEGs, one core: 434 vs 178 images/s); for the 28/32-pixel
-workloads PIL's JPEG ``draft`` mode (DCT-domain downscaling while decoding) is faster still (about
-1,080 vs 690 images/s/core on 100 KB JPEGs), so each decoder uses the faster path for its size.
+Each workload's decoder is a :class:`delibench.loaders.ImageDecoder` (the loaders' one decoder,
+``(bytes, label) -> item``) set to the workload's size, channels and augmentation: a picklable object
+that turns a sample's bytes into a ``uint8`` CHW tensor in DataLoader worker processes.
 """
 
 from __future__ import annotations
 
-import io
 from dataclasses import dataclass, replace
 from typing import Any
 
 from delibench.errors import UsageError
+from delibench.loaders.decode import ImageDecoder
 from delibench.records import ComputeSpec
 
 __all__ = [
@@ -39,142 +36,6 @@ _CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 _CIFAR_STD = (0.2470, 0.2435, 0.2616)
 _MNIST_MEAN = (0.1307,)
 _MNIST_STD = (0.3081,)
-
-
-_TV_DECODE: Any = False
-
-
-def _tv_decode_image() -> Any:
-    """``torchvision.io.decode_image`` or None where this torchvision no longer ships it.
-
-    torchvision 0.29 deprecates its image codecs in favour of TorchCodec and warns on every call;
-    they are still the fastest CPU path measured here, so the warning is silenced (narrowly, by its
-    message) and PIL takes over once they are gone.
-    """
-    global _TV_DECODE
-    if _TV_DECODE is False:
-        import warnings
-
-        warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision", category=DeprecationWarning)
-        try:
-            from torchvision.io import decode_image
-        except ImportError:
-            decode_image = None
-        _TV_DECODE = decode_image
-    return _TV_DECODE
-
-
-class ImageDecoder:
-    """Bytes + label -> (``uint8`` tensor of shape ``(channels, size, size)``, label).
-
-    Picklable (plain attributes only), deterministic in shape, random in augmentation (torch's RNG,
-    which DataLoader seeds per worker).
-
-    Args:
-        size: Output height and width.
-        channels: 3 (RGB) or 1 (grayscale).
-        augment: ``imagenet`` (RandomResizedCrop + flip), ``cifar`` (4-pixel pad, random crop,
-            flip), ``center`` (resize shorter side to size/0.875, centre crop: evaluation) or
-            ``resize`` (plain resize to size x size).
-    """
-
-    def __init__(self, size: int, channels: int = 3, augment: str = "imagenet") -> None:
-        if channels not in (1, 3):
-            raise UsageError(f"decoder: channels must be 1 or 3, got {channels}")
-        if augment not in ("imagenet", "cifar", "center", "resize"):
-            raise UsageError(f"decoder: unknown augmentation {augment!r}")
-        self.size = int(size)
-        self.channels = channels
-        self.augment = augment
-
-    def __repr__(self) -> str:
-        return f"ImageDecoder(size={self.size}, channels={self.channels}, augment={self.augment!r})"
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, ImageDecoder) and vars(self) == vars(other)
-
-    def __hash__(self) -> int:
-        return hash((self.size, self.channels, self.augment))
-
-    def __call__(self, data: bytes, label: int) -> tuple[Any, int]:
-        if self.size <= 64:
-            return self._small(data), label
-        return self._large(data), label
-
-    def _large(self, data: bytes) -> Any:
-        import torch
-        from torchvision.transforms.v2 import functional as F
-
-        decode = _tv_decode_image()
-        img = None
-        if decode is not None:
-            from torchvision.io import ImageReadMode
-
-            mode = ImageReadMode.RGB if self.channels == 3 else ImageReadMode.GRAY
-            try:
-                img = decode(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=mode)
-            except RuntimeError:  # a format torchvision cannot read (BMP, TIFF): PIL below
-                img = None
-        if img is None:
-            img = self._pil_tensor(data, None)
-        size = [self.size, self.size]
-        if self.augment == "imagenet":
-            from torchvision.transforms.v2 import RandomResizedCrop
-
-            top, left, h, w = RandomResizedCrop.get_params(img, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3))
-            img = F.resized_crop(img, top, left, h, w, size, antialias=True)
-            if torch.rand(1).item() < 0.5:
-                img = F.horizontal_flip(img)
-        elif self.augment == "center":
-            img = F.resize(img, [int(self.size / 0.875)], antialias=True)
-            img = F.center_crop(img, size)
-        else:
-            img = F.resize(img, size, antialias=True)
-            if self.augment == "cifar":
-                img = self._cifar(img)
-        return img.contiguous()
-
-    def _small(self, data: bytes) -> Any:
-        import torch
-
-        img = self._pil_tensor(data, self.size)
-        from torchvision.transforms.v2 import functional as F
-
-        if img.shape[-2:] != (self.size, self.size):
-            img = F.resize(img, [self.size, self.size], antialias=True)
-        if self.augment == "cifar":
-            img = self._cifar(img)
-        elif self.augment == "imagenet" and torch.rand(1).item() < 0.5:
-            img = F.horizontal_flip(img)
-        return img.contiguous()
-
-    def _pil_tensor(self, data: bytes, draft_size: int | None) -> Any:
-        import numpy as np
-        import torch
-        from PIL import Image
-
-        mode = "RGB" if self.channels == 3 else "L"
-        with Image.open(io.BytesIO(data)) as im:
-            if draft_size is not None and im.format == "JPEG":
-                im.draft(mode, (draft_size, draft_size))  # decode at 1/2..1/8 scale, never below size
-            im = im.convert(mode)
-            if draft_size is not None and im.size != (draft_size, draft_size):
-                im = im.resize((draft_size, draft_size), Image.BILINEAR)
-            arr = np.array(im, dtype=np.uint8)
-        if arr.ndim == 2:
-            arr = arr[:, :, None]
-        return torch.from_numpy(arr).permute(2, 0, 1)
-
-    def _cifar(self, img: Any) -> Any:
-        import torch
-        from torchvision.transforms.v2 import functional as F
-
-        padded = F.pad(img, [4, 4, 4, 4])
-        i, j = torch.randint(0, 9, (2,)).tolist()
-        img = padded[:, i : i + self.size, j : j + self.size]
-        if torch.rand(1).item() < 0.5:
-            img = F.horizontal_flip(img)
-        return img
 
 
 def _mnist_cnn(num_classes: int) -> Any:
@@ -253,7 +114,7 @@ class Workload:
             augment = self.augment
         else:
             augment = "center" if self.augment == "imagenet" else "resize"
-        return ImageDecoder(self.image_size, self.channels, augment)
+        return ImageDecoder(size=self.image_size, channels=self.channels, augment=augment)
 
     def model(self) -> Any:
         """A freshly initialised network (random weights)."""

@@ -52,8 +52,7 @@ def test_decoder_is_picklable_and_shapes_a_real_jpeg(name, train):
     decoder = pickle.loads(pickle.dumps(wl.decoder(train=train)))
     assert decoder == wl.decoder(train=train)
     for data in (jpeg(375, 500), jpeg(40, 30, "L"), jpeg(64, 96, fmt="PNG")):
-        x, label = decoder(data, 4)
-        assert label == 4
+        x = decoder(data, 4)
         assert x.dtype == torch.uint8 and x.is_contiguous()
         assert tuple(x.shape) == (wl.channels, wl.image_size, wl.image_size)
 
@@ -62,18 +61,28 @@ def test_eval_decoder_is_deterministic_and_train_decoder_augments():
     data = jpeg(300, 400, seed=1)
     wl = BUILTIN_WORKLOADS["resnet18"]
     ev = wl.decoder(train=False)
-    assert torch.equal(ev(data, 0)[0], ev(data, 0)[0])
+    assert torch.equal(ev(data, 0), ev(data, 0))
     tr = wl.decoder(train=True)
     torch.manual_seed(0)
-    outs = [tr(data, 0)[0] for _ in range(4)]
+    outs = [tr(data, 0) for _ in range(4)]
     assert any(not torch.equal(outs[0], o) for o in outs[1:])
 
 
 def test_decoder_rejects_bad_settings():
     with pytest.raises(UsageError):
-        ImageDecoder(32, channels=2)
+        ImageDecoder(size=32, channels=2)
     with pytest.raises(UsageError):
-        ImageDecoder(32, augment="mixup")
+        ImageDecoder(size=32, augment="mixup")
+    with pytest.raises(UsageError, match="not both"):
+        ImageDecoder(lambda img: img, size=32)
+
+
+def test_workload_decoders_are_the_loaders_decoder():
+    """One decoder contract: ``(bytes, label) -> item``, the class ``deli_loader`` uses by default."""
+    from delibench.loaders import ImageDecoder as LoadersImageDecoder
+
+    assert ImageDecoder is LoadersImageDecoder
+    assert isinstance(BUILTIN_WORKLOADS["mnist-cnn"].decoder(), LoadersImageDecoder)
 
 
 # Batch 2 (BatchNorm needs 2+ samples). resnet50 runs once at its real 224x224 through its real
@@ -87,7 +96,7 @@ def test_one_real_training_step_on_cpu_changes_the_weights(name, side):
     if side is None:
         decoder = wl.decoder()
         items = [decoder(jpeg(120, 160, seed=i), i % 5) for i in range(2)]
-        batch = (torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items]))
+        batch = (torch.stack(items), torch.tensor([i % 5 for i in range(2)]))
     else:
         batch = (torch.randint(0, 256, (2, wl.channels, side, side), dtype=torch.uint8), torch.tensor([0, 3]))
     batch = compute.to_device(batch)
