@@ -4,9 +4,10 @@ Model (all regions progress independently, as under ``asgd-ga`` or ``ma``; billi
 
 Inputs: regions r with ``c_r`` accelerators at ``p_r`` USD/hour and ``tau_r`` s/step; shards s of
 ``z_s`` bytes stored in region ``h(s)``; links with bandwidth ``bw_qr`` bytes/s and egress ``e_qr``
-USD/GB; a workload with ``b`` samples/step of ``beta`` bytes each, ``E`` epochs, model size ``M``
-bytes and ``Q`` cross-region sync rounds (``E * samples / global_batch / sync_period``). A worker
-in r processes ``rho_r = b * beta / tau_r`` bytes of data per second.
+USD per billed GB (``G`` = 2^30 bytes, :data:`delibench.units.BYTES_PER_BILLED_GB`); a workload
+with ``b`` samples/step of ``beta`` bytes each, ``E`` epochs, model size ``M`` bytes and ``Q``
+cross-region sync rounds (``E * samples / global_batch / sync_period``). A worker in r processes
+``rho_r = b * beta / tau_r`` bytes of data per second.
 
 Variables: ``x_sr`` in {0, 1} (region r reads shard s), ``n_r`` integer in [0, c_r] (workers),
 ``y_r`` in {0, 1} (region r takes part), ``T`` >= 0 (job time, s).
@@ -17,8 +18,8 @@ Variables: ``x_sr`` in {0, 1} (region r reads shard s), ``n_r`` integer in [0, c
     W_r <= rho_r * T * n_r            (T = deadline, fixed: linear)        (compute time)
     E * sum_{s: h(s)=q} z_s x_sr <= bw_qr * T    for q != r                (remote reads fit the link)
     compute_usd = sum_r p_r / 3600 * W_r / rho_r                           (accelerator-seconds)
-    read_usd    = sum_{s, r != h(s)} E * z_s * x_sr * e_{h(s) r} / 1e9
-    sync_usd    = Q * 2 M (sum_r y_r - 1) * e_max / 1e9   (ring all-reduce bytes among the active
+    read_usd    = sum_{s, r != h(s)} E * z_s * x_sr * e_{h(s) r} / G
+    sync_usd    = Q * 2 M (sum_r y_r - 1) * e_max / G     (ring all-reduce bytes among the active
                                                             regions, priced at the dearest link)
     cost = compute_usd + read_usd + sync_usd
 
@@ -44,6 +45,7 @@ from dataclasses import dataclass, field
 from delibench.errors import UsageError
 from delibench.geo.cost import geo_cost_usd
 from delibench.geo.regions import RegionsConfig
+from delibench.reports.cost import instance_usd, transfer_usd
 
 __all__ = ["WORKLOADS", "Placement", "PlanWorkload", "get_workload", "naive_placement", "plan_placement"]
 
@@ -184,7 +186,7 @@ def evaluate(
     cost = geo_cost_usd(config, {r: work[r] / _rho(config, workload, r) for r in active}, link_bytes)
     data_bytes = sum(size.values())
     sync_bytes = workload.sync_rounds(data_bytes) * 2 * workload.model_bytes * max(len(active) - 1, 0)
-    sync_usd = sync_bytes / 1e9 * _max_egress(config)
+    sync_usd = transfer_usd(sync_bytes, _max_egress(config))
     return Placement(
         label=label,
         workers={r: n for r, n in workers.items() if n > 0},
@@ -232,9 +234,9 @@ def plan_placement(
     e = workload.epochs
     rho = {r: _rho(config, workload, r) for r in regions}
     cap = {r: config.region(r).accelerators.count for r in regions}
-    price_s = {r: config.region(r).accelerators.usd_per_hour / 3600.0 for r in regions}
+    price_s = {r: instance_usd(1.0, config.region(r).accelerators.usd_per_hour) for r in regions}
     data_bytes = sum(s.size_bytes for s, _ in shard_home)
-    sync_usd_per_extra_region = workload.sync_rounds(data_bytes) * 2 * workload.model_bytes / 1e9 * _max_egress(config)
+    sync_usd_per_extra_region = transfer_usd(workload.sync_rounds(data_bytes) * 2 * workload.model_bytes, _max_egress(config))
 
     prob = pulp.LpProblem("geo_placement", pulp.LpMinimize)
     x = {(s.name, r): prob.add_variable(f"x_{i}_{j}", cat="Binary") for i, (s, _) in enumerate(shard_home) for j, r in enumerate(regions)}
@@ -243,7 +245,7 @@ def plan_placement(
     work = {r: pulp.lpSum(e * s.size_bytes * x[s.name, r] for s, _ in shard_home) for r in regions}
     compute_usd = pulp.lpSum(price_s[r] * (1.0 / rho[r]) * work[r] for r in regions)
     read_usd = pulp.lpSum(
-        e * s.size_bytes / 1e9 * config.link(home, r).egress_usd_per_gb * x[s.name, r] for s, home in shard_home for r in regions if r != home
+        transfer_usd(e * s.size_bytes, config.link(home, r).egress_usd_per_gb) * x[s.name, r] for s, home in shard_home for r in regions if r != home
     )
     sync_usd = sync_usd_per_extra_region * (pulp.lpSum(y.values()) - 1)
     cost = compute_usd + read_usd + sync_usd

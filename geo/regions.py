@@ -17,6 +17,9 @@ Links are symmetric (one entry serves both directions) and every pair of regions
 ``step_time_s`` is the time of one training step of the reference batch on one accelerator;
 ``profile`` names a built-in approximate step time instead (see :data:`STEP_TIME_PROFILES`).
 Sizes accept ``40GB``/``512MiB``, durations ``75ms``, bandwidths a byte size per second.
+``egress_usd_per_gb`` is per billed GB, :data:`delibench.units.BYTES_PER_BILLED_GB` = 2^30 bytes
+(how AWS and GCS bill transfer, and how ``reports/prices.yaml`` reads its egress prices); sizes
+typed as ``40GB`` are SI (4e10 bytes).
 """
 
 from __future__ import annotations
@@ -139,7 +142,7 @@ class Link:
         b: The other end.
         rtt_s: Round-trip time.
         bandwidth_bytes_per_s: Usable bandwidth in each direction.
-        egress_usd_per_gb: Price per GB (1e9 bytes) sent over this link, in either direction.
+        egress_usd_per_gb: Price per billed GB (2^30 bytes) sent over this link, in either direction.
     """
 
     a: str

@@ -1,4 +1,13 @@
-"""Parsing and formatting of human sizes (``512MiB``, ``8GB``) and durations (``20ms``)."""
+"""Parsing and formatting of human sizes (``512MiB``, ``8GB``) and durations (``20ms``), and the billed GB.
+
+The billed GB (:data:`BYTES_PER_BILLED_GB`) is the one byte convention for every price in
+delibench (the price sheet in ``reports/prices.yaml``, the regions files of ``geo/``): a price
+"per GB" is a price per 2^30 bytes (a GiB). That is what the shipped figures mean: AWS bills data
+transfer and storage per "GB" and counts that GB as 2^30 bytes in its billing; Google Cloud
+Storage publishes its storage and network prices per GiB (binary). The Azure entries are read the
+same way, so one sheet never mixes two GBs. Sizes people type (``40GB`` in a regions file) still
+parse as SI (10^9 bytes): only prices use the billed GB.
+"""
 
 from __future__ import annotations
 
@@ -7,7 +16,7 @@ import re
 
 from delibench.errors import UsageError
 
-__all__ = ["format_bytes", "format_duration", "parse_bytes", "parse_duration"]
+__all__ = ["BYTES_PER_BILLED_GB", "format_bytes", "format_duration", "parse_bytes", "parse_duration"]
 
 # NOTE: IEC (powers of 1024) and SI (powers of 1000) are kept apart on purpose; a bare
 # lower-case "kb" is rejected because tools disagree on what it means.
@@ -22,6 +31,10 @@ _BYTE_UNITS: dict[str, int] = {
     "GiB": 1024**3,
     "TiB": 1024**4,
 }
+#: Bytes in the GB that cloud prices are quoted per (2^30: a GiB; see the module docstring). Every
+#: ``usd_per_gb`` figure in delibench is dollars per this many bytes.
+BYTES_PER_BILLED_GB = 2**30
+
 _DURATION_UNITS: dict[str, float] = {"us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "min": 60.0, "h": 3600.0}
 _NUMBER = r"(?P<num>[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)"
 

@@ -2,7 +2,14 @@
 
 Measured run = instance time x hourly price + GETs x request price + remote bytes x egress price.
 Idle-accelerator dollars = data-wait fraction x instance dollars: what the accelerators cost while
-they waited for data. A GB is 2^30 bytes, as cloud bills count it.
+they waited for data.
+
+Byte convention: every ``usd_per_gb`` price (this sheet's egress and storage, and geo's link
+prices) is per billed GB, :data:`delibench.units.BYTES_PER_BILLED_GB` = 2^30 bytes, because that
+is how the providers whose prices the sheets carry bill (AWS counts its "GB" as 2^30 bytes; GCS
+prices per GiB). The three unit prices are applied by :func:`instance_usd`,
+:func:`request_usd` and :func:`transfer_usd`, which ``delibench.geo`` uses too, so a dollar of
+egress means the same thing in a report and in a geo plan.
 """
 
 from __future__ import annotations
@@ -14,22 +21,22 @@ from dataclasses import dataclass
 from delibench.errors import UsageError
 from delibench.records import CostEstimate, RunRecord
 from delibench.reports.prices import EGRESS_CLASSES, InstancePrice, PriceSheet, provider_for_url
+from delibench.units import BYTES_PER_BILLED_GB
 
 __all__ = [
-    "BYTES_PER_GB",
     "PricedRun",
     "Projection",
     "Savings",
     "estimate",
+    "instance_usd",
     "instances_needed",
     "is_local",
     "price_inputs",
     "project",
+    "request_usd",
     "savings",
+    "transfer_usd",
 ]
-
-#: Bytes in a billing GB (cloud bills count 2^30 bytes).
-BYTES_PER_GB = 2**30
 
 #: Loaders that read no object storage while they are measured (a local copy, or RAM).
 LOCAL_LOADERS = frozenset({"disk", "memory"})
@@ -47,7 +54,7 @@ class PricedRun:
         instance_count: VMs needed for the run's ranks: ceil(world_size / accelerator_count).
         instance_usd_per_hour: instance_count x the VM's hourly price.
         get_usd_per_1000: Price of 1,000 GETs in the dataset's object store.
-        egress_usd_per_gb: Price of one GB (2^30 bytes) read from the bucket, for the egress class.
+        egress_usd_per_gb: Price of one billed GB (2^30 bytes) read from the bucket, for the egress class.
         egress_class: ``same-region``, ``cross-region`` or ``internet``.
         provider: Cloud whose request and egress prices apply (from the dataset URL).
         price_sheet_id: ``<sheet id>:<instance>:<egress class>``, stored in the CostEstimate.
@@ -111,6 +118,21 @@ class Savings:
     usd_saved_per_epoch: float
     saved_fraction: float
     wait_reduction: float
+
+
+def instance_usd(seconds: float, usd_per_hour: float) -> float:
+    """Dollars of ``seconds`` of a machine (or accelerator) billed at ``usd_per_hour`` (per-second billing)."""
+    return seconds / 3600.0 * usd_per_hour
+
+
+def request_usd(count: float, usd_per_1000: float) -> float:
+    """Dollars of ``count`` requests priced per 1,000."""
+    return count / 1000.0 * usd_per_1000
+
+
+def transfer_usd(nbytes: float, usd_per_gb: float) -> float:
+    """Dollars of moving ``nbytes`` at ``usd_per_gb`` per billed GB (:data:`delibench.units.BYTES_PER_BILLED_GB`)."""
+    return nbytes / BYTES_PER_BILLED_GB * usd_per_gb
 
 
 def instances_needed(world_size: int, instance: InstancePrice) -> int:
@@ -193,8 +215,9 @@ def estimate(
     """Dollars of the measured run and per full epoch.
 
     compute = wall_s / 3600 x instance $/h; requests = GETs / 1000 x GET price; egress = remote
-    bytes / 2^30 x egress $/GB (both 0 for a local run, see :func:`is_local`); idle accelerator = data_wait_fraction x compute; per epoch = total
-    scaled from the samples processed to the dataset's sample count.
+    bytes / 2^30 (billed GB) x egress $/GB (both 0 for a local run, see :func:`is_local`); idle
+    accelerator = data_wait_fraction x compute; per epoch = total scaled from the samples processed
+    to the dataset's sample count.
 
     Args:
         record: The run (its ``metrics.wall_s``, ``loader_stats`` and ``data_wait_fraction`` are used).
@@ -207,9 +230,9 @@ def estimate(
     """
     prices = price_inputs(record, sheet, instance=instance, egress_class=egress_class)
     stats = record.loader_stats
-    compute_usd = record.metrics.wall_s / 3600.0 * prices.instance_usd_per_hour
-    requests_usd = stats.requests_count / 1000.0 * prices.get_usd_per_1000
-    egress_usd = stats.bytes_read_remote / BYTES_PER_GB * prices.egress_usd_per_gb
+    compute_usd = instance_usd(record.metrics.wall_s, prices.instance_usd_per_hour)
+    requests_usd = request_usd(stats.requests_count, prices.get_usd_per_1000)
+    egress_usd = transfer_usd(stats.bytes_read_remote, prices.egress_usd_per_gb)
     total = compute_usd + requests_usd + egress_usd
     return CostEstimate(
         price_sheet_id=prices.price_sheet_id,
@@ -256,9 +279,9 @@ def project(
     total_samples = epochs * samples
     hours = total_samples / record.metrics.throughput_samples_per_s / 3600.0
     per_sample = 1.0 / record.metrics.total_samples
-    compute_usd = hours * prices.instance_usd_per_hour
-    requests_usd = record.loader_stats.requests_count * per_sample * total_samples / 1000.0 * prices.get_usd_per_1000
-    egress_usd = record.loader_stats.bytes_read_remote * per_sample * total_samples / BYTES_PER_GB * prices.egress_usd_per_gb
+    compute_usd = instance_usd(hours * 3600.0, prices.instance_usd_per_hour)
+    requests_usd = request_usd(record.loader_stats.requests_count * per_sample * total_samples, prices.get_usd_per_1000)
+    egress_usd = transfer_usd(record.loader_stats.bytes_read_remote * per_sample * total_samples, prices.egress_usd_per_gb)
     return Projection(
         epochs=epochs,
         dataset_samples=samples,

@@ -1,4 +1,9 @@
-"""The price catalog: a shipped, dated YAML sheet of list prices, and user sheets merged over it by key."""
+"""The price catalog: a shipped, dated YAML sheet of list prices, and user sheets merged over it by key.
+
+Every ``*_per_gb`` price here is per billed GB, :data:`delibench.units.BYTES_PER_BILLED_GB` =
+2^30 bytes: AWS counts the "GB" of its data-transfer and storage prices as 2^30 bytes, and Google
+Cloud Storage publishes those prices per GiB, so that is what the shipped figures mean.
+"""
 
 from __future__ import annotations
 
@@ -67,7 +72,7 @@ class ObjectStorePrice:
         get_usd_per_1000: Price of 1,000 GET requests (GCS Class B).
         put_usd_per_1000: Price of 1,000 PUT requests (GCS Class A).
         list_usd_per_1000: Price of 1,000 LIST requests.
-        storage_usd_per_gb_month: Price of keeping one GB (2^30 bytes) for a month.
+        storage_usd_per_gb_month: Price of keeping one billed GB (2^30 bytes) for a month.
     """
 
     key: str
@@ -82,7 +87,7 @@ class ObjectStorePrice:
 
 @dataclass(frozen=True, slots=True)
 class EgressPrice:
-    """Price of moving one GB (2^30 bytes) out of the bucket's region, per provider and egress class."""
+    """Price of moving one billed GB (2^30 bytes) out of the bucket's region, per provider and egress class."""
 
     key: str
     provider: str
@@ -94,7 +99,7 @@ class EgressPrice:
 
 @dataclass(frozen=True, slots=True)
 class StoragePrice:
-    """Price of local disk for a cache tier (GB-month)."""
+    """Price of local disk for a cache tier (billed GB-month, 2^30 bytes)."""
 
     key: str
     usd_per_gb_month: float

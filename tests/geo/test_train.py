@@ -65,7 +65,7 @@ def test_allreduce_trains_and_meters_every_step(runs: dict) -> None:
     assert result.sync_s_mean >= STEPS * 0.020 * 0.9
     assert result.loss_curve[-1] < result.loss_curve[0]
     assert result.val_accuracy > 1 / 4 + 0.1  # better than chance on 4 classes
-    assert result.egress_usd == pytest.approx(result.cross_region_bytes / 1e9 * 0.02)
+    assert result.egress_usd == pytest.approx(result.cross_region_bytes / 2**30 * 0.02)  # $0.02 per billed GB (2^30 B)
     assert result.compute_usd == pytest.approx((2 * 2.0 + 1 * 1.0) * result.wall_s / 3600)
 
 

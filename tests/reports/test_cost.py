@@ -11,7 +11,7 @@ from delibench.errors import UsageError
 from delibench.reports.cost import estimate, instances_needed, price_inputs, project, savings
 from delibench.reports.prices import default_sheet, load_sheet
 
-GIB = 2**30
+GIB = 2**30  # the billed GB (delibench.units.BYTES_PER_BILLED_GB): sheet prices are per 2^30 bytes
 
 SHEET_YAML = """
 id: golden
