@@ -32,13 +32,14 @@ import asyncio
 import collections
 import concurrent.futures
 import errno
+import itertools
 import math
 import os
 import random
 import re
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -151,6 +152,45 @@ class _GaveUp(Exception):
         self.error = error
         self.attempts = attempts
         self.elapsed_s = elapsed_s
+
+
+class _Attempt:
+    """One counted request of a sample, and the retry decision after it fails (see ``SampleSource._retry_core``).
+
+    The decision: permanent failures are not retried; a checksum mismatch is re-read once; transient
+    failures and short reads are retried up to ``retry.retries`` times, with the policy's backoff,
+    as long as the next attempt starts within ``retry.deadline_s`` of the first.
+    """
+
+    def __init__(self, source: SampleSource, number: int, started: float) -> None:
+        self.source = source
+        self.number = number
+        self.started = started
+        source._count_attempt(retry=number > 1)
+        self.sent_at = time.perf_counter()
+
+    def succeeded(self, data: bytes) -> bytes:
+        """Count ``data`` as this attempt's answer and return it."""
+        self.source._count_success(len(data), time.perf_counter() - self.sent_at)
+        return data
+
+    def backoff_s(self, exc: BaseException) -> float:
+        """Seconds to sleep before the next attempt after this one failed with ``exc``.
+
+        Raises:
+            _GaveUp: No further attempt (permanent failure, retries or deadline spent).
+        """
+        source, retry = self.source, self.source.retry
+        integrity = isinstance(exc, _IntegrityError)
+        give_up = not (integrity or is_transient(exc))
+        give_up = give_up or (integrity and "checksum" in str(exc) and self.number >= 2)  # still wrong: wrong at rest
+        give_up = give_up or self.number > retry.retries
+        if not give_up:
+            with source._lock:
+                delay = retry.backoff_s(self.number - 1, source._rng)
+            if time.perf_counter() - self.started + delay <= retry.deadline_s:
+                return delay
+        raise _GaveUp(exc, self.number, time.perf_counter() - self.started) from exc
 
 
 # -- policies ---------------------------------------------------------------------------------------
@@ -502,20 +542,17 @@ class SampleSource:
             self.meter.latencies_s.append(latency_s)
             self._recent.append(latency_s)
 
-    def _next_delay(self, attempt: int, exc: BaseException, started: float) -> float | None:
-        """Seconds to wait before retrying after failed attempt number ``attempt`` (1-based), or None to give up."""
-        integrity = isinstance(exc, _IntegrityError)
-        if not (integrity or is_transient(exc)):
-            return None
-        if integrity and "checksum" in str(exc) and attempt >= 2:
-            return None  # re-read once: still wrong means wrong at rest
-        if attempt > self.retry.retries:
-            return None
-        with self._lock:
-            delay = self.retry.backoff_s(attempt - 1, self._rng)
-        if time.perf_counter() - started + delay > self.retry.deadline_s:
-            return None
-        return delay
+    def _retry_core(self, index: int) -> Iterator[_Attempt]:
+        """The one retry loop of both read paths: an endless series of counted attempts of sample ``index``.
+
+        The caller sends one request per attempt and hands back its bytes
+        (:meth:`_Attempt.succeeded`) or its failure (:meth:`_Attempt.backoff_s`, which says how long to
+        sleep before the next attempt or raises :class:`_GaveUp`); only the request and the sleep
+        differ between the async path (``await``) and the blocking one.
+        """
+        started = time.perf_counter()
+        for number in itertools.count(1):
+            yield _Attempt(self, number, started)
 
     def hedge_delay_s(self) -> float | None:
         """The current straggler threshold in seconds (None: do not hedge now)."""
@@ -540,26 +577,16 @@ class SampleSource:
     # -- async path ----------------------------------------------------------------------------
 
     async def _attempts(self, index: int) -> bytes:
-        """Read ``index`` with retries; raises the last error (not yet a FetchError)."""
+        """Read ``index`` with retries; raises :class:`_GaveUp` (not yet a FetchError)."""
         path = self.location.child(self.key_of(index))
-        started = time.perf_counter()
-        attempt = 0
-        while True:
-            attempt += 1
-            self._count_attempt(retry=attempt > 1)
-            t0 = time.perf_counter()
+        for attempt in self._retry_core(index):
             try:
-                data = self._check(index, await self._one_request(path))
+                return attempt.succeeded(self._check(index, await self._one_request(path)))
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # noqa: BLE001 - classified below, re-raised when permanent
-                delay = self._next_delay(attempt, exc, started)
-                if delay is None:
-                    raise _GaveUp(exc, attempt, time.perf_counter() - started) from exc
-                await asyncio.sleep(delay)
-                continue
-            self._count_success(len(data), time.perf_counter() - t0)
-            return data
+            except Exception as exc:  # noqa: BLE001 - classified by the retry core, re-raised when permanent
+                await asyncio.sleep(attempt.backoff_s(exc))
+        raise AssertionError("unreachable: the retry core is endless")
 
     async def _hedged(self, index: int, delay_s: float) -> bytes:
         first = asyncio.ensure_future(self._attempts(index))
@@ -614,22 +641,15 @@ class SampleSource:
         """One sample with retries on a synchronous backend, in the calling thread."""
         fs = self.fs
         path = self.location.child(self.key_of(index))
-        started = time.perf_counter()
-        attempt = 0
-        while True:
-            attempt += 1
-            self._count_attempt(retry=attempt > 1)
-            t0 = time.perf_counter()
-            try:
-                data = self._check(index, fs.cat_file(path))
-            except Exception as exc:  # noqa: BLE001
-                delay = self._next_delay(attempt, exc, started)
-                if delay is None:
-                    raise self._failure(index, exc, attempt, time.perf_counter() - started) from exc
-                time.sleep(delay)
-                continue
-            self._count_success(len(data), time.perf_counter() - t0)
-            return data
+        try:
+            for attempt in self._retry_core(index):
+                try:
+                    return attempt.succeeded(self._check(index, fs.cat_file(path)))
+                except Exception as exc:  # noqa: BLE001 - classified by the retry core, re-raised when permanent
+                    time.sleep(attempt.backoff_s(exc))
+        except _GaveUp as gave_up:
+            raise self._failure(index, gave_up.error, gave_up.attempts, gave_up.elapsed_s) from gave_up.error
+        raise AssertionError("unreachable: the retry core is endless")
 
     def fetch_sync(self, index: int) -> bytes:
         """Read sample ``index``, blocking (for DataLoader workers)."""
@@ -640,13 +660,33 @@ class SampleSource:
 
         Unlike :meth:`fetch_many_sync` one failure does not stop the others (for ``on_error=skip``).
         """
+        return self._gather(indices, concurrency, keep_going=True)
+
+    def fetch_many_sync(self, indices: Sequence[int], concurrency: int = 1) -> list[bytes]:
+        """Read several samples, ``concurrency`` requests in flight, blocking; results in order.
+
+        Raises:
+            FetchError: The first failure (the other requests are cancelled).
+        """
+        return self._gather(indices, concurrency, keep_going=False)  # type: ignore[return-value]
+
+    def _gather(self, indices: Sequence[int], concurrency: int, *, keep_going: bool) -> list[bytes | FetchError]:
+        """The one gather of the blocking API: in this thread for a synchronous backend one at a time,
+        else on the IO loop; ``keep_going``: a FetchError becomes that sample's outcome instead of
+        stopping (and cancelling) the rest."""
+
+        def outcome_of(exc: FetchError) -> FetchError:
+            if not keep_going:
+                raise exc
+            return exc
+
         if concurrency <= 1 and not self.is_async:
             out: list[bytes | FetchError] = []
             for index in indices:
                 try:
                     out.append(self._fetch_blocking(index))
                 except FetchError as exc:
-                    out.append(exc)
+                    out.append(outcome_of(exc))
             return out
 
         async def gather() -> list[bytes | FetchError]:
@@ -657,32 +697,7 @@ class SampleSource:
                     try:
                         return await self.fetch(index)
                     except FetchError as exc:
-                        return exc
-
-            tasks = [asyncio.ensure_future(one(i)) for i in indices]
-            try:
-                return list(await asyncio.gather(*tasks))
-            finally:
-                for task in tasks:
-                    task.cancel()
-
-        return asyncio.run_coroutine_threadsafe(gather(), self.loop).result()
-
-    def fetch_many_sync(self, indices: Sequence[int], concurrency: int = 1) -> list[bytes]:
-        """Read several samples, ``concurrency`` requests in flight, blocking; results in order.
-
-        Raises:
-            FetchError: The first failure (the other requests are cancelled).
-        """
-        if concurrency <= 1 and not self.is_async:
-            return [self._fetch_blocking(index) for index in indices]
-
-        async def gather() -> list[bytes]:
-            sem = asyncio.Semaphore(max(1, concurrency))
-
-            async def one(index: int) -> bytes:
-                async with sem:
-                    return await self.fetch(index)
+                        return outcome_of(exc)
 
             tasks = [asyncio.ensure_future(one(i)) for i in indices]
             try:
