@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import statistics
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
@@ -18,6 +17,7 @@ from delibench.errors import FetchError, RuntimeFailure, UsageError
 from delibench.loaders.base import Batch, Decoder, LoaderContext
 from delibench.loaders.sampler import epoch_order
 from delibench.loaders.source import FetchMeter, SampleSource, clean_cause
+from delibench.measure import percentile
 
 __all__ = [
     "BytesBatchDataset",
@@ -66,13 +66,10 @@ def batches_of(order: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def percentiles(values: Sequence[float]) -> tuple[float | None, float | None, float | None]:
-    """p50, p95, p99 of ``values`` (None when empty)."""
+    """p50, p95, p99 of ``values`` (None when empty), by :func:`delibench.measure.percentile`."""
     if not values:
         return None, None, None
-    if len(values) == 1:
-        return values[0], values[0], values[0]
-    qs = statistics.quantiles(values, n=100, method="inclusive")
-    return statistics.median(values), qs[94], qs[98]
+    return percentile(values, 50), percentile(values, 95), percentile(values, 99)
 
 
 class DecodeError(FetchError):

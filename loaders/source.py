@@ -33,7 +33,6 @@ import collections
 import concurrent.futures
 import errno
 import itertools
-import math
 import os
 import random
 import re
@@ -46,6 +45,7 @@ from typing import Any
 from delibench.errors import FetchError, UsageError
 from delibench.loaders import s3http
 from delibench.manifest import Manifest, checksum
+from delibench.measure import percentile
 from delibench.storage import Location, close_filesystem, redact, resolve, run_on_loop
 from delibench.units import parse_duration
 
@@ -567,10 +567,8 @@ class SampleSource:
         cached_at, value = self._hedge_cache
         if cached_at >= 0 and count == cached_at and value is not None:
             return value
-        ordered = sorted(self._recent)
         assert policy.percentile is not None
-        rank = min(len(ordered) - 1, max(0, math.ceil(len(ordered) * policy.percentile / 100.0) - 1))
-        value = max(policy.floor_s, ordered[rank])
+        value = max(policy.floor_s, percentile(list(self._recent), policy.percentile))
         self._hedge_cache = (count, value)
         return value
 

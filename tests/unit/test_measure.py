@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 import numpy as np
 import pytest
 from hypothesis import given, settings
@@ -72,6 +74,16 @@ def test_percentiles_match_numpy():
 @given(st.lists(st.floats(0, 1e3, allow_nan=False), min_size=1, max_size=50), st.floats(0, 100))
 def test_percentile_function_agrees_with_numpy(values, q):
     assert percentile(values, q) == pytest.approx(float(np.percentile(values, q)), rel=1e-9, abs=1e-9)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.floats(0, 1e3, allow_nan=False), min_size=2, max_size=50))
+def test_percentile_is_the_one_the_loaders_reported_before(values):
+    """Loader latency p50/p95/p99 used ``statistics.quantiles(method="inclusive")``: the same interpolation."""
+    qs = statistics.quantiles(values, n=100, method="inclusive")
+    assert percentile(values, 50) == pytest.approx(statistics.median(values), rel=1e-9, abs=1e-9)
+    assert percentile(values, 95) == pytest.approx(qs[94], rel=1e-9, abs=1e-9)
+    assert percentile(values, 99) == pytest.approx(qs[98], rel=1e-9, abs=1e-9)
 
 
 def test_bottleneck_rank_is_the_one_with_the_largest_wait_and_sets_the_fraction():
