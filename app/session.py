@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from delibench.distributed import RankInfo, all_gather_objects, init_from_env, rank_info, shutdown
+from delibench.distributed import RankInfo, all_gather_objects, current_rank_info, init_from_env, shutdown
 from delibench.errors import DelibenchError, ExitCode, UsageError
 from delibench.manifest import Manifest, read_manifest
 from delibench.records import Diagnosis, Issue, LoaderStats, RunRecord, RunSpec, StepSample
@@ -105,14 +105,20 @@ def warm_decoder(decoder: Any) -> None:
         pass
 
 
+def _storage_options_for(spec: RunSpec) -> dict[str, Any]:
+    """The spec's storage options for the bucket; none for the disk loader's own local copy."""
+    return spec.storage_options if _dataset_url_for(spec) == spec.dataset_url else {}
+
+
 def _prepare(spec: RunSpec, info: RankInfo, manifests: dict[str, Manifest]) -> _Prepared:
     from delibench.loaders import LoaderContext, build_loader
     from delibench.loaders.sampler import rank_sample_count
     from delibench.workloads.models import get_workload
 
     url = _dataset_url_for(spec)
+    storage_options = _storage_options_for(spec)
     if url not in manifests:
-        manifests[url] = read_manifest(url)
+        manifests[url] = read_manifest(url, storage_options)
     manifest = manifests[url]
     options = dict(spec.loader.options)
     order = {k: options.pop(k) for k in _ORDER_OPTIONS if k in options}
@@ -133,6 +139,7 @@ def _prepare(spec: RunSpec, info: RankInfo, manifests: dict[str, Manifest]) -> _
         order=str(order.get("order", "shuffle")),
         exchange_fraction=float(order.get("exchange_fraction", 0.0)),
         epochs=spec.epochs,
+        storage_options=storage_options,
     )
     loader = build_loader(dataclasses.replace(spec.loader, options=options), ctx)
     try:
@@ -355,13 +362,10 @@ def _record(
 
 
 def _endpoint_of(spec: RunSpec) -> str | None:
-    from delibench.storage import resolve
+    from delibench.storage import endpoint_of, resolve
 
-    loc = resolve(_dataset_url_for(spec))
-    opts = loc.storage_options
-    return (opts.get("client_kwargs") or {}).get("endpoint_url") or opts.get("endpoint_url") or (
-        None if loc.protocol == "file" else f"{loc.protocol}://"
-    )
+    loc = resolve(_dataset_url_for(spec), _storage_options_for(spec))
+    return endpoint_of(loc) or (None if loc.protocol == "file" else f"{loc.protocol}://")
 
 
 def _chain(*callbacks: Callable[[StepSample], None] | None) -> Callable[[StepSample], None] | None:
@@ -390,6 +394,7 @@ def compare(
     with_diagnosis: bool = False,
     price: bool = True,
     manifests: dict[str, Manifest] | None = None,
+    rank: RankInfo | None = None,
 ) -> list[RunRecord]:
     """Measure several loaders on the same data; epochs are interleaved so noise hits all alike.
 
@@ -403,6 +408,8 @@ def compare(
         with_diagnosis: Add the DS-Analyzer-style fetch/prep diagnosis to each record.
         price: Attach a cost estimate from the shipped price sheet.
         manifests: Manifests already read, by dataset URL (saves a GET per URL at start-up).
+        rank: This process's place in the job (the CLI reads torchrun's variables); None: from an
+            initialised ``torch.distributed`` process group, else a single rank.
 
     Returns:
         One RunRecord per spec on rank 0; other ranks get the same list (their own copy). A stopped
@@ -416,7 +423,7 @@ def compare(
     labels = [s.loader.display_name for s in specs]
     if len(set(labels)) != len(labels):
         raise UsageError(f"two loaders share a name: {labels}", hint="label them, e.g. --loader deli@small:cache_size=1GiB")
-    info = rank_info()
+    info = rank or current_rank_info()
     created = init_from_env(info)
     started = _dt.datetime.now(_dt.timezone.utc)
     manifests = dict(manifests or {})
@@ -513,6 +520,7 @@ def run(
     write: bool = True,
     with_diagnosis: bool = False,
     price: bool = True,
+    rank: RankInfo | None = None,
 ) -> RunRecord:
     """Measure one loader: the same as :func:`compare` with a single spec.
 
@@ -524,6 +532,7 @@ def run(
         write: Write the record to the result store.
         with_diagnosis: Add the fetch/prep stall diagnosis (runs a short slice from memory).
         price: Attach a cost estimate.
+        rank: As for :func:`compare`.
     """
     callback = (lambda _name, s: on_step(s)) if on_step else None
     (record,) = compare(
@@ -534,5 +543,6 @@ def run(
         write=write,
         with_diagnosis=with_diagnosis,
         price=price,
+        rank=rank,
     )
     return record

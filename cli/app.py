@@ -10,7 +10,8 @@ import typer
 
 from delibench import __version__
 from delibench.cli.output import err_console
-from delibench.errors import DelibenchError, ExitCode
+from delibench.cli.environment import as_flag_error
+from delibench.errors import DelibenchError, ExitCode, SpecError
 
 __all__ = ["app", "main"]
 
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     except DelibenchError as exc:
         if os.environ.get("DELIBENCH_DEBUG"):
             raise
+        if isinstance(exc, SpecError):
+            exc = as_flag_error(exc)
         err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True, markup=True)
         if exc.hint:
             err_console.print(f"[dim]hint: {exc.hint}[/]", highlight=False, soft_wrap=True)

@@ -11,6 +11,7 @@ from typing import Any
 
 import typer
 
+from delibench.cli import environment
 from delibench.cli.output import console, err_console, print_json
 from delibench.errors import UsageError
 from delibench.units import format_bytes, format_duration, parse_bytes
@@ -160,7 +161,7 @@ def push_cmd(
 
     start = time.perf_counter()
     with _progress_bar("uploading", None, enabled=not as_json, show_bytes=True) as update:
-        manifest = push(src, url, concurrency=concurrency, progress=update)
+        manifest = push(src, url, concurrency=concurrency, progress=update, storage_options=environment.storage_options_for(url))
     elapsed = time.perf_counter() - start
     _report_transfer("pushed", url, manifest, elapsed, as_json)
 
@@ -182,7 +183,7 @@ def index_cmd(
 
     start = time.perf_counter()
     with _progress_bar("indexing", None, enabled=not as_json, show_bytes=True) as update:
-        manifest = index(url, concurrency=concurrency, progress=update)
+        manifest = index(url, concurrency=concurrency, progress=update, storage_options=environment.storage_options_for(url))
     elapsed = time.perf_counter() - start
     _report_transfer("indexed", url, manifest, elapsed, as_json)
 
@@ -227,7 +228,7 @@ def info_cmd(
     """
     from delibench.loaders.publish import info
 
-    summary = info(url)
+    summary = info(url, storage_options=environment.storage_options_for(url))
     if as_json:
         print_json(summary)
         return

@@ -12,7 +12,7 @@ from types import FrameType
 from typing import Any
 
 from delibench.cli.output import err_console
-from delibench.distributed import rank_info
+from delibench.cli import environment
 from delibench.records import StepSample
 
 __all__ = ["StopFlag", "StepProgress", "stop_on_signals"]
@@ -55,7 +55,7 @@ def stop_on_signals(flag: StopFlag) -> Iterator[StopFlag]:
         if flag() and signum == signal.SIGINT:
             raise KeyboardInterrupt
         flag.set(name)
-        if rank_info().is_main:  # every rank gets the signal; one of them tells the user
+        if environment.rank().is_main:  # every rank gets the signal; one of them tells the user
             err_console.print(f"[yellow]{name}: stopping after this step and saving what was measured (Ctrl-C again to stop now)[/]")
 
     previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}

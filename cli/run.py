@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import typer
 
+from delibench.cli import environment
 from delibench.cli.output import console, err_console, print_json
 from delibench.cli.progress import StepProgress, StopFlag, stop_on_signals
 from delibench.config import load_config, parse_loader_arg
@@ -48,6 +49,9 @@ def build_specs(
 ) -> list[RunSpec]:
     """Merge a config file and command-line flags (flags win) into one RunSpec per loader.
 
+    The values are checked by ``RunSpec`` itself; its errors name fields, which ``main`` words as
+    the flags that set them.
+
     Raises:
         UsageError: No dataset, a bad value, or a bad loader argument.
     """
@@ -65,7 +69,7 @@ def build_specs(
     wl_name = pick(workload, "workload", "resnet50")
     wl = get_workload(wl_name)
     bs = int(pick(batch_size, "batch_size", wl.default_batch_size))
-    if bs < 1:
+    if bs < 1:  # NOTE: checked before parse_compute, which divides a profile's time by it
         raise UsageError(f"--batch-size must be at least 1, got {bs}")
     compute_spec: ComputeSpec = parse_compute(str(pick(compute, "compute", "auto")), batch_size=bs)
     loader_specs: list[LoaderSpec]
@@ -91,24 +95,10 @@ def build_specs(
             )
             for s in loader_specs
         ]
-    n_epochs = int(pick(epochs, "epochs", 1))
-    warmup = int(pick(warmup_steps, "warmup_steps", 5))
-    warm_epochs = int(pick(warmup_epochs, "warmup_epochs", 0))
-    if warm_epochs < 0:
-        raise UsageError(f"--warmup-epochs must not be negative, got {warm_epochs}")
-    steps = pick(max_steps, "max_steps_per_epoch", None)
-    workers = int(pick(num_workers, "num_workers", _default_workers()))
-    if n_epochs < 1:
-        raise UsageError(f"--epochs must be at least 1, got {n_epochs}")
-    if warmup < 0:
-        raise UsageError(f"--warmup-steps must not be negative, got {warmup}")
-    if steps is not None and int(steps) < 1:
-        raise UsageError(f"--max-steps must be at least 1, got {steps}")
-    if workers < 0:
-        raise UsageError(f"--num-workers must not be negative, got {workers}")
     if nproc < 1:
         raise UsageError(f"--nproc must be at least 1, got {nproc}")
-    world = int(os.environ.get("WORLD_SIZE", nproc))
+    steps = pick(max_steps, "max_steps_per_epoch", None)
+    world = environment.rank().world_size if environment.launched_as_rank() else nproc
     return [
         RunSpec(
             dataset_url=str(url),
@@ -116,14 +106,15 @@ def build_specs(
             loader=spec,
             compute=compute_spec,
             batch_size=bs,
-            num_workers=workers,
-            epochs=n_epochs,
-            warmup_steps=warmup,
-            warmup_epochs=warm_epochs,
+            num_workers=int(pick(num_workers, "num_workers", _default_workers())),
+            epochs=int(pick(epochs, "epochs", 1)),
+            warmup_steps=int(pick(warmup_steps, "warmup_steps", 5)),
+            warmup_epochs=int(pick(warmup_epochs, "warmup_epochs", 0)),
             seed=int(pick(seed, "seed", 0)),
             world_size=world,
             max_steps_per_epoch=int(steps) if steps is not None else None,
-            link_profile=os.environ.get("DELIBENCH_LINK_PROFILE"),
+            link_profile=environment.link_profile(),
+            storage_options=environment.storage_options_for(str(url)),
         )
         for spec in loader_specs
     ]
@@ -153,6 +144,7 @@ def report_and_exit_code(
             (False); None: a list when there is more than one record. The shape follows the
             command line, not how many loaders finished, so scripts can rely on it.
     """
+    from delibench.app.outcome import below_min_au, exit_code_for_records
     from delibench.reports.tables import summary_table, to_rich
 
     if as_json:
@@ -176,17 +168,12 @@ def report_and_exit_code(
 
         build_report(records, html=html)
         err_console.print(f"report: {html}", highlight=False)
-    if interrupted:
-        return int(ExitCode.INTERRUPTED)
-    if any(not r.valid for r in records):
-        return int(ExitCode.INVALID_RESULT)
-    if min_au is not None:
-        failing = [r for r in records if r.metrics.accelerator_utilization < min_au]
-        if failing:
-            names = ", ".join(f"{r.spec.loader.display_name} ({r.metrics.accelerator_utilization:.1%})" for r in failing)
-            err_console.print(f"[red]accelerator utilisation below {min_au:.0%}:[/] {names}", highlight=False)
-            return int(ExitCode.THRESHOLD_NOT_MET)
-    return int(ExitCode.OK)
+    code = exit_code_for_records(records, interrupted=interrupted, min_au=min_au)
+    failing = below_min_au(records, min_au)
+    if code == ExitCode.THRESHOLD_NOT_MET:
+        names = ", ".join(f"{r.spec.loader.display_name} ({r.metrics.accelerator_utilization:.1%})" for r in failing)
+        err_console.print(f"[red]accelerator utilisation below {min_au:.0%}:[/] {names}", highlight=False)
+    return int(code)
 
 
 def check_writable_output(path: Path, flag: str) -> None:
@@ -222,12 +209,11 @@ def _check_creatable_dir(path: Path, flag: str) -> None:
 
 
 def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, progress: bool, diagnose: bool, html: Path | None, min_au: float | None, interleave: bool, dry_run: bool, json_list: bool | None = None) -> int:
-    from delibench.distributed import rank_info
-    from delibench.manifest import read_manifest
     from delibench.app.session import compare
+    from delibench.manifest import read_manifest
 
-    info = rank_info()
-    manifest = read_manifest(specs[0].dataset_url)
+    info = environment.rank()
+    manifest = read_manifest(specs[0].dataset_url, specs[0].storage_options)
     if dry_run:
         from delibench.env import memory_bytes
         from delibench.units import format_bytes
@@ -249,6 +235,7 @@ def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, p
             interleave=interleave,
             with_diagnosis=diagnose,
             manifests={specs[0].dataset_url: manifest},
+            rank=info,
         )
     if not info.is_main:
         return int(ExitCode.OK)
@@ -313,7 +300,7 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
                 check_writable_output(html, "--html")
             elif auto_html:
                 _check_creatable_dir(results_dir or Path(".delibench/results"), "--results-dir")
-        if nproc > 1 and "RANK" not in os.environ and not dry_run:
+        if nproc > 1 and not environment.launched_as_rank() and not dry_run:
             from delibench.distributed import launch_local
 
             # NOTE: the flags were checked above, so bad input fails once here, not once per rank.

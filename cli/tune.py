@@ -8,8 +8,10 @@ from typing import Any
 
 import typer
 
+from delibench.app.outcome import exit_code
+from delibench.cli import environment
 from delibench.cli.output import console, err_console, print_json
-from delibench.errors import ExitCode, UsageError
+from delibench.errors import UsageError
 
 __all__ = ["register", "show_cmd", "tune_app"]
 
@@ -155,6 +157,7 @@ def tune_cmd(
         data,
         workload,
         run=run_trial,
+        storage_options=environment.storage_options_for(data),
         compute=compute_spec,
         mem_budget_bytes=budget,
         objective=objective_name,
@@ -199,7 +202,7 @@ def tune_cmd(
         _print_summary(doc)
     if min_au is not None and recommended_trial(study_obj) is None:
         err_console.print(f"[yellow]no trial reached accelerator utilisation >= {min_au}[/]", highlight=False)
-        raise typer.Exit(int(ExitCode.THRESHOLD_NOT_MET))
+        raise typer.Exit(int(exit_code(threshold_met=False)))
 
 
 def _write_json(doc: dict[str, Any], path: Path) -> None:

@@ -14,11 +14,12 @@ import sys
 import threading
 import time
 from dataclasses import dataclass
+from collections.abc import Mapping
 from typing import Any
 
 from delibench.errors import ExitCode
 
-__all__ = ["RankInfo", "all_gather_objects", "init_from_env", "launch_local", "rank_info", "shutdown"]
+__all__ = ["RankInfo", "all_gather_objects", "current_rank_info", "init_from_env", "launch_local", "rank_info", "shutdown"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,13 +36,32 @@ class RankInfo:
         return self.rank == 0
 
 
-def rank_info() -> RankInfo:
-    """Rank and world size from torchrun's environment (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``)."""
+def rank_info(environ: Mapping[str, str]) -> RankInfo:
+    """Rank and world size from torchrun's variables (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) in ``environ``.
+
+    The CLI passes ``os.environ``; library code gets its :class:`RankInfo` handed in, or asks the
+    process group (:func:`current_rank_info`).
+    """
     return RankInfo(
-        rank=int(os.environ.get("RANK", 0)),
-        world_size=int(os.environ.get("WORLD_SIZE", 1)),
-        local_rank=int(os.environ.get("LOCAL_RANK", 0)),
+        rank=int(environ.get("RANK", 0)),
+        world_size=int(environ.get("WORLD_SIZE", 1)),
+        local_rank=int(environ.get("LOCAL_RANK", 0)),
     )
+
+
+def current_rank_info() -> RankInfo:
+    """This process's place from an initialised ``torch.distributed`` process group (else one rank).
+
+    For a Python user whose script set up the process group (``torchrun`` + ``init_process_group``)
+    before calling the session; the local rank comes from torch's own lookup.
+    """
+    import sys
+
+    dist = sys.modules.get("torch.distributed")  # NOTE: not imported here when the user never did
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return RankInfo()
+    rank = dist.get_rank()
+    return RankInfo(rank=rank, world_size=dist.get_world_size(), local_rank=dist.get_node_local_rank(fallback_rank=rank))
 
 
 def init_from_env(info: RankInfo) -> bool:

@@ -234,13 +234,14 @@ class RunSpec:
         _require(isinstance(self.compute, ComputeSpec), name, "compute", f"must be a ComputeSpec, got {type(self.compute).__name__}")
         for key, least in (("batch_size", 1), ("num_workers", 0), ("epochs", 1), ("warmup_steps", 0), ("world_size", 1), ("warmup_epochs", 0)):
             value = getattr(self, key)
-            _require(_is_int(value) and value >= least, name, key, f"must be a whole number >= {least}, got {value!r}")
+            _require(_is_int(value), name, key, f"must be a whole number, got {value!r}")
+            _require(value >= least, name, key, f"must be at least {least}, got {value}" if least else f"must not be negative, got {value}")
         _require(_is_int(self.seed), name, "seed", f"must be a whole number, got {self.seed!r}")
         _require(self.warmup_epochs < self.epochs, name, "warmup_epochs",
                  f"must be less than epochs ({self.epochs}), got {self.warmup_epochs}: no epoch would be measured")
         if self.max_steps_per_epoch is not None:
             _require(_is_int(self.max_steps_per_epoch) and self.max_steps_per_epoch >= 1, name, "max_steps_per_epoch",
-                     f"must be a whole number >= 1 or None, got {self.max_steps_per_epoch!r}")
+                     f"must be at least 1, got {self.max_steps_per_epoch!r}")
         _require(isinstance(self.storage_options, dict), name, "storage_options",
                  f"must be a mapping of fsspec options, got {type(self.storage_options).__name__}")
 

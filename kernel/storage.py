@@ -27,6 +27,7 @@ __all__ = [
     "gcs_emulator_options",
     "protocol_of",
     "redact",
+    "redact_text",
     "resolve",
     "s3_endpoint_options",
     "run_on_loop",
@@ -105,6 +106,22 @@ def redact(url: str) -> str:
         return urlunsplit((parts.scheme, netloc, parts.path, query, parts.fragment))
     tail = (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
     return f"{parts.scheme}://{netloc}{parts.path}{tail}"
+
+
+#: ``scheme://user:password@`` in free text, and credential-like ``name=value`` pairs (presigned URLs'
+#: signatures, tokens, keys) as they appear in error messages and headers.
+_TEXT_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
+_TEXT_SECRET = re.compile(r"(?i)((?:x-amz-)?(?:signature|credential|security-token|access_?key\w*|secret\w*|token)=)[^&\s'\"]+")
+
+
+def redact_text(text: str) -> str:
+    """Remove ``user:password@`` and credential-like ``name=value`` values from free text (error messages).
+
+    The free-text counterpart of :func:`redact`: URLs anywhere in ``text`` lose their user info and
+    every ``signature=``/``credential=``/``token=``/``secret...=``/``access_key...=`` value becomes
+    ``REDACTED``.
+    """
+    return _TEXT_SECRET.sub(r"\1REDACTED", _TEXT_USERINFO.sub(r"\1", text))
 
 
 def join_url(root: str, key: str) -> str:

@@ -118,6 +118,7 @@ def prepare_tuning(
     link_profile: str | None = None,
     sampler_seed: int | None = 0,
     space_overrides: dict[str, Any] | None = None,
+    storage_options: dict[str, Any] | None = None,
     run: RunFunction,
 ) -> TuningSession:
     """Probe the environment, name the study after its fingerprint, build the space and the model, open the study.
@@ -141,6 +142,7 @@ def prepare_tuning(
         model_start: How many of the model's best guesses to enqueue first (0: none).
         results_dir: Where trial RunRecords go.
         write_records: Write trial RunRecords.
+        storage_options: fsspec options that reach the dataset (endpoint, client options).
         run: Runs one trial: the session's ``run`` (``delibench.app.session.run``).
         link_profile: Link-emulation profile name to record with each run.
         sampler_seed: TPE seed.
@@ -157,10 +159,11 @@ def prepare_tuning(
         raise UsageError(f"--model-start must not be negative, got {model_start}")
     if storage is None or isinstance(storage, str):
         check_storage_url(storage)  # NOTE: before the manifest read and the probe, which take seconds
-    manifest = read_manifest(dataset_url)
+    storage_options = dict(storage_options or {})
+    manifest = read_manifest(dataset_url, storage_options)
     wl = get_workload(workload, num_classes=len(manifest.classes))
     batch = batch_size or wl.default_batch_size
-    probe = probe_environment(dataset_url, manifest, decode=wl.decoder())
+    probe = probe_environment(dataset_url, manifest, decode=wl.decoder(), storage_options=storage_options)
     fp = fingerprint(
         dataset_id=manifest.dataset_id,
         dataset_url=dataset_url,
@@ -170,6 +173,7 @@ def prepare_tuning(
         world_size=1,
         mean_sample_bytes=manifest.mean_sample_bytes,
         probe=probe,
+        storage_options=storage_options,
     )
     workers_choices: tuple[int, ...] = ()
     if tune_workers:
@@ -195,6 +199,7 @@ def prepare_tuning(
         link_profile=link_profile,
         results_dir=results_dir,
         write_records=write_records,
+        storage_options=storage_options,
     )
     predictor = None
     if compute.step_time_s:

@@ -35,7 +35,7 @@ def octave(value: float | None) -> int | None:
 def endpoint_host(dataset_url: str, storage_options: dict[str, Any] | None = None) -> str:
     """``host[:port]`` of the service holding ``dataset_url``; never credentials or a path.
 
-    S3-compatible endpoints come from ``AWS_ENDPOINT_URL`` (as ``delibench.storage`` resolves them);
+    The endpoint comes from the storage options (the CLI fills them from ``AWS_ENDPOINT_URL``);
     without one, the public service's host is used.
     """
     loc = resolve(dataset_url, storage_options)

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from delibench.errors import RuntimeFailure, UsageError
+from delibench.errors import RuntimeFailure, SpecError, UsageError
 from delibench.records import ComputeSpec, RunRecord, RunSpec, StepSample
 from delibench.tuning.guide import Guess, Predictor
 from delibench.tuning.space import SearchSpace, TuneConfig
@@ -81,6 +81,7 @@ class TuneSettings:
         link_profile: Link-emulation profile recorded with each run.
         results_dir: Where trial RunRecords go (None: the runner's default).
         write_records: Write each trial's RunRecord.
+        storage_options: fsspec options that reach the dataset (see ``RunSpec.storage_options``).
     """
 
     dataset_url: str
@@ -98,24 +99,24 @@ class TuneSettings:
     link_profile: str | None = None
     results_dir: str | None = None
     write_records: bool = True
+    storage_options: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, metadata={"secret": True})
 
     def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise UsageError(f"unknown objective {self.objective!r}", hint="use wait, cost or wait,cost")
-        if self.min_au is not None and not 0.0 < self.min_au <= 1.0:
-            raise UsageError(f"--min-au must lie in (0, 1], got {self.min_au}")
-        if self.steps_per_trial is not None and self.steps_per_trial < 1:
-            raise UsageError(f"--steps-per-trial must be at least 1, got {self.steps_per_trial}")
-        if self.steps_per_trial is not None and self.steps_per_trial <= self.warmup_steps and self.epochs_per_trial == 1:
-            raise UsageError(
-                f"--steps-per-trial {self.steps_per_trial} leaves nothing to measure after {self.warmup_steps} warm-up steps"
-            )
-        if self.epochs_per_trial < 1:
-            raise UsageError(f"epochs per trial must be at least 1, got {self.epochs_per_trial}")
-        if self.batch_size < 1:
-            raise UsageError(f"batch size must be at least 1, got {self.batch_size}")
-        if self.warmup_steps < 0:
-            raise UsageError(f"warm-up steps must not be negative, got {self.warmup_steps}")
+        def require(ok: bool, name: str, problem: str, hint: str | None = None) -> None:
+            if not ok:
+                raise SpecError("TuneSettings", name, problem, hint=hint)
+
+        require(self.objective in OBJECTIVES, "objective", f"must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        require(self.min_au is None or 0.0 < self.min_au <= 1.0, "min_au", f"must lie in (0, 1], got {self.min_au}")
+        require(self.steps_per_trial is None or self.steps_per_trial >= 1, "steps_per_trial", f"must be at least 1, got {self.steps_per_trial}")
+        require(
+            self.steps_per_trial is None or self.steps_per_trial > self.warmup_steps or self.epochs_per_trial > 1,
+            "steps_per_trial",
+            f"{self.steps_per_trial} leaves nothing to measure after {self.warmup_steps} warm-up steps",
+        )
+        require(self.epochs_per_trial >= 1, "epochs_per_trial", f"must be at least 1, got {self.epochs_per_trial}")
+        require(self.batch_size >= 1, "batch_size", f"must be at least 1, got {self.batch_size}")
+        require(self.warmup_steps >= 0, "warmup_steps", f"must not be negative, got {self.warmup_steps}")
 
     @property
     def directions(self) -> list[str]:
@@ -137,6 +138,7 @@ class TuneSettings:
             world_size=self.world_size,
             max_steps_per_epoch=self.steps_per_trial,
             link_profile=self.link_profile,
+            storage_options=self.storage_options,
         )
 
 

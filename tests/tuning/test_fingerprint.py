@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from delibench.records import ComputeSpec
+from delibench.storage import s3_endpoint_options
 from delibench.tuning.fingerprint import endpoint_host, fingerprint, octave
 from delibench.tuning.probe import ProbeResult, probe_environment
 
@@ -30,12 +31,12 @@ def test_octaves() -> None:
     assert octave(None) is None and octave(0) is None
 
 
-def test_study_name_is_stable_within_a_bucket_and_changes_across(monkeypatch) -> None:
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://user:secret@10.0.0.5:9000")
-    a, b = fp(probe(0.021)), fp(probe(0.029))
+def test_study_name_is_stable_within_a_bucket_and_changes_across() -> None:
+    endpoint = {"storage_options": s3_endpoint_options("http://user:secret@10.0.0.5:9000")}
+    a, b = fp(probe(0.021), **endpoint), fp(probe(0.029), **endpoint)
     assert a.study_name() == b.study_name() and a.study_name().startswith("deli-abc123-")
-    assert fp(probe(0.070)).study_name() != a.study_name()
-    assert fp(probe(), compute=ComputeSpec("emulated", 0.1)).study_name() != a.study_name()
+    assert fp(probe(0.070), **endpoint).study_name() != a.study_name()
+    assert fp(probe(), compute=ComputeSpec("emulated", 0.1), **endpoint).study_name() != a.study_name()
     assert a.study_name({"objective": "cost"}) != a.study_name({"objective": "wait"})
     assert a.endpoint == "10.0.0.5:9000" and "secret" not in str(a.as_dict())
 

@@ -11,6 +11,7 @@ import pytest
 from delibench.cli.app import main
 from delibench.errors import RuntimeFailure
 from delibench.manifest import FIRST_READ_MAX_ATTEMPTS, read_manifest
+from delibench.storage import s3_endpoint_options
 
 
 @pytest.fixture(autouse=True)
@@ -68,9 +69,8 @@ def test_refused_endpoint_is_a_runtime_failure_naming_it(monkeypatch, capsys):
 
 
 def test_endpoint_credentials_are_not_shown(monkeypatch):
-    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://user:secretpw@127.0.0.1:9")
     with pytest.raises(RuntimeFailure, match="cannot reach the object store at http://127.0.0.1:9 ") as info:
-        read_manifest("s3://some-bucket/imgs")
+        read_manifest("s3://some-bucket/imgs", s3_endpoint_options("http://user:secretpw@127.0.0.1:9"))
     assert "secretpw" not in str(info.value)
 
 
@@ -78,9 +78,8 @@ def test_resetting_endpoint_gives_up_after_few_attempts(monkeypatch):
     server = _ResettingServer()
     port = server.port
     try:
-        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         with pytest.raises(RuntimeFailure, match="cannot reach the object store") as info:
-            read_manifest("s3://some-bucket/imgs")
+            read_manifest("s3://some-bucket/imgs", s3_endpoint_options(f"http://127.0.0.1:{port}"))
     finally:
         server.close()
     assert f"http://127.0.0.1:{port}" in info.value.message
@@ -95,9 +94,8 @@ def test_missing_credentials_name_the_endpoint_and_the_cure(s3_server, monkeypat
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server.endpoint_url)
     with pytest.raises(RuntimeFailure, match="no credentials") as info:
-        read_manifest("s3://some-bucket/imgs")
+        read_manifest("s3://some-bucket/imgs", s3_endpoint_options(s3_server.endpoint_url))
     assert s3_server.endpoint_url in info.value.message
     assert "AWS_ACCESS_KEY_ID" in (info.value.hint or "") and "AWS_PROFILE" in (info.value.hint or "")
 
