@@ -35,7 +35,6 @@ import errno
 import itertools
 import os
 import random
-import re
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -46,7 +45,7 @@ from delibench.errors import FetchError, UsageError
 from delibench.loaders import s3http
 from delibench.manifest import Manifest, checksum
 from delibench.measure import percentile
-from delibench.storage import Location, close_filesystem, redact, resolve, run_on_loop
+from delibench.storage import Location, close_filesystem, redact, redact_text, resolve, run_on_loop
 from delibench.units import parse_duration
 
 __all__ = [
@@ -60,8 +59,6 @@ __all__ = [
     "is_transient",
 ]
 
-_SECRET = re.compile(r"(?i)((?:x-amz-)?(?:signature|credential|security-token|access_?key\w*|secret\w*|token)=)[^&\s'\"]+")
-_USERINFO = re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://)[^/@\s:]+:[^/@\s]+@")
 
 #: What a loader does when a sample cannot be read or decoded for good.
 ON_ERROR_POLICIES = ("raise", "skip")
@@ -74,9 +71,7 @@ _LATENCY_MIN_SAMPLES = 20
 
 def clean_cause(exc: BaseException, limit: int = 300) -> str:
     """One-line description of ``exc`` with credential-like values removed."""
-    text = f"{type(exc).__name__}: {exc}".replace("\n", " ")
-    text = _USERINFO.sub(r"\1", text)
-    return _SECRET.sub(r"\1REDACTED", text)[:limit]
+    return redact_text(f"{type(exc).__name__}: {exc}".replace("\n", " "))[:limit]
 
 
 # -- classification --------------------------------------------------------------------------------

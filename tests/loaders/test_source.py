@@ -82,6 +82,8 @@ def test_short_read_is_a_fetch_error(local_corpus: Corpus, tmp_path) -> None:
 def test_clean_cause_removes_signatures() -> None:
     cause = clean_cause(ValueError("GET https://b/k?X-Amz-Signature=abc123&X-Amz-Credential=AKIA/x failed"))
     assert "abc123" not in cause and "AKIA" not in cause and "REDACTED" in cause
+    cause = clean_cause(OSError("cannot reach s3://user:hunter2@host/b?token=t0k"))
+    assert "hunter2" not in cause and "t0k" not in cause and "s3://host/b" in cause
 
 
 def test_source_pickles_without_its_client(local_corpus: Corpus) -> None:
