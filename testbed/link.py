@@ -61,6 +61,9 @@ class LinkStats:
     bytes_client_to_server: int
     bytes_server_to_client: int
     faults: dict[str, int]
+    #: Half-closes (EOFs) the link passed on, either direction, counted also when the destination
+    #: had already gone (its peer reset): each one counts toward closing its connection.
+    half_closes: int = 0
 
 
 @dataclass(slots=True)
@@ -419,6 +422,7 @@ class _Connection:
 
     def eof_delivered(self, direction: _Direction) -> None:
         self.eofs += 1
+        self.emu.half_closes += 1
         if self.eofs >= 2:
             self.close()
 
@@ -527,6 +531,7 @@ class LinkEmulator:
         self.requests = 0
         self.bytes_client_to_server = 0
         self.bytes_server_to_client = 0
+        self.half_closes = 0
         self.faults: dict[str, int] = {"error": 0, "reset": 0, "stall": 0}
 
     # -- public API ----------------------------------------------------------------------------
@@ -549,6 +554,7 @@ class LinkEmulator:
             bytes_client_to_server=self.bytes_client_to_server,
             bytes_server_to_client=self.bytes_server_to_client,
             faults=dict(self.faults),
+            half_closes=self.half_closes,
         )
 
     def start(self) -> LinkEmulator:

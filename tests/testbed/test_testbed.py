@@ -22,6 +22,11 @@ def _cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) ->
     return subprocess.run([*CLI, *args], capture_output=True, text=True, timeout=timeout, env=env)
 
 
+def _children() -> set[int]:
+    """Pids of every live descendant of this (pytest) process."""
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
 def _gone(pids: list[int], timeout_s: float = 10.0) -> bool:
     """Whether none of ``pids`` runs any more (zombies awaiting their reaper count as gone)."""
     deadline = time.monotonic() + timeout_s
@@ -47,7 +52,11 @@ def test_in_process_testbed_serves_s3_and_gcs_through_the_link(tmp_path: Path, m
 
     from delibench.storage import resolve
 
+    before = _children()
     with Testbed.start(tmp_path / "tb", profile="same-region", services="s3,gcs") as tb:
+        # The processes this testbed started (its servers and their children), seen from outside.
+        pids = sorted(_children() - before)
+        assert pids  # an in-process testbed still runs SeaweedFS and fake-gcs-server as child processes
         assert tb.s3_url != tb.s3_direct_url and tb.gcs_url != tb.gcs_direct_url
         env = tb.env
         assert env["AWS_ENDPOINT_URL"] == tb.s3_url
@@ -69,7 +78,6 @@ def test_in_process_testbed_serves_s3_and_gcs_through_the_link(tmp_path: Path, m
         assert isinstance(s3_link, LinkEmulator)
         assert s3_link.stats().bytes_server_to_client >= len(payload)
         assert gcs_link.stats().bytes_server_to_client >= len(payload)
-        pids = [p.pid for p in tb._owned]
     assert _gone(pids)
     s3fs.S3FileSystem.clear_instance_cache()
     gcsfs.GCSFileSystem.clear_instance_cache()
