@@ -15,7 +15,7 @@ from delibench.distributed import RankInfo, rank_info
 from delibench.errors import SpecError, UsageError
 from delibench.storage import protocol_of, storage_options_from_env
 
-__all__ = ["FLAG_FOR_FIELD", "as_flag_error", "link_profile", "rank", "storage_options_for"]
+__all__ = ["FLAG_FOR_FIELD", "as_flag_error", "launched_as_rank", "link_profile", "profiles_path", "rank", "storage_options_for"]
 
 #: Spec field -> the flag that sets it, so a spec's own validation error reads as a CLI error.
 FLAG_FOR_FIELD = {
@@ -50,6 +50,11 @@ def link_profile() -> str | None:
 def rank() -> RankInfo:
     """This process's place in a torchrun (or ``--nproc``) job."""
     return rank_info(os.environ)
+
+
+def profiles_path() -> str | None:
+    """An extra GPU-profiles file named by ``DELIBENCH_PROFILES`` (read after the user's own file)."""
+    return os.environ.get("DELIBENCH_PROFILES") or None
 
 
 def launched_as_rank() -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import typer
 
+from delibench.cli import environment
 from delibench.cli.output import console, print_json
 
 __all__ = ["register"]
@@ -82,7 +83,7 @@ def list_gpus(as_json: bool = typer.Option(False, "--json", help="JSON on stdout
 
     rows = [
         {"name": name, "step_time_s": round(p.step_time_s(), 4), "source": getattr(p, "source", "")}
-        for name, p in sorted(load_profiles().items())
+        for name, p in sorted(load_profiles(environment.profiles_path()).items())
     ]
     _show(rows, as_json, "GPU profiles")
 

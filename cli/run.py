@@ -71,7 +71,7 @@ def build_specs(
     bs = int(pick(batch_size, "batch_size", wl.default_batch_size))
     if bs < 1:  # NOTE: checked before parse_compute, which divides a profile's time by it
         raise UsageError(f"--batch-size must be at least 1, got {bs}")
-    compute_spec: ComputeSpec = parse_compute(str(pick(compute, "compute", "auto")), batch_size=bs)
+    compute_spec: ComputeSpec = parse_compute(str(pick(compute, "compute", "auto")), batch_size=bs, profiles_path=environment.profiles_path())
     loader_specs: list[LoaderSpec]
     if loaders:
         loader_specs = [parse_loader_arg(text) for text in loaders]
@@ -301,7 +301,7 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
             elif auto_html:
                 _check_creatable_dir(results_dir or Path(".delibench/results"), "--results-dir")
         if nproc > 1 and not environment.launched_as_rank() and not dry_run:
-            from delibench.distributed import launch_local
+            from delibench.cli.launch import launch_local
 
             # NOTE: the flags were checked above, so bad input fails once here, not once per rank.
             raise typer.Exit(launch_local(nproc, _rank_argv(ctx)))

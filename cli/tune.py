@@ -144,7 +144,7 @@ def tune_cmd(
         raise UsageError(f"--timeout must be positive, got {timeout}")
     objective_name = _parse_objective(objective)
     budget = parse_bytes(mem_budget) if mem_budget is not None else _default_mem_budget()
-    compute_spec = parse_compute(compute, batch_size=batch_size)
+    compute_spec = parse_compute(compute, batch_size=batch_size, profiles_path=environment.profiles_path())
 
     from delibench.app.session import run as run_trial
     from delibench.tuning.api import prepare_tuning

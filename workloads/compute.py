@@ -24,7 +24,6 @@ from delibench.records import ComputeSpec
 from delibench.units import parse_duration
 
 __all__ = [
-    "PROFILES_ENV",
     "Compute",
     "EmulatedCompute",
     "GpuProfile",
@@ -37,7 +36,6 @@ __all__ = [
 ]
 
 #: Environment variable naming an extra profiles file (read after the user's own file).
-PROFILES_ENV = "DELIBENCH_PROFILES"
 
 
 @runtime_checkable
@@ -373,7 +371,7 @@ def _read_profile_file(text: str, origin: str) -> dict[str, GpuProfile]:
 
 
 def load_profiles(path: str | os.PathLike[str] | None = None) -> dict[str, GpuProfile]:
-    """Every known profile: shipped ones, then the user's file, ``$DELIBENCH_PROFILES``, then ``path``.
+    """Every known profile: shipped ones, then the user's file, then ``path`` (the CLI passes ``$DELIBENCH_PROFILES``).
 
     Later sources override earlier ones by name, so a calibrated ``resnet50-a100`` replaces the
     shipped estimate.
@@ -384,8 +382,6 @@ def load_profiles(path: str | os.PathLike[str] | None = None) -> dict[str, GpuPr
     shipped = resources.files("delibench.workloads").joinpath("gpu_profiles.yaml").read_text(encoding="utf-8")
     profiles = _read_profile_file(shipped, "gpu_profiles.yaml (shipped)")
     candidates: list[tuple[Path, bool]] = [(default_profiles_path(), False)]
-    if os.environ.get(PROFILES_ENV):
-        candidates.append((Path(os.environ[PROFILES_ENV]), True))
     if path is not None:
         candidates.append((Path(path), True))
     for file, required in candidates:
