@@ -198,34 +198,63 @@ def test_push_to_seaweedfs_reads_back_identical_and_indexes_the_same(dataset: tu
     assert read_manifest(url).source == "listed"
 
 
+@pytest.fixture
+def botocore_clients(monkeypatch: pytest.MonkeyPatch) -> list:
+    """Every synchronous botocore client created from now on (s3fs's aiobotocore clients are not counted).
+
+    Records through botocore's public ``Session.create_client``, which push's direct uploader
+    calls and aiobotocore's ``AioSession`` overrides.
+    """
+    import botocore.session
+
+    created: list = []
+    real = botocore.session.Session.create_client
+
+    def recording(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - wraps the real method
+        client = real(self, *args, **kwargs)
+        created.append(client)
+        return client
+
+    monkeypatch.setattr(botocore.session.Session, "create_client", recording)
+    return created
+
+
 @pytest.mark.s3
-def test_s3_push_through_s3fs_and_a_failed_s3_push(dataset: tuple[Path, Manifest], s3_bucket: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_s3_push_through_s3fs_and_a_failed_s3_push(dataset: tuple[Path, Manifest], s3_bucket: str, botocore_clients: list) -> None:
     """Options botocore cannot take fall back to s3fs; a failed upload leaves no manifest on S3 either."""
     src, made = dataset
     options = {"default_block_size": 5 * 2**20}  # an s3fs-only option: the s3fs upload path
-    assert publish._botocore_client(resolve(s3_bucket, options), 4) is None
     publish.push(src, f"{s3_bucket}/via-s3fs", storage_options=options)
+    assert botocore_clients == []  # no direct botocore uploader: s3fs uploaded
     _assert_remote_matches(f"{s3_bucket}/via-s3fs", made)
 
     url = f"{s3_bucket}/failing"
     publish.push(src, url)
-    real = publish._botocore_put
+    assert len(botocore_clients) == 1  # plain options: the direct botocore uploader
+
+    import botocore.session
+
     calls = {"n": 0}
+    recording = botocore.session.Session.create_client
 
-    def failing(client, loc, root):  # noqa: ANN001, ANN202 - wraps the real uploader
-        put = real(client, loc, root)
+    def flaky_client(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202 - the 7th PutObject fails
+        client = recording(self, *args, **kwargs)
+        put_object = client.put_object
 
-        def flaky(key: str) -> None:
+        def put(**params):  # noqa: ANN003, ANN202
             calls["n"] += 1
             if calls["n"] == 7:
                 raise OSError("connection reset by peer")
-            put(key)
+            return put_object(**params)
 
-        return flaky
+        client.put_object = put
+        return client
 
-    monkeypatch.setattr(publish, "_botocore_put", failing)
-    with pytest.raises(RuntimeFailure, match="connection reset"):
-        publish.push(src, url, concurrency=2)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(botocore.session.Session, "create_client", flaky_client)
+        with pytest.raises(RuntimeFailure, match="connection reset"):
+            publish.push(src, url, concurrency=2)
+    assert calls["n"] >= 7  # the failure came from the direct uploader's PutObject
     with pytest.raises(UsageError, match="no dataset manifest"):
         read_manifest(url)
 
