@@ -154,8 +154,13 @@ class ManagedProcess:
         """
         return {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "STORAGE_EMULATOR_HOST"))}
 
-    def _socket_files(self) -> list[Path]:
+    def socket_files(self) -> list[Path]:
+        """Unix sockets the server leaves behind (``stop`` removes them; a detached testbed records them)."""
         return []
+
+    def _socket_files(self) -> list[Path]:
+        # NOTE: kept for callers of the old private name (testbed.py); use socket_files().
+        return self.socket_files()
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Start the server and wait until it answers.
@@ -207,7 +212,7 @@ class ManagedProcess:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(timeout=5)
             self.process = None
-        for path in self._socket_files():
+        for path in self.socket_files():
             with contextlib.suppress(OSError):
                 path.unlink()
         if self._log is not None:
@@ -277,7 +282,8 @@ class SeaweedServer(ManagedProcess):
             return inside
         return Path(tempfile.gettempdir()) / f"seaweedfs-{component}-{self.ports[component]}.sock"
 
-    def _socket_files(self) -> list[Path]:
+    def socket_files(self) -> list[Path]:
+        """The filer and S3 sockets and weed's gRPC sockets in the temp dir (see the module notes)."""
         # NOTE: weed also puts gRPC sockets in the temp dir, named after their ports; they are
         # ours because the ports were ours while the server ran.
         tmp = Path(tempfile.gettempdir())
