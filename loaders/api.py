@@ -105,15 +105,17 @@ def deli_loader(
         url: Dataset root (``s3://``, ``gs://``, local path).
         transform: Applied to each decoded RGB PIL image (ignored when ``decode`` is given).
         batch_size: Samples per batch.
-        cache_size: Memory cache budget (``"8GiB"``); a hard limit.
+        cache_size: Memory cache budget, a hard limit: bytes or a size string (``"8GiB"``), parsed
+            like every loader option by :func:`~delibench.loaders.pipeline.parse_options`.
         num_workers: Decode worker processes.
         decode: Custom ``(bytes, label) -> item``; default decodes images.
         seed: Shuffle seed.
         order: ``shuffle`` or ``locality``.
         drop_last: Truncate to equal per-rank counts instead of padding.
-        storage_options: fsspec options (endpoints come from the environment by default).
+        storage_options: fsspec options (endpoint, credentials), passed as data; None: the cloud
+            client's own configuration chain.
         **options: More :class:`delibench.loaders.deli.DeliOptions` (``prefetch_depth``,
-            ``concurrency``, ``eviction``, ``cache_tier``, ...).
+            ``concurrency``, ``eviction``, ``cache_tier``, ``retry_deadline_s="60s"``, ...).
 
     Raises:
         UsageError: No manifest at ``url`` or bad options.

@@ -7,7 +7,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from delibench.errors import FetchError, UsageError
@@ -19,7 +19,6 @@ from delibench.loaders.prefetch import DecodePipeline, EpochPrefetcher
 from delibench.loaders.sampler import next_use
 from delibench.loaders.source import ReliabilityOptions, SampleSource
 from delibench.records import LoaderStats
-from delibench.units import parse_bytes
 
 __all__ = ["DeliLoader", "DeliOptions"]
 
@@ -33,14 +32,16 @@ class DeliOptions(ReliabilityOptions):
     ``on_error`` and ``verify`` from :class:`~delibench.loaders.source.ReliabilityOptions`).
 
     Attributes:
-        cache_size: Memory cache budget in bytes (or ``"512MiB"``); a hard limit; 0 = no cache.
+        cache_size: Memory cache budget in bytes (``"512MiB"`` is parsed by
+            :func:`~delibench.loaders.pipeline.parse_options`); a hard limit; 0 = no cache.
             Samples are offered to the cache after delivery and reused in later epochs.
         prefetch_depth: Most samples fetched (or in flight) ahead of consumption; bounds the
             prefetch memory to about ``prefetch_depth * sample size``.
         concurrency: Most GETs in flight at once (on one event loop, not threads).
         cache_tier: ``memory``, or ``disk`` to spill evicted samples to ``cache_dir``.
         cache_dir: Directory of the disk tier (default: a temporary directory removed on close).
-        disk_cache_size: Disk tier budget in bytes (or ``"8GiB"``); required for ``cache_tier=disk``.
+        disk_cache_size: Disk tier budget in bytes (``"8GiB"`` parsed as ``cache_size``); required
+            for ``cache_tier=disk``.
         eviction: ``belady`` (the default: evicts what is needed again last, and refuses samples
             needed later than everything cached; the sampler order is known, so this is exact)
             or ``lru``. Simulated over 5 shuffled epochs with a cache of 25 % of the dataset,
@@ -63,12 +64,12 @@ class DeliOptions(ReliabilityOptions):
             another region) use s3fs either way.
     """
 
-    cache_size: int | str = "1GiB"
+    cache_size: int = field(default=2**30, metadata={"unit": "bytes"})
     prefetch_depth: int = 256
     concurrency: int = 32
     cache_tier: str = "memory"
     cache_dir: str | None = None
-    disk_cache_size: int | str = 0
+    disk_cache_size: int = field(default=0, metadata={"unit": "bytes"})
     eviction: str = "belady"
     prefetch_across_epochs: bool = True
     persistent_workers: bool = True
@@ -76,8 +77,10 @@ class DeliOptions(ReliabilityOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        object.__setattr__(self, "cache_size", parse_bytes(self.cache_size))
-        object.__setattr__(self, "disk_cache_size", parse_bytes(self.disk_cache_size))
+        for name in ("cache_size", "disk_cache_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"{name} must be a whole number of bytes >= 0, got {value!r}", hint="e.g. 536870912 or, as a loader option, 512MiB")
         if not isinstance(self.prefetch_depth, int) or self.prefetch_depth < 1:
             raise UsageError(f"prefetch_depth must be a whole number of samples >= 1, got {self.prefetch_depth!r}")
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
@@ -91,8 +94,8 @@ class DeliOptions(ReliabilityOptions):
 
     @property
     def cache_size_bytes(self) -> int:
-        """The memory budget as an int."""
-        return int(self.cache_size)
+        """The memory budget in bytes (the name the tuner's configurations use)."""
+        return self.cache_size
 
 
 class DeliLoader:
@@ -126,7 +129,7 @@ class DeliLoader:
             self.options.cache_size_bytes,
             self.options.eviction,
             disk_dir=disk_dir,
-            disk_capacity_bytes=int(self.options.disk_cache_size),
+            disk_capacity_bytes=self.options.disk_cache_size,
             checksums=lambda i: sums[i] if isinstance(i, int) and 0 <= i < len(sums) else None,
         )
         self._prefetcher: EpochPrefetcher | None = None

@@ -18,6 +18,7 @@ from delibench.loaders.base import Batch, Decoder, LoaderContext
 from delibench.loaders.sampler import epoch_order
 from delibench.loaders.source import FetchMeter, SampleSource, clean_cause
 from delibench.measure import percentile
+from delibench.units import parse_bytes, parse_duration
 
 __all__ = [
     "BytesBatchDataset",
@@ -35,22 +36,48 @@ __all__ = [
 O = TypeVar("O")
 
 
+#: How :func:`parse_options` reads a human string given for an option field marked
+#: ``field(metadata={"unit": ...})``; the dataclass itself holds only the parsed value.
+_UNIT_PARSERS: dict[str, tuple[Callable[[str], Any], str]] = {
+    "bytes": (parse_bytes, "a size such as 512MiB or a byte count"),
+    "seconds": (parse_duration, "a duration such as 60s or 250ms, or seconds"),
+}
+
+
 def parse_options(cls: type[O], loader: str, options: dict[str, Any]) -> O:
     """Build the frozen options dataclass ``cls`` from user options; unknown keys are usage errors.
 
+    The edge where human strings become values: a string given for a field whose metadata names a
+    ``unit`` (``bytes``: ``"512MiB"``; ``seconds``: ``"60s"``) is parsed here, so the dataclass
+    holds ints and floats and only validates them.
+
     Raises:
-        UsageError: An unknown option (with a did-you-mean hint) or a value the dataclass rejects.
+        UsageError: An unknown option (with a did-you-mean hint), a value that does not parse (naming
+            the option) or a value the dataclass rejects.
     """
-    names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    names = list(fields)
     for key in options:
-        if key not in names:
+        if key not in fields:
             close = difflib.get_close_matches(key, names, n=1)
             hint = f"did you mean {close[0]!r}?" if close else f"{loader} takes: {', '.join(names) or 'no options'}"
             raise UsageError(f"unknown option {key!r} for loader {loader!r}", hint=hint)
+    parsed = {key: _parse_value(fields[key], value) for key, value in options.items()}
     try:
-        return cls(**options)
+        return cls(**parsed)
     except TypeError as exc:
         raise UsageError(f"bad options for loader {loader!r}: {exc}") from exc
+
+
+def _parse_value(option: dataclasses.Field[Any], value: Any) -> Any:
+    unit = option.metadata.get("unit")
+    if unit is None or not isinstance(value, str):
+        return value
+    parse, expected = _UNIT_PARSERS[unit]
+    try:
+        return parse(value)
+    except UsageError as exc:
+        raise UsageError(f"{option.name} must be {expected}, got {value!r}", hint=exc.message) from exc
 
 
 def context_order(ctx: LoaderContext, epoch: int) -> list[int]:

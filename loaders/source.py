@@ -33,6 +33,7 @@ import collections
 import concurrent.futures
 import errno
 import itertools
+import math
 import os
 import random
 import threading
@@ -257,7 +258,8 @@ class ReliabilityOptions:
 
     Attributes:
         retries: Most retries of a transient failure per sample (503 SlowDown, resets, timeouts).
-        retry_deadline_s: Most seconds spent retrying one sample (``"60s"`` accepted).
+        retry_deadline_s: Most seconds spent retrying one sample (``"60s"`` is parsed by
+            :func:`~delibench.loaders.pipeline.parse_options`, the options' edge).
         hedge_after: Send a second request for a sample whose first is slower than this: a
             duration (``"300ms"``), a percentile of recent requests (``"p95"``) or None (off).
         on_error: ``raise`` (stop with a FetchError naming the key and URL) or ``skip`` (go on;
@@ -266,7 +268,7 @@ class ReliabilityOptions:
     """
 
     retries: int = 8
-    retry_deadline_s: float | str = 60.0
+    retry_deadline_s: float = field(default=60.0, metadata={"unit": "seconds"})
     hedge_after: str | float | None = None
     on_error: str = "raise"
     verify: bool = True
@@ -274,7 +276,9 @@ class ReliabilityOptions:
     def __post_init__(self) -> None:
         if not isinstance(self.retries, int) or isinstance(self.retries, bool) or self.retries < 0:
             raise UsageError(f"retries must be a whole number >= 0, got {self.retries!r}")
-        object.__setattr__(self, "retry_deadline_s", parse_duration(self.retry_deadline_s))
+        deadline = self.retry_deadline_s
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not math.isfinite(deadline) or deadline < 0:
+            raise UsageError(f"retry_deadline_s must be a number of seconds >= 0, got {deadline!r}", hint="e.g. 60 or, as a loader option, 60s")
         HedgePolicy.parse(self.hedge_after)  # validates
         if self.on_error not in ON_ERROR_POLICIES:
             raise UsageError(f"unknown on_error {self.on_error!r}", hint=f"use one of: {', '.join(ON_ERROR_POLICIES)}")
@@ -284,7 +288,7 @@ class ReliabilityOptions:
     def source_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of :class:`SampleSource` for these options."""
         return {
-            "retry": RetryPolicy(retries=self.retries, deadline_s=float(self.retry_deadline_s)),
+            "retry": RetryPolicy(retries=self.retries, deadline_s=self.retry_deadline_s),
             "hedge": HedgePolicy.parse(self.hedge_after),
             "verify": self.verify,
         }

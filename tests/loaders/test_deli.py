@@ -180,9 +180,23 @@ def test_bad_options_are_usage_errors(local_corpus: Corpus, options: dict, match
 
 
 def test_size_strings_are_parsed(local_corpus: Corpus) -> None:
-    loader = DeliLoader(make_context(local_corpus), cache_size="512MiB")
-    assert loader.options.cache_size_bytes == 512 * 1024**2
+    loader = DeliLoader(make_context(local_corpus), cache_size="512MiB", disk_cache_size="1KiB", retry_deadline_s="2min")
+    assert loader.options.cache_size_bytes == loader.options.cache_size == 512 * 1024**2
+    assert loader.options.disk_cache_size == 1024 and loader.options.retry_deadline_s == 120.0
     loader.close()
+
+
+def test_options_hold_parsed_values_and_only_validate() -> None:
+    """Human strings are parsed at the edge (the loader's options); the dataclass holds bytes and seconds."""
+    from delibench.loaders.deli import DeliOptions
+
+    assert DeliOptions().cache_size == 2**30 and isinstance(DeliOptions().retry_deadline_s, float)
+    with pytest.raises(UsageError, match="cache_size must be"):
+        DeliOptions(cache_size="1GiB")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="retry_deadline_s must be"):
+        DeliOptions(retry_deadline_s="60s")  # type: ignore[arg-type]
+    with pytest.raises(UsageError, match="disk_cache_size must be"):
+        DeliOptions(disk_cache_size=-1)
 
 
 @pytest.mark.s3
