@@ -8,13 +8,11 @@ fsspec-cache loaders are measured on the same emulated accelerator, epochs inter
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from delibench.records import ComputeSpec, LoaderSpec, RunRecord, RunSpec, StepSample
+from delibench.records import ComputeSpec, LoaderSpec, RunRecord, StepSample
 
 __all__ = ["DemoOptions", "DemoResult", "run_demo"]
 
@@ -61,21 +59,6 @@ class DemoResult:
     notes: list[str] = field(default_factory=list)
 
 
-@contextmanager
-def _env(values: dict[str, str]) -> Iterator[None]:
-    """Set environment variables for the block and restore the previous values after."""
-    old = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-
 def _loader_spec(kind: str, data_dir: Path) -> LoaderSpec:
     if kind == "disk":
         return LoaderSpec("disk", {"path": str(data_dir)})
@@ -103,35 +86,22 @@ def run_demo(
         should_stop: Polled between steps (Ctrl-C handling).
         html: Write the HTML report.
     """
-    from delibench.loaders.publish import push
-    from delibench.manifest import MANIFEST_NAME
+    from delibench.app.lab import Lab
     from delibench.app.session import compare
-    from delibench.testbed.testbed import Testbed
-    from delibench.workloads.datagen import make_dataset
 
     workdir = options.workdir.resolve()
     data_dir = workdir / "data"
     results_dir = workdir / "results"
     log(f"starting the embedded S3 server behind the '{options.profile}' link profile")
-    # NOTE: detached=True runs the link emulator in its own process, so its CPU work does not
-    # contend for the GIL of the process being measured.
-    tb = Testbed.start(workdir / "testbed", profile=options.profile, services=("s3",), detached=True)
-    try:
-        if not (data_dir / MANIFEST_NAME).exists():
-            log(f"generating {options.samples} synthetic JPEG images in {data_dir}")
-            make_dataset(data_dir, samples=options.samples, seed=options.seed)
-        url = f"{tb.make_bucket(DEMO_BUCKET)}/imgs"
-        direct = dict(tb.env, AWS_ENDPOINT_URL=tb.s3_direct_url or "")
-        with _env(direct):
-            log(f"uploading the dataset to {url} (direct, unshaped)")
-            manifest = push(data_dir, url)
-        with _env(dict(tb.env, DELIBENCH_LINK_PROFILE=options.profile)):
-            import s3fs
-
-            s3fs.S3FileSystem.clear_instance_cache()
+    # NOTE: detached (the default) runs the link emulator in its own process, so its CPU work does
+    # not contend for the GIL of the process being measured.
+    with Lab.start(workdir, profile=options.profile, services=("s3",)) as lab:
+        try:
+            data = lab.dataset(data_dir, f"s3://{DEMO_BUCKET}/imgs", samples=options.samples, seed=options.seed, log=log)
+            route = lab.route("s3")
             specs = [
-                RunSpec(
-                    dataset_url=url,
+                route.spec(
+                    data.url,
                     workload=options.workload,
                     loader=_loader_spec(kind, data_dir),
                     compute=ComputeSpec("emulated", options.step_time_s),
@@ -140,20 +110,17 @@ def run_demo(
                     epochs=options.epochs,
                     warmup_steps=3,
                     seed=options.seed,
-                    link_profile=options.profile,
                 )
                 for kind in options.loaders
             ]
             log(
-                f"measuring {', '.join(options.loaders)} on {len(manifest)} samples x {options.epochs} epochs "
+                f"measuring {', '.join(options.loaders)} on {len(data.manifest)} samples x {options.epochs} epochs "
                 f"(emulated accelerator: {options.step_time_s * 1000:.0f} ms per batch of {options.batch_size})"
             )
             records = compare(specs, results_dir=str(results_dir), on_step=on_step, should_stop=should_stop, with_diagnosis=True)
-            s3fs.S3FileSystem.clear_instance_cache()
-    finally:
-        log("stopping the testbed")
-        tb.stop()
-    result = DemoResult(records=records, results_dir=results_dir, dataset_url=url)
+        finally:
+            log("stopping the testbed")
+    result = DemoResult(records=records, results_dir=results_dir, dataset_url=data.url)
     if html:
         from delibench.reports.build import build_report
 

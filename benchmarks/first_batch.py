@@ -19,7 +19,6 @@ the same command on a checkout of commit 8be03de: there the first batch waited f
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -68,47 +67,34 @@ def main() -> None:
     parser.add_argument("--cache-fraction", type=float, default=0.25)
     args = parser.parse_args()
 
-    from delibench.loaders.publish import push
-    from delibench.manifest import MANIFEST_NAME, read_manifest
-    from delibench.records import ComputeSpec, LoaderSpec, RunSpec
+    from delibench.app.lab import Lab
     from delibench.app.session import compare
+    from delibench.records import ComputeSpec, LoaderSpec
     from delibench.testbed.profiles import with_overrides
-    from delibench.testbed.testbed import Testbed
-    from delibench.workloads.datagen import make_dataset
 
-    local = args.dir / f"data-{args.samples}x{args.size}"
-    if not (local / MANIFEST_NAME).exists():
-        print(f"generating {args.samples} JPEGs of ~{args.size / 1e6:g} MB in {local}")
-        make_dataset(local, samples=args.samples, mean_bytes=args.size, seed=0, overwrite=True)
     profile = with_overrides(args.profile, bandwidth=args.bandwidth)
-    bed = Testbed.start(args.dir / "testbed", profile=profile, services=("s3",))
     arrivals: list[tuple[float, int]] = []
-    try:
-        os.environ.update(bed.env)
-        url = bed.make_bucket("first-batch") + "/data"
-        os.environ["AWS_ENDPOINT_URL"] = bed.s3_direct_url or ""
-        push(local, url)  # direct: the upload is not what is measured
-        os.environ.update(bed.env)  # back to the shaped endpoint
-        manifest = read_manifest(url)
+    with Lab.start(args.dir, profile=profile, services=("s3",), detached=False) as lab:
+        data = lab.dataset(args.dir / f"data-{args.samples}x{args.size}", "s3://first-batch/data", samples=args.samples,
+                           mean_bytes=args.size, seed=0, overwrite=True, log=print)
+        manifest = data.manifest
+        route = lab.route("s3")
         _instrument_fetches(arrivals)
         print(f"{profile.name} ({profile.summary()}): {len(manifest)} samples, "
               f"{manifest.total_bytes / 1e6:.0f} MB per epoch, {manifest.total_bytes / profile.bandwidth_bytes_per_s:.1f} s "
               f"of link time at full bandwidth; step {args.step_time:g} s per batch of 32")
         for concurrency in (int(c) for c in args.concurrency.split(",")):
             steps: list[tuple[int, float, float, float]] = []
-            spec = RunSpec(
-                dataset_url=url, workload="resnet18", batch_size=32, num_workers=2, epochs=2, warmup_steps=0, seed=0,
+            spec = route.spec(
+                data.url, workload="resnet18", batch_size=32, num_workers=2, epochs=2, warmup_steps=0, seed=0,
                 loader=LoaderSpec("deli", {"cache_size": int(args.cache_fraction * manifest.total_bytes),
                                            "prefetch_depth": 512, "concurrency": concurrency}),
-                compute=ComputeSpec("emulated", args.step_time), link_profile=profile.name,
+                compute=ComputeSpec("emulated", args.step_time),
             )
             compare([spec], write=False, price=False,
                     on_step=lambda _n, s: steps.append((s.epoch, s.wait_s, s.compute_s, time.perf_counter())))
             _report(f"deli concurrency {concurrency}", steps, arrivals)
             arrivals.clear()
-    finally:
-        bed.stop()
-
 
 if __name__ == "__main__":
     main()

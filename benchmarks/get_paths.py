@@ -51,13 +51,13 @@ async def _measure(name: str, get: Any, paths: list[str], inflight: int) -> tupl
     return name, len(paths) / (t1 - t0), 1000 * (cpu1 - cpu0) / len(paths)
 
 
-async def _run(endpoint: str, bucket: str, keys: list[str], inflight: int) -> list[tuple[str, float, float]]:
+async def _run(options: dict[str, Any], bucket: str, keys: list[str], inflight: int) -> list[tuple[str, float, float]]:
     import s3fs
 
     from delibench.loaders.s3http import LeanS3Reader
 
-    fs = s3fs.S3FileSystem(endpoint_url=endpoint, asynchronous=True, skip_instance_cache=True,
-                           config_kwargs={"max_pool_connections": inflight})
+    config = {**options.get("config_kwargs", {}), "max_pool_connections": inflight}
+    fs = s3fs.S3FileSystem(**{**options, "config_kwargs": config}, asynchronous=True, skip_instance_cache=True)
     await fs.set_session()
     reader = LeanS3Reader(fs, pool_size=inflight)
     paths = [f"{bucket}/{k}" for k in keys]
@@ -72,14 +72,14 @@ async def _run(endpoint: str, bucket: str, keys: list[str], inflight: int) -> li
     return rows
 
 
-async def _run_gcs(endpoint: str, bucket: str, keys: list[str], inflight: int) -> list[tuple[str, float, float]]:
+async def _run_gcs(options: dict[str, Any], bucket: str, keys: list[str], inflight: int) -> list[tuple[str, float, float]]:
     from urllib.parse import quote
 
     import aiohttp
     import gcsfs
 
-    fs = gcsfs.GCSFileSystem(endpoint_url=endpoint, token="anon", project="delibench", asynchronous=True,
-                             skip_instance_cache=True)
+    endpoint = options["endpoint_url"]
+    fs = gcsfs.GCSFileSystem(**options, asynchronous=True, skip_instance_cache=True)
     await fs._set_session()
     connector = aiohttp.TCPConnector(limit=inflight)
     session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
@@ -104,26 +104,25 @@ async def _run_gcs(endpoint: str, bucket: str, keys: list[str], inflight: int) -
     return rows
 
 
-def _gcs_rows(objects: int, size: int, inflight: int, workdir: Path) -> list[tuple[str, float, float]]:
+def _rows(store: str, objects: int, size: int, inflight: int, workdir: Path) -> list[tuple[str, float, float]]:
+    """Write ``objects`` random objects to a local testbed's ``store`` (no link shaping) and measure each read path."""
     from delibench.storage import skip_gcs_bucket_type_probe
 
-    skip_gcs_bucket_type_probe()
-    import gcsfs
+    skip_gcs_bucket_type_probe()  # before gcsfs is imported
+    import fsspec
 
-    from delibench.testbed.testbed import Testbed
+    from delibench.app.lab import Lab
 
-    bed = Testbed.start(workdir / "testbed", profile="local", services=("gcs",))
-    try:
-        endpoint = bed.gcs_direct_url
-        assert endpoint is not None
+    protocol = "gs" if store == "gcs" else "s3"
+    with Lab.start(workdir, profile="local", services=(store,), detached=False) as lab:
         bucket = "get-paths"
-        bed.make_bucket(bucket, "gs")
-        fs = gcsfs.GCSFileSystem(endpoint_url=endpoint, token="anon", project="delibench", skip_instance_cache=True)
+        lab.make_bucket(bucket, protocol)
+        options = lab.route(protocol, direct=True).storage_options
+        fs = fsspec.filesystem(protocol, **options, skip_instance_cache=True)
         keys = [f"obj/{i:06d}.bin" for i in range(objects)]
         fs.pipe({f"{bucket}/{k}": os.urandom(size) for k in keys})
-        return asyncio.run(_run_gcs(endpoint, bucket, keys, inflight))
-    finally:
-        bed.stop()
+        run = _run_gcs if store == "gcs" else _run
+        return asyncio.run(run(options, bucket, keys, inflight))
 
 
 def main() -> None:
@@ -134,28 +133,8 @@ def main() -> None:
     parser.add_argument("--store", choices=("s3", "gcs"), default="s3")
     args = parser.parse_args()
 
-    from delibench.testbed.testbed import Testbed
-
     with tempfile.TemporaryDirectory(prefix="delibench-get-paths-") as tmp:
-        if args.store == "gcs":
-            rows = _gcs_rows(args.objects, args.size, args.inflight, Path(tmp))
-            _print(args, rows)
-            return
-        bed = Testbed.start(Path(tmp) / "testbed", profile="local", services=("s3",))
-        try:
-            env = bed.env
-            os.environ.update({k: v for k, v in env.items() if k.startswith("AWS_")})
-            endpoint = bed.s3_direct_url or env["AWS_ENDPOINT_URL"]
-            import s3fs
-
-            fs = s3fs.S3FileSystem(endpoint_url=endpoint, skip_instance_cache=True)
-            bucket = "get-paths"
-            fs.mkdir(bucket)
-            keys = [f"obj/{i:06d}.bin" for i in range(args.objects)]
-            fs.pipe({f"{bucket}/{k}": os.urandom(args.size) for k in keys})
-            rows = asyncio.run(_run(endpoint, bucket, keys, args.inflight))
-        finally:
-            bed.stop()
+        rows = _rows(args.store, args.objects, args.size, args.inflight, Path(tmp))
     _print(args, rows)
 
 

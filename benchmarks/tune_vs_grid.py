@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import statistics
 import sys
@@ -60,33 +59,19 @@ def main(argv: list[str] | None = None) -> int:
 
     import optuna
 
-    from delibench.loaders.publish import push
-    from delibench.records import ComputeSpec
-    from delibench.testbed.link import LinkEmulator
-    from delibench.testbed.profiles import LinkProfile
-    from delibench.testbed.servers import SeaweedServer
+    from delibench.app.lab import Lab
     from delibench.app.session import run
+    from delibench.records import ComputeSpec
+    from delibench.testbed.profiles import LinkProfile
     from delibench.tuning.api import prepare_tuning
     from delibench.tuning.tuner import runner_evaluator
-    from delibench.workloads.datagen import make_dataset
 
-    os.environ.update({"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench-secret", "AWS_REGION": "us-east-1"})
     tmp = Path(tempfile.mkdtemp(prefix="delibench-tune-bench-"))
-    server = SeaweedServer(tmp / "weed")
-    server.start(timeout_s=90)
-    link = None
-    try:
-        make_dataset(tmp / "imgs", samples=args.samples, classes=4, preset="imagenet", image_size=(96, 96),
-                     mean_bytes=int(args.sample_kb * 1000), seed=7)
-        os.environ["AWS_ENDPOINT_URL"] = server.endpoint_url
-        url = "s3://tune-bench/imgs"
-        manifest = push(tmp / "imgs", url)
-        profile = LinkProfile(name="bench", rtt_s=args.rtt_ms / 1000, bandwidth_bytes_per_s=args.bandwidth_mbps * 1e6)
-        link = LinkEmulator("127.0.0.1", int(server.endpoint_url.rsplit(":", 1)[1]), profile).start()
-        os.environ["AWS_ENDPOINT_URL"] = link.endpoint_url
-        import s3fs
-
-        s3fs.S3FileSystem.clear_instance_cache()
+    profile = LinkProfile(name="bench", rtt_s=args.rtt_ms / 1000, bandwidth_bytes_per_s=args.bandwidth_mbps * 1e6)
+    with Lab.start(tmp, profile=profile, services=("s3",), detached=False) as lab:
+        data = lab.dataset(tmp / "imgs", "s3://tune-bench/imgs", samples=args.samples, classes=4, preset="imagenet",
+                           image_size=(96, 96), mean_bytes=int(args.sample_kb * 1000), seed=7)
+        url, manifest, route = data.url, data.manifest, lab.route("s3")
 
         # A cache budget below the dataset's size, so hit rates (and LRU vs Belady) matter.
         budget = 1 << max(10, (manifest.total_bytes // 2).bit_length() - 1)
@@ -99,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
             epochs_per_trial=2,
             warmup_steps=2,
             write_records=False,
-            link_profile=profile.name,
+            link_profile=route.profile.name,
+            storage_options=route.storage_options,
             run=run,
             space_overrides=dict(cache_levels=2, prefetch_depths=(4, 8, 16, 32), concurrencies=(2, 4, 8, 16)),
         )
@@ -174,11 +160,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.json:
             args.json.write_text(json.dumps({"rows": rows, "model": model, "grid": {c.label: v for c, v in grid.items()}}, indent=2))
         return 0
-    finally:
-        if link is not None:
-            link.stop()
-        server.stop()
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from delibench.errors import RuntimeFailure, UsageError
-from delibench.storage import GCS_BUCKET_TYPE_PROBE
+from delibench.storage import GCS_BUCKET_TYPE_PROBE, gcs_emulator_options, s3_endpoint_options
 from delibench.testbed.link import LinkEmulator
 from delibench.testbed.profiles import LinkProfile, get_profile
 from delibench.testbed.servers import GcsEmulator, ManagedProcess, SeaweedServer, free_ports, terminate_group
@@ -40,6 +40,7 @@ __all__ = [
     "ProcessStatus",
     "Testbed",
     "TestbedState",
+    "endpoint_storage_options",
     "read_state",
     "stop_detached",
     "testbed_status",
@@ -103,6 +104,22 @@ class TestbedState:
         """The link profile in front of the servers."""
         return LinkProfile(**self.profile)
 
+    def endpoint(self, protocol: str = "s3", *, direct: bool = False) -> str:
+        """The endpoint of ``protocol`` (``s3`` or ``gs``): through the link, or ``direct``.
+
+        Raises:
+            UsageError: Unknown protocol, or this testbed runs no server for it.
+        """
+        service = _service_of(protocol)
+        url = getattr(self, f"{service}_direct_url" if direct else f"{service}_url")
+        if not url:
+            raise UsageError(f"this testbed runs no {service.upper()} server", hint=f"start it with --services {service}")
+        return str(url)
+
+    def storage_options(self, protocol: str = "s3", *, direct: bool = False) -> dict[str, Any]:
+        """fsspec storage options that reach this testbed's ``protocol`` store (shaped, or ``direct``)."""
+        return endpoint_storage_options(protocol, self.endpoint(protocol, direct=direct))
+
     def env(self) -> dict[str, str]:
         """The environment variables a client needs to use this testbed (shaped endpoints)."""
         env = dict(_DUMMY_AWS)
@@ -124,6 +141,26 @@ class TestbedState:
     def from_json(cls, data: dict[str, Any]) -> TestbedState:
         procs = tuple(ProcessRecord(**{**p, "sockets": tuple(p.get("sockets", ()))}) for p in data.get("processes", ()))
         return cls(**{**data, "services": tuple(data.get("services", ())), "processes": procs})
+
+
+def _service_of(protocol: str) -> str:
+    service = {"s3": "s3", "gs": "gcs", "gcs": "gcs"}.get(protocol)
+    if service is None:
+        raise UsageError(f"unknown testbed protocol {protocol!r}", hint="use s3 or gs")
+    return service
+
+
+def endpoint_storage_options(protocol: str, endpoint_url: str) -> dict[str, Any]:
+    """Storage options for a testbed endpoint of ``protocol``: endpoint, dummy keys and region as data.
+
+    The testbed's servers accept any key; giving them here means no client needs ``AWS_*``
+    variables in the environment.
+    """
+    if _service_of(protocol) == "gcs":
+        return gcs_emulator_options(endpoint_url)
+    options = s3_endpoint_options(endpoint_url)
+    options["client_kwargs"] = {**options["client_kwargs"], "region_name": _DUMMY_AWS["AWS_REGION"]}
+    return {**options, "key": _DUMMY_AWS["AWS_ACCESS_KEY_ID"], "secret": _DUMMY_AWS["AWS_SECRET_ACCESS_KEY"]}
 
 
 class _LinkProcess(ManagedProcess):
@@ -235,7 +272,7 @@ class Testbed:
     Example:
         >>> with Testbed.start("/tmp/tb", profile="cross-region") as tb:  # doctest: +SKIP
         ...     url = tb.make_bucket("data")          # "s3://data"
-        ...     os.environ.update(tb.env)              # clients now go through the emulated link
+        ...     options = tb.storage_options("s3")    # fsspec options through the emulated link
     """
 
     __test__ = False
@@ -375,6 +412,20 @@ class Testbed:
     @property
     def gcs_direct_url(self) -> str | None:
         return self.state.gcs_direct_url
+
+    def storage_options(self, protocol: str = "s3", *, direct: bool = False) -> dict[str, Any]:
+        """fsspec storage options that reach the ``protocol`` store through the link, or ``direct``.
+
+        Raises:
+            UsageError: Unknown protocol, or this testbed runs no server for it.
+        """
+        return self.state.storage_options(protocol, direct=direct)
+
+    def server_pid(self, protocol: str = "s3") -> int | None:
+        """The pid of the server process of ``protocol`` (None when not known here)."""
+        name = {"s3": SeaweedServer.name, "gcs": GcsEmulator.name}[_service_of(protocol)]
+        pids = [p.pid for p in self._owned if p.name == name] + [r.pid for r in self.state.processes if r.name == name]
+        return next((pid for pid in pids if pid is not None), None)
 
     def make_bucket(self, name: str, protocol: str = "s3") -> str:
         """Create bucket ``name`` (direct, unshaped) if it does not exist; return its URL.
