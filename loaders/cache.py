@@ -343,6 +343,11 @@ class ByteBudgetCache:
         """Memory-tier occupancy now."""
         return self._bytes
 
+    def sizes(self) -> dict[Hashable, int]:
+        """The memory tier's entries and their sizes in bytes, now (a copy; touches no recency)."""
+        with self._lock:
+            return {key: len(data) for key, data in self._data.items()}
+
     def get(self, key: Hashable, next_use: float | None = None) -> bytes | None:
         """The cached bytes of ``key`` (counted as a hit) or None (a miss).
 

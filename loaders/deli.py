@@ -290,6 +290,13 @@ class DeliLoader:
 
     # -- metrics --------------------------------------------------------------------------------
 
+    def look_ahead(self) -> tuple[int, EpochPrefetcher] | None:
+        """The epoch whose known order is being fetched before its ``iter_epoch`` and the prefetcher
+        walking it (see ``prefetch_across_epochs``), or None when no look-ahead runs."""
+        with self._lock:
+            ahead = self._ahead
+        return None if ahead is None else (ahead[0], ahead[1][0])
+
     def occupancy_timeline(self) -> list[tuple[float, int]]:
         """Cache occupancy over time: ``(seconds since the loader was built, bytes)`` points."""
         return list(self._timeline)

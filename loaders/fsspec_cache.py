@@ -110,15 +110,24 @@ class CachedReader:
             out.append(data)
         return out, meter
 
-    def _drop(self, fs: Any, path: str) -> None:
-        """Remove ``path``'s local copy so that the next open downloads it again."""
+    def cached_copy(self, key: str) -> str | None:
+        """The local file in which fsspec's cache holds sample ``key`` in this process, or None."""
+        return self._local_copy(self._filesystem(), self.location.child(key))
+
+    @staticmethod
+    def _local_copy(fs: Any, path: str) -> str | None:
         try:
             local = fs._check_file(path)
-        except Exception:  # noqa: BLE001 - nothing cached to drop
-            return
+        except Exception:  # noqa: BLE001 - nothing cached
+            return None
         if isinstance(local, tuple):  # filecache/blockcache: (details, path)
             local = local[-1]
-        if isinstance(local, str) and os.path.exists(local):
+        return local if isinstance(local, str) and os.path.exists(local) else None
+
+    def _drop(self, fs: Any, path: str) -> None:
+        """Remove ``path``'s local copy so that the next open downloads it again."""
+        local = self._local_copy(fs, path)
+        if local is not None:
             os.remove(local)
 
 

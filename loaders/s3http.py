@@ -110,12 +110,12 @@ class LeanS3Reader:
             timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.connect_timeout_s, sock_read=self.read_timeout_s)
             # NOTE: trust_env=False: with it aiohttp reads ~/.netrc and the proxy variables in a
             # thread for every request (0.4 ms of CPU per GET here); the proxy is looked up once
-            # per host instead (_proxy_for). auto_decompress=False keeps the stored bytes
+            # per host instead (proxy_for). auto_decompress=False keeps the stored bytes
             # (botocore never decodes a Content-Encoding either).
             self._session = aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
         return self._session
 
-    def _proxy_for(self, url: Any) -> str | None:
+    def proxy_for(self, url: Any) -> str | None:
         """The ``HTTP(S)_PROXY`` to use for ``url``'s host (``NO_PROXY`` honoured), looked up once per host."""
         key = (url.scheme, url.host)
         if key not in self._proxies:
@@ -142,7 +142,7 @@ class LeanS3Reader:
                                                   ExpiresIn=URL_TTL_S)
         # NOTE: encoded=True: the signature covers the URL exactly as the signer encoded it.
         target = yarl.URL(url, encoded=True)
-        async with self._http().get(target, allow_redirects=False, proxy=self._proxy_for(target)) as response:
+        async with self._http().get(target, allow_redirects=False, proxy=self.proxy_for(target)) as response:
             body = await response.read()
             if response.status == 200:
                 return body

@@ -452,6 +452,24 @@ class SampleSource:
         return self._fs
 
     @property
+    def client_pid(self) -> int | None:
+        """The process whose filesystem client this source holds now (None: none; one is made on first use).
+
+        A source that crossed a process boundary (pickled into a DataLoader worker) holds none, and a
+        forked child makes its own instead of using its parent's.
+        """
+        return self._pid if self._fs is not None else None
+
+    @property
+    def uses_lean_http(self) -> bool:
+        """True when this process's GETs go through the presigned-URL reader (:mod:`~delibench.loaders.s3http`).
+
+        False before the first read, for backends other than S3, and for good once the source fell
+        back to s3fs (a set-up a presigned GET cannot express, or a redirect).
+        """
+        return self._lean is not None and self._pid == os.getpid()
+
+    @property
     def is_async(self) -> bool:
         """True when the backend has native coroutines (s3fs, gcsfs)."""
         return bool(getattr(self.fs, "async_impl", False))

@@ -29,7 +29,7 @@ def test_peak_never_exceeds_budget(capacity: int, policy: str, ops: list[tuple[i
         assert cache.current_bytes <= capacity
     stats = cache.stats()
     assert stats.peak_bytes <= capacity
-    assert stats.current_bytes == sum(len(cache._data[k]) for k in cache._data)
+    assert stats.current_bytes == sum(cache.sizes().values())
 
 
 def test_lru_evicts_least_recently_used() -> None:

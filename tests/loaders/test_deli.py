@@ -221,7 +221,7 @@ def test_deli_beats_naive_bucket_through_a_slow_link(s3_corpus: Corpus, shaped_s
 
 
 @pytest.mark.s3
-def test_close_closes_its_s3_client_so_a_later_collection_schedules_nothing(s3_corpus: Corpus) -> None:
+def test_close_closes_its_s3_client_so_a_later_collection_schedules_nothing(s3_corpus: Corpus, s3_server: Any) -> None:
     """Regression: s3fs closes a dropped client from a GC finalizer, on the event loop of whatever
     thread trips the collector ('Task exception was never retrieved': its lock is bound to fsspec's loop)."""
     import asyncio
@@ -230,10 +230,19 @@ def test_close_closes_its_s3_client_so_a_later_collection_schedules_nothing(s3_c
 
     loader = DeliLoader(make_context(s3_corpus, num_workers=0), cache_size=0, concurrency=4)
     assert sorted(run_epoch(loader, 0, s3_corpus)) == list(range(len(s3_corpus.manifest)))
+    import psutil
+    from urllib.parse import urlsplit
+
     fs = loader.source.fs
-    http = fs._s3._endpoint.http_session
+    store_port = urlsplit(s3_server.endpoint_url).port
+
+    def open_to_store() -> int:
+        return sum(1 for c in psutil.Process().net_connections(kind="tcp")
+                   if c.raddr and c.raddr.port == store_port and c.status == psutil.CONN_ESTABLISHED)
+
+    assert open_to_store() > 0  # the epoch's keep-alive connections, which close() must end
     loader.close()
-    assert http._sessions is None, "close() left the client's HTTP session open"
+    assert open_to_store() == 0, "close() left the client's HTTP session open"
     scheduled: list[Any] = []
 
     async def drop_and_collect() -> None:  # the collector fires in a thread running another loop

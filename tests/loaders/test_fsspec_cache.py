@@ -13,8 +13,9 @@ from delibench.loaders.testing import Corpus
 
 
 def _truncate_cached_copy(reader: CachedReader, key: str) -> Path:
-    fs = reader._filesystem()
-    local = Path(fs._check_file(reader.location.child(key)))
+    copy = reader.cached_copy(key)
+    assert copy is not None, f"{key} is not in fsspec's cache"
+    local = Path(copy)
     local.write_bytes(local.read_bytes()[:-11])  # what a worker killed mid-download leaves
     return local
 

@@ -70,7 +70,7 @@ def test_lean_source_sends_one_request_per_sample(s3_corpus: Corpus, shaped_s3) 
     source = SampleSource(s3_corpus.url, s3_corpus.manifest, lean_http=True, verify=True)
     try:
         source.fetch_sync(0)  # the client's first call; connection setup is not a sample request
-        assert source._lean is not None  # the lean path is what was measured
+        assert source.uses_lean_http  # the lean path is what was measured
         before = link.stats().requests
         blobs = source.fetch_many_sync(list(range(1, 11)), concurrency=4)
         assert link.stats().requests - before == 10
@@ -115,7 +115,7 @@ def test_requester_pays_bucket_is_read_through_s3fs(s3_corpus: Corpus) -> None:
     source = SampleSource(s3_corpus.url, s3_corpus.manifest, {"requester_pays": True}, lean_http=True)
     try:
         assert checksum(source.fetch_sync(2)) == s3_corpus.manifest.samples[2].sha256
-        assert source._lean is None and not source.lean_http
+        assert not source.uses_lean_http and not source.lean_http
     finally:
         source.close()
 
@@ -126,9 +126,9 @@ def test_proxy_from_the_environment_honours_no_proxy(monkeypatch: pytest.MonkeyP
     monkeypatch.setenv("http_proxy", "http://proxy.example:3128")
     monkeypatch.setenv("no_proxy", "127.0.0.1,internal.example")
     reader = LeanS3Reader(object(), pool_size=1)
-    assert reader._proxy_for(yarl.URL("http://store.example/b/k")) == "http://proxy.example:3128"
-    assert reader._proxy_for(yarl.URL("http://127.0.0.1:9000/b/k")) is None
-    assert reader._proxy_for(yarl.URL("https://other.example/b/k")) is None  # no https_proxy set
+    assert reader.proxy_for(yarl.URL("http://store.example/b/k")) == "http://proxy.example:3128"
+    assert reader.proxy_for(yarl.URL("http://127.0.0.1:9000/b/k")) is None
+    assert reader.proxy_for(yarl.URL("https://other.example/b/k")) is None  # no https_proxy set
 
 
 # -- a store that redirects presigned GETs (as S3 does for a bucket in another region) ---------
@@ -193,7 +193,7 @@ def test_redirect_falls_back_to_s3fs_for_good(redirecting_store: tuple[str, list
                           lean_http=True, verify=True)
     try:
         assert source.fetch_sync(0) == body
-        assert not source.lean_http and source._lean is None  # later GETs go straight to s3fs
+        assert not source.lean_http and not source.uses_lean_http  # later GETs go straight to s3fs
         assert source.fetch_sync(0) == body
         assert source.meter.requests_count == 3 and source.meter.retries_count == 0  # each one sent
         assert seen == ["presigned", "signed", "signed"]  # tried once, then s3fs only

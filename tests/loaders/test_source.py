@@ -92,7 +92,7 @@ def test_source_pickles_without_its_client(local_corpus: Corpus) -> None:
     source = SampleSource(local_corpus.url, local_corpus.manifest)
     source.fetch_sync(0)
     clone = pickle.loads(pickle.dumps(source))
-    assert clone._fs is None and clone.fetch_sync(1) == source.fetch_sync(1)
+    assert clone.client_pid is None and clone.fetch_sync(1) == source.fetch_sync(1)
     source.close()
     clone.close()
 
@@ -114,4 +114,4 @@ def test_client_used_before_fork_does_not_hang_workers(s3_corpus: Corpus) -> Non
     assert sorted(seen) == list(range(len(s3_corpus.manifest)))
     assert time.perf_counter() - start < 120  # a hang would sit at the pytest timeout instead
     loader.close()
-    assert os.getpid() == parent._pid
+    assert parent.client_pid == os.getpid()

@@ -151,10 +151,10 @@ def test_cross_epoch_prefetch_fetches_the_next_order_within_depth(corpus: Corpus
     with DeliLoader(make_context(corpus, num_workers=1), cache_size=0, prefetch_depth=depth,
                     prefetch_across_epochs=True) as loader:
         first = [int(i) for b in loader.iter_epoch(0) for i in b.indices]
-        ahead = loader._ahead
+        ahead = loader.look_ahead()
         assert ahead is not None and ahead[0] == 1  # the walk of epoch 1 started when epoch 0 ended
-        ahead[1][0].take(0)  # blocks until the first sample of epoch 1 is in: no wait for iter_epoch
-        ahead_prefetcher = ahead[1][0]
+        ahead_prefetcher = ahead[1]
+        ahead_prefetcher.take(0)  # blocks until the first sample of epoch 1 is in: no wait for iter_epoch
         requests = loader.stats().requests_count
         assert n < requests <= n + depth + 1  # take(0) let the walk move one further
     assert sorted(first) == list(range(n))
@@ -178,7 +178,7 @@ def test_no_look_ahead_past_the_last_known_epoch(corpus: Corpus) -> None:
     with DeliLoader(make_context(corpus, num_workers=1, epochs=2), cache_size=0, prefetch_depth=4) as loader:
         for epoch in range(2):
             assert sorted(int(i) for b in loader.iter_epoch(epoch) for i in b.indices) == list(range(n))
-            assert (loader._ahead is not None) == (epoch == 0)  # on by default, but not after the last epoch
+            assert (loader.look_ahead() is not None) == (epoch == 0)  # on by default, but not after the last epoch
         assert loader.stats().requests_count == 2 * n  # no GET for an epoch that never runs
 
 
