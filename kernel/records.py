@@ -33,6 +33,7 @@ __all__ = [
     "RunSpec",
     "StepSample",
     "from_dict",
+    "record_fields",
     "to_dict",
 ]
 
@@ -467,10 +468,15 @@ class RunRecord:
         return not any(i.severity == "invalid" for i in self.issues)
 
 
+def record_fields(cls_or_obj: Any) -> tuple[dataclasses.Field[Any], ...]:
+    """The fields of a record that are written out (not those marked ``metadata={"secret": True}``)."""
+    return tuple(f for f in dataclasses.fields(cls_or_obj) if not f.metadata.get("secret"))
+
+
 def to_dict(obj: Any) -> Any:
-    """Serialise a record (recursively) into JSON-ready dicts, lists and scalars."""
+    """Serialise a record (recursively) into JSON-ready dicts, lists and scalars; secret fields are left out."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj) if not f.metadata.get("secret")}
+        return {f.name: to_dict(getattr(obj, f.name)) for f in record_fields(obj)}
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

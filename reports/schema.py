@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from delibench.errors import UsageError
-from delibench.records import RESULT_SCHEMA_VERSION, RunRecord, to_dict
+from delibench.records import RESULT_SCHEMA_VERSION, RunRecord, record_fields, to_dict
 
 __all__ = [
     "SCHEMA_ID",
@@ -124,7 +124,7 @@ def _dataclass_def(cls: type, defs: dict[str, Any]) -> None:
     docs = field_docs(cls)
     properties: dict[str, Any] = {}
     required: list[str] = []
-    for f in dataclasses.fields(cls):
+    for f in record_fields(cls):
         prop = _type_schema(hints[f.name], defs, f.name)
         if f.name in docs:
             prop = {"description": docs[f.name], **prop}
@@ -221,7 +221,7 @@ def validate_record(data: Any, *, source: str | Path | None = None) -> None:
 def _walk(tp: Any, prefix: str) -> Iterator[tuple[str, Any]]:
     """Yield ``(dotted_name, type)`` of the CSV-able leaves below a dataclass type."""
     hints = typing.get_type_hints(tp)
-    for f in dataclasses.fields(tp):
+    for f in record_fields(tp):
         ftp = hints[f.name]
         name = f"{prefix}{f.name}"
         args = [a for a in typing.get_args(ftp) if a is not type(None)]
