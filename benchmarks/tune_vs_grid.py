@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         t0 = time.perf_counter()
-        grid = _measure_grid(space, settings, runner_evaluator(settings))
+        grid = _measure_grid(space, settings, runner_evaluator(settings, run))
         grid_s = time.perf_counter() - t0
         ranked = sorted(grid, key=lambda c: grid[c])
         grid_best = ranked[0]
