@@ -42,6 +42,17 @@ def __getattr__(name: str) -> Any:
 
 
 @dataclass(frozen=True)
+
+def _region(storage_options: dict[str, Any]) -> str:
+    """The bucket's region as s3fs would use it: ``client_kwargs['region_name']``, then botocore's own
+    configuration chain (``AWS_DEFAULT_REGION``, ``~/.aws/config``), then ``us-east-1``."""
+    region = (storage_options.get("client_kwargs") or {}).get("region_name")
+    if region:
+        return str(region)
+    import botocore.session
+
+    return botocore.session.get_session().get_config_variable("region") or "us-east-1"
+
 class NoOptions:
     """Peers are run as their users run them: no options."""
 
@@ -63,7 +74,7 @@ class _S3TorchReader:
             endpoint = (self.location.storage_options.get("client_kwargs") or {}).get("endpoint_url")
             config = _s3t.S3ClientConfig(force_path_style=bool(endpoint))
             uris = [f"s3://{self.location.child(s.key)}" for s in self.manifest.samples]
-            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+            region = _region(self.location.storage_options)
             self._dataset = _s3t.S3MapDataset.from_objects(uris, region=region, endpoint=endpoint, s3client_config=config)
             self._pid = os.getpid()
         return self._dataset

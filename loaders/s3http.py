@@ -22,7 +22,6 @@ with a redirect that s3fs knows how to follow).
 
 from __future__ import annotations
 
-import os
 import re
 import ssl
 from typing import Any
@@ -74,11 +73,14 @@ def supports(fs: Any) -> bool:
 
 
 def _ssl_setting(fs: Any) -> ssl.SSLContext | bool:
-    """The TLS verification s3fs's client uses: ``client_kwargs['verify']``, then ``AWS_CA_BUNDLE``."""
+    """The TLS verification s3fs's client uses: ``client_kwargs['verify']``, then the CA bundle of
+    botocore's own configuration chain (``AWS_CA_BUNDLE``, ``ca_bundle`` in ``~/.aws/config``)."""
     verify = (getattr(fs, "client_kwargs", {}) or {}).get("verify", None)
     if verify is False:
         return False
-    cafile = verify if isinstance(verify, str) else os.environ.get("AWS_CA_BUNDLE") or None
+    session = getattr(fs, "session", None)
+    configured = session.get_config_variable("ca_bundle") if hasattr(session, "get_config_variable") else None
+    cafile = verify if isinstance(verify, str) else configured or None
     return ssl.create_default_context(cafile=cafile)
 
 
