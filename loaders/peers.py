@@ -41,8 +41,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-@dataclass(frozen=True)
-
 def _region(storage_options: dict[str, Any]) -> str:
     """The bucket's region as s3fs would use it: ``client_kwargs['region_name']``, then botocore's own
     configuration chain (``AWS_DEFAULT_REGION``, ``~/.aws/config``), then ``us-east-1``."""
@@ -53,6 +51,8 @@ def _region(storage_options: dict[str, Any]) -> str:
 
     return botocore.session.get_session().get_config_variable("region") or "us-east-1"
 
+
+@dataclass(frozen=True)
 class NoOptions:
     """Peers are run as their users run them: no options."""
 
