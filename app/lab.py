@@ -58,7 +58,7 @@ class Route:
 
     def spec(self, dataset_url: str, **fields: Any) -> RunSpec:
         """A run spec reading ``dataset_url`` through this route (storage options and link profile filled in)."""
-        return RunSpec(dataset_url=dataset_url, link_profile=self.profile.name, storage_options=self.storage_options, **fields)
+        return RunSpec(**{"dataset_url": dataset_url, "link_profile": self.profile.name, "storage_options": self.storage_options, **fields})
 
 
 @dataclass(frozen=True)

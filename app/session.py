@@ -37,29 +37,6 @@ class _StoppedBeforeFirstStep(DelibenchError):
     exit_code = ExitCode.INTERRUPTED
 
 
-class _ItemDecoder:
-    """Adapts a workload's decoder to the loaders' ``Decoder`` contract.
-
-    Workload decoders follow the torchvision dataset convention, ``(bytes, label) -> (item, label)``;
-    loaders collate the items and carry the labels themselves, so they expect ``(bytes, label) -> item``.
-    Passing the workload decoder straight through made every batch's inputs a ``[images, labels]``
-    list, which only emulated compute (which never touches the inputs) tolerated. Picklable, so it
-    crosses into DataLoader workers.
-    """
-
-    def __init__(self, decode: Callable[[bytes, int], Any]) -> None:
-        self.decode = decode
-
-    def __repr__(self) -> str:
-        return f"_ItemDecoder({self.decode!r})"
-
-    def __call__(self, data: bytes, label: int) -> Any:
-        out = self.decode(data, label)
-        if type(out) is tuple and len(out) == 2:
-            return out[0]
-        return out
-
-
 @dataclass
 class _Prepared:
     """One loader ready to measure: its spec, data, loader and compute."""
@@ -125,7 +102,7 @@ def _prepare(spec: RunSpec, info: RankInfo, manifests: dict[str, Manifest]) -> _
     if spec.loader.kind == "disk":
         options.pop("path", None)
     workload = get_workload(spec.workload, num_classes=len(manifest.classes))
-    decoder = _ItemDecoder(workload.decoder(train=True))
+    decoder = workload.decoder(train=True)
     warm_decoder(decoder)
     ctx = LoaderContext(
         dataset_url=url,

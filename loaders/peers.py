@@ -72,7 +72,8 @@ class _S3TorchReader:
     def _map_dataset(self) -> Any:
         if self._pid != os.getpid():
             endpoint = (self.location.storage_options.get("client_kwargs") or {}).get("endpoint_url")
-            config = _s3t.S3ClientConfig(force_path_style=bool(endpoint))
+            # s3fs's anon=True (anonymous access) is s3torchconnector's unsigned=True.
+            config = _s3t.S3ClientConfig(force_path_style=bool(endpoint), unsigned=bool(self.location.storage_options.get("anon")))
             uris = [f"s3://{self.location.child(s.key)}" for s in self.manifest.samples]
             region = _region(self.location.storage_options)
             self._dataset = _s3t.S3MapDataset.from_objects(uris, region=region, endpoint=endpoint, s3client_config=config)
