@@ -79,8 +79,10 @@ class DeliOptions(ReliabilityOptions):
         super().__post_init__()
         for name in ("cache_size", "disk_cache_size"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UsageError(f"{name} must be a whole number of bytes >= 0, got {value!r}", hint="e.g. 536870912 or, as a loader option, 512MiB")
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"{name} must be a whole number of bytes, got {value!r}", hint="e.g. 536870912 or, as a loader option, 512MiB")
+            if value < 0:
+                raise UsageError(f"{name} must not be negative, got {value}", hint="0 turns the cache off")
         if not isinstance(self.prefetch_depth, int) or self.prefetch_depth < 1:
             raise UsageError(f"prefetch_depth must be a whole number of samples >= 1, got {self.prefetch_depth!r}")
         if not isinstance(self.concurrency, int) or self.concurrency < 1:

@@ -77,7 +77,7 @@ def _parse_value(option: dataclasses.Field[Any], value: Any) -> Any:
     try:
         return parse(value)
     except UsageError as exc:
-        raise UsageError(f"{option.name} must be {expected}, got {value!r}", hint=exc.message) from exc
+        raise UsageError(f"{exc.message} for option {option.name!r}", hint=exc.hint or f"{option.name} must be {expected}") from exc
 
 
 def context_order(ctx: LoaderContext, epoch: int) -> list[int]:

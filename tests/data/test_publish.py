@@ -11,7 +11,7 @@ from PIL import Image
 
 from delibench.errors import RuntimeFailure, UsageError
 from delibench.manifest import MANIFEST_NAME, Manifest, checksum, read_manifest
-from delibench.storage import resolve
+from delibench.storage import resolve, storage_options_from_env
 from delibench.loaders import publish
 from delibench.workloads.datagen import make_dataset
 
@@ -169,18 +169,18 @@ def test_bad_inputs(dataset: tuple[Path, Manifest], tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("scheme", ["s3", "gs"])
 @pytest.mark.parametrize("call", ["push", "index", "info"])
-def test_unreachable_endpoint_fails_fast(dataset: tuple[Path, Manifest], monkeypatch: pytest.MonkeyPatch, call: str, scheme: str) -> None:
+def test_unreachable_endpoint_fails_fast(dataset: tuple[Path, Manifest], call: str, scheme: str) -> None:
     src, _ = dataset
-    monkeypatch.setenv("AWS_ENDPOINT_URL" if scheme == "s3" else "STORAGE_EMULATOR_HOST", "http://127.0.0.1:9")
+    options = storage_options_from_env(scheme, {"AWS_ENDPOINT_URL" if scheme == "s3" else "STORAGE_EMULATOR_HOST": "http://127.0.0.1:9"})
     url = f"{scheme}://nowhere-bucket/ds"
     start = time.perf_counter()
     with pytest.raises(RuntimeFailure, match=f"cannot reach the {scheme} endpoint http://127.0.0.1:9"):
         if call == "push":
-            publish.push(src, url)
+            publish.push(src, url, storage_options=options)
         elif call == "index":
-            publish.index(url)
+            publish.index(url, storage_options=options)
         else:
-            publish.info(url)
+            publish.info(url, storage_options=options)
     # Client retries with backoff would take minutes; one refused connect takes milliseconds.
     assert time.perf_counter() - start < 20
 

@@ -8,7 +8,7 @@ from delibench.app.session import GpuUtilizationSampler
 
 
 def _spec(kind: str) -> RunSpec:
-    return RunSpec(dataset_url="/x", workload="resnet50", loader=LoaderSpec("deli"), compute=ComputeSpec(kind=kind))
+    return RunSpec(dataset_url="/x", workload="resnet50", loader=LoaderSpec("deli"), compute=ComputeSpec(kind=kind, step_time_s=0.1 if kind == "emulated" else None))
 
 
 def _steps(sampler: GpuUtilizationSampler, n: int) -> None:
