@@ -65,7 +65,17 @@ class SampleEntry:
 
 @dataclass(frozen=True, slots=True)
 class ShardEntry:
-    """One tar shard (WebDataset layout) holding ``sample_count`` samples."""
+    """One tar shard (WebDataset layout) holding ``sample_count`` samples.
+
+    Attributes:
+        key: Path relative to the dataset root. ``data make`` writes ``shard-000000.tar``, a file at
+            the root beside the class folders, so the root stays an ImageFolder tree (which takes
+            every folder for a class and skips files); datasets made before kept them under
+            ``shards/``. Loaders read whatever key is here, so both load.
+        size_bytes: Shard size.
+        sample_count: Samples in the shard.
+        sha256: Hex SHA-256 of the shard's bytes.
+    """
 
     key: str
     size_bytes: int

@@ -14,9 +14,17 @@ bytes-per-pixel rate calibrated once; for fixed shapes (CIFAR, MNIST) the JPEG q
 from a calibrated size-versus-quality curve.
 
 Layouts: ``files`` writes ``class_000/000123.jpg`` (torchvision ImageFolder layout, one object per
-sample); ``shards`` writes WebDataset tar shards ``shards/shard-000000.tar`` with members
-``000123.jpg`` and ``000123.cls`` (samples shuffled across shards, so each shard mixes classes);
-``both`` writes both. The manifest (keys, sizes, labels, checksums, shards) is written last.
+sample); ``shards`` writes WebDataset tar shards ``shard-000000.tar`` with members ``000123.jpg``
+and ``000123.cls`` (samples shuffled across shards, so each shard mixes classes); ``both`` writes
+both. The manifest (keys, sizes, labels, checksums, shards) is written last.
+
+Shards are files at the dataset root, beside the class folders and the manifest, never in a folder
+of their own: ``torchvision.datasets.ImageFolder`` takes every folder under its root for a class
+(a ``shards/`` folder became an eleventh, empty class and changed a model's output layer) and
+skips plain files. So the root one ``aws s3 cp --recursive`` downloads is, as is, an ImageFolder
+root with the manifest's classes and a WebDataset (``shard-{000000..000009}.tar``), and
+``data push`` keeps uploading one prefix. Datasets made before (shards under ``shards/``) still
+load: loaders take each shard's key from the manifest.
 """
 
 from __future__ import annotations
@@ -157,8 +165,11 @@ def sample_key(index: int, label: int, samples: int, classes: int) -> str:
 
 
 def shard_key(number: int) -> str:
-    """The object key of a tar shard: ``shards/shard-000000.tar``."""
-    return f"shards/shard-{number:06d}.tar"
+    """The object key of a tar shard: ``shard-000000.tar``, a file at the dataset root.
+
+    Not in a folder: ImageFolder would take a folder at the root for a class (see the module's notes).
+    """
+    return f"shard-{number:06d}.tar"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -377,7 +388,6 @@ class _ShardWriter:
         self.entries: list[ShardEntry] = []
         self._tar: tarfile.TarFile | None = None
         self._count = 0
-        (root / "shards").mkdir(parents=True, exist_ok=True)
 
     def add(self, index: int, label: int, data: bytes, width: int) -> None:
         if self._tar is None:
@@ -421,6 +431,7 @@ def _prepare_dir(root: Path, overwrite: bool) -> None:
     for entry in (*old.samples, *old.shards):
         (root / entry.key).unlink(missing_ok=True)
     for sub in sorted(root.iterdir()):
+        # "shards": the folder datasets made before shards moved to the root kept them in.
         if sub.is_dir() and (sub.name.startswith("class_") or sub.name == "shards") and not any(sub.iterdir()):
             sub.rmdir()
 
@@ -461,7 +472,9 @@ def make_dataset(
             reached by choosing the JPEG quality, within what that shape allows.
         size_sigma: Spread of the log-normal size distribution (ImageNet's is about 0.5).
         quality: JPEG quality override for variable-size images or untargeted fixed shapes.
-        layout: ``files`` (``class_000/000123.jpg``), ``shards`` (WebDataset tars) or ``both``.
+        layout: ``files`` (``class_000/000123.jpg``), ``shards`` (WebDataset tars ``shard-000000.tar``
+            at the root) or ``both`` (an ImageFolder root with the shards as files beside the class
+            folders, which ImageFolder skips).
         shard_samples: Samples per shard.
         seed: Same seed and arguments give byte-identical files.
         workers: Generator processes; ``None`` picks one per CPU for large datasets.

@@ -92,7 +92,7 @@ def test_classes_look_different(tmp_path: Path) -> None:
 
 def test_shards_are_webdataset_tars_holding_every_sample_once(tmp_path: Path) -> None:
     manifest = make_dataset(tmp_path, samples=45, classes=3, mean_bytes=8_000, layout="both", shard_samples=20)
-    assert [s.key for s in manifest.shards] == [f"shards/shard-{i:06d}.tar" for i in range(3)]
+    assert [s.key for s in manifest.shards] == [f"shard-{i:06d}.tar" for i in range(3)]
     assert [s.sample_count for s in manifest.shards] == [20, 20, 5]
     by_stem = {Path(s.key).stem: s for s in manifest.samples}
     seen: list[str] = []
@@ -116,7 +116,7 @@ def test_shards_are_webdataset_tars_holding_every_sample_once(tmp_path: Path) ->
 
 def test_shards_only_layout_writes_no_class_folders(tmp_path: Path) -> None:
     manifest = make_dataset(tmp_path, samples=12, classes=2, mean_bytes=5_000, layout="shards", shard_samples=5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_NAME, "shards"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [MANIFEST_NAME, *(f"shard-{i:06d}.tar" for i in range(3))]
     assert sum(s.sample_count for s in manifest.shards) == 12
 
 
