@@ -16,18 +16,21 @@ per trial with ``Trial.set_constraint``, which the TPE sampler takes into accoun
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from delibench.errors import RuntimeFailure, SpecError, UsageError
 from delibench.records import ComputeSpec, RunRecord, RunSpec, StepSample
+from delibench.storage import redact_text
 from delibench.tuning.guide import Guess, Predictor
 from delibench.tuning.space import SearchSpace, TuneConfig
 
@@ -39,6 +42,7 @@ __all__ = [
     "Tuner",
     "check_storage_url",
     "open_storage",
+    "study_lock",
 ]
 
 #: Where studies live unless ``--storage`` says otherwise (relative to the working directory).
@@ -47,6 +51,12 @@ DEFAULT_STORAGE = "sqlite:///.delibench/studies.db"
 OBJECTIVES = ("wait", "cost", "wait,cost")
 #: Seconds a SQLite writer waits for another process's lock before failing.
 SQLITE_BUSY_TIMEOUT_S = 120
+#: Seconds to wait for a server database's connection before saying it cannot be reached.
+DB_CONNECT_TIMEOUT_S = 10
+#: Seconds a process waits for another's study lock (held while it enqueues the model's guesses).
+DB_LOCK_TIMEOUT_S = 120
+#: How ``--storage`` names a PostgreSQL study database (psycopg 3 driver).
+POSTGRES_EXAMPLE = "postgresql+psycopg://user:password@host:5432/db"
 
 # Study attribute names (read back by ``tune show`` and the exports).
 ATTR_SPACE = "delibench.space"
@@ -189,7 +199,8 @@ def check_storage_url(url: str | None) -> str:
     """Check that ``url`` (default :data:`DEFAULT_STORAGE`) is an SQLAlchemy URL whose backend is installed.
 
     Cheap and offline (nothing is opened), so a typo in ``--storage`` fails before the link is
-    probed and the dataset is read, not after.
+    probed and the dataset is read, not after. A bare ``postgresql://`` URL means psycopg 3
+    (``postgresql+psycopg://``) when psycopg2, SQLAlchemy's default PostgreSQL driver, is missing.
 
     Returns:
         The URL to open.
@@ -201,17 +212,24 @@ def check_storage_url(url: str | None) -> str:
     from sqlalchemy.engine import make_url
 
     url = url or DEFAULT_STORAGE
-    hint = "e.g. sqlite:///studies.db or postgresql://user@host/db"
+    hint = f"e.g. sqlite:///studies.db or {POSTGRES_EXAMPLE}"
     try:
         parsed = make_url(url)
     except (sqlalchemy.exc.ArgumentError, ValueError) as exc:
         raise UsageError(f"--storage {_redact_db(url)!r} is not a database URL", hint=hint) from exc
+    if parsed.drivername == "postgresql" and not _importable("psycopg2") and _importable("psycopg"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+        url = parsed.render_as_string(hide_password=False)
     try:
         parsed.get_dialect().import_dbapi()
     except sqlalchemy.exc.NoSuchModuleError as exc:
         raise UsageError(f"--storage {_redact_db(url)!r}: unknown database {parsed.drivername!r}", hint=hint) from exc
     except ImportError as exc:
-        raise UsageError(f"--storage {_redact_db(url)!r}: the {parsed.drivername} driver is not installed ({exc})", hint="pip install the database driver, or use sqlite:///studies.db") from exc
+        install = "pip install 'psycopg[binary]'" if parsed.get_backend_name() == "postgresql" else "pip install the database driver"
+        raise UsageError(
+            f"--storage {_redact_db(url)!r}: the {parsed.drivername} driver is not installed ({exc})",
+            hint=f"{install}, or use sqlite:///studies.db",
+        ) from exc
     return url
 
 
@@ -219,10 +237,11 @@ def open_storage(url: str | None = None) -> Any:
     """An Optuna RDB storage for ``url`` (default :data:`DEFAULT_STORAGE`), creating a SQLite file's folder.
 
     SQLite gets a busy timeout so two processes on one machine can share the file; for more
-    writers use a server database (PostgreSQL/MySQL URL).
+    writers, or processes on several machines, use a server database (PostgreSQL URL): a server
+    that cannot be reached or refuses the login is a usage error, said in one line.
 
     Raises:
-        UsageError: Not an SQLAlchemy URL, or the database cannot be opened.
+        UsageError: Not an SQLAlchemy URL, or the database cannot be reached or opened.
     """
     import optuna
     import sqlalchemy.exc
@@ -234,23 +253,136 @@ def open_storage(url: str | None = None) -> Any:
         if path and path != ":memory:":
             Path(path).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    elif url.startswith("postgresql"):
+        # NOTE: pre-ping drops a pooled connection the server closed (restart, idle timeout)
+        # instead of failing a trial on it; a dead host fails in seconds, not TCP's minutes.
+        engine_kwargs = {"pool_pre_ping": True, "connect_args": {"connect_timeout": DB_CONNECT_TIMEOUT_S}}
+        _check_reachable(url, engine_kwargs)
     last: Exception | None = None
     for attempt in range(5):
         try:
             return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs)
-        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError) as exc:
-            # NOTE: two processes creating the schema at once race on CREATE TABLE; retry.
+        except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as exc:
+            # NOTE: two processes creating the schema at once race on CREATE TABLE (PostgreSQL:
+            # a unique violation on pg_type, or "already exists"); retry, the winner's tables load.
             last = exc
             time.sleep(0.2 * (attempt + 1))
         except (sqlalchemy.exc.ArgumentError, ModuleNotFoundError, ValueError) as exc:
-            raise UsageError(f"cannot open study storage {_redact_db(url)}: {exc}") from exc
-    raise RuntimeFailure(f"cannot open study storage {_redact_db(url)}: {last}")
+            raise UsageError(f"cannot open study storage {_redact_db(url)}: {_db_error(exc, url)}") from exc
+    raise RuntimeFailure(f"cannot open study storage {_redact_db(url)}: {_db_error(last, url)}")
+
+
+def _check_reachable(url: str, engine_kwargs: dict[str, Any]) -> None:
+    """Connect once to a server database so that a wrong host, port, login or database is one clear line."""
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    engine = sqlalchemy.create_engine(url, **engine_kwargs)
+    try:
+        with engine.connect():
+            pass
+    except (sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError) as exc:
+        raise UsageError(
+            f"cannot reach study database {_redact_db(url)}: {_db_error(exc, url)}",
+            hint="check host, port, user and database name (is the server running and reachable from here?)",
+        ) from exc
+    finally:
+        engine.dispose()
+
+
+def _db_error(exc: BaseException | None, url: str) -> str:
+    """The driver's own first words about ``exc`` on one line, with no credential of ``url`` in them."""
+    from sqlalchemy.engine import make_url
+
+    orig = getattr(exc, "orig", None) or exc
+    lines = [line.strip() for line in str(orig).splitlines() if line.strip()]
+    text = " ".join(lines[:2]) if lines else type(orig).__name__
+    text = redact_text(text)
+    password = make_url(url).password
+    if password:
+        text = text.replace(str(password), "REDACTED")
+    return text
+
+
+def _importable(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
 
 
 def _redact_db(url: str) -> str:
     from delibench.storage import redact
 
     return redact(url)
+
+
+@contextlib.contextmanager
+def study_lock(storage: Any, study_name: str, timeout_s: float = DB_LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Hold a lock named after ``study_name`` that every process sharing ``storage`` sees.
+
+    Optuna's ``enqueue_trial(skip_if_exists=True)`` reads the trials and then inserts: two processes
+    seeding one study at once both see no such trial and both enqueue it. Under this lock the check
+    and the insert of one process happen before the other's. PostgreSQL: a session advisory lock;
+    MySQL: ``GET_LOCK``; a SQLite file: ``flock`` on ``<file>.lock`` beside it; anything else
+    (in-memory storage: one process) needs none.
+
+    Raises:
+        RuntimeFailure: The lock was not granted within ``timeout_s``.
+    """
+    import sqlalchemy
+    import sqlalchemy.exc
+
+    storage = getattr(storage, "_backend", storage)  # Optuna's cache wrapper around an RDBStorage
+    engine = getattr(storage, "engine", None)
+    backend = engine.url.get_backend_name() if engine is not None else ""
+    key = f"delibench.study:{study_name}"
+    if backend == "postgresql":
+        # A stable signed 64-bit key (Python's hash() differs between processes).
+        lock_id = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big", signed=True)
+        with engine.connect() as conn:
+            # NOTE: lock_timeout local to this transaction bounds the wait; the lock itself outlives it.
+            conn.execute(sqlalchemy.text("SELECT set_config('lock_timeout', :ms, true)"), {"ms": str(int(timeout_s * 1000))})
+            try:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": lock_id})
+            except sqlalchemy.exc.OperationalError as exc:
+                raise RuntimeFailure(f"study {study_name!r}: lock not granted within {timeout_s:.0f} s") from exc
+            conn.commit()
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": lock_id})
+                conn.commit()
+    elif backend in ("mysql", "mariadb"):
+        with engine.connect() as conn:
+            got = conn.execute(sqlalchemy.text("SELECT GET_LOCK(:k, :t)"), {"k": key[:64], "t": int(timeout_s)}).scalar()
+            if got != 1:
+                raise RuntimeFailure(f"study {study_name!r}: lock not granted within {timeout_s:.0f} s")
+            try:
+                yield
+            finally:
+                conn.execute(sqlalchemy.text("SELECT RELEASE_LOCK(:k)"), {"k": key[:64]})
+    elif backend == "sqlite" and engine.url.database not in (None, "", ":memory:"):
+        try:
+            import fcntl
+        except ImportError:  # NOTE: Windows: no flock; SQLite there serves one process anyway
+            yield
+            return
+        with open(f"{engine.url.database}.lock", "a+b") as fh:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise RuntimeFailure(f"study {study_name!r}: lock not granted within {timeout_s:.0f} s") from None
+                    time.sleep(0.05)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+    else:
+        yield
 
 
 def quiet_optuna() -> None:
@@ -415,8 +547,10 @@ class Tuner:
         if self.predictor is None or k < 1:
             return []
         guesses = self.predictor.best_guesses(self.space, self.settings.objective, k=k, min_au=self.settings.min_au)
-        for g in guesses:
-            self.study.enqueue_trial(self.space.to_params(g.config), user_attrs={"source": "model"}, skip_if_exists=True)
+        # NOTE: under the study lock, so processes seeding one study at once enqueue each guess once.
+        with study_lock(self.storage, self.study_name):
+            for g in guesses:
+                self.study.enqueue_trial(self.space.to_params(g.config), user_attrs={"source": "model"}, skip_if_exists=True)
         return guesses
 
     # ------------------------------------------------------------------ trials
