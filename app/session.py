@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from delibench.distributed import RankInfo, all_gather_objects, current_rank_info, init_from_env, shutdown
-from delibench.errors import DelibenchError, ExitCode, UsageError
+from delibench.errors import DelibenchError, ExitCode, RuntimeFailure, UsageError
 from delibench.manifest import Manifest, read_manifest
 from delibench.records import Diagnosis, Issue, LoaderStats, RunRecord, RunSpec, StepSample
 
@@ -272,8 +272,9 @@ def _record(
     started: _dt.datetime,
     diagnosis: Diagnosis | None,
     price: bool,
+    error: str | None = None,
 ) -> RunRecord:
-    """Summarise every rank's loop results into the RunRecord (rank 0)."""
+    """Summarise every rank's loop results into the RunRecord (rank 0); ``error``: the run failed."""
     from delibench import __version__
     from delibench.env import machine_info
     from delibench.measure import check_validity, summarize
@@ -306,13 +307,15 @@ def _record(
             expected_samples_per_epoch=prepared.partition_samples,
             max_steps_per_epoch=spec.max_steps_per_epoch,
             batch_size=spec.batch_size,
-            stopped_early=stopped,
+            stopped_early=stopped or error is not None,
             loader_kind=spec.loader.kind,
             dataset_bytes=manifest.total_bytes,
             memory_bytes=machine.memory_bytes,
         )
     )
-    if stopped:
+    if error is not None:
+        issues.insert(0, Issue("invalid", "failed", f"the run failed: {error}; figures cover the steps measured before it"))
+    elif stopped:
         issues.insert(0, Issue("invalid", "interrupted", "the run was stopped before it finished; figures cover the steps measured"))
     record = RunRecord(
         run_id=new_run_id(spec, started),
@@ -325,7 +328,8 @@ def _record(
         dataset_sample_count=len(manifest),
         dataset_bytes=manifest.total_bytes,
         dataset_id=manifest.dataset_id,
-        status="interrupted" if stopped else "complete",
+        status="failed" if error is not None else "interrupted" if stopped else "complete",
+        error=error,
         diagnosis=diagnosis,
         issues=tuple(issues),
         timeline=tuple(sorted(steps, key=lambda s: (s.start_s, s.rank))),
@@ -358,6 +362,48 @@ def _chain(*callbacks: Callable[[StepSample], None] | None) -> Callable[[StepSam
             c(step)
 
     return call
+
+
+def _error_line(exc: BaseException) -> str:
+    """An error as one line for the record: its message (naming the key that failed), credentials removed."""
+    from delibench.storage import redact_text
+
+    if isinstance(exc, DelibenchError):
+        text = exc.message
+    else:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        text = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    return redact_text(text)
+
+
+def _failed_epoch_steps(steps: Sequence[StepSample], *, first: bool, time_offset_s: float) -> list[StepSample]:
+    """Steps an epoch measured before its loader raised, placed as :func:`_offset_steps` places a whole epoch's.
+
+    The loop's result is lost with the exception, so the steps come from its ``on_step`` calls; the
+    epoch's iterator setup is then the first step's start (the loop's clock starts just before it).
+    """
+    out = list(steps)
+    if out and not first:
+        out[0] = dataclasses.replace(out[0], wait_s=out[0].wait_s + out[0].start_s)
+    return [dataclasses.replace(s, start_s=s.start_s + time_offset_s) for s in out]
+
+
+def _loader_stats_now(loader: Any) -> LoaderStats | None:
+    """The loader's counters after it raised (None when it has none or cannot say)."""
+    stats_fn = getattr(loader, "stats", None)
+    try:
+        stats = stats_fn() if callable(stats_fn) else None
+    except Exception:  # noqa: BLE001 - a broken loader's counters are a nicety; its error is what matters
+        return None
+    return stats if isinstance(stats, LoaderStats) else None
+
+
+def _attach_record_paths(exc: BaseException, paths: Sequence[str]) -> None:
+    """Tell the caller (the CLI) where the failed run's records went: ``exc.record_paths``."""
+    try:
+        exc.record_paths = tuple(paths)  # type: ignore[attr-defined]
+    except (AttributeError, TypeError):  # an exception type with __slots__: the record is still written
+        pass
 
 
 def compare(
@@ -394,6 +440,10 @@ def compare(
 
     Raises:
         DelibenchError: Exit code 130 when stopped before any loader finished a step.
+        Exception: Whatever a loader raised mid-run (a fetch that failed for good, a crashed
+            worker), after rank 0 has written a ``failed`` record of the steps measured before it
+            (the other loaders' as ``interrupted``); the written paths are in the exception's
+            ``record_paths``. A failure on another rank is raised as a ``RuntimeFailure`` naming it.
     """
     if not specs:
         raise UsageError("no loader to run", hint="give at least one --loader")
@@ -409,11 +459,12 @@ def compare(
         for spec in specs:
             prepared.append(_prepare(spec, info, manifests))
         per_loader: list[dict[str, Any]] = [
-            {"steps": [], "setup_s": 0.0, "ttfb_s": 0.0, "offset_s": 0.0, "stats": None, "rank": info.rank, "gpu": None}
+            {"steps": [], "setup_s": 0.0, "ttfb_s": 0.0, "offset_s": 0.0, "stats": None, "rank": info.rank, "gpu": None, "error": None}
             for _ in specs
         ]
         gpu = [GpuUtilizationSampler(p.spec, info) for p in prepared]
         stopped = False
+        failure: Exception | None = None
         from delibench.workloads.loop import measure_loader
 
         epochs = max(s.epochs for s in specs)
@@ -427,16 +478,27 @@ def compare(
             if epoch >= p.spec.epochs:
                 continue
             name = labels[i]
-            result = measure_loader(
-                p.loader,
-                p.compute,
-                epochs=1,
-                start_epoch=epoch,
-                max_steps_per_epoch=p.spec.max_steps_per_epoch,
-                rank=info.rank,
-                on_step=_chain(gpu[i].on_step if gpu[i].device is not None else None, (lambda s, _n=name: on_step(_n, s)) if on_step else None),
-                should_stop=should_stop,
-            )
+            measured: list[StepSample] = []  # the epoch's steps so far, kept if the loader raises
+            try:
+                result = measure_loader(
+                    p.loader,
+                    p.compute,
+                    epochs=1,
+                    start_epoch=epoch,
+                    max_steps_per_epoch=p.spec.max_steps_per_epoch,
+                    rank=info.rank,
+                    on_step=_chain(measured.append, gpu[i].on_step if gpu[i].device is not None else None, (lambda s, _n=name: on_step(_n, s)) if on_step else None),
+                    should_stop=should_stop,
+                )
+            except Exception as exc:  # noqa: BLE001 - re-raised below, once what was measured is recorded
+                failure = exc
+                acc["gpu"] = gpu[i].mean()
+                acc["steps"].extend(_failed_epoch_steps(measured, first=epoch == 0, time_offset_s=acc["offset_s"]))
+                if epoch == 0 and measured:
+                    acc["setup_s"], acc["ttfb_s"] = measured[0].start_s, measured[0].wait_s
+                acc["stats"] = _loader_stats_now(p.loader) or acc["stats"]
+                acc["error"] = _error_line(exc)
+                break
             acc["gpu"] = gpu[i].mean()
             acc["steps"].extend(_offset_steps(result, first=epoch == 0, time_offset_s=acc["offset_s"]))
             acc["offset_s"] += result.wall_s
@@ -461,26 +523,45 @@ def compare(
         records: list[RunRecord] = []
         for i, p in enumerate(prepared):
             results = [g[i] for g in gathered]
-            if with_diagnosis and not stopped and results[0]["steps"]:
+            errors = [f"rank {r['rank']}: {r['error']}" if info.world_size > 1 else r["error"] for r in results if r.get("error")]
+            failed = failure is not None or any(errors)
+            if with_diagnosis and not stopped and not failed and results[0]["steps"]:
                 from delibench.measure import summarize
 
                 own = results[info.rank]["steps"]
                 fraction = summarize(own, warmup_steps=min(effective_warmup_steps(p.spec, own), len(own) - 1)).data_wait_fraction
                 diagnoses[i] = diagnose(p, fraction, info)
-            if stopped and not any(r["steps"] for r in results):
+            if (stopped or failed) and not any(r["steps"] for r in results):
                 continue  # stopped before this loader's first step: nothing to report for it
-            records.append(_record(p, results, info, stopped=stopped, started=started, diagnosis=diagnoses[i], price=price))
+            records.append(
+                _record(p, results, info, stopped=stopped or failed, started=started, diagnosis=diagnoses[i], price=price,
+                        error="; ".join(errors) if errors else None)
+            )
+        if failure is not None and not records:
+            raise failure
+        other = [f"rank {r['rank']}: {r['error']}" for g in gathered for r in g if r.get("error")]
         if not records:
+            if other:
+                raise RuntimeFailure(f"the run failed on {other[0]}", hint="nothing was measured before it, no result written")
             raise _StoppedBeforeFirstStep(
                 "the run was stopped before its first step finished: nothing was measured, no result written"
             )
+        written: list[str] = []
         if write and info.is_main:
             from delibench.reports.store import ResultStore
 
             store = ResultStore(results_dir) if results_dir else ResultStore()
             for i, rec in enumerate(records):
                 path = store.write(rec)
+                written.append(str(path))
                 records[i] = dataclasses.replace(rec, steps_path=str(path.with_suffix("")) + ".steps.csv")
+        if failure is not None:
+            _attach_record_paths(failure, written)
+            raise failure
+        if other:
+            error = RuntimeFailure(f"the run failed on {other[0]}")
+            _attach_record_paths(error, written)
+            raise error
         return records
     finally:
         for p in prepared:

@@ -226,17 +226,25 @@ def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, p
         return int(ExitCode.OK)
     flag = StopFlag()
     totals = {s.loader.display_name: _steps_total(s, len(manifest)) for s in specs}
-    with stop_on_signals(flag), StepProgress(totals, enabled=progress and not as_json and info.is_main) as bar:
-        records = compare(
-            specs,
-            results_dir=str(results_dir) if results_dir else None,
-            on_step=bar.callback(),
-            should_stop=flag,
-            interleave=interleave,
-            with_diagnosis=diagnose,
-            manifests={specs[0].dataset_url: manifest},
-            rank=info,
-        )
+    try:
+        with stop_on_signals(flag), StepProgress(totals, enabled=progress and not as_json and info.is_main) as bar:
+            records = compare(
+                specs,
+                results_dir=str(results_dir) if results_dir else None,
+                on_step=bar.callback(),
+                should_stop=flag,
+                interleave=interleave,
+                with_diagnosis=diagnose,
+                manifests={specs[0].dataset_url: manifest},
+                rank=info,
+            )
+    except Exception as exc:
+        # A run that failed mid-way still wrote what it measured (status "failed"): say where, then
+        # let the one-line error and exit 1 follow as for any error.
+        written = getattr(exc, "record_paths", ())
+        if written and info.is_main:
+            err_console.print(f"results (failed run, steps measured before the error): {', '.join(written)}", highlight=False)
+        raise
     if not info.is_main:
         return int(ExitCode.OK)
     interrupted = flag() or any(r.status == "interrupted" for r in records)

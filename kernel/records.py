@@ -18,6 +18,7 @@ from delibench.errors import SpecError
 __all__ = [
     "COMPUTE_KINDS",
     "RESULT_SCHEMA_VERSION",
+    "RUN_STATUSES",
     "CacheStats",
     "ComputeSpec",
     "CostEstimate",
@@ -432,6 +433,10 @@ class CostEstimate:
     usd_per_epoch: float
 
 
+#: ``RunRecord.status`` values: finished; stopped by the user (Ctrl-C, pruning); stopped by an error.
+RUN_STATUSES = ("complete", "interrupted", "failed")
+
+
 @dataclass(frozen=True, slots=True)
 class RunRecord:
     """The single result unit of one run of one loader: inputs, environment and figures.
@@ -440,6 +445,12 @@ class RunRecord:
         run_id: ``<UTC yyyymmddThhmmssZ>-<8 hex of the spec>``.
         dataset_sample_count: Samples in the dataset (per the manifest).
         dataset_bytes: Bytes in the dataset.
+        status: ``complete``; ``interrupted`` (Ctrl-C or ``should_stop``: the figures cover the steps
+            measured); or ``failed`` (the loader raised mid-run, e.g. a fetch that failed for good:
+            the figures cover the steps measured before it, and ``error`` says why). One of
+            :data:`RUN_STATUSES`; only ``complete`` records can be valid.
+        error: For a ``failed`` run, the error that stopped it, in one line with credentials
+            removed (it names the key that failed); None otherwise.
         steps_path: Sidecar CSV with the per-step timeline, when written.
         timeline: Per-step samples (kept in the record when small; else only in the sidecar).
     """
@@ -455,6 +466,7 @@ class RunRecord:
     dataset_bytes: int
     dataset_id: str = ""
     status: str = "complete"
+    error: str | None = None
     diagnosis: Diagnosis | None = None
     cost: CostEstimate | None = None
     issues: tuple[Issue, ...] = ()

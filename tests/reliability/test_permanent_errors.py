@@ -28,6 +28,7 @@ from delibench.loaders.source import HedgePolicy, SampleSource, is_transient
 from delibench.manifest import Manifest, SampleEntry, checksum, write_manifest
 from delibench.storage import resolve
 from delibench.loaders.testing import Corpus, copy_corpus, make_context
+from delibench.testbed.profiles import LinkProfile
 
 from .conftest import Scenario, assert_exact, collect, report
 
@@ -203,3 +204,59 @@ def test_verification_cost_per_sample() -> None:
     report(Scenario("checksum verification cost", {}, 0, 0, 0, n, 0, outcome="measured",
                     extra={"sha256_per_110KB_sample_ms": f"{per_sample_s * 1e3:.3f}"}))
     assert per_sample_s > 0
+
+
+@pytest.fixture(scope="module")
+def mnist_local(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """96 real 28x28 JPEGs in 4 classes, so a real workload decodes them."""
+    from delibench.workloads.datagen import make_dataset
+
+    root = tmp_path_factory.mktemp("perm-mnist") / "ds"
+    make_dataset(root, samples=96, classes=4, preset="mnist", seed=5, workers=1)
+    return root
+
+
+@pytest.mark.s3
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("loader", ["bucket", "deli:prefetch_depth=16,concurrency=4"])
+def test_a_run_that_fails_for_good_mid_epoch_writes_a_failed_record_of_what_it_measured(
+    loader: str, mnist_local: Path, s3_bucket: str, shaped_s3: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``delibench run`` behind the link emulator, one object gone (404: permanent) late in the epoch.
+
+    The run exits 1 with the one-line error naming the key, and still writes its record: status
+    ``failed``, the error (naming the key), and the steps measured before it.
+    """
+    import json
+
+    from delibench.cli.app import main
+    from delibench.loaders.publish import push
+    from delibench.loaders.sampler import epoch_order
+
+    url = f"{s3_bucket}/mnist"
+    manifest = push(mnist_local, url, concurrency=8)
+    missing = manifest.samples[epoch_order(len(manifest), 0, 0, 0, 1)[-1]].key  # in the epoch's last batch
+    resolve(url).filesystem().rm_file(resolve(url).child(missing))
+    link = shaped_s3(LinkProfile(name="near", rtt_s=0.004), seed=0)
+    results = tmp_path / "results"
+    capsys.readouterr()
+    code = main(["run", "--data", url, "--loader", loader, "--workload", "mnist-cnn", "--compute", "emulated:5ms",
+                 "--batch-size", "16", "--num-workers", "1", "--warmup-steps", "1", "--no-diagnose", "--no-progress",
+                 "--results-dir", str(results)])
+    err = capsys.readouterr().err
+    assert code == 1, err
+    (path,) = results.glob("*.json")
+    doc = json.loads(path.read_text())
+    assert doc["status"] == "failed"
+    assert missing in doc["error"] and "delibench-test-secret" not in path.read_text()
+    steps = Path(str(path.with_suffix("")) + ".steps.csv").read_text().strip().splitlines()[1:]
+    assert len(steps) >= 1 and doc["metrics"]["total_samples"] >= 16  # the batches before the failure
+    assert doc["metrics"]["total_samples"] < len(manifest)
+    assert doc["issues"][0]["code"] == "failed"
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and missing in error_lines[0]
+    assert str(path) in err.replace("\n", "")
+    report(Scenario(f"object gone (404) late in the epoch, CLI run ({loader.split(':')[0]})", {"404": 1},
+                    doc["loader_stats"]["requests_count"], doc["loader_stats"]["retries_count"], 0,
+                    doc["metrics"]["total_samples"], 0, outcome="exit 1, failed record written",
+                    extra={"link_requests": link.stats().requests}))
