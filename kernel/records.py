@@ -106,6 +106,10 @@ class LoaderStats:
         hedges_count: Duplicate (hedged) requests sent for stragglers.
         errors_count: Requests that failed for good.
         skipped_keys: Samples skipped under ``on_error=skip`` (listed, never silent).
+        samples_requested: Samples whose batch was requested from the loader's prefetcher (deli:
+            by a decode worker); 0 for loaders that do not count it.
+        late_samples: Of those, samples not ready when their batch was requested: the ones the
+            training side had to wait for (see ``miss_rate``).
     """
 
     requests_count: int = 0
@@ -124,12 +128,21 @@ class LoaderStats:
     hedges_count: int = 0
     errors_count: int = 0
     skipped_keys: tuple[str, ...] = ()
+    samples_requested: int = 0
+    late_samples: int = 0
 
     @property
     def hit_rate(self) -> float | None:
         """Hits over lookups, or None before any lookup."""
         total = self.cache_hits + self.cache_misses
         return self.cache_hits / total if total else None
+
+    @property
+    def miss_rate(self) -> float | None:
+        """Share of samples not ready when their batch was requested (late / requested), or None
+        when the loader does not count them. Unlike ``1 - hit_rate`` it counts prefetched
+        samples as ready: it is the DELI paper's miss rate, the samples training waited for."""
+        return self.late_samples / self.samples_requested if self.samples_requested else None
 
 
 # Alias kept for readers who look for the fsspec-style name.

@@ -81,7 +81,7 @@ def deli_loader(
     transform: Callable[[Any], Any] | None = None,
     *,
     batch_size: int = 64,
-    cache_size: int | str = "1GiB",
+    cache_size: int | str | None = None,
     num_workers: int = 2,
     decode: Decoder | None = None,
     seed: int = 0,
@@ -106,7 +106,8 @@ def deli_loader(
         transform: Applied to each decoded RGB PIL image (ignored when ``decode`` is given).
         batch_size: Samples per batch.
         cache_size: Memory cache budget, a hard limit: bytes or a size string (``"8GiB"``), parsed
-            like every loader option by :func:`~delibench.loaders.pipeline.parse_options`.
+            like every loader option by :func:`~delibench.loaders.pipeline.parse_options`. None:
+            1 GiB, unless ``cache_items=...`` (a sample count) is given among ``options``.
         num_workers: Decode worker processes.
         decode: Custom ``(bytes, label) -> item``; default decodes images.
         seed: Shuffle seed.
@@ -115,7 +116,8 @@ def deli_loader(
         storage_options: fsspec options (endpoint, credentials), passed as data; None: the cloud
             client's own configuration chain.
         **options: More :class:`delibench.loaders.deli.DeliOptions` (``prefetch_depth``,
-            ``concurrency``, ``eviction``, ``cache_tier``, ``retry_deadline_s="60s"``, ...).
+            ``concurrency``, ``eviction``, ``cache_items``, ``fetch_size``/``fetch_threshold``,
+            ``cache_tier``, ``retry_deadline_s="60s"``, ...).
 
     Raises:
         UsageError: No manifest at ``url`` or bad options.
@@ -138,4 +140,6 @@ def deli_loader(
         storage_options=storage_options,
         order=order,
     )
-    return DeliIterable(DeliLoader(ctx, cache_size=cache_size, **options), ctx)
+    if cache_size is not None:
+        options["cache_size"] = cache_size
+    return DeliIterable(DeliLoader(ctx, **options), ctx)

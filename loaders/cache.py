@@ -1,4 +1,4 @@
-"""A byte-budgeted sample cache with pluggable eviction (LRU, Belady) and an optional checked disk tier.
+"""A byte- or item-budgeted sample cache with pluggable eviction (LRU, FIFO, Belady) and an optional checked disk tier.
 
 Pure Python, no torch and no I/O unless a disk tier is asked for, so the tuning module can replay
 sampler orders through it to simulate hit rates.
@@ -28,6 +28,7 @@ __all__ = [
     "ByteBudgetCache",
     "CacheStats",
     "EvictionPolicy",
+    "FifoPolicy",
     "LruPolicy",
     "make_policy",
     "policy_names",
@@ -117,6 +118,35 @@ class LruPolicy:
 
 
 @register_policy
+class FifoPolicy:
+    """First in, first out: evicts the item cached longest ago; a hit does not renew it (unlike LRU).
+
+    The DELI paper's simple policy (its sweeps compare FIFO and LRU). Ignores next-use hints and
+    admits every newcomer. O(1) per operation.
+    """
+
+    name: ClassVar[str] = "fifo"
+
+    def __init__(self) -> None:
+        self._order: OrderedDict[Hashable, None] = OrderedDict()
+
+    def add(self, key: Hashable, next_use: float) -> None:
+        self._order[key] = None
+
+    def touch(self, key: Hashable, next_use: float) -> None:
+        pass  # insertion order only
+
+    def remove(self, key: Hashable) -> None:
+        self._order.pop(key, None)
+
+    def victim(self) -> tuple[Hashable, float]:
+        return next(iter(self._order)), NEVER
+
+    def admits(self, next_use: float, victim_next_use: float) -> bool:
+        return True
+
+
+@register_policy
 class BeladyPolicy:
     """Evict the key whose next use is furthest away (Belady's MIN), with the known future order.
 
@@ -169,6 +199,7 @@ class CacheStats:
         evictions: Items dropped from the memory tier to keep its budget (spills included).
         rejected: Offers not admitted (too large, or refused by the policy).
         peak_bytes: Largest memory-tier occupancy seen; never above ``capacity_bytes``.
+        peak_items: Most items the memory tier held at once; never above ``capacity_items``.
         current_bytes: Memory-tier occupancy now.
         items: Items in the memory tier now.
         disk_hits: Hits served by the disk tier.
@@ -187,6 +218,7 @@ class CacheStats:
     peak_bytes: int = 0
     current_bytes: int = 0
     items: int = 0
+    peak_items: int = 0
     disk_hits: int = 0
     disk_bytes: int = 0
     disk_peak_bytes: int = 0
@@ -280,7 +312,8 @@ class _DiskTier:
 
 
 class ByteBudgetCache:
-    """A thread-safe key -> bytes cache whose memory occupancy never exceeds ``capacity_bytes``.
+    """A thread-safe key -> bytes cache whose memory occupancy never exceeds ``capacity_bytes``
+    (and, with ``capacity_items``, whose item count never exceeds that).
 
     Eviction happens *before* insertion, so the peak occupancy is at most the budget; an item
     larger than the budget is never admitted. With a disk tier, items evicted from memory spill
@@ -288,8 +321,11 @@ class ByteBudgetCache:
     (a corrupt file is dropped and reported as a miss), and move back to memory on a hit.
 
     Args:
-        capacity_bytes: Memory budget (0 = cache nothing in memory).
-        policy: Eviction policy name (``lru``, ``belady`` or a registered one).
+        capacity_bytes: Memory budget in bytes (0 = cache nothing in memory; None = no byte limit,
+            for a cache budgeted by ``capacity_items`` alone).
+        policy: Eviction policy name (``lru``, ``fifo``, ``belady`` or a registered one).
+        capacity_items: Most items held in memory (the DELI paper counts its cache in items);
+            None = no item limit. Both limits hold when both are given.
         disk_dir: Directory of the disk tier (None = no disk tier). Files written there are
             removed by :meth:`clear` / :meth:`close`.
         disk_capacity_bytes: Disk-tier budget.
@@ -301,21 +337,28 @@ class ByteBudgetCache:
 
     def __init__(
         self,
-        capacity_bytes: int,
+        capacity_bytes: int | None,
         policy: str = "lru",
         *,
+        capacity_items: int | None = None,
         disk_dir: str | os.PathLike[str] | None = None,
         disk_capacity_bytes: int = 0,
         checksums: Mapping[Hashable, str] | Callable[[Hashable], str | None] | None = None,
     ) -> None:
-        if capacity_bytes < 0 or disk_capacity_bytes < 0:
+        if capacity_bytes is None and capacity_items is None:
+            raise UsageError("a cache needs a budget: capacity_bytes, capacity_items or both")
+        if (capacity_bytes or 0) < 0 or (capacity_items or 0) < 0 or disk_capacity_bytes < 0:
             raise UsageError("cache budgets must not be negative")
-        self.capacity_bytes = int(capacity_bytes)
+        self.capacity_bytes = None if capacity_bytes is None else int(capacity_bytes)
+        self.capacity_items = None if capacity_items is None else int(capacity_items)
+        self._byte_limit: float = math.inf if capacity_bytes is None else int(capacity_bytes)
+        self._item_limit: float = math.inf if capacity_items is None else int(capacity_items)
         self.policy_name = policy
         self._policy = make_policy(policy)
         self._data: dict[Hashable, bytes] = {}
         self._bytes = 0
         self._peak = 0
+        self._peak_items = 0
         self._hits = self._misses = self._evictions = self._rejected = self._disk_hits = 0
         self._lock = threading.RLock()
         if checksums is None:
@@ -383,9 +426,9 @@ class ByteBudgetCache:
 
     def _admit(self, key: Hashable, data: bytes, when: float) -> bool:
         size = len(data)
-        if size > self.capacity_bytes:
+        if size > self._byte_limit or self._item_limit < 1:
             return self._spill(key, data, when)
-        while self._bytes + size > self.capacity_bytes:
+        while self._bytes + size > self._byte_limit or len(self._data) + 1 > self._item_limit:
             victim, victim_use = self._policy.victim()
             if not self._policy.admits(when, victim_use):
                 return self._spill(key, data, when)
@@ -393,6 +436,7 @@ class ByteBudgetCache:
         self._data[key] = data
         self._bytes += size
         self._peak = max(self._peak, self._bytes)
+        self._peak_items = max(self._peak_items, len(self._data))
         self._policy.add(key, when)
         return True
 
@@ -432,6 +476,7 @@ class ByteBudgetCache:
                 peak_bytes=self._peak,
                 current_bytes=self._bytes,
                 items=len(self._data),
+                peak_items=self._peak_items,
                 disk_hits=self._disk_hits,
                 disk_bytes=disk.bytes if disk else 0,
                 disk_peak_bytes=disk.peak_bytes if disk else 0,
@@ -456,8 +501,10 @@ class ByteBudgetCache:
 def simulate(
     orders: Sequence[Sequence[int]],
     sizes: Sequence[int],
-    capacity_bytes: int,
+    capacity_bytes: int | None,
     policy: str = "lru",
+    *,
+    capacity_items: int | None = None,
 ) -> CacheStats:
     """Replay epochs of one rank's sample orders through a cache, as the ``deli`` loader uses it.
 
@@ -469,13 +516,14 @@ def simulate(
         orders: Per-epoch orders (e.g. ``[epoch_order(n, e, ...) for e in range(3)]``); the last
             epoch's successor is treated as unknown.
         sizes: Bytes of each sample, by index.
-        capacity_bytes: Memory budget.
+        capacity_bytes: Memory budget in bytes (None = items only).
         policy: Eviction policy name.
+        capacity_items: Item budget (None = bytes only).
 
     Returns:
         The cache's counters after the replay (``hit_rate`` and friends).
     """
-    cache = ByteBudgetCache(capacity_bytes, policy)
+    cache = ByteBudgetCache(capacity_bytes, policy, capacity_items=capacity_items)
     for epoch, order in enumerate(orders):
         following: dict[int, int] = {}
         if epoch + 1 < len(orders):

@@ -25,34 +25,64 @@ __all__ = ["DeliLoader", "DeliOptions"]
 #: Least time between two points of the cache occupancy timeline.
 _TIMELINE_STEP_S = 0.01
 
+#: Budget when neither ``cache_size`` nor ``cache_items`` is given.
+DEFAULT_CACHE_SIZE = 2**30
+#: The window policy's depth when ``prefetch_depth`` is not given.
+DEFAULT_PREFETCH_DEPTH = 256
+#: The threshold policy's defaults: the DELI paper's "50/50" configuration.
+DEFAULT_FETCH_SIZE = 50
+DEFAULT_FETCH_THRESHOLD = 50
+
 
 @dataclass(frozen=True)
 class DeliOptions(ReliabilityOptions):
     """Options of the ``deli`` loader (plus ``retries``, ``retry_deadline_s``, ``hedge_after``,
     ``on_error`` and ``verify`` from :class:`~delibench.loaders.source.ReliabilityOptions`).
 
+    The cache budget is set by exactly one of ``cache_size`` (bytes) and ``cache_items`` (a
+    sample count); with neither it is 1 GiB. How far ahead the loader fetches is the
+    ``prefetch`` policy: ``window`` (``prefetch_depth``, the default) or ``threshold`` (DELI's
+    trigger, ``fetch_size`` and ``fetch_threshold``); options of the other policy are errors.
+
     Attributes:
         cache_size: Memory cache budget in bytes (``"512MiB"`` is parsed by
             :func:`~delibench.loaders.pipeline.parse_options`); a hard limit; 0 = no cache.
-            Samples are offered to the cache after delivery and reused in later epochs.
-        prefetch_depth: Most samples fetched (or in flight) ahead of consumption; bounds the
-            prefetch memory to about ``prefetch_depth * sample size``.
+            Samples are offered to the cache after delivery and reused in later epochs. None
+            (the default) means 1 GiB unless ``cache_items`` sets the budget.
+        cache_items: Memory cache budget as a number of samples (the DELI paper counts its
+            cache in items, e.g. 2048); a hard limit on the samples held, whatever their size;
+            0 = no cache. Not together with ``cache_size``.
+        prefetch: ``window`` (the default unless ``fetch_size`` or ``fetch_threshold`` is
+            given): keep up to ``prefetch_depth`` samples fetched or in flight ahead of
+            consumption, topped up sample by sample. ``threshold``: the DELI paper's trigger;
+            when fewer than ``fetch_threshold`` samples are buffered ahead of consumption
+            (fetched, in flight or found in the cache, not yet handed on), release the next
+            ``fetch_size`` samples of the order for fetching in one burst.
+        prefetch_depth: Window policy: most samples fetched (or in flight) ahead of
+            consumption; bounds the prefetch memory to about ``prefetch_depth * sample size``.
+            None (the default) means 256.
+        fetch_size: Threshold policy: samples fetched per trigger (default 50, the paper's
+            "50/50" configuration).
+        fetch_threshold: Threshold policy: trigger when fewer than this many samples are
+            buffered ahead (default 50). At most ``fetch_threshold - 1 + fetch_size`` samples
+            are held ahead, which bounds the prefetch memory.
         concurrency: Most GETs in flight at once (on one event loop, not threads).
         cache_tier: ``memory``, or ``disk`` to spill evicted samples to ``cache_dir``.
         cache_dir: Directory of the disk tier (default: a temporary directory removed on close).
         disk_cache_size: Disk tier budget in bytes (``"8GiB"`` parsed as ``cache_size``); required
             for ``cache_tier=disk``.
         eviction: ``belady`` (the default: evicts what is needed again last, and refuses samples
-            needed later than everything cached; the sampler order is known, so this is exact)
-            or ``lru``. Simulated over 5 shuffled epochs with a cache of 25 % of the dataset,
+            needed later than everything cached; the sampler order is known, so this is exact),
+            ``lru``, or ``fifo`` (evicts the sample cached longest ago; a hit does not renew it;
+            the DELI paper's sweeps). Simulated over 5 shuffled epochs with a cache of 25 % of the dataset,
             Belady hits 24-25 % of each later epoch and LRU 2-5 % (a shuffled order defeats
             recency).
         prefetch_across_epochs: Start fetching the next epoch's known order as soon as the last
-            sample of this one is handed on (still within ``prefetch_depth``), so the link does
+            sample of this one is handed on (still within the prefetch bound), so the link does
             not idle while the DataLoader decodes the epoch's last batches and the next epoch
             does not start cold. Not after the last epoch when the context knows how many there
             are (``LoaderContext.epochs``; the runner sets it); where it does not, up to
-            ``prefetch_depth`` GETs after the last epoch are for an epoch that never runs
+            the prefetch bound's GETs after the last epoch are for an epoch that never runs
             (counted as requests and misses; their hits are not counted).
         persistent_workers: Keep the DataLoader's decode workers across epochs instead of forking
             new ones every epoch (they hold no storage client, only a socket to this process, so
@@ -64,8 +94,12 @@ class DeliOptions(ReliabilityOptions):
             another region) use s3fs either way.
     """
 
-    cache_size: int = field(default=2**30, metadata={"unit": "bytes"})
-    prefetch_depth: int = 256
+    cache_size: int | None = field(default=None, metadata={"unit": "bytes"})
+    cache_items: int | None = None
+    prefetch: str | None = None
+    prefetch_depth: int | None = None
+    fetch_size: int | None = None
+    fetch_threshold: int | None = None
     concurrency: int = 32
     cache_tier: str = "memory"
     cache_dir: str | None = None
@@ -79,12 +113,32 @@ class DeliOptions(ReliabilityOptions):
         super().__post_init__()
         for name in ("cache_size", "disk_cache_size"):
             value = getattr(self, name)
+            if value is None and name == "cache_size":
+                continue
             if isinstance(value, bool) or not isinstance(value, int):
                 raise UsageError(f"{name} must be a whole number of bytes, got {value!r}", hint="e.g. 536870912 or, as a loader option, 512MiB")
             if value < 0:
                 raise UsageError(f"{name} must not be negative, got {value}", hint="0 turns the cache off")
-        if not isinstance(self.prefetch_depth, int) or self.prefetch_depth < 1:
-            raise UsageError(f"prefetch_depth must be a whole number of samples >= 1, got {self.prefetch_depth!r}")
+        if self.cache_items is not None:
+            if isinstance(self.cache_items, bool) or not isinstance(self.cache_items, int) or self.cache_items < 0:
+                raise UsageError(f"cache_items must be a whole number of samples >= 0, got {self.cache_items!r}",
+                                 hint="e.g. cache_items=2048; 0 turns the cache off")
+            if self.cache_size is not None:
+                raise UsageError("give cache_size or cache_items, not both: exactly one sets the cache budget",
+                                 hint="cache_size=8GiB counts bytes, cache_items=2048 counts samples")
+        for name, least in (("prefetch_depth", 1), ("fetch_size", 1), ("fetch_threshold", 1)):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < least):
+                raise UsageError(f"{name} must be a whole number of samples >= {least}, got {value!r}")
+        if self.prefetch not in (None, "window", "threshold"):
+            raise UsageError(f"unknown prefetch {self.prefetch!r}", hint="use 'window' (prefetch_depth) or 'threshold' (fetch_size, fetch_threshold)")
+        given = [n for n in ("fetch_size", "fetch_threshold") if getattr(self, n) is not None]
+        if self.prefetch_policy == "window" and given:
+            raise UsageError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to prefetch=threshold, not prefetch=window",
+                             hint="drop prefetch=window (fetch_size/fetch_threshold choose the threshold trigger), or use prefetch_depth")
+        if self.prefetch_policy == "threshold" and self.prefetch_depth is not None:
+            raise UsageError("prefetch_depth applies to prefetch=window; prefetch=threshold is set by fetch_size and fetch_threshold",
+                             hint="e.g. prefetch=threshold,fetch_size=50,fetch_threshold=50, or drop fetch_size/fetch_threshold")
         if not isinstance(self.concurrency, int) or self.concurrency < 1:
             raise UsageError(f"concurrency must be a whole number >= 1, got {self.concurrency!r}")
         if self.cache_tier not in ("memory", "disk"):
@@ -95,9 +149,38 @@ class DeliOptions(ReliabilityOptions):
             raise UsageError(f"unknown eviction {self.eviction!r}", hint=f"use one of: {', '.join(policy_names())}")
 
     @property
-    def cache_size_bytes(self) -> int:
-        """The memory budget in bytes (the name the tuner's configurations use)."""
-        return self.cache_size
+    def cache_size_bytes(self) -> int | None:
+        """The memory budget in bytes (the name the tuner's configurations use); None when
+        ``cache_items`` sets the budget instead."""
+        if self.cache_size is not None:
+            return self.cache_size
+        return None if self.cache_items is not None else DEFAULT_CACHE_SIZE
+
+    @property
+    def prefetch_policy(self) -> str:
+        """``window`` or ``threshold``: ``prefetch`` as given, else ``threshold`` when
+        ``fetch_size`` or ``fetch_threshold`` is given, else ``window``."""
+        if self.prefetch is not None:
+            return self.prefetch
+        return "threshold" if self.fetch_size is not None or self.fetch_threshold is not None else "window"
+
+    @property
+    def window_depth(self) -> int:
+        """The window policy's depth (``prefetch_depth``, default 256)."""
+        return DEFAULT_PREFETCH_DEPTH if self.prefetch_depth is None else self.prefetch_depth
+
+    @property
+    def threshold_trigger(self) -> tuple[int, int] | None:
+        """``(fetch_size, fetch_threshold)`` of the threshold policy (defaults 50/50), or None for the window."""
+        if self.prefetch_policy != "threshold":
+            return None
+        return (self.fetch_size or DEFAULT_FETCH_SIZE, self.fetch_threshold or DEFAULT_FETCH_THRESHOLD)
+
+    @property
+    def prefetch_bound(self) -> int:
+        """Most samples held ahead of consumption under the chosen policy."""
+        trigger = self.threshold_trigger
+        return self.window_depth if trigger is None else trigger[1] - 1 + trigger[0]
 
 
 class DeliLoader:
@@ -130,6 +213,7 @@ class DeliLoader:
         self.cache = ByteBudgetCache(
             self.options.cache_size_bytes,
             self.options.eviction,
+            capacity_items=self.options.cache_items,
             disk_dir=disk_dir,
             disk_capacity_bytes=self.options.disk_cache_size,
             checksums=lambda i: sums[i] if isinstance(i, int) and 0 <= i < len(sums) else None,
@@ -149,6 +233,8 @@ class DeliLoader:
         self._unused_hits = 0
         self._lead_sum = 0
         self._lead_count = 0
+        self._late_samples = 0
+        self._samples_requested = 0
         self._timeline: list[tuple[float, int]] = []
         self._t0 = time.perf_counter()
         self._closed = False
@@ -165,8 +251,10 @@ class DeliLoader:
         def when_next(pos: int) -> float | None:
             return following.get(order[pos])
 
+        trigger = self.options.threshold_trigger
         prefetcher = EpochPrefetcher(
-            self.source, order, self.cache, self.options.prefetch_depth, self.options.concurrency, when_next
+            self.source, order, self.cache, self.options.window_depth, self.options.concurrency, when_next,
+            fetch_size=trigger[0] if trigger else None, fetch_threshold=trigger[1] if trigger else None,
         )
         prefetcher.start()
         return prefetcher, order, when_next
@@ -225,6 +313,11 @@ class DeliLoader:
         left out and listed.
         """
         pos = b * len(batches[0])  # every batch but the last is full
+        # The samples not ready when their batch is asked for are the ones the consumer waits for.
+        late = prefetcher.not_ready(range(pos, pos + len(batches[b])))
+        with self._lock:
+            self._late_samples += late
+            self._samples_requested += len(batches[b])
         items = []
         for idx in batches[b]:
             try:
@@ -247,7 +340,7 @@ class DeliLoader:
     def _look_ahead(self, epoch: int, token: int) -> None:
         """Every sample of ``epoch`` is handed on (the workers are still decoding the last
         batches): start walking the next epoch's known order now. Nothing of this epoch is held
-        by the prefetcher any more, so ``prefetch_depth`` still bounds what is held."""
+        by the prefetcher any more, so the prefetch policy's bound still bounds what is held."""
         last = self.ctx.epochs is not None and epoch + 1 >= self.ctx.epochs
         if last or not self.options.prefetch_across_epochs:
             return
@@ -336,6 +429,8 @@ class DeliLoader:
             hedges_count=meter.hedges_count,
             errors_count=meter.errors_count,
             skipped_keys=tuple(self._skipped),
+            samples_requested=self._samples_requested,
+            late_samples=self._late_samples,
         )
 
     def close(self) -> None:

@@ -17,21 +17,34 @@ __all__ = ["DecodePipeline", "EpochPrefetcher"]
 
 
 class EpochPrefetcher:
-    """Walks ``order`` up to ``depth`` samples ahead of the consumer with ``concurrency`` GETs in flight.
+    """Walks ``order`` ahead of the consumer with ``concurrency`` GETs in flight.
 
     The walk runs as one coroutine on the source's IO loop (fsspec's loop thread: no thread of its
     own). Each position is first looked up in ``cache`` (a hit costs no request); misses are
-    fetched. Fetched-but-not-taken bytes are bounded by ``depth`` samples; :meth:`take` hands the
-    bytes of each position to the consumer in order, exactly once.
+    fetched. :meth:`take` hands the bytes of each position to the consumer in order, exactly once.
+
+    How far ahead it walks is the prefetch policy:
+
+    * **window** (``fetch_size`` None): a sliding window; up to ``depth`` samples fetched or in
+      flight ahead of the next one to be taken, topped up after every sample taken.
+    * **threshold** (``fetch_size`` and ``fetch_threshold`` set; the DELI paper's trigger): when
+      fewer than ``fetch_threshold`` samples are released ahead of consumption (fetched, in
+      flight or cache hits not yet taken), the next ``fetch_size`` samples of the order are
+      released for fetching, as one burst. At most ``fetch_threshold - 1 + fetch_size`` samples
+      are ahead at any time.
 
     Args:
         source: Where misses are read from.
         order: Manifest indices in consumption order.
         cache: Looked up before each fetch (hits and misses are counted there).
-        depth: Most samples fetched or in flight ahead of the next one to be taken (>= 1).
+        depth: Window policy: most samples fetched or in flight ahead of the next one to be
+            taken (>= 1); ignored by the threshold policy.
         concurrency: Most requests in flight (>= 1).
         next_use: Position -> the global time the sample at that position is needed next after
             this use (for clairvoyant eviction); None when unknown.
+        fetch_size: Threshold policy: samples released per trigger (>= 1); None = window policy.
+        fetch_threshold: Threshold policy: trigger when fewer than this many samples are ahead
+            (>= 1; defaults to ``fetch_size``).
     """
 
     def __init__(
@@ -42,11 +55,18 @@ class EpochPrefetcher:
         depth: int,
         concurrency: int,
         next_use: Callable[[int], float | None],
+        *,
+        fetch_size: int | None = None,
+        fetch_threshold: int | None = None,
     ) -> None:
         self.source = source
         self.order = list(order)
         self.cache = cache
         self.depth = max(1, depth)
+        self.fetch_size = None if fetch_size is None else max(1, fetch_size)
+        self.fetch_threshold = None if self.fetch_size is None else max(1, fetch_threshold or self.fetch_size)
+        #: Threshold policy: positions below this are released for fetching (only the loop moves it).
+        self._released = 0
         self.concurrency = max(1, concurrency)
         self.next_use = next_use
         self._ready: dict[int, tuple[bytes | BaseException, bool]] = {}
@@ -113,10 +133,10 @@ class EpochPrefetcher:
                 if pos in self._ready:
                     continue  # arrived before a pause
                 idx = self.order[pos]
-                while pos >= self._consumed + self.depth:
+                while pos >= self._limit():
                     assert self._wake is not None
                     self._wake.clear()
-                    if pos < self._consumed + self.depth:
+                    if pos < self._limit():
                         break
                     await self._wake.wait()
                 if pos not in self._missed:
@@ -136,6 +156,17 @@ class EpochPrefetcher:
                 task.cancel()
             if tasks:
                 await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _limit(self) -> int:
+        """The first position the walk may not fetch yet (loop side; see the class's policies)."""
+        consumed = self._consumed
+        if self.fetch_size is None:
+            return consumed + self.depth
+        assert self.fetch_threshold is not None
+        end = len(self.order)
+        while self._released - consumed < self.fetch_threshold and self._released < end:
+            self._released = min(end, max(self._released, consumed) + self.fetch_size)
+        return self._released
 
     async def _fetch(self, pos: int, idx: int, sem: asyncio.Semaphore) -> None:
         try:
@@ -169,6 +200,15 @@ class EpochPrefetcher:
             self._wake.set()
 
     # -- consumer side --------------------------------------------------------------------------
+
+    def not_ready(self, positions: Iterable[int]) -> int:
+        """How many of ``positions`` have not arrived yet (a failure that arrived counts as arrived).
+
+        The loader asks this when a batch is requested, before taking its samples: those not
+        ready are the samples the consumer has to wait for (its miss rate).
+        """
+        with self._cond:
+            return sum(1 for pos in positions if pos not in self._ready)
 
     def take(self, pos: int) -> tuple[bytes, bool]:
         """Block until position ``pos`` is ready; returns its bytes and whether it was a cache hit.

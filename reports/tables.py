@@ -103,6 +103,7 @@ COLUMNS: tuple[Column, ...] = (
     Column("requests_count", "GETs", _num(",d")),
     Column("bytes_read_remote", "remote bytes", lambda v: "-" if v is None else format_bytes(v)),
     Column("cache_hit_rate", "hits", format_fraction),
+    Column("miss_rate", "late", format_fraction),
     Column("usd_per_epoch", "$/epoch", format_usd),
     Column("idle_accelerator_usd", "idle $ (run)", format_usd),
     Column("status", "status", numeric=False),
@@ -176,6 +177,7 @@ def _row(record: RunRecord, cost: CostEstimate | None, baseline: RunRecord | Non
         "requests_count": s.requests_count,
         "bytes_read_remote": s.bytes_read_remote,
         "cache_hit_rate": s.hit_rate,
+        "miss_rate": s.miss_rate,  # samples not ready when their batch was requested (LoaderStats.miss_rate)
         "usd_per_epoch": cost.usd_per_epoch if cost else None,
         "idle_accelerator_usd": cost.idle_accelerator_usd if cost else None,
         "status": status,

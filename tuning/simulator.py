@@ -1,7 +1,8 @@
 """Cache hit-rate simulation: replay the known sampler orders through the real ``ByteBudgetCache``.
 
 The sampler order of every (epoch, rank) is a pure function of the seed, so the hit rate of a
-(cache size, eviction, world size, order) configuration can be computed without a byte of I/O,
+(cache size in bytes or items, eviction: ``lru``, ``fifo`` or ``belady``, world size, order)
+configuration can be computed without a byte of I/O,
 in milliseconds for small datasets. The tuner uses it to screen configurations (as the miss rate
 of the analytic wait model) before paying for a measured trial. There is deliberately no second
 cache implementation here: the very class the DELI loader uses makes the decisions.
@@ -124,7 +125,7 @@ class CacheSimulator:
         # Next-use time of each access on a global clock (position over the concatenated epochs):
         # what a clairvoyant (Belady) cache is told, as the DELI loader knows it.
         self._next = {r: self._next_uses([*self._orders[r], full[r][epochs]])[:epochs] for r in self.ranks}
-        self._memo: dict[tuple[int, str], SimResult] = {}
+        self._memo: dict[tuple[int | None, str, int | None], SimResult] = {}
 
     @staticmethod
     def _next_uses(orders: list[list[int]]) -> list[list[float | None]]:
@@ -141,20 +142,32 @@ class CacheSimulator:
             start += len(o)
         return result
 
-    def run(self, cache_size_bytes: int, eviction: str = "lru") -> SimResult:
-        """Simulate one configuration (memoised per simulator)."""
-        key = (int(cache_size_bytes), eviction)
+    def run(self, cache_size_bytes: int | None, eviction: str = "lru", *, cache_items: int | None = None) -> SimResult:
+        """Simulate one configuration (memoised per simulator).
+
+        Args:
+            cache_size_bytes: Byte budget of each rank's cache; None when ``cache_items`` sets it.
+            eviction: ``lru``, ``fifo``, ``belady`` or another registered policy.
+            cache_items: Item budget instead of bytes (the deli loader's ``cache_items``).
+
+        Raises:
+            UsageError: Both budgets given, or neither.
+        """
+        if (cache_size_bytes is None) == (cache_items is None):
+            raise UsageError("give exactly one cache budget: cache_size_bytes or cache_items")
+        key = (None if cache_size_bytes is None else int(cache_size_bytes), eviction,
+               None if cache_items is None else int(cache_items))
         if key not in self._memo:
             self._memo[key] = self._run(*key)
         return self._memo[key]
 
-    def _run(self, cache_size_bytes: int, eviction: str = "lru") -> SimResult:
+    def _run(self, cache_size_bytes: int | None, eviction: str = "lru", cache_items: int | None = None) -> SimResult:
         hits_per_epoch = [0] * self.epochs
         lookups_per_epoch = [0] * self.epochs
         evictions = peak = 0
         blobs: dict[int, _Blob] = {}
         for r in self.ranks:
-            cache = ByteBudgetCache(cache_size_bytes, eviction)
+            cache = ByteBudgetCache(cache_size_bytes, eviction, capacity_items=cache_items)
             hits_before = 0
             for e, (order, nexts) in enumerate(zip(self._orders[r], self._next[r])):
                 for idx, nxt in zip(order, nexts):
@@ -188,9 +201,11 @@ class CacheSimulator:
 
 def simulate_hit_rate(
     sizes: Sequence[int],
-    cache_size_bytes: int,
+    cache_size_bytes: int | None,
     eviction: str = "lru",
+    *,
+    cache_items: int | None = None,
     **kwargs: object,
 ) -> SimResult:
     """One-shot form of :class:`CacheSimulator` (``kwargs`` are its keyword arguments)."""
-    return CacheSimulator(sizes, **kwargs).run(cache_size_bytes, eviction)  # type: ignore[arg-type]
+    return CacheSimulator(sizes, **kwargs).run(cache_size_bytes, eviction, cache_items=cache_items)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""ByteBudgetCache: hard budget, LRU and Belady, admission, disk tier with checksums, thread safety."""
+"""ByteBudgetCache: hard budget (bytes or items), LRU, FIFO and Belady, admission, disk tier with checksums, thread safety."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from delibench.manifest import checksum
 @settings(max_examples=80, deadline=None)
 @given(
     capacity=st.integers(0, 5000),
-    policy=st.sampled_from(["lru", "belady"]),
+    policy=st.sampled_from(["lru", "fifo", "belady"]),
     ops=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 3000), st.integers(0, 100)), max_size=120),
 )
 def test_peak_never_exceeds_budget(capacity: int, policy: str, ops: list[tuple[int, int, int]]) -> None:
@@ -73,7 +73,7 @@ def test_belady_beats_or_equals_lru_over_three_epochs() -> None:
 
 
 def test_policy_registry_suggests_names() -> None:
-    assert {"lru", "belady"} <= set(policy_names())
+    assert {"lru", "fifo", "belady"} <= set(policy_names())
     with pytest.raises(UsageError, match="did you mean 'belady'"):
         make_policy("belday")
 
@@ -118,3 +118,47 @@ def test_thread_safe_under_concurrent_use() -> None:
     assert not errors
     stats = cache.stats()
     assert stats.peak_bytes <= 5000 and stats.hits + stats.misses == 8000
+
+
+def test_fifo_evicts_oldest_and_hits_do_not_renew() -> None:
+    cache = ByteBudgetCache(300, "fifo")
+    for key in "abc":
+        cache.put(key, b"x" * 100)
+    assert cache.get("a") is not None  # under LRU this would save "a"; FIFO still evicts it first
+    cache.put("d", b"x" * 100)
+    assert "a" not in cache and {"b", "c", "d"} <= {k for k in "abcd" if k in cache}
+    cache.put("e", b"x" * 100)
+    assert "b" not in cache and cache.stats().evictions == 2
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    items=st.integers(0, 12),
+    capacity=st.one_of(st.none(), st.integers(0, 5000)),
+    policy=st.sampled_from(["lru", "fifo", "belady"]),
+    ops=st.lists(st.tuples(st.integers(0, 30), st.integers(0, 1500), st.integers(0, 100)), max_size=120),
+)
+def test_item_budget_is_a_hard_limit(items: int, capacity: int | None, policy: str, ops: list[tuple[int, int, int]]) -> None:
+    """``capacity_items`` bounds the count whatever the sizes; with a byte budget too, both hold."""
+    cache = ByteBudgetCache(capacity, policy, capacity_items=items)
+    for key, size, when in ops:
+        if cache.get(key, when) is None:
+            cache.put(key, b"x" * size, when)
+        assert len(cache) <= items
+        assert capacity is None or cache.current_bytes <= capacity
+    stats = cache.stats()
+    assert stats.peak_items <= items and stats.items == len(cache)
+    assert capacity is None or stats.peak_bytes <= capacity
+
+
+def test_item_budget_counts_items_not_bytes() -> None:
+    cache = ByteBudgetCache(None, "lru", capacity_items=2)
+    cache.put("big", b"x" * 10_000_000)
+    cache.put("small", b"x")
+    cache.put("third", b"xy")
+    assert "big" not in cache and len(cache) == 2 and cache.capacity_bytes is None
+    assert not ByteBudgetCache(None, "fifo", capacity_items=0).put("a", b"x")  # 0 items: no cache
+    with pytest.raises(UsageError, match="needs a budget"):
+        ByteBudgetCache(None, "lru")
+    with pytest.raises(UsageError, match="negative"):
+        ByteBudgetCache(None, "lru", capacity_items=-1)

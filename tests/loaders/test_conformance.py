@@ -59,6 +59,14 @@ class TestDeliDiskTierLocal(_Local):
         return factory("deli", cache_size="4KiB", cache_tier="disk", disk_cache_size="16KiB", eviction="belady")
 
 
+class TestDeliThresholdFifoItemsLocal(_Local):
+    """The DELI paper's knobs: the fetch_size/fetch_threshold trigger, FIFO, a cache counted in items."""
+
+    @pytest.fixture
+    def loader_factory(self) -> Any:
+        return factory("deli", cache_items=6, fetch_size=4, fetch_threshold=3, eviction="fifo", concurrency=3)
+
+
 class TestMemoryLocal(_Local):
     @pytest.fixture
     def loader_factory(self) -> Any:
@@ -84,6 +92,14 @@ class TestDeliS3(_S3):
     @pytest.fixture
     def loader_factory(self) -> Any:
         return factory("deli", cache_size="10KiB", prefetch_depth=6, concurrency=4, eviction="belady")
+
+
+@pytest.mark.s3
+class TestDeliThresholdS3(_S3):
+    @pytest.fixture
+    def loader_factory(self) -> Any:
+        return factory("deli", cache_items=5, prefetch="threshold", fetch_size=5, fetch_threshold=5, concurrency=4,
+                       eviction="fifo")
 
 
 @pytest.mark.s3

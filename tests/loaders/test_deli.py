@@ -45,7 +45,7 @@ def test_budget_is_a_hard_limit(sized_corpus: Corpus, cache_size: int, depth: in
         assert stats.cache_hits == 0 and stats.requests_count == 3 * n
 
 
-@pytest.mark.parametrize("eviction", ["lru", "belady"])
+@pytest.mark.parametrize("eviction", ["lru", "fifo", "belady"])
 def test_whole_dataset_cache_makes_later_epochs_free_locally(sized_corpus: Corpus, eviction: str) -> None:
     n = len(sized_corpus.manifest)
     with DeliLoader(make_context(sized_corpus, num_workers=0), cache_size=n * 1000, eviction=eviction) as loader:
@@ -169,7 +169,15 @@ def test_fetch_error_while_workers_start_keeps_the_pipeline_sound(
     [
         ({"cache_sise": 1}, "did you mean 'cache_size'"),
         ({"cache_size": "12 parsecs"}, "unknown size unit"),
-        ({"eviction": "fifo"}, "unknown eviction"),
+        ({"eviction": "fifa"}, "unknown eviction"),
+        ({"cache_size": "1MiB", "cache_items": 2048}, "cache_size or cache_items, not both"),
+        ({"cache_items": -1}, "cache_items must be"),
+        ({"prefetch": "window", "fetch_size": 50}, "fetch_size applies to prefetch=threshold"),
+        ({"prefetch": "window", "fetch_size": 5, "fetch_threshold": 5}, "fetch_size and fetch_threshold apply"),
+        ({"fetch_size": 50, "prefetch_depth": 64}, "prefetch_depth applies to prefetch=window"),
+        ({"prefetch": "threshold", "prefetch_depth": 64}, "prefetch_depth applies to prefetch=window"),
+        ({"prefetch": "burst"}, "unknown prefetch"),
+        ({"fetch_threshold": 0}, "fetch_threshold must be"),
         ({"cache_tier": "disk"}, "disk_cache_size"),
         ({"prefetch_depth": 0}, "prefetch_depth"),
     ],
@@ -190,12 +198,13 @@ def test_options_hold_parsed_values_and_only_validate() -> None:
     """Human strings are parsed at the edge (the loader's options); the dataclass holds bytes and seconds."""
     from delibench.loaders.deli import DeliOptions
 
-    assert DeliOptions().cache_size == 2**30 and isinstance(DeliOptions().retry_deadline_s, float)
+    assert DeliOptions().cache_size_bytes == 2**30 and isinstance(DeliOptions().retry_deadline_s, float)
+    assert DeliOptions(cache_items=2048).cache_size_bytes is None
     with pytest.raises(UsageError, match="cache_size must be"):
         DeliOptions(cache_size="1GiB")  # type: ignore[arg-type]
     with pytest.raises(UsageError, match="retry_deadline_s must be"):
         DeliOptions(retry_deadline_s="60s")  # type: ignore[arg-type]
-    with pytest.raises(UsageError, match="disk_cache_size must be"):
+    with pytest.raises(UsageError, match="disk_cache_size must not be negative"):
         DeliOptions(disk_cache_size=-1)
 
 
@@ -257,3 +266,116 @@ def test_close_closes_its_s3_client_so_a_later_collection_schedules_nothing(s3_c
     thread.start()
     thread.join()
     assert not scheduled, f"closing the dropped client was scheduled on a foreign loop: {scheduled}"
+
+
+# -- the DELI paper's knobs: the threshold trigger, an item-counted cache, FIFO, the miss rate ----------
+
+
+def test_prefetch_policies_resolve_from_the_options_given() -> None:
+    from delibench.loaders.deli import DeliOptions
+
+    assert DeliOptions().prefetch_policy == "window" and DeliOptions().prefetch_bound == 256
+    assert DeliOptions(prefetch_depth=8).prefetch_bound == 8 and DeliOptions().threshold_trigger is None
+    paper = DeliOptions(prefetch="threshold")  # the paper's "50/50" by default
+    assert paper.threshold_trigger == (50, 50) and paper.prefetch_bound == 99
+    assert DeliOptions(fetch_size=20).threshold_trigger == (20, 50)  # giving either one chooses the trigger
+    assert DeliOptions(fetch_threshold=10, fetch_size=30).threshold_trigger == (30, 10)
+
+
+@pytest.mark.parametrize(("fetch_size", "threshold", "released"), [
+    (50, 50, [(0, 50), (1, 100), (50, 100), (51, 150), (99, 150), (100, 150), (101, 200)]),
+    (30, 100, [(0, 120), (20, 120), (21, 150), (95, 210)]),  # bursts until the threshold is met
+    (10, 1, [(0, 10), (9, 10), (10, 20)]),  # fetch only when nothing is left ahead
+])
+def test_threshold_trigger_releases_fetch_size_when_fewer_than_threshold_are_ahead(
+    fetch_size: int, threshold: int, released: list[tuple[int, int]]
+) -> None:
+    """Position ``consumed``: what is released (may be fetched) is a whole number of bursts."""
+    from delibench.loaders.prefetch import EpochPrefetcher
+
+    walk = EpochPrefetcher(None, list(range(1000)), None, 1, 1, lambda pos: None,  # type: ignore[arg-type]
+                           fetch_size=fetch_size, fetch_threshold=threshold)
+    for consumed, limit in released:
+        walk._consumed = consumed
+        assert walk._limit() == limit
+        assert limit - consumed <= threshold - 1 + fetch_size
+    walk._consumed = 995
+    assert walk._limit() == 1000  # never past the epoch's end
+
+
+@pytest.mark.parametrize(("fetch_size", "threshold", "workers"), [(50, 50, 2), (3, 2, 1), (1, 1, 0), (5, 12, 2)],
+                         ids=["paper-50-50", "small-bursts", "one-by-one", "threshold-above-size"])
+def test_threshold_trigger_delivers_every_sample_once_byte_identical(
+    sized_corpus: Corpus, fetch_size: int, threshold: int, workers: int
+) -> None:
+    n = len(sized_corpus.manifest)
+    with DeliLoader(make_context(sized_corpus, num_workers=workers, epochs=3), cache_size=7000, concurrency=4,
+                    fetch_size=fetch_size, fetch_threshold=threshold, eviction="fifo") as loader:
+        for epoch in range(3):
+            assert sorted(run_epoch(loader, epoch, sized_corpus)) == list(range(n))  # each once, bytes checked
+        stats = loader.stats()
+    assert stats.prefetch_peak_bytes <= (threshold - 1 + fetch_size) * 1000
+    assert stats.cache_peak_bytes <= 7000
+    assert stats.cache_hits + stats.cache_misses == 3 * n and stats.requests_count == stats.cache_misses
+    assert stats.samples_requested == 3 * n and 0 <= stats.late_samples <= 3 * n
+
+
+@pytest.mark.s3
+def test_threshold_trigger_is_exact_over_seaweedfs(s3_corpus: Corpus) -> None:
+    n = len(s3_corpus.manifest)
+    with DeliLoader(make_context(s3_corpus, num_workers=2, epochs=2), cache_items=6, concurrency=4,
+                    prefetch="threshold", fetch_size=4, fetch_threshold=3) as loader:
+        for epoch in range(2):
+            assert sorted(run_epoch(loader, epoch, s3_corpus)) == list(range(n))
+        stats = loader.stats()
+        assert loader.cache.stats().peak_items <= 6
+    assert stats.requests_count == stats.cache_misses and stats.cache_hits + stats.cache_misses == 2 * n
+    assert stats.samples_requested == 2 * n and stats.miss_rate is not None
+
+
+@pytest.mark.parametrize("eviction", ["lru", "fifo", "belady"])
+def test_cache_items_is_a_hard_limit_on_samples_held(local_corpus: Corpus, eviction: str) -> None:
+    """Samples of uneven sizes: the budget counts them, not their bytes."""
+    n = len(local_corpus.manifest)
+    with DeliLoader(make_context(local_corpus, num_workers=1, epochs=3), cache_items=7, prefetch_depth=4,
+                    eviction=eviction) as loader:
+        counts = []
+        for epoch in range(3):
+            assert sorted(run_epoch(loader, epoch, local_corpus)) == list(range(n))
+            counts.append(len(loader.cache))
+        cache = loader.cache.stats()
+        stats = loader.stats()
+    assert cache.peak_items <= 7 and max(counts) <= 7 and cache.peak_items == 7
+    assert loader.cache.capacity_bytes is None and stats.cache_hits + stats.cache_misses == 3 * n
+
+
+def test_whole_dataset_counted_in_items_makes_later_epochs_free(sized_corpus: Corpus) -> None:
+    n = len(sized_corpus.manifest)
+    with DeliLoader(make_context(sized_corpus, num_workers=0), cache_items=n, eviction="fifo") as loader:
+        run_epoch(loader, 0, sized_corpus)
+        run_epoch(loader, 1, sized_corpus)
+        stats = loader.stats()
+    assert stats.requests_count == n and stats.cache_hits == n
+
+
+def test_miss_rate_counts_samples_not_ready_when_their_batch_is_asked_for(sized_corpus: Corpus) -> None:
+    """Nothing cached and one sample fetched ahead at a time: most of every batch is late."""
+    n = len(sized_corpus.manifest)
+    with DeliLoader(make_context(sized_corpus, num_workers=0), cache_size=0, prefetch_depth=1, concurrency=1,
+                    prefetch_across_epochs=False) as loader:
+        run_epoch(loader, 0, sized_corpus)
+        stats = loader.stats()
+    assert stats.samples_requested == n
+    assert stats.miss_rate is not None and stats.miss_rate >= 0.8 - 1e-9  # at most 1 of each batch of 5 ready
+    assert stats.miss_rate == stats.late_samples / n
+
+
+def test_deli_loader_api_takes_an_item_budget(local_corpus: Corpus) -> None:
+    from delibench.loaders.api import deli_loader
+    from delibench.loaders.testing import checksum_decode
+
+    with deli_loader(local_corpus.url, decode=checksum_decode, num_workers=0, batch_size=4, cache_items=5,
+                     fetch_size=4, fetch_threshold=4) as loader:
+        seen = [x for inputs, _ in loader for x in inputs]
+        assert loader.loader.options.threshold_trigger == (4, 4) and loader.loader.cache.capacity_items == 5
+    assert sorted(seen) == sorted(local_corpus.expected(i) for i in range(len(local_corpus.manifest)))

@@ -9,6 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from delibench.errors import UsageError
 from delibench.loaders.sampler import epoch_order
 from delibench.tuning.simulator import CacheSimulator, simulate_hit_rate
 
@@ -66,6 +67,25 @@ def brute_belady(orders: list[list[int]], slots: int) -> list[int]:
     return hits
 
 
+def brute_fifo(orders: list[list[int]], slots: int) -> list[int]:
+    """Hits per epoch of a textbook FIFO cache of ``slots`` items (a hit does not renew an item)."""
+    cache: OrderedDict[int, None] = OrderedDict()
+    hits = []
+    for order in orders:
+        h = 0
+        for idx in order:
+            if idx in cache:
+                h += 1
+                continue
+            if slots == 0:
+                continue
+            if len(cache) >= slots:
+                cache.popitem(last=False)
+            cache[idx] = None
+        hits.append(h)
+    return hits
+
+
 def orders_for(n: int, epochs: int, seed: int, rank: int = 0, world: int = 1, limit: int | None = None) -> list[list[int]]:
     return [epoch_order(n, e, seed, rank, world)[:limit] for e in range(epochs)]
 
@@ -115,3 +135,30 @@ def test_belady_never_worse_than_lru(n: int, slots: int, seed: int) -> None:
     lru = simulate_hit_rate(sizes, slots * 100, "lru", epochs=3, seed=seed)
     opt = simulate_hit_rate(sizes, slots * 100, "belady", epochs=3, seed=seed)
     assert opt.hits >= lru.hits
+
+
+@pytest.mark.parametrize("slots", [0, 1, 10, 30, 59, 80])
+def test_fifo_matches_brute_force_by_bytes_and_by_items(slots: int) -> None:
+    """FIFO (the DELI paper's policy) predicted both with a byte budget and with an item budget."""
+    sizes = [1000] * 60
+    expected = brute_fifo(orders_for(60, 3, 13), slots)
+    by_bytes = simulate_hit_rate(sizes, slots * 1000, "fifo", epochs=3, seed=13)
+    assert [round(r * 60) for r in by_bytes.epoch_hit_rates] == expected
+    rng = random.Random(slots)
+    uneven = [rng.randint(500, 5_000) for _ in range(60)]  # an item budget ignores sizes
+    by_items = simulate_hit_rate(uneven, None, "fifo", cache_items=slots, epochs=3, seed=13)
+    assert [round(r * 60) for r in by_items.epoch_hit_rates] == expected
+
+
+def test_item_budget_matches_lru_with_equal_slots() -> None:
+    rng = random.Random(9)
+    sizes = [rng.randint(500, 2_000) for _ in range(60)]
+    sim = CacheSimulator(sizes, epochs=3, seed=7)
+    result = sim.run(None, "lru", cache_items=20)
+    hits = brute_lru(orders_for(60, 3, 7), [1] * 60, 20)
+    assert [round(r * 60) for r in result.epoch_hit_rates] == hits
+    assert sim.run(None, "lru", cache_items=20) is result
+    with pytest.raises(UsageError, match="exactly one cache budget"):
+        sim.run(20_000, "lru", cache_items=20)
+    with pytest.raises(UsageError, match="exactly one cache budget"):
+        sim.run(None, "lru")
