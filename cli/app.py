@@ -45,6 +45,7 @@ _COMMAND_MODULES = (
     "delibench.cli.run",
     "delibench.cli.calibrate",
     "delibench.cli.tune",
+    "delibench.cli.advise",
     "delibench.cli.report",
     "delibench.cli.geo",
     "delibench.cli.listing",
