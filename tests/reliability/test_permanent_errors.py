@@ -260,3 +260,35 @@ def test_a_run_that_fails_for_good_mid_epoch_writes_a_failed_record_of_what_it_m
                     doc["loader_stats"]["requests_count"], doc["loader_stats"]["retries_count"], 0,
                     doc["metrics"]["total_samples"], 0, outcome="exit 1, failed record written",
                     extra={"link_requests": link.stats().requests}))
+
+
+@pytest.mark.timeout(120)
+def test_run_api_failure_keeps_the_measured_epochs_and_says_where_the_record_went(mnist_local: Path, tmp_path: Path) -> None:
+    """Through the API: epoch 0 completes, epoch 1 fails on a missing file; the record keeps both."""
+    from delibench.app.session import run
+    from delibench.loaders.sampler import epoch_order
+    from delibench.records import ComputeSpec, LoaderSpec, RunSpec
+
+    root = tmp_path / "ds"
+    shutil.copytree(mnist_local, root)
+    manifest = Manifest.from_json((root / "_delibench_manifest.json").read_text())
+    steps: list[Any] = []
+
+    def on_step(step: Any) -> None:
+        steps.append(step)
+        if len(steps) == 6:  # the end of epoch 0 (96 samples / 16): the file goes before epoch 1 starts
+            (root / manifest.samples[epoch_order(len(manifest), 1, 0, 0, 1)[-1]].key).unlink()
+
+    spec = RunSpec(dataset_url=str(root), workload="mnist-cnn", loader=LoaderSpec("bucket"),
+                   compute=ComputeSpec("emulated", 0.002), batch_size=16, num_workers=0, epochs=2, warmup_steps=1)
+    with pytest.raises(FetchError) as info:
+        run(spec, results_dir=str(tmp_path / "results"), on_step=on_step, price=False)
+    (path,) = info.value.record_paths  # type: ignore[attr-defined]
+    from delibench.reports.store import load_record
+
+    record = load_record(path)
+    assert record.status == "failed" and info.value.key in (record.error or "") and not record.valid
+    assert record.metrics.total_samples == len(steps) * 16 and len(steps) > 6
+    assert {s.epoch for s in record.timeline} == {0, 1} and len(record.timeline) == len(steps)
+    starts = [s.start_s for s in record.timeline]
+    assert starts == sorted(starts)  # the failed epoch's steps follow the first epoch's on one timeline
