@@ -65,6 +65,8 @@ ATTR_MIN_AU = "delibench.min_au"
 ATTR_FINGERPRINT = "delibench.fingerprint"
 ATTR_SETTINGS = "delibench.settings"
 ATTR_PROBE = "delibench.probe"
+#: Study system attribute: how many Tuner instances have opened the study (each takes the next index).
+ATTR_WORKERS = "delibench.workers"
 
 #: Signature of what runs one trial: config, per-step callback, stop flag -> measurement.
 Evaluator = Callable[[TuneConfig, Callable[[StepSample], None], Callable[[], bool]], "Measurement"]
@@ -316,6 +318,16 @@ def _redact_db(url: str) -> str:
     return redact(url)
 
 
+def claim_worker_index(storage: Any, study_name: str) -> int:
+    """This process's number among those that opened ``study_name`` in ``storage``: 0, 1, 2, ... (atomic under :func:`study_lock`)."""
+    backend = getattr(storage, "_backend", storage)
+    with study_lock(backend, study_name):
+        study_id = backend.get_study_id_from_name(study_name)
+        index = int(backend.get_study_system_attrs(study_id).get(ATTR_WORKERS, 0))
+        backend.set_study_system_attr(study_id, ATTR_WORKERS, index + 1)
+    return index
+
+
 @contextlib.contextmanager
 def study_lock(storage: Any, study_name: str, timeout_s: float = DB_LOCK_TIMEOUT_S) -> Iterator[None]:
     """Hold a lock named after ``study_name`` that every process sharing ``storage`` sees.
@@ -490,7 +502,8 @@ class Tuner:
         self.evaluate = evaluate
         self.prune = prune and settings.objective == "wait"
         # NOTE: constraints go through ``trial.set_constraint`` (Optuna 5), which TPE reads itself.
-        self.sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5)
+        # constant_liar: processes sharing a study do not all propose the point another is running.
+        self.sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5, constant_liar=True)
         pruner = (
             optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=3)
             if self.prune
@@ -498,6 +511,12 @@ class Tuner:
         )
         self.storage = open_storage(storage) if storage is None or isinstance(storage, str) else storage
         self.study = _create_study(self.storage, study_name, settings.directions, self.sampler, pruner)
+        # NOTE: every Tuner on one study (another VM, a rerun) draws from its own seed: the same seed
+        # would propose the same random start points in each process. The first keeps sampler_seed.
+        self.worker_index = claim_worker_index(self.storage, self.study_name)
+        if self.worker_index and sampler_seed is not None:
+            self.sampler = optuna.samplers.TPESampler(seed=sampler_seed + 7919 * self.worker_index, n_startup_trials=5, constant_liar=True)
+            self.study.sampler = self.sampler
         self._check_or_store_attrs(study_attrs or {})
 
     # ------------------------------------------------------------------ study bookkeeping

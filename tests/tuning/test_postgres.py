@@ -56,7 +56,7 @@ def _tuner(url: str, study: str):  # noqa: ANN202
                 if should_stop():
                     break
                 on_step(StepSample(epoch, step, 0, wait_s=0.05 * wait / (1 - wait), compute_s=0.05, samples=8))
-        time.sleep(0.05)  # a trial takes a moment, so the processes' trials interleave
+        time.sleep(0.02)  # a trial takes a moment, so the processes' trials interleave
         return Measurement(wait_fraction=wait, accelerator_utilization=1 - wait, cost_usd_per_epoch=None, hit_rate=0.0, run_id=f"fake-{config.label}")
 
     return Tuner(settings, _space(), storage=url, study_name=study, predictor=pred, evaluate=evaluate, prune=False)
@@ -129,6 +129,13 @@ def test_tune_processes_share_one_postgres_study(postgres_server, tmp_path: Path
     model_params = [tuple(sorted(t.params.items())) for t in model]
     assert len(model) == GUESSES, [(t.number, t.params) for t in model]
     assert len(set(model_params)) == len(model_params)
+    # Each process drew its own start points (its own sampler seed): none repeats another's sequence.
+    by_pid: dict[int, list[tuple]] = {}
+    for t in trials:
+        if t.user_attrs.get("source") == "sampler":
+            by_pid.setdefault(t.user_attrs["pid"], []).append(tuple(sorted(t.params.items())))
+    firsts = [seq[0] for seq in by_pid.values()]
+    assert len(set(firsts)) == len(firsts), by_pid
     # Every process reads the same best trial and exports the same best config.
     docs = [json.loads((tmp_path / f"proc{i}.json").read_text()) for i in range(PROCESSES)]
     assert all(d == docs[0] for d in docs[1:]), docs
