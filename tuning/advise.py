@@ -25,6 +25,7 @@ cost helpers of ``delibench.reports.cost``; a billed GB is 2^30 bytes and a mont
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Callable, Sequence
@@ -373,7 +374,7 @@ def will_starve(
     miss_rate: Callable[[TuneConfig], float],
     *,
     target_au: float = 0.9,
-    decode_cpus_modelled: bool = True,
+    predict: Callable[[TuneConfig, LinkEstimate, Demand, float], WaitPrediction] = predict_wait,
 ) -> StarveAdvice:
     """Screen ``configs`` with the analytic wait model and say whether (and how) ``target_au`` is reached.
 
@@ -383,8 +384,7 @@ def will_starve(
         configs: Candidates (see :func:`candidate_configs`).
         miss_rate: Steady miss rate of a configuration (the cache simulator's, or a closed form).
         target_au: AU to reach.
-        decode_cpus_modelled: False when ``link`` has no decode rate because the VM's CPU count
-            is unknown; the cores needed are then reported from ``needs_decode_rate``.
+        predict: The wait model (:func:`delibench.tuning.model.predict_wait`; tests pass a hand-made one).
 
     Raises:
         UsageError: No configurations, or a target outside (0, 1].
@@ -396,13 +396,13 @@ def will_starve(
     scored = []
     for cfg in configs:
         miss = miss_rate(cfg)
-        scored.append((cfg, predict_wait(cfg, link, demand, miss), miss))
+        scored.append((cfg, predict(cfg, link, demand, miss), miss))
     feasible = [s for s in scored if s[1].accelerator_utilization >= target_au - 1e-12]
     if feasible:
         cfg, pred, miss = min(feasible, key=lambda s: (s[0].cache_size_bytes, s[0].concurrency, s[0].prefetch_depth))
     else:
         cfg, pred, miss = max(scored, key=lambda s: (s[1].accelerator_utilization, -s[0].cache_size_bytes, -s[0].concurrency))
-    first = predict_wait(cfg, link, demand, 1.0)
+    first = predict(cfg, link, demand, 1.0)
     d = demand.samples_per_s
     ceilings = {"bandwidth": math.inf if miss == 0 else link.bandwidth_bytes_per_s / link.sample_bytes / miss}
     if link.server_objects_per_s is not None:
@@ -604,14 +604,7 @@ def build_advice(
 
     # One VM's link, as this machine measured it; decode only when the VM's cores are known.
     base = probe.link_estimate()
-    link = LinkEstimate(
-        rtt_s=base.rtt_s,
-        bandwidth_bytes_per_s=base.bandwidth_bytes_per_s,
-        sample_bytes=base.sample_bytes,
-        decode_samples_per_s=base.decode_samples_per_s if vm_cpus else None,
-        cpu_count=vm_cpus or 1,
-        server_objects_per_s=base.server_objects_per_s,
-    )
+    link = dataclasses.replace(base, decode_samples_per_s=base.decode_samples_per_s if vm_cpus else None, cpu_count=vm_cpus or 1)
     demand = cluster.demand(num_workers=vm_cpus or 1)
     total = int(sum(sample_sizes))
     share = max(1, math.ceil(total / vms))  # what one VM's node cache would need to hold

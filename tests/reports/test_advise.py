@@ -16,7 +16,7 @@ from delibench.tuning.advise import (
     stage_or_stream,
     will_starve,
 )
-from delibench.tuning.model import Demand, LinkEstimate
+from delibench.tuning.model import Demand, LinkEstimate, WaitPrediction
 from delibench.units import BYTES_PER_BILLED_GB as GB
 
 # 100 GiB, a million samples, 2 VMs at $36/h ($0.01 a second), 10,000 samples/s per VM from local
@@ -90,11 +90,22 @@ def test_break_even_edges() -> None:
         stage_or_stream(INPUTS, 0)
 
 
+def _roofline(cfg, link, demand, miss):
+    """The wait model at its simplest, for exact hand arithmetic: supply = min(in flight / t_req, bandwidth) / miss."""
+    fetch = min(min(cfg.concurrency, cfg.prefetch_depth) / link.request_time_s, link.bandwidth_bytes_per_s / link.sample_bytes)
+    supply = math.inf if miss == 0 else fetch / miss
+    bound = "none" if supply >= demand.samples_per_s else ("bandwidth" if fetch == link.bandwidth_bytes_per_s / link.sample_bytes else "latency")
+    wait = max(0.0, demand.batch_size / supply - demand.step_time_s)
+    return WaitPrediction(wait / (wait + demand.step_time_s), supply, demand.samples_per_s, bound, demand.samples_per_s * miss * link.request_time_s)
+
+
+# 20 ms + 100 kB / 100 MB/s = 21 ms per GET; demand 1000 samples per 0.1 s step = 10,000/s;
+# half the samples miss, so the 1,000 objects/s the link carries supply 2,000 samples/s: AU 0.2.
+SLOW = LinkEstimate(rtt_s=0.02, bandwidth_bytes_per_s=100e6, sample_bytes=100_000)
+
+
 def test_will_starve_names_the_bandwidth_bound_by_hand() -> None:
-    # 20 ms + 100 kB / 100 MB/s = 21 ms per GET; demand 1000 samples per 0.1 s step = 10,000/s;
-    # half the samples miss, so the 1,000 objects/s the link carries supply 2,000 samples/s: AU 0.2.
-    link = LinkEstimate(rtt_s=0.02, bandwidth_bytes_per_s=100e6, sample_bytes=100_000)
-    advice = will_starve(link, Demand(1000, 0.1), candidate_configs([0]), lambda cfg: 0.5)
+    advice = will_starve(SLOW, Demand(1000, 0.1), candidate_configs([0]), lambda cfg: 0.5, predict=_roofline)
     assert not advice.reaches_target and advice.bound == "bandwidth"
     assert advice.prediction.accelerator_utilization == pytest.approx(0.2)
     assert advice.recommended.concurrency == 32  # the fewest requests in flight that reach the bound (>= 21)
@@ -104,16 +115,22 @@ def test_will_starve_names_the_bandwidth_bound_by_hand() -> None:
     assert advice.needs["requests_in_flight"] == pytest.approx(94.5)  # 4,500/s x 21 ms
 
 
+def test_will_starve_with_the_real_wait_model_finds_the_same_bound() -> None:
+    advice = will_starve(SLOW, Demand(1000, 0.1), candidate_configs([0]), lambda cfg: 0.5)
+    assert not advice.reaches_target and advice.bound == "bandwidth"
+    assert advice.prediction.accelerator_utilization == pytest.approx(0.2, rel=0.05)  # a hard cap: 2,000 of 10,000/s
+
+
 def test_will_starve_picks_the_cheapest_configuration_that_feeds_the_gpus() -> None:
     # 10 GB/s: latency binds. 20.01 ms per GET; 64 in flight give 3,198 objects/s = 6,397 samples/s
     # at a miss rate of 0.5 (AU 0.64); 128 give 12,794 (AU 1). A 1 GiB cache that holds everything
     # also reaches it, but costs memory: the smallest cache comes first.
     link = LinkEstimate(rtt_s=0.02, bandwidth_bytes_per_s=10e9, sample_bytes=100_000)
-    advice = will_starve(link, Demand(1000, 0.1), candidate_configs([0, GB]), lambda cfg: 0.0 if cfg.cache_size_bytes else 0.5)
+    advice = will_starve(link, Demand(1000, 0.1), candidate_configs([0, GB]), lambda cfg: 0.0 if cfg.cache_size_bytes else 0.5, predict=_roofline)
     assert advice.reaches_target and advice.bound == "none"
     assert (advice.recommended.cache_size_bytes, advice.recommended.concurrency) == (0, 128)
     assert advice.prediction.accelerator_utilization == pytest.approx(1.0)
-    assert advice.first_epoch.accelerator_utilization == pytest.approx(6397.0 / 10_000, abs=1e-3)  # all 128 in flight, every sample fetched: 6,397/s
+    assert advice.first_epoch.accelerator_utilization == pytest.approx(128 / 0.02001 / 10_000)  # every sample fetched: 6,397/s
 
 
 def test_pick_instance_matches_the_gpu_family() -> None:
