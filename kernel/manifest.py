@@ -23,7 +23,9 @@ __all__ = [
 
 #: File name of the manifest at the dataset root.
 MANIFEST_NAME = "_delibench_manifest.json"
-MANIFEST_SCHEMA_VERSION = 1
+#: Version 2 added each sample's place in a tar shard (``SampleEntry.shard``/``offset``); a manifest
+#: without those is still written as version 1, so older delibench reads it as before.
+MANIFEST_SCHEMA_VERSION = 2
 
 #: Connect timeout of the first read of a dataset (botocore's own default is 60 s, s3fs's 5 s).
 FIRST_READ_CONNECT_TIMEOUT_S = 3
@@ -54,13 +56,22 @@ class SampleEntry:
         key: Path relative to the dataset root, ``/``-separated (e.g. ``train/class_003/000123.jpg``).
         size_bytes: Object size; lets a loader issue exactly one GET without a HEAD.
         label: Class index into ``Manifest.classes``.
-        sha256: Hex SHA-256 of the object's bytes.
+        sha256: Hex SHA-256 of the object's bytes ("" when not known: an index built from tar
+            headers alone; such samples are not verified).
+        shard: Index into ``Manifest.shards`` of the tar shard holding this sample's bytes as one
+            member, or None (no member index: the sample is read as its own object).
+        offset: Byte offset of that member's data in the shard (tar members are 512-byte
+            aligned); with ``size_bytes`` it is the byte range a loader reads. Neither takes
+            part in equality: a sample is the same with or without its member location.
     """
 
     key: str
     size_bytes: int
     label: int
     sha256: str
+    # Not part of the sample's identity (equality, ``dataset_id``): where else its bytes lie.
+    shard: int | None = field(default=None, compare=False)
+    offset: int | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +102,12 @@ class Manifest:
         samples: Per-sample objects, in a fixed canonical order (the sampler's index space).
         classes: Class names; ``SampleEntry.label`` indexes into it.
         shards: Tar shards holding the same samples (optional second layout).
-        source: ``"generated"`` (``data make``) or ``"listed"`` (built by listing an ImageFolder tree).
+        source: ``"generated"`` (``data make``), ``"listed"`` (built by listing an ImageFolder tree) or
+            ``"tars"`` (built by reading a bucket of WebDataset tar shards).
         image_size: ``(height, width)`` of generated images, when known.
         seed: Generation seed, when generated.
+        sample_objects: False when the samples exist only inside the shards (no object per
+            sample at its key): loaders then read them as byte ranges of the shards.
     """
 
     samples: tuple[SampleEntry, ...]
@@ -102,6 +116,7 @@ class Manifest:
     source: str = "generated"
     image_size: tuple[int, int] | None = None
     seed: int | None = None
+    sample_objects: bool = True
     created_at: str = field(default_factory=lambda: datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
     schema_version: int = MANIFEST_SCHEMA_VERSION
 
@@ -111,9 +126,23 @@ class Manifest:
         for entry in self.samples:
             if not 0 <= entry.label < len(self.classes):
                 raise UsageError(f"manifest: label {entry.label} of {entry.key!r} is outside the {len(self.classes)} classes")
+            if (entry.shard is None) != (entry.offset is None):
+                raise UsageError(f"manifest: {entry.key!r} names a shard without an offset, or an offset without a shard")
+            if entry.shard is not None:
+                assert entry.offset is not None
+                if not 0 <= entry.shard < len(self.shards):
+                    raise UsageError(f"manifest: shard {entry.shard} of {entry.key!r} is outside the {len(self.shards)} shards")
+                if entry.offset < 0 or entry.offset + entry.size_bytes > self.shards[entry.shard].size_bytes:
+                    raise UsageError(f"manifest: member range of {entry.key!r} ({entry.offset}+{entry.size_bytes}) is outside "
+                                     f"shard {self.shards[entry.shard].key!r} ({self.shards[entry.shard].size_bytes} bytes)")
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    @property
+    def has_member_index(self) -> bool:
+        """True when every sample's bytes can be read as a byte range of a tar shard (its shard and offset are known)."""
+        return bool(self.shards) and all(s.shard is not None for s in self.samples)
 
     @property
     def total_bytes(self) -> int:
@@ -135,8 +164,10 @@ class Manifest:
 
     def to_json(self) -> str:
         """Serialise to the JSON stored at ``<root>/_delibench_manifest.json``."""
+        members = any(s.shard is not None for s in self.samples) or not self.sample_objects
         doc: dict[str, Any] = {
-            "schema_version": self.schema_version,
+            # Version 1 when nothing needs version 2, so older delibench reads it.
+            "schema_version": MANIFEST_SCHEMA_VERSION if members else 1,
             "created_at": self.created_at,
             "source": self.source,
             "seed": self.seed,
@@ -144,9 +175,13 @@ class Manifest:
             "classes": list(self.classes),
             "sample_count": len(self.samples),
             "total_bytes": self.total_bytes,
-            "samples": [[s.key, s.size_bytes, s.label, s.sha256] for s in self.samples],
+            # Version 2: a sample stored as a tar member adds [shard index, data offset] to its row.
+            "samples": [[s.key, s.size_bytes, s.label, s.sha256] + ([s.shard, s.offset] if s.shard is not None else [])
+                        for s in self.samples],
             "shards": [asdict(s) for s in self.shards],
         }
+        if not self.sample_objects:
+            doc["sample_objects"] = False
         return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
@@ -165,7 +200,7 @@ class Manifest:
                     f"({MANIFEST_SCHEMA_VERSION})",
                     hint="upgrade delibench",
                 )
-            samples = tuple(SampleEntry(str(k), int(n), int(lbl), str(h)) for k, n, lbl, h in doc["samples"])
+            samples = tuple(_sample_of(row, version) for row in doc["samples"])
             shards = tuple(ShardEntry(**s) for s in doc.get("shards", []))
             image_size = tuple(doc["image_size"]) if doc.get("image_size") else None
             return cls(
@@ -175,6 +210,7 @@ class Manifest:
                 source=doc.get("source", "generated"),
                 image_size=image_size,  # type: ignore[arg-type]
                 seed=doc.get("seed"),
+                sample_objects=bool(doc.get("sample_objects", True)),
                 created_at=doc.get("created_at", ""),
                 schema_version=version,
             )
@@ -182,6 +218,17 @@ class Manifest:
             raise
         except (ValueError, KeyError, TypeError) as exc:
             raise UsageError(f"{origin}: not a valid delibench manifest ({type(exc).__name__}: {exc})") from exc
+
+
+def _sample_of(row: list[Any], version: int) -> SampleEntry:
+    """A sample's row: ``[key, size, label, sha256]`` (version 1 and 2), ``+ [shard, offset]`` (version 2)."""
+    if len(row) == 4:
+        key, size, label, digest = row
+        return SampleEntry(str(key), int(size), int(label), str(digest))
+    if len(row) == 6 and version >= 2:
+        key, size, label, digest, shard, offset = row
+        return SampleEntry(str(key), int(size), int(label), str(digest), int(shard), int(offset))
+    raise ValueError(f"a sample row of version {version} has 4{' or 6' if version >= 2 else ''} fields, not {len(row)}")
 
 
 def read_manifest(url: str, storage_options: dict[str, Any] | None = None) -> Manifest:

@@ -92,6 +92,10 @@ class DeliOptions(ReliabilityOptions):
             :mod:`delibench.loaders.s3http`); false sends every GET through s3fs. Set-ups a
             presigned GET cannot express (requester pays, versioned reads, SSE-C, a bucket in
             another region) use s3fs either way.
+        source: ``objects`` (one GET per sample object) or ``members`` (each sample a ranged GET of
+            its WebDataset tar shard, at the offset the manifest records, or the shards' headers
+            tell at start-up; see :mod:`delibench.loaders.shards`). None: ``members`` when the
+            dataset exists only as shards (``Manifest.sample_objects`` false), else ``objects``.
     """
 
     cache_size: int | None = field(default=None, metadata={"unit": "bytes"})
@@ -108,6 +112,7 @@ class DeliOptions(ReliabilityOptions):
     prefetch_across_epochs: bool = True
     persistent_workers: bool = True
     lean_http: bool = True
+    source: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -147,6 +152,8 @@ class DeliOptions(ReliabilityOptions):
             raise UsageError("cache_tier=disk needs disk_cache_size", hint="e.g. disk_cache_size=8GiB")
         if self.eviction not in policy_names():
             raise UsageError(f"unknown eviction {self.eviction!r}", hint=f"use one of: {', '.join(policy_names())}")
+        if self.source not in (None, "objects", "members"):
+            raise UsageError(f"unknown source {self.source!r}", hint="use 'objects' (one object per sample) or 'members' (byte ranges of tar shards)")
 
     @property
     def cache_size_bytes(self) -> int | None:
@@ -201,8 +208,14 @@ class DeliLoader:
     def __init__(self, ctx: LoaderContext, **options: Any) -> None:
         self.ctx = ctx
         self.options = parse_options(DeliOptions, self.name, options)
-        self.source = SampleSource(ctx.dataset_url, ctx.manifest, ctx.storage_options, io_threads=self.options.concurrency,
-                                   lean_http=self.options.lean_http, **self.options.source_kwargs())
+        members = self.options.source == "members" or (self.options.source is None and not ctx.manifest.sample_objects)
+        if members:
+            from delibench.loaders.shards import add_member_index
+
+            read_from = add_member_index(ctx.manifest, ctx.dataset_url, ctx.storage_options)  # headers only, when not recorded
+        self.source = SampleSource(ctx.dataset_url, read_from if members else ctx.manifest, ctx.storage_options,
+                                   io_threads=self.options.concurrency, lean_http=self.options.lean_http, members=members,
+                                   **self.options.source_kwargs())
         self._skipped: list[str] = []
         self._tmpdir: str | None = None
         disk_dir = None

@@ -4,7 +4,11 @@ Why a manifest: a loader that knows every key, size and checksum before it start
 (slow and paginated on big buckets) and no HEAD per object. ``push`` uploads a local dataset and
 writes the manifest *last*, after checking that every object arrived, so a half-pushed dataset
 never looks complete. ``index`` serves users who bring their own ImageFolder-style data: it lists
-the tree once, reads each object to checksum it, and writes the manifest beside it.
+the tree once, reads each object to checksum it, and writes the manifest beside it. A prefix
+holding WebDataset tar shards and no ImageFolder tree is indexed as shards instead: each sample's
+shard, data offset and size (see :mod:`delibench.loaders.shards`), so a loader reads any sample
+by a ranged GET. ``push`` records the same offsets for a dataset with shards (read from the local
+tars' headers, no network).
 
 Uploads and reads run with bounded parallelism. S3 uploads go through one thread-safe botocore
 client shared by a thread pool: against SeaweedFS on a busy 2-core machine, 1,000 objects of
@@ -336,6 +340,13 @@ def _local_manifest(src: Path, concurrency: int) -> tuple[Manifest, list[str]]:
                 hint="the data changed after the manifest was written; delete the manifest to rebuild it",
             )
     keys = [s.key for s in present] + [s.key for s in manifest.shards]
+    if manifest.shards:
+        from dataclasses import replace
+
+        from delibench.loaders.shards import add_member_index
+
+        # Where each sample lies in its shard, so loaders can read members by range (local headers only).
+        manifest = replace(add_member_index(manifest, str(src)), sample_objects=bool(present))
     return manifest, keys
 
 
@@ -450,11 +461,18 @@ def index(
     concurrency: int = 16,
     storage_options: dict[str, Any] | None = None,
     progress: ProgressCallback | None = None,
+    checksums: bool = True,
 ) -> Manifest:
     """Build the manifest of an existing ImageFolder tree (``<root>/<class>/<image>``) and write it there.
 
     Lists the tree once and reads every image once to checksum it. Classes are the folder names,
     sorted, as torchvision's ImageFolder numbers them.
+
+    A prefix with no ImageFolder images but ``.tar`` files (at any depth) is indexed as WebDataset
+    shards (:func:`delibench.loaders.shards.index_tars`): one sample per member group with an
+    image, labels from the ``.cls`` members, each sample's shard and data offset recorded. With
+    ``checksums`` every shard is read once to checksum its members; without, only the tar headers
+    are read (ranged GETs that skip the data) and the samples are not verified when loaded.
 
     Raises:
         UsageError: Bad URL or no images found.
@@ -466,6 +484,22 @@ def index(
     if loc.protocol == "file" and not Path(loc.path).is_dir():
         raise UsageError(f"directory not found: {loc.path}")
     fs = loc.filesystem()
+    if not _list_images(fs, loc):
+        from delibench.loaders.shards import index_tars, list_tars
+
+        try:
+            tars = list_tars(fs, loc)
+        except Exception as exc:
+            raise _storage_error("listing", loc, exc) from exc
+        if tars:
+            try:
+                manifest = index_tars(fs, loc, tars, concurrency=concurrency, checksums=checksums, progress=progress)
+            except DelibenchError:
+                raise
+            except Exception as exc:
+                raise _storage_error("reading tar shards of", loc, exc) from exc
+            write_manifest(manifest, url, storage_options)
+            return manifest
     manifest = _manifest_from_listing(fs, loc, concurrency, progress)
     write_manifest(manifest, url, storage_options)
     return manifest

@@ -130,8 +130,12 @@ class LeanS3Reader:
             self._proxies[key] = proxy or None
         return self._proxies[key]
 
-    async def get(self, path: str) -> bytes:
-        """The whole object at ``bucket/key`` in one GET.
+    async def get(self, path: str, byte_range: tuple[int, int] | None = None) -> bytes:
+        """The whole object at ``bucket/key`` in one GET, or its bytes ``[start, end)`` with ``byte_range``.
+
+        A range goes as a ``Range`` header, which the presigned URL does not sign (only ``host``
+        is signed; S3 and SeaweedFS accept unsigned ``Range``). The answer must be ``206`` with
+        those bytes; a store that ignores the header (``200``, whole object) is sliced here.
 
         Raises:
             S3HttpError: The store answered with an error status.
@@ -144,9 +148,17 @@ class LeanS3Reader:
                                                   ExpiresIn=URL_TTL_S)
         # NOTE: encoded=True: the signature covers the URL exactly as the signer encoded it.
         target = yarl.URL(url, encoded=True)
-        async with self._http().get(target, allow_redirects=False, proxy=self.proxy_for(target)) as response:
+        headers = None
+        if byte_range is not None:
+            start, end = byte_range
+            if not 0 <= start < end:
+                raise ValueError(f"bad byte range [{start}, {end})")
+            headers = {"Range": f"bytes={start}-{end - 1}"}
+        async with self._http().get(target, allow_redirects=False, proxy=self.proxy_for(target), headers=headers) as response:
             body = await response.read()
             if response.status == 200:
+                return body if byte_range is None else body[byte_range[0]:byte_range[1]]
+            if response.status == 206 and byte_range is not None:
                 return body
             error = S3HttpError.from_body(response.status, body)
             if 300 <= response.status < 400 or error.code in _REDIRECT_CODES:

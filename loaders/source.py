@@ -379,6 +379,9 @@ class SampleSource:
         lean_http: For S3, GET through presigned URLs on a plain aiohttp pool
             (:mod:`delibench.loaders.s3http`, about a third of s3fs's CPU per object) wherever
             that reads exactly what s3fs would; other backends ignore it.
+        members: Read each sample as a byte range of its tar shard (the manifest's
+            ``SampleEntry.shard``/``offset``; one ranged GET per attempt) instead of as its own
+            object. Retries, hedging, verification and the lean path work the same.
     """
 
     def __init__(
@@ -393,7 +396,12 @@ class SampleSource:
         verify: bool = False,
         seed: int | None = None,
         lean_http: bool = False,
+        members: bool = False,
     ) -> None:
+        if members and not manifest.has_member_index:
+            raise UsageError("this manifest does not say where each sample lies in the tar shards",
+                             hint="index the shards: 'delibench data index URL' (or push the dataset again)")
+        self.members = members
         self.location: Location = resolve(dataset_url, storage_options)
         if self.location.protocol == "s3":
             # NOTE: aiobotocore keeps at most max_pool_connections (default 10) connections; more
@@ -489,8 +497,21 @@ class SampleSource:
         return self.manifest.samples[index].key
 
     def url_of(self, index: int) -> str:
-        """The credential-free URL of sample ``index``."""
+        """The credential-free URL of sample ``index`` (with ``members``: its shard's, and the byte range)."""
+        if self.members:
+            entry = self.manifest.samples[index]
+            assert entry.shard is not None and entry.offset is not None
+            shard = self.manifest.shards[entry.shard].key
+            return redact(f"{self.location.url.rstrip('/')}/{shard} (bytes {entry.offset}-{entry.offset + entry.size_bytes - 1})")
         return redact(self.location.url.rstrip("/") + "/" + self.key_of(index))
+
+    def target_of(self, index: int) -> tuple[str, tuple[int, int] | None]:
+        """The path one request for sample ``index`` reads, and the byte range ``[start, end)`` of it (None: all)."""
+        entry = self.manifest.samples[index]
+        if not self.members:
+            return self.location.child(entry.key), None
+        assert entry.shard is not None and entry.offset is not None
+        return self.location.child(self.manifest.shards[entry.shard].key), (entry.offset, entry.offset + entry.size_bytes)
 
     def _pool(self) -> concurrent.futures.ThreadPoolExecutor:
         if self._executor is None:
@@ -510,17 +531,23 @@ class SampleSource:
                 self.lean_http = False
         return self._lean
 
-    async def _one_request(self, path: str) -> bytes:
+    async def _one_request(self, path: str, byte_range: tuple[int, int] | None = None) -> bytes:
         fs = self.fs
         reader = self._lean_reader()
         if reader is not None:
             try:
-                return await reader.get(path)
+                return await reader.get(path, byte_range)
             except s3http.NeedsFullClient:
                 self.lean_http = False  # e.g. a bucket in another region: s3fs follows the redirect
                 self._lean = None
                 self._count_attempt(retry=False)  # the redirected request was sent: count it
                 await reader.close()
+        if byte_range is not None:
+            # NOTE: a non-negative start and end make a plain Range header in s3fs and gcsfs (no HEAD).
+            if getattr(fs, "async_impl", False):
+                return await fs._cat_file(path, start=byte_range[0], end=byte_range[1])
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self._pool(), fs.cat_file, path, byte_range[0], byte_range[1])
         if self.location.protocol == "s3":
             # NOTE: max_concurrency=1 skips s3fs's size lookup (a HEAD) before the GET.
             return await fs._cat_file(path, max_concurrency=1)
@@ -593,10 +620,10 @@ class SampleSource:
 
     async def _attempts(self, index: int) -> bytes:
         """Read ``index`` with retries; raises :class:`_GaveUp` (not yet a FetchError)."""
-        path = self.location.child(self.key_of(index))
+        path, byte_range = self.target_of(index)
         for attempt in self._retry_core(index):
             try:
-                return attempt.succeeded(self._check(index, await self._one_request(path)))
+                return attempt.succeeded(self._check(index, await self._one_request(path, byte_range)))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # noqa: BLE001 - classified by the retry core, re-raised when permanent
@@ -655,11 +682,12 @@ class SampleSource:
     def _fetch_blocking(self, index: int) -> bytes:
         """One sample with retries on a synchronous backend, in the calling thread."""
         fs = self.fs
-        path = self.location.child(self.key_of(index))
+        path, byte_range = self.target_of(index)
         try:
             for attempt in self._retry_core(index):
                 try:
-                    return attempt.succeeded(self._check(index, fs.cat_file(path)))
+                    data = fs.cat_file(path) if byte_range is None else fs.cat_file(path, byte_range[0], byte_range[1])
+                    return attempt.succeeded(self._check(index, data))
                 except Exception as exc:  # noqa: BLE001 - classified by the retry core, re-raised when permanent
                     time.sleep(attempt.backoff_s(exc))
         except _GaveUp as gave_up:

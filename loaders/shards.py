@@ -1,0 +1,281 @@
+"""WebDataset tar shards as a sample store: where each sample's bytes lie in its shard.
+
+A tar member's data is one contiguous byte range of its shard (after a 512-byte header, padded
+to 512 bytes), so a loader that knows ``(shard, offset, size)`` per sample reads any sample in
+any order with one ranged GET, exactly as it reads a per-sample object: that is deli's
+``source=members`` (:class:`~delibench.loaders.source.SampleSource` with ``members=True``).
+
+This module finds those ranges:
+
+* :func:`add_member_index` — a manifest that already lists the samples and the shards (``data
+  make --layout both|shards``): read the shards' headers only and record each sample's offset,
+  matching members to samples by file name (``000123.jpg`` is ``class_003/000123.jpg``).
+* :func:`index_tars` — a bucket of tars nobody described (``delibench data index``): one sample
+  per WebDataset group (members sharing a basename up to the first dot: ``000123.jpg`` +
+  ``000123.cls``), its data the group's image member, its label the ``.cls`` member's number.
+  With ``checksums`` (the default) each shard is read once, sequentially, to checksum every
+  member and the shard; without, only the headers are read (ranged reads of ``header_block``
+  bytes, skipping the data), and the samples carry no checksum (not verified).
+
+Header reads go through :mod:`tarfile` on an fsspec file: tarfile seeks past each member's data,
+and the file turns each read outside its buffer into one ranged GET of ``block_size`` bytes, so
+ustar, GNU long names and pax headers all parse as tarfile parses them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+import re
+import tarfile
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import Any
+
+from delibench.errors import UsageError
+from delibench.manifest import Manifest, SampleEntry, ShardEntry
+from delibench.storage import Location, resolve
+
+__all__ = ["IMAGE_SUFFIXES", "TarMember", "add_member_index", "index_tars", "read_members", "split_member_name"]
+
+#: Extensions of a WebDataset group's member taken as the sample's bytes (first match wins).
+IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "pgm", "tif", "tiff")
+#: Bytes per ranged read when walking headers (small members share one read; big ones are skipped).
+HEADER_BLOCK = 64 * 1024
+#: Bytes per sequential read when checksumming whole shards.
+STREAM_BLOCK = 8 * 1024 * 1024
+
+_GROUP = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")
+
+
+@dataclass(frozen=True, slots=True)
+class TarMember:
+    """One regular file in a tar shard: its name, where its data starts and how long it is (sha256: "" unless read)."""
+
+    name: str
+    offset: int
+    size: int
+    sha256: str = ""
+    #: The bytes of a small member (a ``.cls`` label) when the shard was read whole.
+    data: bytes | None = None
+
+
+def split_member_name(name: str) -> tuple[str, str] | None:
+    """WebDataset's grouping key and extension of a member name (``a/b.seg.jpg`` -> ``("a/b", "seg.jpg")``)."""
+    match = _GROUP.match(name)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def _open(fs: Any, path: str, block_size: int) -> Any:
+    if getattr(fs, "protocol", None) in ("file", ("file", "local")) or "file" in (getattr(fs, "protocol", ()) or ()):
+        return fs.open(path, "rb")
+    return fs.open(path, "rb", block_size=block_size, cache_type="readahead")
+
+
+def read_members(fs: Any, path: str, *, block_size: int = HEADER_BLOCK) -> list[TarMember]:
+    """The regular members of the tar at ``path``, reading headers only (their data is skipped).
+
+    Raises:
+        UsageError: Not a tar file.
+    """
+    with _open(fs, path, block_size) as f:
+        try:
+            with tarfile.open(fileobj=f, mode="r:") as tar:
+                return [TarMember(m.name, m.offset_data, m.size) for m in tar if m.isreg()]
+        except tarfile.TarError as exc:
+            raise UsageError(f"{path} is not a readable tar file ({exc})") from exc
+
+
+class _Hashing:
+    """A read-only stream that hashes what is read through it."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.raw.read(n)
+        self.digest.update(data)
+        self.size += len(data)
+        return data
+
+
+def read_members_checksummed(fs: Any, path: str, *, block_size: int = STREAM_BLOCK) -> tuple[list[TarMember], int, str]:
+    """The regular members of the tar at ``path`` with their sha256, reading it once front to back;
+    also the shard's size and sha256.
+
+    Raises:
+        UsageError: Not a tar file.
+    """
+    members: list[TarMember] = []
+    with _open(fs, path, block_size) as f:
+        stream = _Hashing(f)
+        try:
+            with tarfile.open(fileobj=stream, mode="r|") as tar:
+                for m in tar:
+                    if not m.isreg():
+                        continue
+                    handle = tar.extractfile(m)
+                    data = handle.read() if handle is not None else b""
+                    small = data if _is_label(m.name) else None
+                    members.append(TarMember(m.name, m.offset_data, m.size, hashlib.sha256(data).hexdigest(), small))
+        except tarfile.TarError as exc:
+            raise UsageError(f"{path} is not a readable tar file ({exc})") from exc
+        while stream.read(block_size):  # the end-of-archive blocks, so the shard's checksum is whole
+            pass
+    return members, stream.size, stream.digest.hexdigest()
+
+
+def _map_bounded(fn: Callable[[str], Any], items: Sequence[str], concurrency: int) -> list[Any]:
+    if concurrency <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(concurrency, len(items)), thread_name_prefix="delibench-tar") as pool:
+        return list(pool.map(fn, items))
+
+
+def add_member_index(manifest: Manifest, url: str, storage_options: dict[str, Any] | None = None, *,
+                     concurrency: int = 8, fs: Any = None) -> Manifest:
+    """``manifest`` with every sample's shard and data offset, read from the shards' headers.
+
+    Members are matched to samples by file name (a sample's key's last component, e.g.
+    ``000123.jpg``); each must appear once, with the sample's size.
+
+    Raises:
+        UsageError: The manifest lists no shards, or a sample is in none of them (or in two, or
+            with another size).
+    """
+    if manifest.has_member_index:
+        return manifest
+    if not manifest.shards:
+        raise UsageError("this dataset has no tar shards", hint="make it with 'delibench data make --layout both'")
+    loc = resolve(url, storage_options)
+    fs = fs if fs is not None else loc.filesystem()
+    by_name: dict[str, int] = {}
+    for i, s in enumerate(manifest.samples):
+        by_name.setdefault(posixpath.basename(s.key), i)
+    listed = _map_bounded(lambda key: read_members(fs, loc.child(key)), [s.key for s in manifest.shards], concurrency)
+    found: dict[int, tuple[int, int]] = {}
+    for shard, members in enumerate(listed):
+        for m in members:
+            i = by_name.get(posixpath.basename(m.name))
+            if i is None:
+                continue
+            if i in found:
+                raise UsageError(f"sample {manifest.samples[i].key!r} is in two shards (or twice in one)")
+            if m.size != manifest.samples[i].size_bytes:
+                raise UsageError(f"member {m.name!r} of {manifest.shards[shard].key} is {m.size} bytes; "
+                                 f"the manifest says {manifest.samples[i].size_bytes} for {manifest.samples[i].key!r}")
+            found[i] = (shard, m.offset)
+    missing = [s.key for i, s in enumerate(manifest.samples) if i not in found]
+    if missing:
+        raise UsageError(f"{len(missing)} samples are in no shard (first: {missing[0]!r})",
+                         hint="the shards and the manifest disagree; make or index the dataset again")
+    samples = tuple(replace(s, shard=found[i][0], offset=found[i][1]) for i, s in enumerate(manifest.samples))
+    return replace(manifest, samples=samples)
+
+
+def list_tars(fs: Any, loc: Location) -> list[tuple[str, int]]:
+    """``(key, size)`` of every ``.tar`` under ``loc`` (any depth), sorted by key."""
+    root = loc.path.rstrip("/")
+    try:
+        fs.invalidate_cache(root)
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        found = {}
+    tars = []
+    for path, meta in found.items():
+        path = path if loc.protocol != "memory" else "/" + path.lstrip("/")
+        if path.startswith(root + "/") and meta.get("type", "file") == "file" and path.lower().endswith(".tar"):
+            tars.append((path[len(root) + 1 :], int(meta.get("size") or 0)))
+    tars.sort()
+    return tars
+
+
+def index_tars(fs: Any, loc: Location, tars: Sequence[tuple[str, int]], *, concurrency: int = 8, checksums: bool = True,
+               progress: Callable[[int, int, int], None] | None = None) -> Manifest:
+    """The manifest of a dataset stored only as WebDataset tar shards (``tars``: ``(key, size)`` under ``loc``).
+
+    One sample per group of members sharing a WebDataset key (basename up to its first dot) that
+    holds an image member (:data:`IMAGE_SUFFIXES`); the label is the group's ``.cls`` number
+    (class names are the numbers, ``"0"`` .. ``"max"``), 0 for all when no group has one. Sample
+    keys are the image members' names (prefixed with the shard's key where two shards share a
+    name); samples are in shard order, then member order.
+
+    Raises:
+        UsageError: No tars, a tar that does not parse, or no group with an image member.
+    """
+    if not tars:
+        raise UsageError(f"no tar shards found under {loc.display_url}")
+    done = [0, 0]
+
+    def one(key: str) -> tuple[list[TarMember], int, str, dict[str, int]]:
+        path = loc.child(key)
+        if checksums:
+            members, size, digest = read_members_checksummed(fs, path)
+        else:
+            members, size, digest = read_members(fs, path), dict(tars)[key], ""
+        labels = _labels(fs, path, members)
+        done[0] += 1
+        done[1] += size if checksums else 0
+        if progress is not None:
+            progress(done[0], len(tars), done[1])
+        return members, size, digest, labels
+
+    results = _map_bounded(one, [k for k, _ in tars], concurrency)
+    shards: list[ShardEntry] = []
+    rows: list[tuple[str, int, int, str, int, int]] = []
+    for shard, ((key, _), (members, size, digest, labels)) in enumerate(zip(tars, results)):
+        groups: dict[str, TarMember] = {}
+        for m in members:
+            parts = split_member_name(m.name)
+            if parts is None or parts[0] in groups:
+                continue
+            if parts[1].rsplit(".", 1)[-1].lower() in IMAGE_SUFFIXES:
+                groups[parts[0]] = m
+        for stem, m in groups.items():
+            rows.append((m.name, m.size, labels.get(stem, 0), m.sha256, shard, m.offset))
+        shards.append(ShardEntry(key=key, size_bytes=size, sample_count=len(groups), sha256=digest))
+    if not rows:
+        raise UsageError(f"no samples found in the tar shards under {loc.display_url}",
+                         hint=f"expected WebDataset members such as 000123.jpg (+ 000123.cls); image types: {', '.join(IMAGE_SUFFIXES)}")
+    names = [r[0] for r in rows]
+    dupes = {n for n in names if names.count(n) > 1} if len(set(names)) != len(names) else set()
+    samples = tuple(
+        SampleEntry(f"{shards[r[4]].key}/{r[0]}" if r[0] in dupes else r[0], r[1], r[2], r[3], r[4], r[5]) for r in rows
+    )
+    top = max(s.label for s in samples)
+    return Manifest(samples=samples, classes=tuple(str(i) for i in range(top + 1)), shards=tuple(shards),
+                    source="tars", sample_objects=False)
+
+
+def _is_label(name: str) -> bool:
+    parts = split_member_name(name)
+    return parts is not None and parts[1].lower() == "cls"
+
+
+def _labels(fs: Any, path: str, members: Sequence[TarMember]) -> dict[str, int]:
+    """Each group's ``.cls`` number: from the members' bytes when the shard was read whole, else one
+    ranged GET per ``.cls`` member (all in flight at once on async stores).
+
+    Raises:
+        UsageError: A ``.cls`` member that is not a whole number.
+    """
+    cls = [m for m in members if _is_label(m.name)]
+    if not cls:
+        return {}
+    if any(m.data is None for m in cls):
+        blobs = fs.cat_ranges([path] * len(cls), [m.offset for m in cls], [m.offset + m.size for m in cls])
+    else:
+        blobs = [m.data for m in cls]
+    out = {}
+    for m, blob in zip(cls, blobs):
+        if isinstance(blob, BaseException):
+            raise blob
+        text = bytes(blob).decode("utf-8", "replace").strip()
+        try:
+            out[split_member_name(m.name)[0]] = int(text)  # type: ignore[index]
+        except ValueError as exc:
+            raise UsageError(f"{path}: {m.name} holds {text[:20]!r}, not a class number") from exc
+    return out
