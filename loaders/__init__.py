@@ -6,7 +6,7 @@ three-line API for a user's own training script.
 
 from __future__ import annotations
 
-from delibench.loaders.api import DeliIterable, ImageDecoder, build_loader, deli_loader
+from delibench.loaders.api import DeliIterable, ImageDecoder, build_loader, deli_loader, keys_manifest
 from delibench.loaders.base import Batch, Decoder, Loader, LoaderContext
 
 __all__ = [
@@ -18,4 +18,5 @@ __all__ = [
     "LoaderContext",
     "build_loader",
     "deli_loader",
+    "keys_manifest",
 ]
