@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from delibench.errors import FetchError, UsageError
@@ -18,15 +16,11 @@ from delibench.loaders.cache import ByteBudgetCache, policy_names
 from delibench.loaders.handoff import BatchFeed, FeedDataset
 from delibench.loaders.pipeline import BytesBatchDataset, batches_of, context_order, parse_options, percentiles
 from delibench.loaders.prefetch import DecodePipeline, EpochPrefetcher
-from delibench.loaders.sampler import next_use, rank_sample_count
+from delibench.loaders.sampler import next_use
 from delibench.loaders.source import ReliabilityOptions, SampleSource
-from delibench.manifest import checksum
 from delibench.records import LoaderStats
 
-__all__ = ["STATE_VERSION", "DeliLoader", "DeliOptions"]
-
-#: Version of the dict :meth:`DeliLoader.state_dict` returns (see there for its fields).
-STATE_VERSION = 1
+__all__ = ["DeliLoader", "DeliOptions"]
 
 #: Least time between two points of the cache occupancy timeline.
 _TIMELINE_STEP_S = 0.01
@@ -98,10 +92,13 @@ class DeliOptions(ReliabilityOptions):
             :mod:`delibench.loaders.s3http`); false sends every GET through s3fs. Set-ups a
             presigned GET cannot express (requester pays, versioned reads, SSE-C, a bucket in
             another region) use s3fs either way.
-        source: ``objects`` (one GET per sample object) or ``members`` (each sample a ranged GET of
+        source: ``objects`` (one GET per sample object), ``members`` (each sample a ranged GET of
             its WebDataset tar shard, at the offset the manifest records, or the shards' headers
-            tell at start-up; see :mod:`delibench.loaders.shards`). None: ``members`` when the
-            dataset exists only as shards (``Manifest.sample_objects`` false), else ``objects``.
+            tell at start-up; see :mod:`delibench.loaders.shards`) or ``shards`` (whole shards
+            fetched and samples sliced from them, with a buffer of recent shards as big as the
+            cache budget, on top of it; measured worse under a shuffled order, see
+            ``benchmarks/shards.py``). None: ``members`` when the dataset exists only as shards
+            (``Manifest.sample_objects`` false), else ``objects``.
     """
 
     cache_size: int | None = field(default=None, metadata={"unit": "bytes"})
@@ -158,8 +155,9 @@ class DeliOptions(ReliabilityOptions):
             raise UsageError("cache_tier=disk needs disk_cache_size", hint="e.g. disk_cache_size=8GiB")
         if self.eviction not in policy_names():
             raise UsageError(f"unknown eviction {self.eviction!r}", hint=f"use one of: {', '.join(policy_names())}")
-        if self.source not in (None, "objects", "members"):
-            raise UsageError(f"unknown source {self.source!r}", hint="use 'objects' (one object per sample) or 'members' (byte ranges of tar shards)")
+        if self.source not in (None, "objects", "members", "shards"):
+            raise UsageError(f"unknown source {self.source!r}",
+                             hint="use 'objects' (one object per sample), 'members' (byte ranges of tar shards) or 'shards' (whole shards)")
 
     @property
     def cache_size_bytes(self) -> int | None:
@@ -214,14 +212,19 @@ class DeliLoader:
     def __init__(self, ctx: LoaderContext, **options: Any) -> None:
         self.ctx = ctx
         self.options = parse_options(DeliOptions, self.name, options)
-        members = self.options.source == "members" or (self.options.source is None and not ctx.manifest.sample_objects)
+        members = self.options.source in ("members", "shards") or (self.options.source is None and not ctx.manifest.sample_objects)
         if members:
-            from delibench.loaders.shards import add_member_index
+            from delibench.loaders.shards import WholeShardSource, add_member_index
 
             read_from = add_member_index(ctx.manifest, ctx.dataset_url, ctx.storage_options)  # headers only, when not recorded
-        self.source = SampleSource(ctx.dataset_url, read_from if members else ctx.manifest, ctx.storage_options,
-                                   io_threads=self.options.concurrency, lean_http=self.options.lean_http, members=members,
-                                   **self.options.source_kwargs())
+        if self.options.source == "shards":
+            self.source: SampleSource = WholeShardSource(
+                ctx.dataset_url, read_from, ctx.storage_options, io_threads=self.options.concurrency, lean_http=self.options.lean_http,
+                buffer_bytes=DEFAULT_CACHE_SIZE if self.options.cache_size_bytes is None else self.options.cache_size_bytes, **self.options.source_kwargs())
+        else:
+            self.source = SampleSource(ctx.dataset_url, read_from if members else ctx.manifest, ctx.storage_options,
+                                       io_threads=self.options.concurrency, lean_http=self.options.lean_http, members=members,
+                                       **self.options.source_kwargs())
         self._skipped: list[str] = []
         self._tmpdir: str | None = None
         disk_dir = None
@@ -235,7 +238,7 @@ class DeliLoader:
             capacity_items=self.options.cache_items,
             disk_dir=disk_dir,
             disk_capacity_bytes=self.options.disk_cache_size,
-            checksums=lambda i: (sums[i] or None) if isinstance(i, int) and 0 <= i < len(sums) else None,
+            checksums=lambda i: sums[i] if isinstance(i, int) and 0 <= i < len(sums) else None,
         )
         self._prefetcher: EpochPrefetcher | None = None
         #: (epoch, (prefetcher, order, when_next)) started ahead of that epoch.
@@ -257,23 +260,13 @@ class DeliLoader:
         self._timeline: list[tuple[float, int]] = []
         self._t0 = time.perf_counter()
         self._closed = False
-        #: (epoch, samples of this rank's epoch order handed on, batches yielded) as of the last batch
-        #: yielded: what :meth:`state_dict` saves.
-        self._position: tuple[int, int, int] = (0, 0, 0)
-        #: Set by :meth:`load_state_dict`: where the next ``iter_epoch`` (of that epoch) starts.
-        self._resume: tuple[int, int, int] | None = None
-        #: Samples adopted from a surviving disk tier (``cache_dir``) at the first epoch.
-        self.warm_started = 0
-        self._warm_checked = False
 
     # -- epochs ---------------------------------------------------------------------------------
 
-    def _new_prefetcher(self, epoch: int, start: int = 0) -> tuple[EpochPrefetcher, list[int], Any]:
-        """A started prefetcher of ``epoch``'s order from position ``start`` on (a resumed epoch),
-        with that order and its next-use function."""
-        full = context_order(self.ctx, epoch)
-        length = len(full)
-        order = full[start:]
+    def _new_prefetcher(self, epoch: int) -> tuple[EpochPrefetcher, list[int], Any]:
+        """A started prefetcher of ``epoch``'s order, with the order and its next-use function."""
+        order = context_order(self.ctx, epoch)
+        length = len(order)
         # Global clock for eviction: position p of epoch e happens at e * length + p.
         following = next_use(context_order(self.ctx, epoch + 1), offset=(epoch + 1) * length)
 
@@ -299,23 +292,19 @@ class DeliLoader:
         """
         if self._closed:
             raise UsageError("the deli loader is closed")
-        start, done_batches = self._take_resume(epoch)
         self._stop_prefetcher()
         self._feed.end_current()  # a previous epoch left open can no longer start a look-ahead
         with self._lock:
             ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == epoch and start == 0:
+        if ahead is not None and ahead[0] == epoch:
             prefetcher, order, when_next = ahead[1]
             prefetcher.resume()  # paused while another loader was measured (see pause_background)
         else:
             if ahead is not None:
                 self._retire(ahead[1][0])
-            self._warm_start_from_disk(epoch, start)
-            prefetcher, order, when_next = self._new_prefetcher(epoch, start)
+            prefetcher, order, when_next = self._new_prefetcher(epoch)
         self._prefetcher = prefetcher
         batches = batches_of(order, self.ctx.batch_size)
-        self._position = (epoch, start, done_batches)
-        handed = start
         token = self._feed.open_epoch(lambda b: self._assemble(prefetcher, batches, b, when_next, epoch, token))
 
         def end_epoch() -> None:
@@ -324,7 +313,7 @@ class DeliLoader:
             self._stop_prefetcher()
 
         try:
-            for b, result in enumerate(self._pipeline.run(self._feed.items(token, len(batches)), on_abort=end_epoch)):
+            for result in self._pipeline.run(self._feed.items(token, len(batches)), on_abort=end_epoch):
                 if result.meter is not None:
                     self._skipped.extend(result.meter.skipped_keys)  # decode failures under on_error=skip
                 if result.failure is not None:
@@ -332,12 +321,6 @@ class DeliLoader:
                     if error is not None:
                         raise error  # the original exception, raised in this process
                 batch = result.unwrap()
-                # Results arrive in batch order; before the yield, so a state_dict() taken in the
-                # loop body counts this batch as delivered (a batch whose samples were all skipped
-                # under on_error=skip counts as passed).
-                handed += len(batches[b])
-                done_batches += 1
-                self._position = (epoch, handed, done_batches)
                 if batch is not None:
                     yield batch
         finally:
@@ -422,129 +405,6 @@ class DeliLoader:
             self._lead_count += prefetcher.lead_count
             self._unused_hits += prefetcher.pending_hits()
 
-    # -- resumable iteration --------------------------------------------------------------------
-
-    def _samples_per_epoch(self, world_size: int | None = None) -> int:
-        world = self.ctx.world_size if world_size is None else world_size
-        return rank_sample_count(len(self.ctx.manifest), world, self.ctx.drop_last)
-
-    def _identity(self) -> dict[str, Any]:
-        """The fields of a saved state that must equal this loader's for the same order to follow."""
-        return {
-            "dataset_id": self.ctx.manifest.dataset_id,
-            "num_samples": len(self.ctx.manifest),
-            "seed": self.ctx.seed,
-            "order": self.ctx.order,
-            "exchange_fraction": self.ctx.exchange_fraction,
-            "drop_last": self.ctx.drop_last,
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where this rank's iteration stands, as a plain, versioned dict (JSON- and torch.save-able).
-
-        Same contract as torchdata's ``StatefulDataLoader.state_dict``: it describes the batches
-        already yielded (taken in the loop body, it counts the batch just received), and
-        :meth:`load_state_dict` on a new loader makes the next ``iter_epoch`` of that epoch
-        deliver exactly the samples not yet delivered, in the uninterrupted order. Fields
-        (version 1):
-
-        * ``version``: 1.
-        * ``epoch``: the epoch to resume; ``samples_yielded``: how many samples of this rank's
-          order of that epoch were handed on (the position to resume at; torchdata's
-          ``_num_yielded`` counts batches, this counts samples so a resume may change the batch
-          size); ``batches_yielded``: batches yielded in that epoch (informative). A finished
-          epoch is saved as the next one at 0 (torchdata's ``_iterator_finished``).
-        * ``samples_per_epoch``: this rank's samples per epoch; ``batch_size``.
-        * What fixes the order and must match on load: ``dataset_id`` and ``num_samples`` (the
-          manifest), ``seed``, ``order``, ``exchange_fraction``, ``drop_last``, ``world_size`` and
-          ``rank``.
-        """
-        epoch, handed, batches = self._resume if self._resume is not None else self._position
-        if handed >= self._samples_per_epoch():
-            epoch, handed, batches = epoch + 1, 0, 0
-        return {
-            "version": STATE_VERSION,
-            "epoch": epoch,
-            "samples_yielded": handed,
-            "batches_yielded": batches,
-            "samples_per_epoch": self._samples_per_epoch(),
-            "batch_size": self.ctx.batch_size,
-            "world_size": self.ctx.world_size,
-            "rank": self.ctx.rank,
-            **self._identity(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from ``state`` (a :meth:`state_dict`): the next ``iter_epoch(state["epoch"])``
-        starts at the first sample not yet delivered.
-
-        World size: a state saved mid-epoch resumes only at the same world size and rank (the
-        rest of a DistributedSampler epoch is defined per rank; re-dealing it over another
-        number of ranks is what Mosaic Streaming calls elastic determinism, and deli does not
-        offer it). A state saved at an epoch boundary (``samples_yielded`` 0) resumes at any
-        world size: that epoch is dealt afresh over the new ranks, each sample once.
-
-        Raises:
-            UsageError: One line naming what is wrong: not a state dict, an unknown version, a
-                missing or ill-typed field, or a field that does not match this loader (another
-                dataset, seed, order, or a mid-epoch world size or rank).
-        """
-        epoch, handed, batches = _check_state(state, self._identity(), self.ctx.world_size, self.ctx.rank,
-                                              self._samples_per_epoch)
-        if handed >= self._samples_per_epoch():
-            epoch, handed, batches = epoch + 1, 0, 0
-        self._resume = (epoch, handed, batches)
-
-    def _take_resume(self, epoch: int) -> tuple[int, int]:
-        """Where ``epoch`` starts: ``(samples, batches)`` already delivered by a loaded state, else 0."""
-        resume = self._resume
-        if resume is None:
-            return 0, 0
-        if resume[0] != epoch:
-            raise UsageError(f"the loaded loader state resumes epoch {resume[0]}, but epoch {epoch} was asked for",
-                             hint=f"iterate epoch {resume[0]} next (state_dict()['epoch']); deli_loader does this itself")
-        self._resume = None
-        return resume[1], resume[2]
-
-    def _warm_start_from_disk(self, epoch: int, start: int) -> None:
-        """Adopt the samples a previous process left in ``cache_dir`` (it was killed before its
-        ``close``, which empties the tier): each file is checked against the manifest's size and
-        sha256 and offered to the cache with its next use, soonest first, so they are hits
-        instead of GETs. Once per loader, only for a ``cache_dir`` given by the user."""
-        if self._warm_checked:
-            return
-        self._warm_checked = True
-        if self.options.cache_tier != "disk" or not self.options.cache_dir:
-            return
-        directory = Path(self.options.cache_dir)
-        try:
-            present = {p.name for p in directory.glob("*.bin")}
-        except OSError:
-            return
-        if not present:
-            return
-        full = context_order(self.ctx, epoch)
-        length = len(full)
-        uses = next_use(context_order(self.ctx, epoch + 1), offset=(epoch + 1) * length)
-        uses.update(next_use(full[start:], offset=epoch * length + start))
-        never = float("inf")
-        samples = self.ctx.manifest.samples
-        for idx in sorted(range(len(samples)), key=lambda i: uses.get(i, never)):
-            name = _disk_file_name(idx)
-            if name not in present:
-                continue
-            path = directory / name
-            try:
-                data = path.read_bytes()
-                path.unlink()  # the tier rewrites it if it keeps the sample on disk
-            except OSError:
-                continue
-            entry = samples[idx]
-            if len(data) != entry.size_bytes or (entry.sha256 and checksum(data) != entry.sha256):
-                continue
-            if self.cache.put(idx, data, uses.get(idx)):
-                self.warm_started += 1
-
     # -- metrics --------------------------------------------------------------------------------
 
     def look_ahead(self) -> tuple[int, EpochPrefetcher] | None:
@@ -620,53 +480,3 @@ class DeliLoader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _disk_file_name(key: int) -> str:
-    """The file the cache's disk tier keeps sample ``key`` in.
-
-    NOTE: mirrors ``delibench.loaders.cache._DiskTier._path``; tests/loaders/test_resume.py
-    warm-starts from a tier a killed process left behind, so a change there fails that test.
-    """
-    return hashlib.sha1(repr(key).encode()).hexdigest() + ".bin"
-
-
-_STATE_INTS = ("epoch", "samples_yielded", "batches_yielded", "world_size", "rank", "num_samples", "seed")
-
-
-def _check_state(
-    state: Any, identity: dict[str, Any], world_size: int, rank: int, per_epoch: Any
-) -> tuple[int, int, int]:
-    """``(epoch, samples_yielded, batches_yielded)`` of a saved loader state, checked against this loader.
-
-    Raises:
-        UsageError: One line naming the first thing that is wrong or does not match.
-    """
-    if not isinstance(state, Mapping):
-        raise UsageError(f"loader state must be the dict state_dict() returned, got {type(state).__name__}")
-    if state.get("version") != STATE_VERSION:
-        raise UsageError(f"loader state version {state.get('version')!r} is not supported (this delibench reads version {STATE_VERSION})",
-                         hint="the state was saved by another delibench, or is not a deli loader state")
-    for name in (*_STATE_INTS, *identity):
-        if name not in state:
-            raise UsageError(f"loader state lacks {name!r}", hint="save it with state_dict() and load the whole dict")
-    for name in _STATE_INTS:
-        value = state[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UsageError(f"loader state field {name!r} must be a whole number >= 0, got {value!r}")
-    for name, mine in identity.items():
-        if state[name] != mine:
-            raise UsageError(f"loader state does not match this loader: {name} was {state[name]!r} when saved, is {mine!r} now",
-                             hint="resume with the dataset, seed and order options the state was saved with")
-    epoch, handed, batches = state["epoch"], state["samples_yielded"], state["batches_yielded"]
-    saved_world, saved_rank = state["world_size"], state["rank"]
-    if saved_rank >= saved_world:
-        raise UsageError(f"loader state is corrupt: rank {saved_rank} is outside its world size {saved_world}")
-    if handed and (saved_world, saved_rank) != (world_size, rank):
-        raise UsageError(
-            f"loader state was saved mid-epoch {epoch} at world size {saved_world} rank {saved_rank}; this job is world size {world_size} rank {rank}",
-            hint="a mid-epoch state resumes only on the same ranks; restart at the same world size, or from a state saved at an epoch boundary",
-        )
-    if handed > per_epoch(saved_world):
-        raise UsageError(f"loader state is corrupt: samples_yielded {handed} exceeds the {per_epoch(saved_world)} samples of a rank's epoch")
-    return epoch, handed, batches

@@ -24,20 +24,23 @@ ustar, GNU long names and pax headers all parse as tarfile parses them.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import posixpath
 import re
 import tarfile
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any
 
 from delibench.errors import UsageError
+from delibench.loaders.source import SampleSource
 from delibench.manifest import Manifest, SampleEntry, ShardEntry
 from delibench.storage import Location, resolve
 
-__all__ = ["IMAGE_SUFFIXES", "TarMember", "add_member_index", "index_tars", "read_members", "split_member_name"]
+__all__ = ["IMAGE_SUFFIXES", "TarMember", "WholeShardSource", "add_member_index", "index_tars", "read_members", "split_member_name"]
 
 #: Extensions of a WebDataset group's member taken as the sample's bytes (first match wins).
 IMAGE_SUFFIXES = ("jpg", "jpeg", "png", "webp", "ppm", "bmp", "pgm", "tif", "tiff")
@@ -279,3 +282,117 @@ def _labels(fs: Any, path: str, members: Sequence[TarMember]) -> dict[str, int]:
         except ValueError as exc:
             raise UsageError(f"{path}: {m.name} holds {text[:20]!r}, not a class number") from exc
     return out
+
+
+class WholeShardSource(SampleSource):
+    """Serves samples out of whole tar shards: the first sample wanted from a shard GETs all of it
+    (one request, however many of its samples are wanted at that moment), later ones are sliced
+    from a buffer of the most recently used shards holding at most ``buffer_bytes``.
+
+    The variant that suits orders walking a shard at a time; under a per-sample shuffle a shard's
+    samples are spread over the whole epoch, so a buffer smaller than the dataset reads each shard
+    many times (see ``benchmarks/shards.py``). Retries, the lean path and verification of each
+    sample (against the manifest's checksum) work as for :class:`SampleSource`; a sample whose
+    bytes are wrong drops its shard from the buffer.
+
+    Args:
+        buffer_bytes: Most bytes of shards kept between requests (0: none; concurrent requests
+            for one shard still share one GET).
+        Others as :class:`SampleSource` (``members`` is implied).
+    """
+
+    def __init__(self, *args: Any, buffer_bytes: int, **kwargs: Any) -> None:
+        super().__init__(*args, members=True, **kwargs)
+        self.buffer_bytes = max(0, int(buffer_bytes))
+        self._shards: OrderedDict[int, bytes] = OrderedDict()
+        self._held = 0
+        self._inflight: dict[int, asyncio.Future[bytes]] = {}
+        #: Whole-shard GETs that succeeded (requests_count also counts failed attempts and retries).
+        self.shard_reads = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.update(_shards=OrderedDict(), _held=0, _inflight={})
+        return state
+
+    async def fetch(self, index: int) -> bytes:
+        """Sample ``index``'s bytes, sliced from its shard (fetched whole when not buffered).
+
+        Raises:
+            FetchError: The shard could not be read, or the sample's bytes are wrong.
+        """
+        from delibench.loaders.source import _IntegrityError
+
+        _ = self.fs
+        entry = self.manifest.samples[index]
+        assert entry.shard is not None and entry.offset is not None
+        data = await self._shard(entry.shard, index)
+        piece = data[entry.offset : entry.offset + entry.size_bytes]
+        try:
+            return self._check(index, piece)
+        except _IntegrityError as exc:
+            self._forget(entry.shard)
+            raise self._failure(index, exc) from exc
+
+    def _fetch_blocking(self, index: int) -> bytes:
+        return asyncio.run_coroutine_threadsafe(self.fetch(index), self.loop).result()
+
+    def _forget(self, shard: int) -> None:
+        data = self._shards.pop(shard, None)
+        if data is not None:
+            self._held -= len(data)
+
+    def _remember(self, shard: int, data: bytes) -> None:
+        if len(data) > self.buffer_bytes:
+            return
+        while self._held + len(data) > self.buffer_bytes and self._shards:
+            _, old = self._shards.popitem(last=False)
+            self._held -= len(old)
+        self._shards[shard] = data
+        self._held += len(data)
+
+    async def _shard(self, shard: int, index: int) -> bytes:
+        data = self._shards.get(shard)
+        if data is not None:
+            self._shards.move_to_end(shard)
+            return data
+        pending = self._inflight.get(shard)
+        if pending is not None:
+            return await asyncio.shield(pending)
+        future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+        self._inflight[shard] = future
+        try:
+            data = await self._read_shard(shard, index)
+        except asyncio.CancelledError:
+            future.cancel()
+            raise
+        except BaseException as exc:
+            future.set_exception(exc)
+            future.exception()  # retrieved: the waiters (if any) raise it themselves
+            raise
+        finally:
+            self._inflight.pop(shard, None)
+        self.shard_reads += 1
+        self._remember(shard, data)
+        future.set_result(data)
+        return data
+
+    async def _read_shard(self, shard: int, index: int) -> bytes:
+        from delibench.loaders.source import _GaveUp, _IntegrityError
+
+        entry = self.manifest.shards[shard]
+        path = self.location.child(entry.key)
+        try:
+            for attempt in self._retry_core(index):
+                try:
+                    data = await self._one_request(path, None)
+                    if len(data) != entry.size_bytes:
+                        raise _IntegrityError(f"short read of shard {entry.key}: got {len(data)} of {entry.size_bytes} bytes")
+                    return attempt.succeeded(data)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - classified by the retry core
+                    await asyncio.sleep(attempt.backoff_s(exc))
+        except _GaveUp as gave_up:
+            raise self._failure(index, gave_up.error, gave_up.attempts, gave_up.elapsed_s) from gave_up.error
+        raise AssertionError("unreachable: the retry core is endless")

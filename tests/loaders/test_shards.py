@@ -182,3 +182,22 @@ def test_deli_over_shards_on_seaweedfs_one_ranged_get_per_sample(tmp_path: Path,
         stats = loader.stats()
     assert stats.requests_count == 2 * len(members) == link.stats().requests - before  # counted at the link too
     assert stats.bytes_read_remote == 2 * sum(len(d) for d, _ in members.values())
+
+
+@pytest.mark.parametrize("buffer", ["0", "1MiB"], ids=["no-buffer", "all-shards-buffered"])
+def test_whole_shard_variant_serves_exact_members(tmp_path: Path, buffer: str) -> None:
+    members = write_tars(tmp_path / "tars", samples=17, shards=3, seed=2)
+    manifest = publish.index(str(tmp_path / "tars"))
+    expected = expected_of(manifest, members)
+    corpus = Corpus(str(tmp_path / "tars"), manifest)
+    with DeliLoader(make_context(corpus, num_workers=1, epochs=2), source="shards", cache_size=buffer, concurrency=4,
+                    prefetch_depth=5) as loader:
+        run_epochs(loader, 2, expected)
+        stats = loader.stats()
+        reads = loader.source.shard_reads
+    shard_bytes = sum(s.size_bytes for s in manifest.shards)
+    if buffer == "1MiB":  # every shard read once; the sample cache served epoch 2 from memory
+        assert reads == stats.requests_count == 3 and stats.bytes_read_remote == shard_bytes
+    else:  # each shard read again for most samples: the cost under a shuffled order
+        assert 3 < reads == stats.requests_count <= 2 * len(members)
+        assert stats.bytes_read_remote > shard_bytes
