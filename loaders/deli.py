@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from delibench.errors import FetchError, UsageError
@@ -16,11 +18,15 @@ from delibench.loaders.cache import ByteBudgetCache, policy_names
 from delibench.loaders.handoff import BatchFeed, FeedDataset
 from delibench.loaders.pipeline import BytesBatchDataset, batches_of, context_order, parse_options, percentiles
 from delibench.loaders.prefetch import DecodePipeline, EpochPrefetcher
-from delibench.loaders.sampler import next_use
+from delibench.loaders.sampler import next_use, rank_sample_count
 from delibench.loaders.source import ReliabilityOptions, SampleSource
+from delibench.manifest import checksum
 from delibench.records import LoaderStats
 
-__all__ = ["DeliLoader", "DeliOptions"]
+__all__ = ["STATE_VERSION", "DeliLoader", "DeliOptions"]
+
+#: Version of the dict :meth:`DeliLoader.state_dict` returns (see there for its fields).
+STATE_VERSION = 1
 
 #: Least time between two points of the cache occupancy timeline.
 _TIMELINE_STEP_S = 0.01
@@ -238,7 +244,7 @@ class DeliLoader:
             capacity_items=self.options.cache_items,
             disk_dir=disk_dir,
             disk_capacity_bytes=self.options.disk_cache_size,
-            checksums=lambda i: sums[i] if isinstance(i, int) and 0 <= i < len(sums) else None,
+            checksums=lambda i: (sums[i] or None) if isinstance(i, int) and 0 <= i < len(sums) else None,
         )
         self._prefetcher: EpochPrefetcher | None = None
         #: (epoch, (prefetcher, order, when_next)) started ahead of that epoch.
@@ -260,13 +266,23 @@ class DeliLoader:
         self._timeline: list[tuple[float, int]] = []
         self._t0 = time.perf_counter()
         self._closed = False
+        #: (epoch, samples of this rank's epoch order handed on, batches yielded) as of the last batch
+        #: yielded: what :meth:`state_dict` saves.
+        self._position: tuple[int, int, int] = (0, 0, 0)
+        #: Set by :meth:`load_state_dict`: where the next ``iter_epoch`` (of that epoch) starts.
+        self._resume: tuple[int, int, int] | None = None
+        #: Samples adopted from a surviving disk tier (``cache_dir``) at the first epoch.
+        self.warm_started = 0
+        self._warm_checked = False
 
     # -- epochs ---------------------------------------------------------------------------------
 
-    def _new_prefetcher(self, epoch: int) -> tuple[EpochPrefetcher, list[int], Any]:
-        """A started prefetcher of ``epoch``'s order, with the order and its next-use function."""
-        order = context_order(self.ctx, epoch)
-        length = len(order)
+    def _new_prefetcher(self, epoch: int, start: int = 0) -> tuple[EpochPrefetcher, list[int], Any]:
+        """A started prefetcher of ``epoch``'s order from position ``start`` on (a resumed epoch),
+        with that order and its next-use function."""
+        full = context_order(self.ctx, epoch)
+        length = len(full)
+        order = full[start:]
         # Global clock for eviction: position p of epoch e happens at e * length + p.
         following = next_use(context_order(self.ctx, epoch + 1), offset=(epoch + 1) * length)
 
@@ -292,19 +308,23 @@ class DeliLoader:
         """
         if self._closed:
             raise UsageError("the deli loader is closed")
+        start, done_batches = self._take_resume(epoch)
         self._stop_prefetcher()
         self._feed.end_current()  # a previous epoch left open can no longer start a look-ahead
         with self._lock:
             ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == epoch:
+        if ahead is not None and ahead[0] == epoch and start == 0:
             prefetcher, order, when_next = ahead[1]
             prefetcher.resume()  # paused while another loader was measured (see pause_background)
         else:
             if ahead is not None:
                 self._retire(ahead[1][0])
-            prefetcher, order, when_next = self._new_prefetcher(epoch)
+            self._warm_start_from_disk(epoch, start)
+            prefetcher, order, when_next = self._new_prefetcher(epoch, start)
         self._prefetcher = prefetcher
         batches = batches_of(order, self.ctx.batch_size)
+        self._position = (epoch, start, done_batches)
+        handed = start
         token = self._feed.open_epoch(lambda b: self._assemble(prefetcher, batches, b, when_next, epoch, token))
 
         def end_epoch() -> None:
@@ -313,7 +333,7 @@ class DeliLoader:
             self._stop_prefetcher()
 
         try:
-            for result in self._pipeline.run(self._feed.items(token, len(batches)), on_abort=end_epoch):
+            for b, result in enumerate(self._pipeline.run(self._feed.items(token, len(batches)), on_abort=end_epoch)):
                 if result.meter is not None:
                     self._skipped.extend(result.meter.skipped_keys)  # decode failures under on_error=skip
                 if result.failure is not None:
@@ -321,6 +341,12 @@ class DeliLoader:
                     if error is not None:
                         raise error  # the original exception, raised in this process
                 batch = result.unwrap()
+                # Results arrive in batch order; before the yield, so a state_dict() taken in the
+                # loop body counts this batch as delivered (a batch whose samples were all skipped
+                # under on_error=skip counts as passed).
+                handed += len(batches[b])
+                done_batches += 1
+                self._position = (epoch, handed, done_batches)
                 if batch is not None:
                     yield batch
         finally:
@@ -405,6 +431,129 @@ class DeliLoader:
             self._lead_count += prefetcher.lead_count
             self._unused_hits += prefetcher.pending_hits()
 
+    # -- resumable iteration --------------------------------------------------------------------
+
+    def _samples_per_epoch(self, world_size: int | None = None) -> int:
+        world = self.ctx.world_size if world_size is None else world_size
+        return rank_sample_count(len(self.ctx.manifest), world, self.ctx.drop_last)
+
+    def _identity(self) -> dict[str, Any]:
+        """The fields of a saved state that must equal this loader's for the same order to follow."""
+        return {
+            "dataset_id": self.ctx.manifest.dataset_id,
+            "num_samples": len(self.ctx.manifest),
+            "seed": self.ctx.seed,
+            "order": self.ctx.order,
+            "exchange_fraction": self.ctx.exchange_fraction,
+            "drop_last": self.ctx.drop_last,
+        }
+
+    def state_dict(self) -> dict[str, Any]:
+        """Where this rank's iteration stands, as a plain, versioned dict (JSON- and torch.save-able).
+
+        Same contract as torchdata's ``StatefulDataLoader.state_dict``: it describes the batches
+        already yielded (taken in the loop body, it counts the batch just received), and
+        :meth:`load_state_dict` on a new loader makes the next ``iter_epoch`` of that epoch
+        deliver exactly the samples not yet delivered, in the uninterrupted order. Fields
+        (version 1):
+
+        * ``version``: 1.
+        * ``epoch``: the epoch to resume; ``samples_yielded``: how many samples of this rank's
+          order of that epoch were handed on (the position to resume at; torchdata's
+          ``_num_yielded`` counts batches, this counts samples so a resume may change the batch
+          size); ``batches_yielded``: batches yielded in that epoch (informative). A finished
+          epoch is saved as the next one at 0 (torchdata's ``_iterator_finished``).
+        * ``samples_per_epoch``: this rank's samples per epoch; ``batch_size``.
+        * What fixes the order and must match on load: ``dataset_id`` and ``num_samples`` (the
+          manifest), ``seed``, ``order``, ``exchange_fraction``, ``drop_last``, ``world_size`` and
+          ``rank``.
+        """
+        epoch, handed, batches = self._resume if self._resume is not None else self._position
+        if handed >= self._samples_per_epoch():
+            epoch, handed, batches = epoch + 1, 0, 0
+        return {
+            "version": STATE_VERSION,
+            "epoch": epoch,
+            "samples_yielded": handed,
+            "batches_yielded": batches,
+            "samples_per_epoch": self._samples_per_epoch(),
+            "batch_size": self.ctx.batch_size,
+            "world_size": self.ctx.world_size,
+            "rank": self.ctx.rank,
+            **self._identity(),
+        }
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Resume from ``state`` (a :meth:`state_dict`): the next ``iter_epoch(state["epoch"])``
+        starts at the first sample not yet delivered.
+
+        World size: a state saved mid-epoch resumes only at the same world size and rank (the
+        rest of a DistributedSampler epoch is defined per rank; re-dealing it over another
+        number of ranks is what Mosaic Streaming calls elastic determinism, and deli does not
+        offer it). A state saved at an epoch boundary (``samples_yielded`` 0) resumes at any
+        world size: that epoch is dealt afresh over the new ranks, each sample once.
+
+        Raises:
+            UsageError: One line naming what is wrong: not a state dict, an unknown version, a
+                missing or ill-typed field, or a field that does not match this loader (another
+                dataset, seed, order, or a mid-epoch world size or rank).
+        """
+        epoch, handed, batches = _check_state(state, self._identity(), self.ctx.world_size, self.ctx.rank,
+                                              self._samples_per_epoch)
+        if handed >= self._samples_per_epoch():
+            epoch, handed, batches = epoch + 1, 0, 0
+        self._resume = (epoch, handed, batches)
+
+    def _take_resume(self, epoch: int) -> tuple[int, int]:
+        """Where ``epoch`` starts: ``(samples, batches)`` already delivered by a loaded state, else 0."""
+        resume = self._resume
+        if resume is None:
+            return 0, 0
+        if resume[0] != epoch:
+            raise UsageError(f"the loaded loader state resumes epoch {resume[0]}, but epoch {epoch} was asked for",
+                             hint=f"iterate epoch {resume[0]} next (state_dict()['epoch']); deli_loader does this itself")
+        self._resume = None
+        return resume[1], resume[2]
+
+    def _warm_start_from_disk(self, epoch: int, start: int) -> None:
+        """Adopt the samples a previous process left in ``cache_dir`` (it was killed before its
+        ``close``, which empties the tier): each file is checked against the manifest's size and
+        sha256 and offered to the cache with its next use, soonest first, so they are hits
+        instead of GETs. Once per loader, only for a ``cache_dir`` given by the user."""
+        if self._warm_checked:
+            return
+        self._warm_checked = True
+        if self.options.cache_tier != "disk" or not self.options.cache_dir:
+            return
+        directory = Path(self.options.cache_dir)
+        try:
+            present = {p.name for p in directory.glob("*.bin")}
+        except OSError:
+            return
+        if not present:
+            return
+        full = context_order(self.ctx, epoch)
+        length = len(full)
+        uses = next_use(context_order(self.ctx, epoch + 1), offset=(epoch + 1) * length)
+        uses.update(next_use(full[start:], offset=epoch * length + start))
+        never = float("inf")
+        samples = self.ctx.manifest.samples
+        for idx in sorted(range(len(samples)), key=lambda i: uses.get(i, never)):
+            name = _disk_file_name(idx)
+            if name not in present:
+                continue
+            path = directory / name
+            try:
+                data = path.read_bytes()
+                path.unlink()  # the tier rewrites it if it keeps the sample on disk
+            except OSError:
+                continue
+            entry = samples[idx]
+            if len(data) != entry.size_bytes or (entry.sha256 and checksum(data) != entry.sha256):
+                continue
+            if self.cache.put(idx, data, uses.get(idx)):
+                self.warm_started += 1
+
     # -- metrics --------------------------------------------------------------------------------
 
     def look_ahead(self) -> tuple[int, EpochPrefetcher] | None:
@@ -480,3 +629,53 @@ class DeliLoader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _disk_file_name(key: int) -> str:
+    """The file the cache's disk tier keeps sample ``key`` in.
+
+    NOTE: mirrors ``delibench.loaders.cache._DiskTier._path``; tests/loaders/test_resume.py
+    warm-starts from a tier a killed process left behind, so a change there fails that test.
+    """
+    return hashlib.sha1(repr(key).encode()).hexdigest() + ".bin"
+
+
+_STATE_INTS = ("epoch", "samples_yielded", "batches_yielded", "world_size", "rank", "num_samples", "seed")
+
+
+def _check_state(
+    state: Any, identity: dict[str, Any], world_size: int, rank: int, per_epoch: Any
+) -> tuple[int, int, int]:
+    """``(epoch, samples_yielded, batches_yielded)`` of a saved loader state, checked against this loader.
+
+    Raises:
+        UsageError: One line naming the first thing that is wrong or does not match.
+    """
+    if not isinstance(state, Mapping):
+        raise UsageError(f"loader state must be the dict state_dict() returned, got {type(state).__name__}")
+    if state.get("version") != STATE_VERSION:
+        raise UsageError(f"loader state version {state.get('version')!r} is not supported (this delibench reads version {STATE_VERSION})",
+                         hint="the state was saved by another delibench, or is not a deli loader state")
+    for name in (*_STATE_INTS, *identity):
+        if name not in state:
+            raise UsageError(f"loader state lacks {name!r}", hint="save it with state_dict() and load the whole dict")
+    for name in _STATE_INTS:
+        value = state[name]
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise UsageError(f"loader state field {name!r} must be a whole number >= 0, got {value!r}")
+    for name, mine in identity.items():
+        if state[name] != mine:
+            raise UsageError(f"loader state does not match this loader: {name} was {state[name]!r} when saved, is {mine!r} now",
+                             hint="resume with the dataset, seed and order options the state was saved with")
+    epoch, handed, batches = state["epoch"], state["samples_yielded"], state["batches_yielded"]
+    saved_world, saved_rank = state["world_size"], state["rank"]
+    if saved_rank >= saved_world:
+        raise UsageError(f"loader state is corrupt: rank {saved_rank} is outside its world size {saved_world}")
+    if handed and (saved_world, saved_rank) != (world_size, rank):
+        raise UsageError(
+            f"loader state was saved mid-epoch {epoch} at world size {saved_world} rank {saved_rank}; this job is world size {world_size} rank {rank}",
+            hint="a mid-epoch state resumes only on the same ranks; restart at the same world size, or from a state saved at an epoch boundary",
+        )
+    if handed > per_epoch(saved_world):
+        raise UsageError(f"loader state is corrupt: samples_yielded {handed} exceeds the {per_epoch(saved_world)} samples of a rank's epoch")
+    return epoch, handed, batches
