@@ -120,7 +120,7 @@ def _prepare(spec: RunSpec, info: RankInfo, manifests: dict[str, Manifest]) -> _
     )
     loader = build_loader(dataclasses.replace(spec.loader, options=options), ctx)
     try:
-        compute = workload.build(_device_for(spec, info), spec.compute, seed=spec.seed)
+        compute = workload.build(_device_for(spec, info), spec.compute, seed=spec.seed, world_size=info.world_size)
     except BaseException:
         loader.close()
         raise

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from delibench.records import EpochMetrics, Issue, LoaderStats, RankMetrics, RunMetrics, StepSample
 from delibench.units import format_bytes
@@ -200,6 +200,9 @@ def summarize(
     waits = steady_waits if has_window else [s.wait_s for s in steps]
     computes = steady_computes if has_window else [s.compute_s for s in steps]
     fraction = pick[bottleneck].fraction
+    slowest = _slowest_rank_per_step({r: (by_rank[r][drop:] if has_window else by_rank[r]) for r in measured_ranks})
+    if slowest.counts:
+        rank_metrics = [replace(m, slowest_steps=slowest.counts.get(m.rank, 0)) for m in rank_metrics]
     return RunMetrics(
         data_wait_fraction=fraction,
         accelerator_utilization=1.0 - fraction,
@@ -220,7 +223,42 @@ def summarize(
         gpu_utilization_mean=gpu_utilization_mean,
         epochs=tuple(epoch_metrics),
         ranks=tuple(rank_metrics),
+        slowest_rank_wait_s=sum(slowest.waits),
+        slowest_rank_wait_fraction=wait_fraction(sum(slowest.waits), sum(slowest.walls) - sum(slowest.waits)),
+        slowest_rank_wait_s_p90=percentile(slowest.waits, 90),
+        aligned_steps=len(slowest.waits),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class _Slowest:
+    waits: list[float]
+    walls: list[float]
+    counts: dict[int, int]
+
+
+def _slowest_rank_per_step(windows: Mapping[int, Sequence[StepSample]]) -> _Slowest:
+    """Per step present on every rank (matched by epoch and step): the largest wait of any rank,
+    the longest wait + compute, and how often each rank was the one waiting longest.
+
+    In synchronous data parallelism (DDP's all-reduce) a step ends for all ranks when the slowest
+    has its batch, so a fast rank's "compute" includes waiting in the collective for a rank that
+    is still blocked on data: the per-rank figures miss that, the per-step maximum does not.
+    """
+    keyed = {r: {(s.epoch, s.step): s for s in steps} for r, steps in windows.items()}
+    if not keyed:
+        return _Slowest([], [], {})
+    common = set.intersection(*(set(k) for k in keyed.values()))
+    waits: list[float] = []
+    walls: list[float] = []
+    counts: dict[int, int] = {}
+    for key in sorted(common):
+        at = [(keyed[r][key], r) for r in sorted(keyed)]
+        step, rank = max(at, key=lambda x: (x[0].wait_s, -x[1]))
+        waits.append(step.wait_s)
+        walls.append(max(s.wait_s + s.compute_s for s, _ in at))
+        counts[rank] = counts.get(rank, 0) + 1
+    return _Slowest(waits, walls, counts)
 
 
 def check_validity(

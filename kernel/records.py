@@ -300,6 +300,8 @@ class RankMetrics:
         iterator_setup_s: Time from asking for the first epoch's iterator to having it.
         time_to_first_batch_s: Time from the first ``next()`` to the first batch on the device.
         loader_stats: The rank's loader counters.
+        slowest_steps: Measured steps (aligned by epoch and step) in which this rank waited longest
+            for data of all ranks, so gated the synchronous step (ties go to the lowest rank).
     """
 
     rank: int
@@ -309,6 +311,7 @@ class RankMetrics:
     iterator_setup_s: float
     time_to_first_batch_s: float
     loader_stats: LoaderStats = field(default_factory=LoaderStats)
+    slowest_steps: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +338,14 @@ class RunMetrics:
         gpu_utilization_mean: NVML utilisation, on CUDA only.
         epochs: Per-epoch figures of every rank.
         ranks: Per-rank steady-state figures.
+        slowest_rank_wait_s: Σ over the measured steps (aligned across ranks by epoch and step) of
+            the largest wait of any rank at that step: in synchronous data-parallel training every
+            rank waits for the slowest one, so this is the job's data wait (equals the one rank's
+            wait on a single rank).
+        slowest_rank_wait_fraction: slowest_rank_wait_s / Σ over the same steps of the longest
+            wait + compute of any rank.
+        slowest_rank_wait_s_p90: 90th percentile of the per-step slowest-rank wait.
+        aligned_steps: Measured steps present on every rank (the steps the slowest-rank figures cover).
     """
 
     data_wait_fraction: float
@@ -356,6 +367,10 @@ class RunMetrics:
     gpu_utilization_mean: float | None = None
     epochs: tuple[EpochMetrics, ...] = ()
     ranks: tuple[RankMetrics, ...] = ()
+    slowest_rank_wait_s: float = 0.0
+    slowest_rank_wait_fraction: float = 0.0
+    slowest_rank_wait_s_p90: float = 0.0
+    aligned_steps: int = 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -76,6 +76,13 @@ class EmulatedCompute:
         profile: The named profile the step time came from, for labels.
         clock: Monotonic clock (injectable for tests).
         sleep: Sleep function (injectable for tests).
+        allreduce_numel: With ``torch.distributed`` initialised and more than one rank: all-reduce a
+            float32 tensor of this many elements every step (the workload's parameter count, i.e.
+            its gradients), started with the step and waited for at its end. An emulated
+            accelerator has no model for DDP to wrap, but the step still synchronises the ranks
+            through a real collective sharing the machine and the network, as DDP's gradient
+            all-reduce does (overlapped with the step, as DDP overlaps it with the backward pass):
+            a rank that waited for data holds up the others' step. 0: no collective.
     """
 
     kind = "emulated"
@@ -87,22 +94,40 @@ class EmulatedCompute:
         profile: str | None = None,
         clock: Callable[[], float] = time.perf_counter,
         sleep: Callable[[float], None] = time.sleep,
+        allreduce_numel: int = 0,
     ) -> None:
         if not step_time_s >= 0:
             raise UsageError(f"emulated step time must be >= 0 s, got {step_time_s}")
+        if allreduce_numel < 0:
+            raise UsageError(f"allreduce_numel must be >= 0, got {allreduce_numel}")
         self.step_time_s = float(step_time_s)
         self.profile = profile
         self._clock = clock
         self._sleep = sleep
         self._last_end: float | None = None
         self._credit_s = 0.0
+        self.allreduce_numel = int(allreduce_numel)
+        self._grads: Any = None
+        if self.allreduce_numel:
+            import torch
+            import torch.distributed as dist
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise UsageError("emulated compute with a gradient all-reduce needs an initialised torch.distributed process group")
+            device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else torch.device("cpu")
+            self._grads = torch.zeros(self.allreduce_numel, dtype=torch.float32, device=device)
 
     def to_device(self, batch: Any) -> Any:
         """Identity: an emulated accelerator has no memory of its own."""
         return batch
 
     def step(self, batch: Any) -> None:
-        """Sleep until this step's deadline."""
+        """Sleep until this step's deadline (and, across ranks, until the gradient all-reduce is done)."""
+        work = None
+        if self._grads is not None:
+            import torch.distributed as dist
+
+            work = dist.all_reduce(self._grads, async_op=True)
         start = self._clock()
         # Credit only applies to a step that follows the previous one without a gap: a gap
         # (the loop waited for data) means the previous oversleep already cost the loop nothing extra.
@@ -113,13 +138,21 @@ class EmulatedCompute:
             self._sleep(deadline - now)
             now = self._clock()
         self._credit_s = min(now - deadline, self.step_time_s)
+        if work is not None:
+            work.wait()
+            now = self._clock()
+            if self._grads.is_cuda:
+                import torch
+
+                torch.cuda.synchronize(self._grads.device)
+                now = self._clock()
         self._last_end = now
 
     def sync(self) -> None:
-        """Nothing is queued."""
+        """Nothing is queued (the all-reduce, if any, was waited for in :meth:`step`)."""
 
     def __repr__(self) -> str:
-        return f"EmulatedCompute(step_time_s={self.step_time_s!r}, profile={self.profile!r})"
+        return f"EmulatedCompute(step_time_s={self.step_time_s!r}, profile={self.profile!r}, allreduce_numel={self.allreduce_numel!r})"
 
 
 class TorchCompute:
@@ -141,6 +174,9 @@ class TorchCompute:
         weight_decay: SGD weight decay.
         amp: Use autocast on CUDA.
         channels_last: Use channels-last memory format on CUDA.
+        distributed: Wrap the model in ``torch.nn.parallel.DistributedDataParallel`` (needs an
+            initialised process group: gloo on CPU, NCCL on CUDA): every step then all-reduces the
+            gradients, overlapped with the backward pass, so the ranks' parameters stay equal.
     """
 
     def __init__(
@@ -155,6 +191,7 @@ class TorchCompute:
         weight_decay: float = 1e-4,
         amp: bool = True,
         channels_last: bool = True,
+        distributed: bool = False,
     ) -> None:
         import torch
 
@@ -167,6 +204,18 @@ class TorchCompute:
         memory_format = torch.channels_last if self._channels_last else torch.contiguous_format
         self.model = model.to(self.device, memory_format=memory_format)
         self.model.train()
+        #: Batches should come in page-locked memory (the loop pins them ahead, in a helper thread,
+        #: as ``DataLoader(pin_memory=True)`` does), so that :meth:`to_device` copies asynchronously.
+        self.pin_memory = self._cuda
+        self.distributed = distributed
+        if distributed:
+            import torch.distributed as dist
+            from torch.nn.parallel import DistributedDataParallel
+
+            if not (dist.is_available() and dist.is_initialized()):
+                raise UsageError("a distributed step needs an initialised torch.distributed process group")
+            # DDP broadcasts rank 0's parameters and buffers here, so every rank starts equal.
+            self.model = DistributedDataParallel(self.model, device_ids=[self.device] if self._cuda else None)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.loss_fn = torch.nn.CrossEntropyLoss()
         shape = (1, len(mean), 1, 1)
@@ -181,8 +230,19 @@ class TorchCompute:
         self._events: tuple[Any, Any] | None = None
         self.last_loss: float | None = None
 
+    def pin_batch(self, batch: Any) -> Any:
+        """``batch`` with its inputs and labels in page-locked memory (CUDA only; else as is)."""
+        if not self.pin_memory:
+            return batch
+        inputs, labels = batch[0], batch[1]
+        rest = tuple(batch[2:])
+        inputs = inputs.pin_memory() if hasattr(inputs, "pin_memory") else inputs
+        labels = labels.pin_memory() if hasattr(labels, "pin_memory") else labels
+        return type(batch)(inputs, labels, *rest) if hasattr(batch, "_fields") else (inputs, labels, *rest)
+
     def to_device(self, batch: Any) -> Any:
-        """Copy inputs and labels to the device; non-blocking from pinned memory on CUDA."""
+        """Copy inputs and labels to the device; non-blocking from pinned memory on CUDA (a batch
+        that is not pinned is copied synchronously, and that copy is then part of the data wait)."""
         if not self._cuda:
             return batch
         inputs, labels = batch[0], batch[1]

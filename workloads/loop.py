@@ -7,7 +7,15 @@ Measurement happens at the loader boundary of a real training loop (DELI's
          └──────────── wait_s ───────────┘ └──────── compute_s ──────┘
 
 * ``wait_s``: blocked in ``next(it)`` plus the *blocking* part of the host-to-device copy (a
-  non-blocking copy from pinned memory returns at once and overlaps the step).
+  non-blocking copy from pinned memory returns at once and overlaps the step). When the compute
+  wants pinned batches (``compute.pin_memory``, CUDA), a helper thread takes the next batch from the
+  loader and pins it while the current step runs, as ``DataLoader(pin_memory=True)``'s pin thread
+  does: ``next(it)`` then waits only for what fetching, decoding and pinning did not hide behind the
+  step, and the copy itself is counted in the step (its ``sync``), where the device pays for it.
+* With more than one rank the step synchronises them (DDP's gradient all-reduce, or an emulated
+  step's all-reduce of a gradient-sized tensor), so a rank that waited for data delays the others'
+  *compute*: :func:`delibench.measure.summarize` therefore reports the slowest rank's wait per step
+  beside each rank's own figures.
 * ``compute_s``: the step plus the device synchronisation, so the clock is read after the device
   finished (without ``sync`` an asynchronous CUDA step would look free and its cost would show
   up as data wait in the next ``next()``).
@@ -22,12 +30,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from delibench.records import LoaderStats, RunMetrics, StepSample
 
-__all__ = ["DecodeRate", "EpochTiming", "LoopResult", "measure_loader", "probe_decode_rate"]
+__all__ = ["DecodeRate", "EpochTiming", "LoopResult", "PinAhead", "measure_loader", "probe_decode_rate"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +124,71 @@ def _close(it: Iterator[Any]) -> None:
             pass
 
 
+_END = object()
+
+
+class PinAhead:
+    """An epoch iterator whose next batch is fetched and pinned in a helper thread during the step.
+
+    The shape of ``DataLoader(pin_memory=True)``: one batch ahead, so ``next()`` blocks only for
+    the part of fetch + pin that the step did not cover. Errors of the underlying iterator are
+    raised by the ``next()`` that would have returned its batch; :meth:`close` waits for the
+    batch in flight before closing the underlying iterator (a generator cannot be closed while
+    another thread runs it).
+
+    Args:
+        it: The loader's epoch iterator.
+        pin: Batch -> the batch in page-locked memory (``TorchCompute.pin_batch``).
+    """
+
+    def __init__(self, it: Iterator[Any], pin: Callable[[Any], Any]) -> None:
+        self._it = it
+        self._pin = pin
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="delibench-pin")
+        self._next: Future[Any] | None = self._pool.submit(self._fetch)
+
+    def _fetch(self) -> Any:
+        try:
+            batch = next(self._it)
+        except StopIteration:
+            return _END
+        return self._pin(batch)
+
+    def __iter__(self) -> PinAhead:
+        return self
+
+    def __next__(self) -> Any:
+        future, self._next = self._next, None
+        if future is None:
+            raise StopIteration
+        batch = future.result()
+        if batch is _END:
+            raise StopIteration
+        self._next = self._pool.submit(self._fetch)
+        return batch
+
+    def close(self) -> None:
+        """Wait for the batch in flight (dropped), stop the helper thread, close the loader's iterator."""
+        future, self._next = self._next, None
+        try:
+            if future is not None:
+                try:
+                    future.result()
+                except BaseException:  # noqa: BLE001 - the epoch is being abandoned; its next error does not matter
+                    pass
+        finally:
+            self._pool.shutdown(wait=True)
+            _close(self._it)
+
+
+def _epoch_iterator(loader: Any, compute: Any, epoch: int) -> Iterator[Any]:
+    it = iter(loader.iter_epoch(epoch))
+    pin = getattr(compute, "pin_batch", None)
+    if getattr(compute, "pin_memory", False) and callable(pin):
+        return PinAhead(it, pin)
+    return it
+
+
 def measure_loader(
     loader: Any,
     compute: Any,
@@ -183,7 +257,7 @@ def measure_loader(
         setup_s: float | None = None
         s0 = clock()
         try:
-            it = iter(loader.iter_epoch(epoch))
+            it = _epoch_iterator(loader, compute, epoch)
             t0 = clock()
             setup_s = t0 - s0
             carry_s = setup_s if index > 0 else 0.0

@@ -126,7 +126,19 @@ class Workload:
             return _cifar_resnet50(self.num_classes)
         return _torchvision(self.arch, self.num_classes)
 
-    def build(self, device: Any = None, compute: ComputeSpec | None = None, *, amp: bool = True, seed: int | None = 0) -> Any:
+    def parameter_count(self) -> int:
+        """Trainable parameters of the network (the elements DDP all-reduces every step)."""
+        return sum(p.numel() for p in self.model().parameters() if p.requires_grad)
+
+    def build(
+        self,
+        device: Any = None,
+        compute: ComputeSpec | None = None,
+        *,
+        amp: bool = True,
+        seed: int | None = 0,
+        world_size: int = 1,
+    ) -> Any:
         """The :class:`~delibench.workloads.compute.Compute` that runs this workload's step.
 
         Args:
@@ -136,6 +148,9 @@ class Workload:
                 :class:`~delibench.workloads.compute.EmulatedCompute` and builds no model.
             amp: Autocast on CUDA (bf16 where supported, else fp16).
             seed: Seed of the model's initial weights (None: leave torch's RNG alone).
+            world_size: Ranks in the job. Above 1 (with ``torch.distributed`` initialised) a real
+                model is wrapped in ``DistributedDataParallel``; an emulated step all-reduces a
+                gradient-sized tensor (:meth:`parameter_count` float32 elements) every step.
 
         Raises:
             UsageError: ``emulated`` without a step time, or CUDA asked for but absent.
@@ -146,14 +161,15 @@ class Workload:
         if spec.kind == "emulated":
             if spec.step_time_s is None:
                 raise UsageError("emulated compute needs a step time", hint="use --compute emulated:120ms or emulated:<profile>")
-            return EmulatedCompute(spec.step_time_s, profile=spec.profile)
+            numel = self.parameter_count() if world_size > 1 else 0
+            return EmulatedCompute(spec.step_time_s, profile=spec.profile, allreduce_numel=numel)
         if device is None:
             device = resolve_device(spec.kind)
         import torch
 
         if seed is not None:
             torch.manual_seed(seed)
-        return TorchCompute(self.model(), device, mean=self.mean, std=self.std, amp=amp)
+        return TorchCompute(self.model(), device, mean=self.mean, std=self.std, amp=amp, distributed=world_size > 1)
 
     def example_batch(self, batch_size: int) -> tuple[Any, Any]:
         """Random ``uint8`` inputs and labels of this workload's shape (calibration, smoke tests)."""
