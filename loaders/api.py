@@ -80,6 +80,12 @@ class DeliIterable:
         """Choose the epoch the next ``iter()`` runs (as ``DistributedSampler.set_epoch``)."""
         self.epoch = epoch
 
+    @property
+    def classes(self) -> tuple[str, ...]:
+        """Class names, label ``i`` being ``classes[i]`` (sorted folder names for an ImageFolder tree,
+        as torchvision's ``ImageFolder.classes``)."""
+        return tuple(self.ctx.manifest.classes)
+
     def state_dict(self) -> dict[str, Any]:
         """The loader state to checkpoint (a versioned plain dict): the epoch and the samples of
         it already delivered. Taken inside the loop body, it counts the batch just received."""
