@@ -13,7 +13,8 @@ Example::
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+import math
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +41,45 @@ from delibench.tuning.tuner import (
     runner_evaluator,
 )
 
-__all__ = ["TuningSession", "find_study", "prepare_tuning"]
+__all__ = ["TuningSession", "find_study", "measure_pipeline", "prepare_tuning"]
+
+
+def measure_pipeline(settings: TuneSettings, workers: tuple[int, ...], samples: int, run: RunFunction,
+                     *, steps: int = 10, warmup_steps: int = 3) -> tuple[tuple[int, float], ...]:
+    """Samples/s of the no-fetch pipeline (decode, collate, hand-over to the loop) for each worker count.
+
+    One short run per count with the ``memory`` loader (samples read into RAM first) and a 1 ms
+    emulated step, through the same ``run`` as the trials: what the decode rate alone misses (for
+    224 px images on 2 cores the hand-over costs more than the decode) is in the figure. DS-Analyzer
+    measures the prep rate the same way. A run that fails leaves its count out (the model then
+    falls back to the probe's decode rate and says it is less sure).
+    """
+    from delibench.records import ComputeSpec, LoaderSpec, RunSpec
+
+    out = []
+    for w in workers:
+        spec = RunSpec(
+            dataset_url=settings.dataset_url,
+            workload=settings.workload,
+            loader=LoaderSpec("memory", {"sample_count": max(1, min(samples, (steps + 1) * settings.batch_size))}),
+            compute=ComputeSpec("emulated", 0.001),
+            batch_size=settings.batch_size,
+            num_workers=w,
+            epochs=1,
+            warmup_steps=warmup_steps,
+            seed=settings.seed,
+            max_steps_per_epoch=steps,
+            link_profile=settings.link_profile,
+            storage_options=settings.storage_options,
+        )
+        try:
+            record = run(spec, write=False)
+            rate = float(record.metrics.throughput_samples_per_s)
+        except Exception:  # noqa: BLE001 - a measurement for the model, not the tuning itself
+            continue
+        if rate > 0 and math.isfinite(rate):
+            out.append((w, rate))
+    return tuple(out)
 
 
 def find_study(storage: Any, fp: Fingerprint, search: dict[str, Any] | None = None) -> str | None:
@@ -77,6 +116,9 @@ class TuningSession:
         fingerprint: The environment fingerprint (names the study unless one was given).
         predictor: The analytic model (None when the step time is unknown, e.g. real compute).
         guesses: The model's guesses enqueued before the sampler's own.
+        model_trusted: Whether the model was trusted to pick first trials here (False: none were
+            enqueued and the sampler explores from the start; predictions are still recorded).
+        model_note: Why (one line), or "" without a model.
     """
 
     tuner: Tuner
@@ -87,6 +129,8 @@ class TuningSession:
     fingerprint: Fingerprint
     predictor: Predictor | None
     guesses: list[Guess]
+    model_trusted: bool = False
+    model_note: str = ""
 
     def export_best(self, path: str | Path) -> TuneConfig:
         """Write ``best.yaml`` (see :func:`delibench.tuning.export.write_best_yaml`)."""
@@ -120,6 +164,7 @@ def prepare_tuning(
     space_overrides: dict[str, Any] | None = None,
     storage_options: dict[str, Any] | None = None,
     run: RunFunction,
+    probe_pipeline: bool = True,
 ) -> TuningSession:
     """Probe the environment, name the study after its fingerprint, build the space and the model, open the study.
 
@@ -147,6 +192,8 @@ def prepare_tuning(
         link_profile: Link-emulation profile name to record with each run.
         sampler_seed: TPE seed.
         space_overrides: Extra :class:`SearchSpace` fields (e.g. ``cache_levels``, ``concurrencies``).
+        probe_pipeline: Measure the no-fetch pipeline (the ``memory`` loader, a near-zero step)
+            once per worker count through ``run``, for the wait model (a few seconds each).
 
     Raises:
         UsageError: Bad inputs (unknown workload, no manifest, bad budget, ...).
@@ -202,6 +249,9 @@ def prepare_tuning(
         storage_options=storage_options,
     )
     predictor = None
+    if compute.step_time_s and probe_pipeline:
+        probe = replace(probe, pipeline_samples_per_s=measure_pipeline(
+            settings, workers_choices or (num_workers,), len(manifest), run))
     if compute.step_time_s:
         simulator = CacheSimulator(
             [s.size_bytes for s in manifest.samples],
@@ -210,7 +260,9 @@ def prepare_tuning(
             max_samples_per_epoch=None if steps_per_trial is None else steps_per_trial * batch,
             ranks=(0,),
         )
-        predictor = Predictor(probe.link_estimate(), Demand(batch, compute.step_time_s, num_workers), simulator)
+        epoch_steps = -(-len(manifest) // batch)
+        steps = epoch_steps if steps_per_trial is None else min(steps_per_trial, epoch_steps)
+        predictor = Predictor(probe.link_estimate(), Demand(batch, compute.step_time_s, num_workers, steps), simulator)
     store = open_storage(storage) if storage is None or isinstance(storage, str) else storage
     search = {ATTR_OBJECTIVE: objective, ATTR_MIN_AU: min_au, ATTR_SPACE: space.describe()}
     tuner = Tuner(
@@ -223,5 +275,8 @@ def prepare_tuning(
         sampler_seed=sampler_seed,
         study_attrs={ATTR_FINGERPRINT: fp.as_dict(), ATTR_PROBE: asdict(probe)},
     )
-    guesses = tuner.seed_with_model(model_start) if predictor is not None else []
-    return TuningSession(tuner, settings, space, manifest, probe, fp, predictor, guesses)
+    trusted, note = predictor.assess(space) if predictor is not None else (False, "")
+    # NOTE: an untrusted model enqueues nothing (``best_guesses`` returns no guesses then), so the
+    # sampler explores instead; it still predicts every trial, to record predicted against measured.
+    guesses = tuner.seed_with_model(model_start) if predictor is not None and trusted else []
+    return TuningSession(tuner, settings, space, manifest, probe, fp, predictor, guesses, trusted, note)

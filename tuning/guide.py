@@ -2,8 +2,12 @@
 
 Combines the cache simulator (miss rate of a cache size and eviction policy under the trial's own
 sampler orders) with the analytic wait model (probe numbers -> data-wait fraction). A whole space
-of a few hundred points is screened in well under a second, because the simulator runs once per
-(cache size, eviction) pair.
+of a few hundred points is screened in about a second, because the simulator runs once per
+(cache size, eviction) pair and the prefetch-window simulation is memoised.
+
+Only predictions the model trusts (their band of optimistic to pessimistic probe readings within
+``TRUST_BAND``, see :mod:`delibench.tuning.model`) are ever enqueued as guesses: where the probe
+could not pin the environment down, the tuner's sampler explores instead of the model.
 """
 
 from __future__ import annotations
@@ -71,6 +75,19 @@ class Predictor:
         """Predictions for every configuration of ``space``."""
         return [self.guess(c) for c in space.grid()]
 
+    def assess(self, space: SearchSpace) -> tuple[bool, str]:
+        """Whether the model is fit to pick first trials in ``space``, and a one-line reason.
+
+        Untrusted when under half of the space's predictions are trusted: the probe's readings
+        leave the answer open (see :func:`delibench.tuning.model.predict_wait`'s band).
+        """
+        guesses = self.screen(space)
+        trusted = [g for g in guesses if g.prediction.trusted]
+        if 2 * len(trusted) < len(guesses):
+            reasons = sorted({g.prediction.uncertain_reason.split("(", 1)[-1].rstrip(")") for g in guesses if not g.prediction.trusted})
+            return False, f"{len(guesses) - len(trusted)} of {len(guesses)} predictions uncertain ({'; '.join(reasons[:3])})"
+        return True, f"{len(trusted)} of {len(guesses)} predictions trusted"
+
     def best_guesses(self, space: SearchSpace, objective: str, *, k: int = 3, min_au: float | None = None) -> list[Guess]:
         """The ``k`` configurations most worth measuring first.
 
@@ -81,12 +98,21 @@ class Predictor:
           not given); without any, the lowest predicted wait.
         * ``wait,cost``: points spread along the predicted Pareto front of (wait, cache bytes).
 
+        Only trusted predictions are candidates, and none at all when :meth:`assess` says the model
+        is unfit here: then the list is empty and the tuner's sampler chooses every trial.
+
         Raises:
             UsageError: Unknown objective or ``k < 1``.
         """
         if k < 1:
             raise UsageError(f"k must be at least 1, got {k}")
-        guesses = self.screen(space)
+        if objective not in ("wait", "cost", "wait,cost"):
+            raise UsageError(f"unknown objective {objective!r}", hint="use wait, cost or wait,cost")
+        if not self.assess(space)[0]:
+            return []
+        guesses = [g for g in self.screen(space) if g.prediction.trusted]
+        if not guesses:
+            return []
 
         def cheap(g: Guess) -> tuple[int, int, int]:
             return (g.config.cache_size_bytes, g.config.concurrency, g.config.prefetch_depth)

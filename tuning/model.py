@@ -1,32 +1,62 @@
 """An analytic model of the data-wait fraction of a DELI configuration, from probe numbers and a miss rate.
 
-The model is a throughput balance (a roofline for the input pipeline):
+The model is a throughput balance (a roofline for the input pipeline), with the prefetch window
+played out sample by sample:
 
 * demand ``D = batch_size / step_time_s`` samples/s (what the accelerator consumes);
-* one GET takes ``t_req = rtt_s + sample_bytes / bandwidth_bytes_per_s``; at most
-  ``min(concurrency, prefetch_depth)`` are in flight (Little's law: the prefetcher cannot have more
-  requests out than samples it looks ahead), so objects arrive at
-  ``min(in_flight / t_req, bandwidth / sample_bytes, server ceiling)`` per second;
-* only misses are fetched, so fetching supplies ``fetch_rate / miss_rate`` samples/s;
-* decoding supplies ``decode_samples_per_s * workers`` (workers capped by CPUs);
-* the pipeline delivers ``S = min(fetch supply, decode supply)`` and the accelerator waits
-  ``max(0, B/S - step)`` per batch. With ``num_workers = 0`` decoding runs inside ``next()``, so its
-  time is added to the wait instead of being overlapped.
+* one GET takes ``t_req = rtt_s + sample_bytes / bandwidth_bytes_per_s``. The prefetcher walks the
+  order at most ``prefetch_depth`` *positions* ahead of the decode workers and keeps at most
+  ``concurrency`` GETs in flight; a cache hit inside the window is ready at once but still holds
+  its position. So the GETs in flight are ``min(concurrency, prefetch_depth x miss_rate)``, not
+  ``min(concurrency, prefetch_depth)``: with a third of the samples cached, depth 4 keeps fewer
+  than 3 GETs out. :func:`pipeline_rate` plays this window out over a few thousand positions
+  (Little's law with the window's real occupancy) instead of a closed form;
+* the link and the store cap objects/s at ``bandwidth / sample_bytes`` and the store's ceiling;
+  only misses are fetched, so those caps supply ``cap / miss_rate`` samples/s;
+* decoding supplies the no-fetch pipeline's measured rate for the config's workers (decode,
+  collate, hand-over; ``pipeline_samples_per_s``), else ``decode_samples_per_s x min(workers,
+  CPUs)``. The CPUs are shared: each fetched object also costs ``fetch_cpu_s`` of this host's CPU
+  (client, and a local store or link emulator). That figure is read host-wide, other tenants
+  included, so only the pessimistic reading counts it (see the band below);
+* the accelerator waits ``max(0, B/S - step)`` per batch, plus ``STEP_OVERHEAD_S`` (handing a
+  decoded batch over); with ``num_workers = 0`` decoding runs inside ``next()`` at the loop
+  process's own decode rate and adds to the wait;
+* a measured epoch of ``steps_per_epoch`` steps also waits for its first batch's decode (one
+  worker decodes it while the others have nothing to do), and gains the samples the prefetcher
+  fetched during the previous epoch's tail (up to ``prefetch_depth``).
 
-It ignores warm-up, jitter and CPU contention between decode, fetch threads and (on a testbed) the
-object store itself, so it ranks configurations better than it predicts absolute values; the tuner
-enqueues its best guesses first and records predicted against measured for every trial.
+Each prediction carries a band: the same model run with the probe's optimistic and pessimistic
+readings (the RTT's spread, a bandwidth the probe could not resolve, a request rate beyond the
+one the probe reached, an unknown or main-process decode rate). A band wider than
+:data:`TRUST_BAND` makes the prediction untrusted, and the tuner does not enqueue it.
+
+Validated by ``benchmarks/model_check.py`` (see ``benchmarks/results/model-check.txt``).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+import random
+from dataclasses import dataclass, replace
+from functools import lru_cache
 
 from delibench.errors import UsageError
 from delibench.tuning.space import TuneConfig
 
-__all__ = ["Demand", "LinkEstimate", "WaitPrediction", "predict_wait"]
+__all__ = ["EPOCH_START_S", "STEP_OVERHEAD_S", "TRUST_BAND", "Demand", "LinkEstimate", "WaitPrediction", "pipeline_rate", "predict_wait"]
+
+#: Seconds ``next()`` costs even when the decoded batch is ready (worker -> loop hand-over, collate).
+STEP_OVERHEAD_S = 0.0015
+
+#: Seconds a measured epoch loses at its start beyond its first batch's decode: the persistent
+#: workers' iterator reset and the first batch request's round trip (30-60 ms on the 2-core testbed).
+EPOCH_START_S = 0.03
+
+#: Batches each DataLoader worker decodes ahead of the loop (torch's default ``prefetch_factor``).
+DATALOADER_PREFETCH_FACTOR = 2
+
+#: Widest band (pessimistic minus optimistic wait fraction) of a prediction the model still trusts.
+TRUST_BAND = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,6 +70,16 @@ class LinkEstimate:
         decode_samples_per_s: Samples one process decodes per second (None = free, not a bound).
         cpu_count: CPUs available to decode workers.
         server_objects_per_s: Ceiling of objects/s the store serves (None = unknown, not a bound).
+        rtt_min_s: Fastest probe GET (with ``rtt_s``, the RTT's spread); None = no spread known.
+        bandwidth_resolved: False when ``bandwidth_bytes_per_s`` is only a lower bound.
+        probed_objects_per_s: Objects/s the probe's ceiling read reached (None = not read).
+        probed_in_flight: Requests in flight during that read.
+        fetch_cpu_s: Host CPU seconds per fetched object (None = not counted).
+        decode_main_samples_per_s: Decode rate in the loop's own process (``num_workers=0``);
+            None = use ``decode_samples_per_s``.
+        pipeline_samples_per_s: ``(num_workers, samples/s)`` pairs: the whole no-fetch pipeline
+            (decode, collate, hand-over to the loop) measured from RAM with a near-zero step; where
+            given it replaces ``decode x workers``, which misses the hand-over's cost.
     """
 
     rtt_s: float
@@ -48,6 +88,13 @@ class LinkEstimate:
     decode_samples_per_s: float | None = None
     cpu_count: int = 1
     server_objects_per_s: float | None = None
+    rtt_min_s: float | None = None
+    bandwidth_resolved: bool = True
+    probed_objects_per_s: float | None = None
+    probed_in_flight: int | None = None
+    fetch_cpu_s: float | None = None
+    decode_main_samples_per_s: float | None = None
+    pipeline_samples_per_s: tuple[tuple[int, float], ...] = ()
 
     def __post_init__(self) -> None:
         if not (self.rtt_s >= 0 and math.isfinite(self.rtt_s)):
@@ -75,11 +122,14 @@ class Demand:
         batch_size: Samples per step.
         step_time_s: Compute time of one step (the emulated step time, or a measured one).
         num_workers: DataLoader workers of the run (used when the config does not set its own).
+        steps_per_epoch: Steps of the measured epoch (a trial's slice); None = a long epoch, whose
+            first batch and carried-over prefetch do not matter.
     """
 
     batch_size: int
     step_time_s: float
     num_workers: int = 2
+    steps_per_epoch: int | None = None
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -88,6 +138,8 @@ class Demand:
             raise UsageError(f"step time must be positive, got {self.step_time_s}")
         if self.num_workers < 0:
             raise UsageError(f"num_workers must not be negative, got {self.num_workers}")
+        if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
+            raise UsageError(f"steps per epoch must be at least 1, got {self.steps_per_epoch}")
 
     @property
     def samples_per_s(self) -> float:
@@ -106,6 +158,10 @@ class WaitPrediction:
         bound: What limits supply: ``latency`` (in-flight requests), ``bandwidth``, ``server``,
             ``decode``, or ``none`` when supply covers demand.
         in_flight_needed: Requests that must be in flight to keep up (latency x miss demand).
+        low: Wait fraction with the probe's optimistic readings.
+        high: Wait fraction with its pessimistic readings.
+        trusted: Whether the band ``high - low`` is within :data:`TRUST_BAND`.
+        uncertain_reason: What widens the band, when not trusted.
     """
 
     wait_fraction: float
@@ -113,6 +169,10 @@ class WaitPrediction:
     demand_samples_per_s: float
     bound: str
     in_flight_needed: float
+    low: float = 0.0
+    high: float = 0.0
+    trusted: bool = True
+    uncertain_reason: str = ""
 
     @property
     def accelerator_utilization(self) -> float:
@@ -120,57 +180,224 @@ class WaitPrediction:
         return 1.0 - self.wait_fraction
 
 
+@lru_cache(maxsize=4096)
+def _pipeline_rate(depth: int, concurrency: int, miss: float, t_req: float, pace_s: float, n: int) -> float:
+    rng = random.Random(1234567)
+    take = [0.0] * n
+    done: list[float] = []  # completion times of the misses, in issue order (non-decreasing)
+    last_issue = 0.0
+    prev = 0.0
+    for p in range(n):
+        issue = max(last_issue, take[p - depth] if p >= depth else 0.0)
+        if rng.random() < miss:
+            if len(done) >= concurrency:
+                issue = max(issue, done[-concurrency])
+            ready = issue + t_req
+            done.append(ready)
+        else:
+            ready = issue
+        last_issue = issue
+        prev = take[p] = max(ready, prev + pace_s)
+    half = n // 2
+    span = take[-1] - take[half]
+    return math.inf if span <= 0 else (n - 1 - half) / span
+
+
+def pipeline_rate(depth: int, concurrency: int, miss_rate: float, request_time_s: float, pace_s: float, *, positions: int = 3000) -> float:
+    """Samples/s the prefetch window delivers to a consumer that takes one sample every ``pace_s``.
+
+    Plays the prefetcher out position by position: position ``p`` is looked up when the consumer
+    has taken ``p - depth``; a miss (drawn with probability ``miss_rate``, a fixed seed) is sent
+    when fewer than ``concurrency`` are in flight and is ready ``request_time_s`` later; a hit is
+    ready at once. The consumer takes positions in order, no faster than ``pace_s`` apart. The
+    rate is read over the second half (the steady state). Latency only: bandwidth and store
+    ceilings are applied by :func:`predict_wait`.
+    """
+    if miss_rate <= 0:
+        return math.inf if pace_s <= 0 else 1.0 / pace_s
+    # Rounded arguments keep the memo small when a whole space is screened.
+    return _pipeline_rate(max(1, depth), max(1, concurrency), round(miss_rate, 3), float(f"{request_time_s:.4g}"),
+                          float(f"{pace_s:.4g}"), positions)
+
+
+@dataclass(frozen=True, slots=True)
+class _Point:
+    fraction: float
+    supply: float
+    bound: str
+
+
+def _phases(config: TuneConfig, miss_rate: float) -> list[tuple[float, float]]:
+    """(share of the epoch, miss rate within it): where in the epoch the misses fall.
+
+    Belady keeps the samples the next epoch needs soonest, so a warm epoch starts with its hits
+    and ends with its misses (a run of pure misses at the window's full-miss rate); LRU's hits are
+    spread over the shuffled order.
+    """
+    if config.eviction == "belady" and 0.0 < miss_rate < 1.0 and config.cache_size_bytes > 0:
+        return [(1.0 - miss_rate, 0.0), (miss_rate, 1.0)]
+    return [(1.0, miss_rate)]
+
+
+def _point(config: TuneConfig, link: LinkEstimate, demand: Demand, miss_rate: float) -> _Point:
+    d = demand.samples_per_s
+    batch, step = demand.batch_size, demand.step_time_s
+    workers = config.num_workers if config.num_workers is not None else demand.num_workers
+    r1 = link.decode_samples_per_s
+    measured = dict(link.pipeline_samples_per_s).get(workers)
+    # --- decode and CPU
+    serial_per_sample = 0.0  # decode inside next() (num_workers=0)
+    decode_supply = math.inf
+    if workers == 0:
+        rate0 = measured or link.decode_main_samples_per_s or r1
+        if rate0:
+            serial_per_sample = 1.0 / rate0
+    elif measured or r1 is not None:
+        base = measured or r1 * min(workers, link.cpu_count)  # type: ignore[operator]
+        decode_supply = base
+        if link.fetch_cpu_s and r1 is not None and min(workers, link.cpu_count) >= link.cpu_count:
+            # Every CPU decodes: each fetched object's CPU (client, local store) comes off decoding.
+            decode_supply = 1.0 / (1.0 / base + miss_rate * link.fetch_cpu_s / link.cpu_count)
+    decode_period = batch / decode_supply if serial_per_sample == 0 else step + batch * serial_per_sample
+    consumer = min(d, decode_supply) if serial_per_sample == 0 else 1.0 / (1.0 / d + serial_per_sample)
+    t_req = link.request_time_s
+    caps = {"bandwidth": link.bandwidth_bytes_per_s / link.sample_bytes}
+    if link.server_objects_per_s is not None:
+        caps["server"] = link.server_objects_per_s
+
+    # --- per phase: the fetch supply (window, then the link's and the store's caps) and the period
+    wait_steps = 0.0  # wait per step, averaged over the epoch (without the hand-over overhead)
+    worst_period, worst_bound, worst_fetch = step, "none", math.inf
+    fetch_bound_share = 0.0
+    for share, miss in _phases(config, miss_rate):
+        if miss == 0:
+            fetch_supply, fetch_bound = math.inf, "none"
+        else:
+            # The window is played out at a pace a little above the consumer's own, so the rate it
+            # returns says whether latency binds without being capped at demand itself.
+            window = pipeline_rate(config.prefetch_depth, config.concurrency, miss, t_req, 1.0 / (1.25 * consumer))
+            rates = {"latency": window, **{k: v / miss for k, v in caps.items()}}
+            fetch_bound = min(rates, key=lambda k: rates[k])
+            fetch_supply = rates[fetch_bound]
+        fetch_period = batch / fetch_supply
+        period = max(step, decode_period, fetch_period)
+        wait_steps += share * (period - step)
+        if fetch_period > max(step, decode_period):
+            fetch_bound_share += share
+        if period > worst_period:
+            worst_period, worst_fetch = period, fetch_supply
+            worst_bound = "decode" if decode_period >= fetch_period else fetch_bound
+    supply = batch / (worst_period - batch * serial_per_sample) if worst_period > batch * serial_per_sample else math.inf
+    n = demand.steps_per_epoch
+    if n is None:
+        wait = wait_steps + STEP_OVERHEAD_S
+        return _Point(wait / (wait + step), supply, worst_bound)
+    # --- a finite measured epoch: its first batch, and the prefetch lead it starts a fetch-bound run with
+    head = batch / (measured or r1) if ((measured or r1) and workers > 0) else 0.0  # type: ignore[operator]
+    steady = n * wait_steps
+    if fetch_bound_share > 0 and math.isfinite(worst_fetch):
+        # The previous epoch's tail (or the hits before a run of misses) let the window fill.
+        hit_samples = (1.0 - fetch_bound_share) * n * batch
+        if hit_samples > 0 and workers > 0:
+            # Belady's hits open the epoch: the decode workers race through them up to the
+            # DataLoader's prefetch (2 batches per worker) ahead of the loop, so the run of misses
+            # starts that many samples (at the loop's pace) early. Depth does not add here: the
+            # workers pass the hits faster than any window could fetch ahead of them.
+            credit_s = min(DATALOADER_PREFETCH_FACTOR * workers * batch, hit_samples) / d
+        else:
+            # The epoch's tail (the workers decode the last batches, the loop steps through them)
+            # lets the window fetch up to ``prefetch_depth`` of the next epoch's first samples.
+            tail_s = step * max(1, workers) + head
+            credit_s = min(config.prefetch_depth, fetch_bound_share * n * batch, tail_s * worst_fetch) / worst_fetch
+        steady = max(0.0, steady - credit_s)
+    wait = EPOCH_START_S + head + steady + n * STEP_OVERHEAD_S
+    return _Point(wait / (wait + n * step), supply, worst_bound)
+
+
+def _band(config: TuneConfig, link: LinkEstimate, demand: Demand, miss_rate: float) -> tuple[float, float, list[str]]:
+    """Wait fractions with the probe's optimistic and pessimistic readings, and what separates them."""
+    reasons: list[str] = []
+    opt: dict[str, object] = {}
+    pess: dict[str, object] = {}
+    if link.rtt_min_s is not None and link.rtt_min_s < link.rtt_s:
+        spread = link.rtt_s - link.rtt_min_s
+        opt["rtt_s"] = link.rtt_min_s
+        pess["rtt_s"] = link.rtt_s + spread
+        reasons.append("RTT spread")
+    if not link.bandwidth_resolved:
+        opt["bandwidth_bytes_per_s"] = link.bandwidth_bytes_per_s * 1e3
+        reasons.append("bandwidth not resolved by the probe")
+    in_flight = min(config.concurrency, config.prefetch_depth)
+    if (
+        link.server_objects_per_s is None
+        and link.probed_objects_per_s is not None
+        and link.probed_in_flight is not None
+        and in_flight > link.probed_in_flight
+    ):
+        pess["server_objects_per_s"] = link.probed_objects_per_s
+        reasons.append(f"request rate beyond the probe's ({link.probed_in_flight} in flight)")
+    workers = config.num_workers if config.num_workers is not None else demand.num_workers
+    measured = dict(link.pipeline_samples_per_s).get(workers)
+    if link.fetch_cpu_s:
+        opt["fetch_cpu_s"] = None  # the pessimistic reading keeps it
+        if miss_rate > 0:
+            reasons.append("host CPU per GET")
+    if measured is not None:
+        pairs = dict(link.pipeline_samples_per_s)
+        opt["pipeline_samples_per_s"] = tuple((w, r * 1.05) for w, r in pairs.items())
+        pess["pipeline_samples_per_s"] = tuple((w, r * 0.9) for w, r in pairs.items())
+    elif link.decode_samples_per_s is not None:  # None: the caller says decoding is free
+        r1 = link.decode_samples_per_s
+        opt["decode_samples_per_s"] = r1 * 1.05
+        # NOTE: the decode rate alone misses collating and handing decoded batches to the loop,
+        # which cost more than the decode for 224 px images on 2 cores; without a pipeline
+        # measurement the pessimistic reading halves it.
+        pess["decode_samples_per_s"] = r1 * 0.5
+        reasons.append("decode rate without the pipeline's hand-over")
+        if workers == 0:
+            main = link.decode_main_samples_per_s or r1
+            opt["decode_main_samples_per_s"] = max(main, r1)
+            pess["decode_main_samples_per_s"] = main * 0.5
+            reasons.append("decode in the training process (num_workers=0)")
+    lo = _point(config, replace(link, **opt), demand, miss_rate).fraction  # type: ignore[arg-type]
+    hi = _point(config, replace(link, **pess), demand, miss_rate).fraction  # type: ignore[arg-type]
+    return min(lo, hi), max(lo, hi), reasons
+
+
 def predict_wait(config: TuneConfig, link: LinkEstimate, demand: Demand, miss_rate: float) -> WaitPrediction:
-    """Predict the steady-state data-wait fraction of ``config``.
+    """Predict the data-wait fraction of ``config`` (of a measured epoch of ``demand.steps_per_epoch``).
 
     Args:
         config: The loader configuration.
-        link: Probe numbers (RTT, bandwidth, sample size, decode rate).
-        demand: Batch size and step time.
+        link: Probe numbers (RTT, bandwidth, sample size, decode rate, ...).
+        demand: Batch size, step time, workers, steps per measured epoch.
         miss_rate: Share of samples that must be fetched (1 - cache hit rate, from the simulator).
 
     Returns:
-        The prediction, with the supply rate and the bound that limits it.
+        The prediction, with the supply rate, the bound that limits it and the band (trusted or not).
 
     Raises:
         UsageError: ``miss_rate`` outside [0, 1].
     """
     if not 0.0 <= miss_rate <= 1.0:
         raise UsageError(f"miss rate must lie in [0, 1], got {miss_rate}")
-    d = demand.samples_per_s
-    in_flight = min(config.concurrency, config.prefetch_depth)
-    rates = {
-        "latency": in_flight / link.request_time_s if link.request_time_s > 0 else math.inf,
-        "bandwidth": link.bandwidth_bytes_per_s / link.sample_bytes,
-    }
-    if link.server_objects_per_s is not None:
-        rates["server"] = link.server_objects_per_s
-    fetch_bound = min(rates, key=lambda k: rates[k])
-    fetch_objects_per_s = rates[fetch_bound]
-    fetch_supply = math.inf if miss_rate == 0 else fetch_objects_per_s / miss_rate
-
-    workers = config.num_workers if config.num_workers is not None else demand.num_workers
-    serial_decode_s = 0.0  # decode time per batch that is NOT overlapped with compute
-    decode_supply = math.inf
-    if link.decode_samples_per_s is not None:
-        if workers == 0:
-            serial_decode_s = demand.batch_size / link.decode_samples_per_s
-        else:
-            decode_supply = link.decode_samples_per_s * min(workers, link.cpu_count)
-
-    supply = min(fetch_supply, decode_supply)
-    bound = "none"
-    if supply < d:
-        bound = "decode" if decode_supply <= fetch_supply else fetch_bound
-    elif serial_decode_s > 0:
-        bound = "decode"
-    batch_time_s = demand.batch_size / supply if supply > 0 else math.inf
-    wait_s = max(0.0, batch_time_s - demand.step_time_s) + serial_decode_s
-    fraction = 1.0 if math.isinf(wait_s) else wait_s / (wait_s + demand.step_time_s)
+    nominal = _point(config, replace(link, fetch_cpu_s=None), demand, miss_rate)
+    lo, hi = nominal.fraction, nominal.fraction
+    reasons: list[str] = []
+    lo_b, hi_b, reasons = _band(config, link, demand, miss_rate)
+    lo, hi = min(lo, lo_b), max(hi, hi_b)
+    trusted = hi - lo <= TRUST_BAND
+    why = ""
+    if not trusted:
+        why = f"band {lo:.2f}-{hi:.2f}" + (f" ({', '.join(reasons)})" if reasons else "")
     return WaitPrediction(
-        wait_fraction=fraction,
-        supply_samples_per_s=supply,
-        demand_samples_per_s=d,
-        bound=bound,
-        in_flight_needed=d * miss_rate * link.request_time_s,
+        wait_fraction=nominal.fraction,
+        supply_samples_per_s=nominal.supply,
+        demand_samples_per_s=demand.samples_per_s,
+        bound=nominal.bound,
+        in_flight_needed=demand.samples_per_s * miss_rate * link.request_time_s,
+        low=lo,
+        high=hi,
+        trusted=trusted,
+        uncertain_reason=why,
     )

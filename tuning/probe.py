@@ -8,6 +8,7 @@ the environment fingerprint that names the study.
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 import time
@@ -37,10 +38,20 @@ class ProbeResult:
         server_objects_per_s: ``objects_per_s`` when it fell clearly short of what latency alone
             allows (the store or client is the ceiling), else None.
         mean_sample_bytes: Mean sample size (from the manifest).
-        decode_samples_per_s: Samples one process decodes per second (None when not measured).
+        decode_samples_per_s: Samples of mean size one decode worker (one torch thread) decodes per
+            second (None when not measured).
         cpu_count: CPUs usable by this process.
         requests_count: GETs the probe issued.
         probe_s: Wall time of the probe.
+        ceiling_in_flight: Requests in flight during the ceiling read (the model does not trust
+            extrapolations of the request rate far beyond it).
+        fetch_cpu_s: CPU seconds this host spent per fetched object during the ceiling read (the
+            client, plus a local store or link emulator when they run here; None when unknown).
+        decode_main_samples_per_s: Samples/s decoded in this process with torch's default threads
+            (what ``num_workers=0`` gets), or None.
+        pipeline_samples_per_s: ``(num_workers, samples/s)`` of the whole no-fetch pipeline (from
+            RAM, a near-zero step), measured by :func:`delibench.tuning.api.prepare_tuning` through
+            the run it is handed; empty when not measured.
     """
 
     rtt_s: float
@@ -54,6 +65,10 @@ class ProbeResult:
     cpu_count: int
     requests_count: int
     probe_s: float
+    ceiling_in_flight: int | None = None
+    fetch_cpu_s: float | None = None
+    decode_main_samples_per_s: float | None = None
+    pipeline_samples_per_s: tuple[tuple[int, float], ...] = ()
 
     def link_estimate(self) -> LinkEstimate:
         """The model's view of these numbers."""
@@ -64,6 +79,13 @@ class ProbeResult:
             decode_samples_per_s=self.decode_samples_per_s,
             cpu_count=self.cpu_count,
             server_objects_per_s=self.server_objects_per_s,
+            rtt_min_s=self.rtt_min_s,
+            bandwidth_resolved=self.bandwidth_resolved,
+            probed_objects_per_s=self.objects_per_s,
+            probed_in_flight=self.ceiling_in_flight,
+            fetch_cpu_s=self.fetch_cpu_s,
+            decode_main_samples_per_s=self.decode_main_samples_per_s,
+            pipeline_samples_per_s=tuple((int(w), float(r)) for w, r in self.pipeline_samples_per_s),
         )
 
 
@@ -72,6 +94,40 @@ def _cpu_count() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover - not Linux
         return os.cpu_count() or 1
+
+
+def _host_busy_cpu_s() -> float | None:
+    """CPU seconds all CPUs of this host have been busy (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+        idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+        return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):  # pragma: no cover - not Linux
+        return None
+
+
+def _decode_time_at_mean(decode: Callable[[bytes, int], Any], items: list[tuple[bytes, int]], mean_bytes: float) -> float:
+    """Seconds to decode a sample of ``mean_bytes``: a line through (size, best time) of ``items``.
+
+    Decode time grows with the image (its bytes); the probe holds the smallest and the largest
+    samples, so a straight line through them, read at the mean size, stands for the dataset.
+    """
+    times = []
+    for data, label in items:
+        best = math.inf
+        for _ in range(2):  # the better of two: a preempted decode says nothing about the decoder
+            t0 = time.perf_counter()
+            decode(data, label)
+            best = min(best, time.perf_counter() - t0)
+        times.append((len(data), best))
+    xs = [x for x, _ in times]
+    ys = [y for _, y in times]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    slope = sum((x - mx) * (y - my) for x, y in times) / var if var > 0 else 0.0
+    slope = max(slope, 0.0)
+    return max(my + slope * (mean_bytes - mx), min(ys), 1e-6)
 
 
 def probe_environment(
@@ -93,7 +149,7 @@ def probe_environment(
       ``concurrency`` requests in flight; ``extra bytes / extra time`` of the large read, so the
       per-request costs cancel out and the link's rate remains.
     * Request ceiling: ``ceiling_requests`` GETs of small samples with ``ceiling_concurrency`` in
-      flight; when they complete at under half the rate the RTT allows, the store (or the client)
+      flight (a warm pass, after one that opens the connections); when they complete at under 80 % of the rate the RTT allows, the store (or the client)
       caps requests/s and the model must know it (on a 2-core testbed SeaweedFS does).
     * Decode: the fetched samples decoded with ``decode`` (the workload's decoder), when given.
 
@@ -131,10 +187,20 @@ def probe_environment(
         # The ceiling read comes before the bandwidth read: it also opens the pooled connections,
         # so the bandwidth read measures transfers and not TCP handshakes.
         ceiling_set = [by_size[k % max(1, len(by_size) // 2)] for k in range(ceiling_requests)] if ceiling_requests else []
-        t0 = time.perf_counter()
+        ceiling_elapsed = 0.0
+        fetch_cpu = None
         if ceiling_set:
+            # NOTE: the first pass opens the pool's connections (handshakes through the link): timed,
+            # it reported a quarter of the real rate and the model then saw a store ceiling that
+            # does not exist. Only the second, warm pass is timed.
+            source.fetch_many_sync(ceiling_set[:ceiling_concurrency], concurrency=ceiling_concurrency)
+            busy0 = _host_busy_cpu_s()
+            t0 = time.perf_counter()
             source.fetch_many_sync(ceiling_set, concurrency=ceiling_concurrency)
-        ceiling_elapsed = time.perf_counter() - t0
+            ceiling_elapsed = time.perf_counter() - t0
+            busy1 = _host_busy_cpu_s()
+            if busy0 is not None and busy1 is not None:
+                fetch_cpu = max(0.0, busy1 - busy0) / len(ceiling_set)
         # Differential read: the same number of the smallest samples, then of the largest, with the
         # same concurrency. Per-request costs (server time, client overhead, RTT) cancel out, and
         # what is left is the time the extra bytes took on the link.
@@ -145,7 +211,7 @@ def probe_environment(
         t0 = time.perf_counter()
         blobs = source.fetch_many_sync(large, concurrency=concurrency)
         elapsed = time.perf_counter() - t0
-        requests = 1 + len(small) + len(ceiling_set) + 2 * len(large)
+        requests = 1 + len(small) + len(ceiling_set) + min(len(ceiling_set), ceiling_concurrency) + 2 * len(large)
     finally:
         source.close()
     total = sum(len(b) for b in blobs)
@@ -163,17 +229,31 @@ def probe_environment(
     objects_per_s = len(ceiling_set) / ceiling_elapsed if ceiling_set and ceiling_elapsed > 0 else len(large) / elapsed
     in_flight = min(ceiling_concurrency, max(1, len(ceiling_set)))
     small_bytes = statistics.mean(samples[i].size_bytes for i in ceiling_set) if ceiling_set else 0.0
-    latency_allows = in_flight / (rtt + small_bytes / bandwidth)
-    server_ceiling = objects_per_s if ceiling_set and objects_per_s < 0.5 * latency_allows else None
+    # What the link alone allows: the round trips of ``in_flight`` requests, and its bytes/s (the
+    # read's requests share the link: a ceiling read on a thin link is bandwidth-bound, not a store ceiling).
+    latency_allows = min(in_flight / (rtt + small_bytes / bandwidth), bandwidth / small_bytes if small_bytes else math.inf)
+    server_ceiling = objects_per_s if ceiling_set and objects_per_s < 0.8 * latency_allows else None
 
-    decode_rate = None
+    decode_rate = decode_main = None
     if decode is not None:
-        decode(blobs[0], samples[large[0]].label)  # first call pays for imports and warm-up
-        t0 = time.perf_counter()
-        for i, blob in zip(large, blobs):
-            decode(blob, samples[i].label)
-        decode_s = time.perf_counter() - t0
-        decode_rate = len(blobs) / decode_s if decode_s > 0 else None
+        items = [(b, samples[i].label) for i, b in zip(few, few_blobs)] + [(b, samples[i].label) for i, b in zip(large, blobs)]
+        decode(*items[-1])  # first call pays for imports and warm-up
+        decode_main = 1.0 / _decode_time_at_mean(decode, items, manifest.mean_sample_bytes)
+        # A DataLoader worker runs torch on one thread; so must the measurement that stands for it
+        # (with torch's default threads on a busy host it read 4x slower than the workers decode).
+        threads = None
+        try:
+            import torch
+
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)
+        except ImportError:  # a decoder without torch
+            pass
+        try:
+            decode_rate = 1.0 / _decode_time_at_mean(decode, items, manifest.mean_sample_bytes)
+        finally:
+            if threads is not None:
+                torch.set_num_threads(threads)
     return ProbeResult(
         rtt_s=rtt,
         rtt_min_s=min(rtts),
@@ -186,4 +266,7 @@ def probe_environment(
         cpu_count=_cpu_count(),
         requests_count=requests,
         probe_s=time.perf_counter() - start,
+        ceiling_in_flight=in_flight if ceiling_set else None,
+        fetch_cpu_s=fetch_cpu,
+        decode_main_samples_per_s=decode_main,
     )
