@@ -46,6 +46,7 @@ _COMMAND_MODULES = (
     "delibench.cli.calibrate",
     "delibench.cli.tune",
     "delibench.cli.advise",
+    "delibench.cli.scale",
     "delibench.cli.report",
     "delibench.cli.geo",
     "delibench.cli.listing",
