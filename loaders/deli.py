@@ -75,6 +75,9 @@ class DeliOptions(ReliabilityOptions):
         concurrency: Most GETs in flight at once (on one event loop, not threads).
         cache_tier: ``memory``, or ``disk`` to spill evicted samples to ``cache_dir``.
         cache_dir: Directory of the disk tier (default: a temporary directory removed on close).
+            One per rank. A clean ``close`` empties it; what a killed process left there
+            warm-starts the next loader given the same ``cache_dir`` (each file checked against
+            the manifest; see ``DeliLoader.load_state_dict``).
         disk_cache_size: Disk tier budget in bytes (``"8GiB"`` parsed as ``cache_size``); required
             for ``cache_tier=disk``.
         eviction: ``belady`` (the default: evicts what is needed again last, and refuses samples

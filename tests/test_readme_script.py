@@ -117,3 +117,35 @@ def test_own_dataset_keys_with_decode(imagefolder_bucket: str, s3_server: Any) -
         keys_manifest(imagefolder_bucket, [*keys, "nope/x.jpg"], storage_options=options)
     with pytest.raises(UsageError, match="labels= has 3 entries for 40 keys"):
         keys_manifest(imagefolder_bucket, keys, [0, 1, 2], options)
+
+
+def test_pinned_batches_keep_their_structure(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """pin_memory=True pins every tensor of a batch (walking tuples, lists, dicts) where CUDA is
+    available; here a stand-in tensor records the call, as CPU-only torch cannot pin."""
+    from collections import namedtuple
+
+    from delibench.loaders import api
+
+    class FakeTensor:
+        pinned = False
+
+        def pin_memory(self) -> FakeTensor:
+            out = FakeTensor()
+            out.pinned = True
+            return out
+
+    Pair = namedtuple("Pair", "a b")
+    batch = {"x": [FakeTensor(), (FakeTensor(), "label")], "p": Pair(FakeTensor(), 3)}
+    pinned = api._pin(batch)
+    assert pinned["x"][0].pinned and pinned["x"][1][0].pinned and pinned["x"][1][1] == "label"
+    assert isinstance(pinned["p"], Pair) and pinned["p"].a.pinned and pinned["p"].b == 3
+    monkeypatch.setattr(api, "_can_pin", lambda: False)
+    from delibench.loaders.testing import make_corpus
+
+    corpus = make_corpus(tmp_path / "c", samples=4)
+    with api.deli_loader(corpus.url, decode=_decode_len, pin_memory=True, num_workers=0) as loader:
+        assert loader.pin_memory is False  # no accelerator: nothing to pin for, as DataLoader (which warns)
+
+
+def _decode_len(data: bytes, label: int) -> int:
+    return len(data)

@@ -149,6 +149,8 @@ def test_deli_loader_api_resumes_and_pins(local_corpus: Corpus) -> None:
                 break
     assert state["samples_yielded"] == 8
     with deli_loader(local_corpus.url, **kwargs) as loader:
+        loader.set_epoch(3)
+        assert loader.state_dict()["epoch"] == 3  # before any pass: the epoch the next pass runs
         loader.load_state_dict(state)
         assert loader.epoch == 0 and loader.state_dict() == state
         while loader.epoch < 2:
