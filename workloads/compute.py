@@ -25,6 +25,7 @@ from delibench.units import parse_duration
 
 __all__ = [
     "Compute",
+    "agree_stop",
     "EmulatedCompute",
     "GpuProfile",
     "TorchCompute",
@@ -59,6 +60,22 @@ class Compute(Protocol):
     def sync(self) -> None:
         """Wait for queued device work, so that the clock read after it is honest."""
         ...
+
+
+def agree_stop(stop: bool, device: Any) -> bool:
+    """Whether any rank wants to stop: an all-reduce (MAX) of one flag over the default process group.
+
+    The measured loop calls it once per step on every rank, at the same point (after the batch
+    arrived, before the step's gradient all-reduce), so that a stop (Ctrl-C, pruning) or a rank
+    whose loader failed ends every rank after the same step instead of leaving the others blocked
+    in a collective that one rank will never join.
+    """
+    import torch
+    import torch.distributed as dist
+
+    flag = torch.tensor([1 if stop else 0], dtype=torch.int32, device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    return bool(flag.item())
 
 
 class EmulatedCompute:
@@ -107,6 +124,8 @@ class EmulatedCompute:
         self._last_end: float | None = None
         self._credit_s = 0.0
         self.allreduce_numel = int(allreduce_numel)
+        #: Every step synchronises the ranks (the loop then agrees on stopping through :meth:`agree_stop`).
+        self.synchronised = self.allreduce_numel > 0
         self._grads: Any = None
         if self.allreduce_numel:
             import torch
@@ -150,6 +169,10 @@ class EmulatedCompute:
 
     def sync(self) -> None:
         """Nothing is queued (the all-reduce, if any, was waited for in :meth:`step`)."""
+
+    def agree_stop(self, stop: bool) -> bool:
+        """True when any rank asks to stop (see :func:`agree_stop`); ``stop`` itself on one rank."""
+        return agree_stop(stop, self._grads.device) if self.synchronised else stop
 
     def __repr__(self) -> str:
         return f"EmulatedCompute(step_time_s={self.step_time_s!r}, profile={self.profile!r}, allreduce_numel={self.allreduce_numel!r})"
@@ -208,6 +231,8 @@ class TorchCompute:
         #: as ``DataLoader(pin_memory=True)`` does), so that :meth:`to_device` copies asynchronously.
         self.pin_memory = self._cuda
         self.distributed = distributed
+        #: Every step synchronises the ranks (DDP's all-reduce): the loop agrees on stopping through :meth:`agree_stop`.
+        self.synchronised = distributed
         if distributed:
             import torch.distributed as dist
             from torch.nn.parallel import DistributedDataParallel
@@ -297,6 +322,10 @@ class TorchCompute:
             import torch
 
             torch.cuda.synchronize(self.device)
+
+    def agree_stop(self, stop: bool) -> bool:
+        """True when any rank asks to stop (see :func:`agree_stop`); ``stop`` itself on one rank."""
+        return agree_stop(stop, self.device) if self.synchronised else stop
 
     @property
     def last_step_device_s(self) -> float | None:

@@ -213,7 +213,9 @@ def measure_loader(
         on_step: Called after every step with its sample (progress bars, pruning); its time is
             excluded from the measurement.
         should_stop: Polled after every step and before every epoch; True ends the run with a
-            consistent partial result (``stopped="should_stop"``).
+            consistent partial result (``stopped="should_stop"``). When the compute synchronises
+            ranks (``compute.synchronised``: DDP), it is polled before every epoch and after each
+            batch arrives, and the ranks agree (``compute.agree_stop``): all stop after the same step.
         clock: Monotonic clock in seconds (inject a fake one in tests).
 
     Returns:
@@ -245,11 +247,28 @@ def measure_loader(
         finally:
             callback_s += clock() - c0
 
+    # NOTE: ranks whose steps synchronise (DDP) must stop after the same step, or the ones still
+    # running block in a collective the stopped rank never joins. They poll ``should_stop`` at the
+    # same points and agree (an all-reduce of the flag): before each epoch, and after each batch
+    # arrived, before its step. A rank leaving through an exception first pays the agreement it
+    # owes (voting to stop), so the others stop with it instead of waiting for it for ever.
+    synchronised = bool(getattr(compute, "synchronised", False))
+
+    def agreed_stop() -> bool:
+        return bool(compute.agree_stop(poll_stop()))
+
+    def release_others() -> None:
+        try:
+            compute.agree_stop(True)
+        except Exception:  # noqa: BLE001 - best effort on the way out; the original error is what matters
+            pass
+
     for index in range(epochs):
         epoch = start_epoch + index
-        if poll_stop():
+        if agreed_stop() if synchronised else poll_stop():
             stopped = "should_stop"
             break
+        owed = synchronised  # this rank owes the others the agreement of its next step
         n = samples = 0
         ttfb: float | None = None
         complete = False
@@ -272,6 +291,11 @@ def measure_loader(
                 t1 = clock()
                 if ttfb is None:
                     ttfb = t1 - t0
+                if synchronised:
+                    owed = False
+                    if agreed_stop():  # in the step's time, as DDP's all-reduce waiting for a late rank is
+                        stopped = "should_stop"
+                        break
                 compute.step(batch)
                 compute.sync()
                 t2 = clock()
@@ -288,17 +312,25 @@ def measure_loader(
                 steps.append(sample)
                 n += 1
                 samples += count
+                owed = synchronised
                 if on_step is not None:
                     on_step(sample)
                     callback_s += clock() - t2
-                if poll_stop():
+                if not synchronised and poll_stop():
                     stopped = "should_stop"
                     break
                 t0 = clock()
+            owed = False
         except KeyboardInterrupt:
+            if owed:
+                release_others()
             stopped = "interrupted"
             if setup_s is None:
                 setup_s = clock() - s0
+        except BaseException:
+            if owed:
+                release_others()
+            raise
         finally:
             if it is not None:
                 _close(it)

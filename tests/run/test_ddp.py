@@ -232,3 +232,73 @@ def test_nproc_2_with_cpu_compute_trains_through_ddp(mnist_dir, tmp_path, cli_pr
     assert metrics["aligned_steps"] == 3
     assert sum(r["slowest_steps"] for r in metrics["ranks"]) == 3
     assert metrics["slowest_rank_wait_s"] >= max(r["wait_s"] for r in metrics["ranks"]) - 1e-9
+
+
+# --------------------------------------------------------------------------- stopping together
+
+
+class _RankLoader:
+    """Batches of 2 MNIST-sized images; raises at batch ``fail_at`` (None: never)."""
+
+    def __init__(self, batches: int, fail_at: int | None = None) -> None:
+        self.batches, self.fail_at = batches, fail_at
+
+    def iter_epoch(self, epoch: int):
+        import torch
+
+        for i in range(self.batches):
+            if i == self.fail_at:
+                raise OSError(f"GET s3://b/k{i} failed for good")
+            yield torch.zeros(2, 1, 28, 28, dtype=torch.uint8), torch.zeros(2, dtype=torch.long)
+
+
+def _stop_main(rank: int, world: int, store: str, out: str, scenario: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world)
+    from delibench.records import ComputeSpec
+    from delibench.workloads.loop import measure_loader
+    from delibench.workloads.models import get_workload
+
+    kind = "cpu" if scenario.endswith("ddp") else "emulated"
+    spec = ComputeSpec(kind=kind, step_time_s=0.005 if kind == "emulated" else None)
+    compute = get_workload("mnist-cnn").build("cpu" if kind == "cpu" else None, spec, world_size=world)
+    calls = {"n": 0}
+
+    def stop_on_rank_1_at_step_3() -> bool:
+        calls["n"] += 1
+        return rank == 1 and calls["n"] >= 4  # polls: epoch top, before steps 0, 1, 2: stop before step 2
+
+    doc: dict[str, Any] = {"rank": rank}
+    try:
+        if scenario.startswith("fail"):
+            result = measure_loader(_RankLoader(10, fail_at=4 if rank == 1 else None), compute, epochs=1)
+        else:
+            result = measure_loader(_RankLoader(10), compute, epochs=2, should_stop=stop_on_rank_1_at_step_3)
+        doc.update(steps=len(result.steps), stopped=result.stopped)
+    except OSError as exc:
+        doc.update(error=str(exc))
+    Path(f"{out}.{rank}").write_text(json.dumps(doc))
+    dist.barrier()  # both ranks reach it: nobody is left in a collective
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("scenario", ["fail-emulated", "fail-ddp", "stop-emulated", "stop-ddp"])
+def test_ranks_stop_after_the_same_step_when_one_fails_or_is_asked_to(tmp_path, scenario):
+    import torch.multiprocessing as mp  # its spawn leaves multiprocessing's resource tracker, shared by the session, running
+
+    out = tmp_path / "out"
+    ctx = mp.start_processes(_stop_main, args=(2, str(tmp_path / "store"), str(out), scenario), nprocs=2, join=False,
+                             start_method="spawn")
+    import time
+
+    deadline = time.monotonic() + 120
+    while not ctx.join(timeout=1):
+        assert time.monotonic() < deadline, "a rank hung in a collective"
+    docs = [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)]
+    if scenario.startswith("fail"):
+        assert "failed for good" in docs[1]["error"]
+        assert docs[0] == {"rank": 0, "steps": 4, "stopped": "should_stop"}  # rank 1 delivered 4 batches, then failed
+    else:
+        assert [d["steps"] for d in docs] == [2, 2]  # stopped before step 2 on both, though only rank 1 asked
+        assert [d["stopped"] for d in docs] == ["should_stop", "should_stop"]
