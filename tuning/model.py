@@ -27,8 +27,10 @@ played out sample by sample:
 
 Each prediction carries a band: the same model run with the probe's optimistic and pessimistic
 readings (the RTT's spread, a bandwidth the probe could not resolve, a request rate beyond the
-one the probe reached, an unknown or main-process decode rate). A band wider than
-:data:`TRUST_BAND` makes the prediction untrusted, and the tuner does not enqueue it.
+one the probe reached, host CPU per GET, a decode rate without the pipeline's hand-over or in the
+training process, and CPU-side rates cut by the share of the host other work kept busy when
+probed). A band wider than :data:`TRUST_BAND` makes the prediction untrusted, its reason names the
+readings that move it, and the tuner does not enqueue it.
 
 Validated by ``benchmarks/model_check.py`` (see ``benchmarks/results/model-check.txt``).
 """
@@ -43,7 +45,7 @@ from functools import lru_cache
 from delibench.errors import UsageError
 from delibench.tuning.space import TuneConfig
 
-__all__ = ["EPOCH_START_S", "STEP_OVERHEAD_S", "TRUST_BAND", "Demand", "LinkEstimate", "WaitPrediction", "pipeline_rate", "predict_wait"]
+__all__ = ["BUSY_HOST", "EPOCH_START_S", "STEP_OVERHEAD_S", "TRUST_BAND", "Demand", "LinkEstimate", "WaitPrediction", "pipeline_rate", "predict_wait"]
 
 #: Seconds ``next()`` costs even when the decoded batch is ready (worker -> loop hand-over, collate).
 STEP_OVERHEAD_S = 0.0015
@@ -80,6 +82,7 @@ class LinkEstimate:
         pipeline_samples_per_s: ``(num_workers, samples/s)`` pairs: the whole no-fetch pipeline
             (decode, collate, hand-over to the loop) measured from RAM with a near-zero step; where
             given it replaces ``decode x workers``, which misses the hand-over's cost.
+        host_busy_fraction: Share of the host's CPUs other work used when probed (None = unknown).
     """
 
     rtt_s: float
@@ -95,6 +98,7 @@ class LinkEstimate:
     fetch_cpu_s: float | None = None
     decode_main_samples_per_s: float | None = None
     pipeline_samples_per_s: tuple[tuple[int, float], ...] = ()
+    host_busy_fraction: float | None = None
 
     def __post_init__(self) -> None:
         if not (self.rtt_s >= 0 and math.isfinite(self.rtt_s)):
@@ -314,19 +318,22 @@ def _point(config: TuneConfig, link: LinkEstimate, demand: Demand, miss_rate: fl
     return _Point(wait / (wait + n * step), supply, worst_bound)
 
 
+#: Host CPU share busy with other work above which CPU-side readings are taken as unreliable.
+BUSY_HOST = 0.25
+
+
 def _band(config: TuneConfig, link: LinkEstimate, demand: Demand, miss_rate: float) -> tuple[float, float, list[str]]:
-    """Wait fractions with the probe's optimistic and pessimistic readings, and what separates them."""
-    reasons: list[str] = []
-    opt: dict[str, object] = {}
-    pess: dict[str, object] = {}
+    """Wait fractions with the probe's optimistic and pessimistic readings, and the readings that matter.
+
+    Each uncertain reading is varied alone too; the reasons name those that move the prediction
+    by more than 0.02 on their own.
+    """
+    factors: list[tuple[str, dict[str, object], dict[str, object]]] = []
     if link.rtt_min_s is not None and link.rtt_min_s < link.rtt_s:
         spread = link.rtt_s - link.rtt_min_s
-        opt["rtt_s"] = link.rtt_min_s
-        pess["rtt_s"] = link.rtt_s + spread
-        reasons.append("RTT spread")
+        factors.append(("RTT spread", {"rtt_s": link.rtt_min_s}, {"rtt_s": link.rtt_s + spread}))
     if not link.bandwidth_resolved:
-        opt["bandwidth_bytes_per_s"] = link.bandwidth_bytes_per_s * 1e3
-        reasons.append("bandwidth not resolved by the probe")
+        factors.append(("bandwidth not resolved by the probe", {"bandwidth_bytes_per_s": link.bandwidth_bytes_per_s * 1e3}, {}))
     in_flight = min(config.concurrency, config.prefetch_depth)
     if (
         link.server_objects_per_s is None
@@ -334,31 +341,44 @@ def _band(config: TuneConfig, link: LinkEstimate, demand: Demand, miss_rate: flo
         and link.probed_in_flight is not None
         and in_flight > link.probed_in_flight
     ):
-        pess["server_objects_per_s"] = link.probed_objects_per_s
-        reasons.append(f"request rate beyond the probe's ({link.probed_in_flight} in flight)")
+        factors.append((f"request rate beyond the probe's ({link.probed_in_flight} in flight)", {},
+                        {"server_objects_per_s": link.probed_objects_per_s}))
+    if link.fetch_cpu_s and miss_rate > 0:
+        factors.append(("host CPU per GET", {"fetch_cpu_s": None}, {}))  # the pessimistic reading keeps it
     workers = config.num_workers if config.num_workers is not None else demand.num_workers
     measured = dict(link.pipeline_samples_per_s).get(workers)
-    if link.fetch_cpu_s:
-        opt["fetch_cpu_s"] = None  # the pessimistic reading keeps it
-        if miss_rate > 0:
-            reasons.append("host CPU per GET")
+    busy = link.host_busy_fraction or 0.0
+    slow = 0.9 if busy <= BUSY_HOST else max(0.3, 1.0 - busy)
+    pairs = dict(link.pipeline_samples_per_s)
     if measured is not None:
-        pairs = dict(link.pipeline_samples_per_s)
-        opt["pipeline_samples_per_s"] = tuple((w, r * 1.05) for w, r in pairs.items())
-        pess["pipeline_samples_per_s"] = tuple((w, r * 0.9) for w, r in pairs.items())
+        factors.append(("no-fetch pipeline rate", {"pipeline_samples_per_s": tuple((w, r * 1.05) for w, r in pairs.items())},
+                        {"pipeline_samples_per_s": tuple((w, r * slow) for w, r in pairs.items())}))
     elif link.decode_samples_per_s is not None:  # None: the caller says decoding is free
         r1 = link.decode_samples_per_s
-        opt["decode_samples_per_s"] = r1 * 1.05
         # NOTE: the decode rate alone misses collating and handing decoded batches to the loop,
         # which cost more than the decode for 224 px images on 2 cores; without a pipeline
         # measurement the pessimistic reading halves it.
-        pess["decode_samples_per_s"] = r1 * 0.5
-        reasons.append("decode rate without the pipeline's hand-over")
+        factors.append(("decode rate without the pipeline's hand-over", {"decode_samples_per_s": r1 * 1.05},
+                        {"decode_samples_per_s": r1 * min(0.5, slow)}))
         if workers == 0:
             main = link.decode_main_samples_per_s or r1
-            opt["decode_main_samples_per_s"] = max(main, r1)
-            pess["decode_main_samples_per_s"] = main * 0.5
-            reasons.append("decode in the training process (num_workers=0)")
+            # NOTE: decode in the loop's process shares its GIL and torch threads with the fetcher
+            # and the hand-over; the probe measured it in a quieter process.
+            factors.append(("decode in the training process (num_workers=0)", {"decode_main_samples_per_s": max(main, r1)},
+                            {"decode_main_samples_per_s": main * 0.5}))
+    nominal = _point(config, replace(link, fetch_cpu_s=None), demand, miss_rate).fraction
+    opt: dict[str, object] = {}
+    pess: dict[str, object] = {}
+    reasons: list[str] = []
+    for name, o, p in factors:
+        opt.update(o)
+        pess.update(p)
+        alone = [_point(config, replace(link, **{"fetch_cpu_s": None, **o}), demand, miss_rate).fraction,  # type: ignore[arg-type]
+                 _point(config, replace(link, **p), demand, miss_rate).fraction]  # type: ignore[arg-type]
+        if max(abs(a - nominal) for a in alone) > 0.02:
+            reasons.append(name)
+    if busy > BUSY_HOST and any(r in reasons for r in ("no-fetch pipeline rate", "decode rate without the pipeline's hand-over")):
+        reasons.append(f"host CPUs {busy:.0%} busy with other work when probed")
     lo = _point(config, replace(link, **opt), demand, miss_rate).fraction  # type: ignore[arg-type]
     hi = _point(config, replace(link, **pess), demand, miss_rate).fraction  # type: ignore[arg-type]
     return min(lo, hi), max(lo, hi), reasons

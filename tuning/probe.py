@@ -52,6 +52,8 @@ class ProbeResult:
         pipeline_samples_per_s: ``(num_workers, samples/s)`` of the whole no-fetch pipeline (from
             RAM, a near-zero step), measured by :func:`delibench.tuning.api.prepare_tuning` through
             the run it is handed; empty when not measured.
+        host_busy_fraction: Share of this host's CPUs busy with other work just before the probe
+            (0.0-1.0; None when unknown): CPU-bound figures measured on a busy host do not repeat.
     """
 
     rtt_s: float
@@ -69,6 +71,7 @@ class ProbeResult:
     fetch_cpu_s: float | None = None
     decode_main_samples_per_s: float | None = None
     pipeline_samples_per_s: tuple[tuple[int, float], ...] = ()
+    host_busy_fraction: float | None = None
 
     def link_estimate(self) -> LinkEstimate:
         """The model's view of these numbers."""
@@ -86,6 +89,7 @@ class ProbeResult:
             fetch_cpu_s=self.fetch_cpu_s,
             decode_main_samples_per_s=self.decode_main_samples_per_s,
             pipeline_samples_per_s=tuple((int(w), float(r)) for w, r in self.pipeline_samples_per_s),
+            host_busy_fraction=self.host_busy_fraction,
         )
 
 
@@ -138,7 +142,7 @@ def probe_environment(
     rtt_requests: int = 5,
     bandwidth_requests: int = 8,
     concurrency: int = 8,
-    ceiling_requests: int = 48,
+    ceiling_requests: int = 64,
     ceiling_concurrency: int = 32,
     storage_options: dict[str, Any] | None = None,
 ) -> ProbeResult:
@@ -171,6 +175,13 @@ def probe_environment(
     if rtt_requests < 1 or bandwidth_requests < 1 or concurrency < 1 or ceiling_requests < 0 or ceiling_concurrency < 1:
         raise UsageError("probe request counts and concurrency must be at least 1")
     start = time.perf_counter()
+    # Other work on this host (before ours starts): a quarter of a second of /proc/stat.
+    busy0 = _host_busy_cpu_s()
+    time.sleep(0.25)
+    busy1 = _host_busy_cpu_s()
+    host_busy = None
+    if busy0 is not None and busy1 is not None:
+        host_busy = min(1.0, max(0.0, (busy1 - busy0) / ((time.perf_counter() - start) * _cpu_count())))
     samples = manifest.samples
     by_size = sorted(range(len(samples)), key=lambda i: samples[i].size_bytes)
     small = by_size[: min(rtt_requests, len(by_size))]
@@ -189,18 +200,22 @@ def probe_environment(
         ceiling_set = [by_size[k % max(1, len(by_size) // 2)] for k in range(ceiling_requests)] if ceiling_requests else []
         ceiling_elapsed = 0.0
         fetch_cpu = None
-        if ceiling_set:
-            # NOTE: the first pass opens the pool's connections (handshakes through the link): timed,
-            # it reported a quarter of the real rate and the model then saw a store ceiling that
-            # does not exist. Only the second, warm pass is timed.
-            source.fetch_many_sync(ceiling_set[:ceiling_concurrency], concurrency=ceiling_concurrency)
+        # NOTE: the first ``ceiling_concurrency`` GETs open the pool's connections (handshakes through
+        # the link): timed, they reported a quarter of the real rate and the model then saw a store
+        # ceiling that does not exist. They are sent first and untimed; the rest are timed, warm.
+        # (With too few requests for both, all are timed, as before.)
+        warm = ceiling_set[:ceiling_concurrency] if len(ceiling_set) > ceiling_concurrency else []
+        timed = ceiling_set[len(warm):]
+        if warm:
+            source.fetch_many_sync(warm, concurrency=ceiling_concurrency)
+        if timed:
             busy0 = _host_busy_cpu_s()
             t0 = time.perf_counter()
-            source.fetch_many_sync(ceiling_set, concurrency=ceiling_concurrency)
+            source.fetch_many_sync(timed, concurrency=ceiling_concurrency)
             ceiling_elapsed = time.perf_counter() - t0
             busy1 = _host_busy_cpu_s()
             if busy0 is not None and busy1 is not None:
-                fetch_cpu = max(0.0, busy1 - busy0) / len(ceiling_set)
+                fetch_cpu = max(0.0, busy1 - busy0) / len(timed)
         # Differential read: the same number of the smallest samples, then of the largest, with the
         # same concurrency. Per-request costs (server time, client overhead, RTT) cancel out, and
         # what is left is the time the extra bytes took on the link.
@@ -211,7 +226,7 @@ def probe_environment(
         t0 = time.perf_counter()
         blobs = source.fetch_many_sync(large, concurrency=concurrency)
         elapsed = time.perf_counter() - t0
-        requests = 1 + len(small) + len(ceiling_set) + min(len(ceiling_set), ceiling_concurrency) + 2 * len(large)
+        requests = 1 + len(small) + len(ceiling_set) + 2 * len(large)
     finally:
         source.close()
     total = sum(len(b) for b in blobs)
@@ -226,13 +241,15 @@ def probe_environment(
         bandwidth = extra_bytes / extra_s
     else:
         bandwidth = max(extra_bytes, total) / max(0.25 * elapsed_small, 1e-6)
-    objects_per_s = len(ceiling_set) / ceiling_elapsed if ceiling_set and ceiling_elapsed > 0 else len(large) / elapsed
-    in_flight = min(ceiling_concurrency, max(1, len(ceiling_set)))
+    objects_per_s = len(timed) / ceiling_elapsed if timed and ceiling_elapsed > 0 else len(large) / elapsed
+    in_flight = min(ceiling_concurrency, max(1, len(timed)))
     small_bytes = statistics.mean(samples[i].size_bytes for i in ceiling_set) if ceiling_set else 0.0
     # What the link alone allows: the round trips of ``in_flight`` requests, and its bytes/s (the
     # read's requests share the link: a ceiling read on a thin link is bandwidth-bound, not a store ceiling).
-    latency_allows = min(in_flight / (rtt + small_bytes / bandwidth), bandwidth / small_bytes if small_bytes else math.inf)
-    server_ceiling = objects_per_s if ceiling_set and objects_per_s < 0.8 * latency_allows else None
+    # ``n`` requests with ``in_flight`` at a time take ceil(n / in_flight) round trips at best.
+    rounds = math.ceil(len(timed) / in_flight) if timed else 1
+    latency_allows = min(max(1, len(timed)) / (rounds * (rtt + small_bytes / bandwidth)), bandwidth / small_bytes if small_bytes else math.inf)
+    server_ceiling = objects_per_s if timed and objects_per_s < 0.8 * latency_allows else None
 
     decode_rate = decode_main = None
     if decode is not None:
@@ -266,7 +283,8 @@ def probe_environment(
         cpu_count=_cpu_count(),
         requests_count=requests,
         probe_s=time.perf_counter() - start,
-        ceiling_in_flight=in_flight if ceiling_set else None,
+        ceiling_in_flight=in_flight if timed else None,
         fetch_cpu_s=fetch_cpu,
         decode_main_samples_per_s=decode_main,
+        host_busy_fraction=host_busy,
     )

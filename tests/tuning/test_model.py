@@ -258,3 +258,19 @@ def test_bad_inputs() -> None:
         Demand(batch_size=0, step_time_s=0.1)
     with pytest.raises(UsageError):
         Demand(batch_size=1, step_time_s=0.1, steps_per_epoch=0)
+
+
+def test_a_busy_host_makes_cpu_bound_predictions_untrusted() -> None:
+    # The pipeline's 400/s covers the 320/s the loop eats. Probed while other work kept 80 % of the
+    # host's CPUs busy, the pessimistic reading cuts the pipeline to 30 % (120/s): the band is wide.
+    base = dict(rtt_s=0.002, bandwidth_bytes_per_s=1e9, sample_bytes=100e3, decode_samples_per_s=600, cpu_count=2,
+                pipeline_samples_per_s=((2, 400.0),))
+    demand = Demand(batch_size=16, step_time_s=0.05, num_workers=2)
+    quiet = predict_wait(cfg(16, workers=2), LinkEstimate(**base, host_busy_fraction=0.05), demand, 0.0)
+    busy = predict_wait(cfg(16, workers=2), LinkEstimate(**base, host_busy_fraction=0.8), demand, 0.0)
+    assert quiet.wait_fraction == busy.wait_fraction == pytest.approx(steady_fraction(400, demand))
+    assert quiet.trusted
+    assert not busy.trusted and "busy with other work" in busy.uncertain_reason
+    # A latency-bound config far from the CPU's limit stays trusted on the same busy host.
+    slow_link = LinkEstimate(**{**base, "rtt_s": 0.1}, host_busy_fraction=0.8)
+    assert predict_wait(cfg(2, depth=2), slow_link, demand, 1.0).trusted
