@@ -10,6 +10,9 @@ with hand-made :class:`~delibench.records.StepSample` s. The definitions follow 
   first batch, which is reported on its own.
 * The run's figure is the **bottleneck rank**'s: the rank with the largest total (steady) wait gates
   a synchronous data-parallel step.
+* Beside it, the **slowest rank per step**: at each step (aligned across ranks by epoch and step)
+  the largest wait of any rank, since DDP's all-reduce makes every rank wait for the latest batch
+  (``slowest_rank_wait_s``, ``slowest_rank_wait_fraction``, and per rank ``slowest_steps``).
 * ``accelerator_utilization = 1 - data_wait_fraction`` (MLPerf Storage's AU).
 * The whole-run fraction (every step, warm-up included) is kept beside it, labelled as such.
 """

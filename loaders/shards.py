@@ -17,6 +17,9 @@ This module finds those ranges:
   member and the shard; without, only the headers are read (ranged reads of ``header_block``
   bytes, skipping the data), and the samples carry no checksum (not verified).
 
+:class:`WholeShardSource` is the other way to read shards (deli's ``source=shards``): fetch a whole
+shard when one of its samples is wanted and slice samples out of it.
+
 Header reads go through :mod:`tarfile` on an fsspec file: tarfile seeks past each member's data,
 and the file turns each read outside its buffer into one ranged GET of ``block_size`` bytes, so
 ustar, GNU long names and pax headers all parse as tarfile parses them.
@@ -293,7 +296,8 @@ class WholeShardSource(SampleSource):
     samples are spread over the whole epoch, so a buffer smaller than the dataset reads each shard
     many times (see ``benchmarks/shards.py``). Retries, the lean path and verification of each
     sample (against the manifest's checksum) work as for :class:`SampleSource`; a sample whose
-    bytes are wrong drops its shard from the buffer.
+    bytes are wrong drops its shard from the buffer. Hedging does not apply (a second GET of a
+    whole shard would double the bytes of a straggler).
 
     Args:
         buffer_bytes: Most bytes of shards kept between requests (0: none; concurrent requests

@@ -62,7 +62,7 @@ class Compute(Protocol):
         ...
 
 
-def agree_stop(stop: bool, device: Any) -> bool:
+def agree_stop(stop: bool, device: Any, group: Any = None) -> bool:
     """Whether any rank wants to stop: an all-reduce (MAX) of one flag over the default process group.
 
     The measured loop calls it once per step on every rank, at the same point (after the batch
@@ -74,7 +74,7 @@ def agree_stop(stop: bool, device: Any) -> bool:
     import torch.distributed as dist
 
     flag = torch.tensor([1 if stop else 0], dtype=torch.int32, device=device)
-    dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+    dist.all_reduce(flag, op=dist.ReduceOp.MAX, group=group)
     return bool(flag.item())
 
 
@@ -231,6 +231,7 @@ class TorchCompute:
         #: as ``DataLoader(pin_memory=True)`` does), so that :meth:`to_device` copies asynchronously.
         self.pin_memory = self._cuda
         self.distributed = distributed
+        self._group: Any = None  # None: the default process group
         #: Every step synchronises the ranks (DDP's all-reduce): the loop agrees on stopping through :meth:`agree_stop`.
         self.synchronised = distributed
         if distributed:
@@ -239,8 +240,12 @@ class TorchCompute:
 
             if not (dist.is_available() and dist.is_initialized()):
                 raise UsageError("a distributed step needs an initialised torch.distributed process group")
+            # NCCL carries CUDA tensors only: a CPU model on a GPU machine (--compute cpu, whose
+            # process group is NCCL) synchronises through a gloo group of the same ranks.
+            if not self._cuda and dist.get_backend() == "nccl":
+                self._group = dist.new_group(backend="gloo")
             # DDP broadcasts rank 0's parameters and buffers here, so every rank starts equal.
-            self.model = DistributedDataParallel(self.model, device_ids=[self.device] if self._cuda else None)
+            self.model = DistributedDataParallel(self.model, device_ids=[self.device] if self._cuda else None, process_group=self._group)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.loss_fn = torch.nn.CrossEntropyLoss()
         shape = (1, len(mean), 1, 1)
@@ -325,7 +330,7 @@ class TorchCompute:
 
     def agree_stop(self, stop: bool) -> bool:
         """True when any rank asks to stop (see :func:`agree_stop`); ``stop`` itself on one rank."""
-        return agree_stop(stop, self.device) if self.synchronised else stop
+        return agree_stop(stop, self.device, self._group) if self.synchronised else stop
 
     @property
     def last_step_device_s(self) -> float | None:
