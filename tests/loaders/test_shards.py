@@ -201,3 +201,19 @@ def test_whole_shard_variant_serves_exact_members(tmp_path: Path, buffer: str) -
     else:  # each shard read again for most samples: the cost under a shuffled order
         assert 3 < reads == stats.requests_count <= 2 * len(members)
         assert stats.bytes_read_remote > shard_bytes
+
+
+@pytest.mark.gcs
+def test_deli_over_shards_on_fake_gcs(tmp_path: Path, gcs_bucket: str) -> None:
+    from delibench.storage import resolve
+
+    members = write_tars(tmp_path / "tars", samples=11, shards=2, seed=3)
+    url = f"{gcs_bucket}/wds"
+    fs = resolve(url).filesystem()
+    fs.pipe({f"{url}/{p.name}": p.read_bytes() for p in sorted((tmp_path / "tars").glob("*.tar"))})
+    manifest = publish.index(url, checksums=False)
+    expected = expected_of(manifest, members)
+    with DeliLoader(make_context(Corpus(url, manifest), num_workers=1, epochs=2), cache_size=0, concurrency=4) as loader:
+        run_epochs(loader, 2, expected)
+        stats = loader.stats()
+    assert stats.requests_count == 2 * len(members)
