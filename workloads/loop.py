@@ -174,11 +174,15 @@ class PinAhead:
             if future is not None:
                 try:
                     future.result()
-                except BaseException:  # noqa: BLE001 - the epoch is being abandoned; its next error does not matter
+                except Exception:  # noqa: BLE001 - the epoch is being abandoned; its next error does not matter
                     pass
-        finally:
-            self._pool.shutdown(wait=True)
-            _close(self._it)
+        except BaseException:
+            # Ctrl-C while the helper still waits for a batch: do not wait for it (nor close a
+            # generator it is running); the loader's own close() ends what is in flight.
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        self._pool.shutdown(wait=True)
+        _close(self._it)
 
 
 def _epoch_iterator(loader: Any, compute: Any, epoch: int) -> Iterator[Any]:
