@@ -102,6 +102,28 @@ def test_the_loop_pins_the_next_batch_in_a_helper_thread_in_order():
     assert loader.closed == 2
 
 
+def test_fetch_and_pin_overlap_the_step_so_the_wait_counts_only_what_the_step_did_not_hide():
+    """A batch that takes 60 ms to arrive behind a 150 ms step costs no wait (DataLoader pin thread's shape)."""
+    import time
+
+    from delibench.workloads.loop import measure_loader
+
+    class Slow(_ListLoader):
+        def iter_epoch(self, epoch: int):
+            for b in self.batches:
+                time.sleep(0.06)
+                yield b
+
+    class Stepping(_PinningCompute):
+        def step(self, batch: Any) -> None:
+            time.sleep(0.15)
+
+    result = measure_loader(Slow([([i], [i]) for i in range(6)]), Stepping(), epochs=1)
+    later = sorted(s.wait_s for s in result.steps[1:])
+    assert later[len(later) // 2] < 0.03, later  # the first step waits for its batch; the rest were fetched during a step
+    assert result.steps[0].wait_s >= 0.05
+
+
 def test_a_stopped_epoch_closes_the_loader_after_the_batch_in_flight():
     from delibench.workloads.loop import measure_loader
 
