@@ -390,6 +390,7 @@ def push(
         if fs.exists(loc.child(MANIFEST_NAME)):
             fs.rm_file(loc.child(MANIFEST_NAME))
         if loc.protocol == "file":
+            fs.makedirs(loc.path, exist_ok=True)  # the root itself: shards (and the manifest) are files there
             for folder in sorted({k.rsplit("/", 1)[0] for k in keys if "/" in k}):
                 fs.makedirs(loc.child(folder), exist_ok=True)
     except Exception as exc:

@@ -381,7 +381,9 @@ class SampleSource:
             that reads exactly what s3fs would; other backends ignore it.
         members: Read each sample as a byte range of its tar shard (the manifest's
             ``SampleEntry.shard``/``offset``; one ranged GET per attempt) instead of as its own
-            object. Retries, hedging, verification and the lean path work the same.
+            object. Retries, hedging, verification and the lean path work the same. None (the
+            default): members exactly when the samples exist only in shards
+            (``Manifest.sample_objects`` false), so every loader reads such a dataset.
     """
 
     def __init__(
@@ -396,8 +398,10 @@ class SampleSource:
         verify: bool = False,
         seed: int | None = None,
         lean_http: bool = False,
-        members: bool = False,
+        members: bool | None = None,
     ) -> None:
+        if members is None:
+            members = not manifest.sample_objects
         if members and not manifest.has_member_index:
             raise UsageError("this manifest does not say where each sample lies in the tar shards",
                              hint="index the shards: 'delibench data index URL' (or push the dataset again)")

@@ -217,3 +217,23 @@ def test_deli_over_shards_on_fake_gcs(tmp_path: Path, gcs_bucket: str) -> None:
         run_epochs(loader, 2, expected)
         stats = loader.stats()
     assert stats.requests_count == 2 * len(members)
+
+
+def test_every_loader_reads_a_shards_only_dataset_by_range(tmp_path: Path) -> None:
+    """A dataset pushed without per-sample objects: SampleSource defaults to members, so the
+    bucket loader (and the diagnosis's memory loader) read it as deli does."""
+    from delibench.loaders.bucket import BucketLoader
+    from delibench.workloads.datagen import make_dataset
+
+    make_dataset(tmp_path / "src", samples=21, preset="cifar", layout="shards", shard_samples=8, workers=1)
+    manifest = publish.push(tmp_path / "src", str(tmp_path / "dst"))
+    assert not manifest.sample_objects and not any((tmp_path / "dst").glob("class_*"))
+    source = SampleSource(str(tmp_path / "dst"), manifest)
+    try:
+        assert source.members and checksum(source.fetch_sync(5)) == manifest.samples[5].sha256
+    finally:
+        source.close()
+    corpus = Corpus(str(tmp_path / "dst"), manifest)
+    expected = [f"{s.sha256}:{s.label}" for s in manifest.samples]
+    with BucketLoader(make_context(corpus, num_workers=1)) as loader:
+        run_epochs(loader, 1, expected)
