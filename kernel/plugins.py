@@ -25,6 +25,27 @@ loaders.register(
     "delibench.loaders.peers:WebDatasetLoader",
     err="pip install 'delibench[peers]' to compare with webdataset shards",
 )
+loaders.register(
+    "s3torchconnector-shards",
+    "delibench.loaders.peers:S3TorchShardsLoader",
+    err="pip install 'delibench[peers]' to compare with s3torchconnector over tar shards",
+)
+loaders.register(
+    "litdata",
+    "delibench.loaders.peers:LitDataLoader",
+    err="pip install 'delibench[peers]' to compare with LitData's optimized format",
+)
+loaders.register(
+    "litdata-raw",
+    "delibench.loaders.peers:LitDataRawLoader",
+    err="pip install 'delibench[peers]' to compare with LitData's StreamingRawDataset",
+)
+loaders.register(
+    "mosaic-streaming",
+    "delibench.loaders.peers:MosaicStreamingLoader",
+    err="pip install --no-deps 'mosaicml-streaming>=0.13' (see the README: it pins google-cloud-storage<3.3) "
+    "to compare with Mosaic Streaming",
+)
 
 #: Workload factories by name; third parties add theirs through ``delibench.workloads``.
 workloads: Registry[Any] = Registry("delibench.workloads")

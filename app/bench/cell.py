@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from delibench.app.bench.bound import Bound, epoch_bounds, no_fetch_bounds
 from delibench.app.bench.figures import LoaderFigures, loader_figures, no_fetch_figures, pipeline_cpu_s_per_sample, score_figures
-from delibench.app.bench.matrix import BENCH_BUCKET, SIZES, SLICED, BenchOptions, Cell
+from delibench.app.bench.matrix import BENCH_BUCKET, PEER_KINDS, PEER_VARIANTS, SIZES, SLICED, BenchOptions, Cell, expand_loaders
 from delibench.app.bench.probes import CpuMeter, FetchCeiling, best_miss_rates, cpu_delta, deli_miss_rates, raw_fetch_ceiling
 from delibench.records import RunRecord, StepSample
 
@@ -93,13 +93,18 @@ def _dataset(lab: Lab, cell: Cell, seed: int, log: Callable[[str], None]) -> Lab
 
 
 def _installed(kind: str) -> bool:
+    return _install_error(kind) is None
+
+
+def _install_error(kind: str) -> str | None:
+    """Why loader ``kind`` cannot be built here (its registry message), or None."""
     from delibench.plugins import loaders
 
     try:
         loaders.get(kind)
-        return True
-    except Exception:  # noqa: BLE001 - an optional peer that does not import
-        return False
+        return None
+    except Exception as exc:  # noqa: BLE001 - an optional peer that does not import
+        return str(exc) or type(exc).__name__
 
 
 
@@ -144,16 +149,28 @@ def run_cell(cell: Cell, options: BenchOptions, lab: Lab, log: Callable[[str], N
 
     cache_bytes = int(cell.cache_fraction * manifest.total_bytes)
     kinds = []
-    for kind in options.loaders:
-        if kind in ("s3torchconnector", "webdataset") and not _installed(kind):
-            notes.append(f"{kind} is not installed: skipped (pip install 'delibench[peers]')")
+    for kind in expand_loaders(options.loaders):
+        base = PEER_VARIANTS[kind].kind if kind in PEER_VARIANTS else kind
+        if base in PEER_KINDS and not _installed(base):
+            notes.append(f"{kind} cannot run here: {_install_error(base)}")
             continue
         kinds.append(kind)
+    converted = {"litdata", "mosaic-streaming"} & {PEER_VARIANTS[k].kind if k in PEER_VARIANTS else k for k in kinds}
+    if converted:
+        from delibench.loaders.peers import convert_for_peers
+
+        log(f"  writing the {' and '.join(sorted(converted))} copies of the same images")
+        convert_for_peers(manifest, local, url, direct_route.storage_options, log=lambda line: log(f"    {line}"),
+                          formats=tuple(f for f, k in (("litdata", "litdata"), ("mds", "mosaic-streaming")) if k in converted))
     if "memory" not in kinds:
         kinds.append("memory")
 
-    def spec(kind: str) -> RunSpec:
+    def spec(name: str) -> RunSpec:
+        kind, label = name, None
         opts: dict[str, Any] = {}
+        if name in PEER_VARIANTS:
+            kind, opts = PEER_VARIANTS[name].kind, dict(PEER_VARIANTS[name].options)
+            label = name if name != kind else None
         if kind == "disk":
             opts = {"path": str(local)}
         elif kind == "deli":
@@ -161,7 +178,7 @@ def run_cell(cell: Cell, options: BenchOptions, lab: Lab, log: Callable[[str], N
         return link.spec(
             url,
             workload=options.workload,
-            loader=LoaderSpec(kind, opts),
+            loader=LoaderSpec(kind, opts, label=label),
             compute=ComputeSpec("emulated", cell.step_time_s),
             batch_size=cell.batch_size,
             num_workers=options.num_workers,
@@ -265,7 +282,7 @@ def _storage_options_for(kind: str, storage_options: dict[str, Any]) -> dict[str
     instance role), and the bench passes none through the environment. The testbed serves unsigned
     requests; skipping the signature only saves the peer CPU, so it cannot favour deli.
     """
-    return {**storage_options, "anon": True} if kind == "s3torchconnector" else storage_options
+    return {**storage_options, "anon": True} if kind.startswith("s3torchconnector") else storage_options
 
 
 def _memory_run(spec: Any, meter: CpuMeter, cache_bytes: int, manifest: Any, options: BenchOptions,

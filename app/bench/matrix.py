@@ -9,7 +9,18 @@ from typing import Any
 
 from delibench.errors import UsageError
 
-__all__ = ["BENCH_BUCKET", "SIZES", "SLICED", "BenchOptions", "Cell", "build_matrix"]
+__all__ = [
+    "BENCH_BUCKET",
+    "PEER_VARIANTS",
+    "SIZES",
+    "SLICED",
+    "BenchOptions",
+    "Cell",
+    "PeerVariant",
+    "build_matrix",
+    "expand_loaders",
+    "peer_family",
+]
 
 #: Bucket of the benchmark's datasets in the embedded S3 server.
 BENCH_BUCKET = "delibench-bench"
@@ -37,9 +48,69 @@ _DIAGONAL: tuple[tuple[str, str, str, str | None], ...] = (
 
 #: Loaders whose workers fetch one sample at a time: their epochs are uniform, so a slice of
 #: ``naive_steps`` steps per epoch measures them (full epochs would take minutes at 150 ms RTT).
-#: Loaders whose workers fetch one sample at a time: their epochs are uniform, so a slice of
-#: ``naive_steps`` steps per epoch measures them (full epochs would take minutes at 150 ms RTT).
 SLICED = ("bucket", "s3torchconnector", "fsspec-cache")
+
+
+@dataclass(frozen=True)
+class PeerVariant:
+    """One configuration of a peer in the bench.
+
+    Attributes:
+        kind: Registered loader name.
+        options: Its options.
+        family: The project it belongs to (one row group of the peer table).
+        how: The configuration in words, and where the guidance comes from.
+    """
+
+    kind: str
+    options: dict[str, Any]
+    family: str
+    how: str
+
+
+#: Every peer as it is commonly run and as its own documentation recommends for this data
+#: (``--loaders peers`` runs them all; each name is also accepted alone). Same decode pipeline and
+#: ``--num-workers`` worker processes for all but ``s3torchconnector@8w``, whose 8 workers share
+#: the same cores (what its users raise to hide the per-object round trip).
+PEER_VARIANTS: dict[str, PeerVariant] = {
+    "s3torchconnector": PeerVariant("s3torchconnector", {}, "s3torchconnector",
+                                    "S3MapDataset, one GET per sample per worker (README: DistributedSampler + DataLoader)"),
+    "s3torchconnector@8w": PeerVariant("s3torchconnector", {"workers": 8}, "s3torchconnector",
+                                       "S3MapDataset with 8 DataLoader workers on the same cores"),
+    "s3torchconnector-shards": PeerVariant("s3torchconnector-shards", {}, "s3torchconnector",
+                                           "S3IterableDataset over tar shards, enable_sharding, webdataset tar expander"),
+    "webdataset@plain": PeerVariant("webdataset", {"shuffle": 0}, "webdataset", "WebDataset(urls): shards in order"),
+    "webdataset": PeerVariant("webdataset", {}, "webdataset",
+                              "shardshuffle, split_by_node/split_by_worker, .shuffle(1000) (webdataset docs)"),
+    "litdata-raw": PeerVariant("litdata-raw", {}, "litdata", "StreamingRawDataset over the raw objects (README option 1)"),
+    "litdata": PeerVariant("litdata", {}, "litdata",
+                           "optimize() chunks + StreamingDataset(shuffle) + StreamingDataLoader (README option 2)"),
+    "mosaic-streaming": PeerVariant("mosaic-streaming", {}, "mosaic-streaming",
+                                    "MDSWriter shards + StreamingDataset(remote, local, shuffle, batch_size)"),
+}
+
+#: Loaders that are peers (compared in the peer table), by registered kind.
+PEER_KINDS = frozenset({"fsspec-cache", *(v.kind for v in PEER_VARIANTS.values())})
+
+
+def peer_family(name: str) -> str | None:
+    """The peer project a loader's display name belongs to, or None for delibench's own loaders."""
+    if name in PEER_VARIANTS:
+        return PEER_VARIANTS[name].family
+    kind = name.split("@", 1)[0]
+    if kind not in PEER_KINDS:
+        return None
+    return next((v.family for v in PEER_VARIANTS.values() if v.kind == kind), kind)
+
+
+def expand_loaders(names: Sequence[str]) -> list[str]:
+    """``peers`` -> every name of :data:`PEER_VARIANTS`; other names unchanged (duplicates dropped)."""
+    out: list[str] = []
+    for name in names:
+        for n in (PEER_VARIANTS if name == "peers" else [name]):
+            if n not in out:
+                out.append(n)
+    return out
 
 
 @dataclass(frozen=True)

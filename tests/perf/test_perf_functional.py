@@ -210,9 +210,9 @@ def test_decode_pipeline_without_workers_runs_inline() -> None:
 
 
 @pytest.mark.s3
-@pytest.mark.parametrize("kind", ["s3torchconnector", "webdataset"])
+@pytest.mark.parametrize("kind", ["s3torchconnector", "webdataset", "s3torchconnector-shards", "litdata-raw"])
 def test_peers_deliver_every_sample_from_seaweedfs(kind: str, s3_bucket: str, tmp_path: Path) -> None:
-    pytest.importorskip(kind)
+    pytest.importorskip({"s3torchconnector-shards": "s3torchconnector", "litdata-raw": "litdata"}.get(kind, kind))
     from delibench.loaders import build_loader
     from delibench.loaders.base import LoaderContext
     from delibench.records import LoaderSpec
@@ -232,7 +232,7 @@ def test_peers_deliver_every_sample_from_seaweedfs(kind: str, s3_bucket: str, tm
     finally:
         loader.close()
     assert sorted(seen) == list(range(24))
-    assert loader.stats().requests_count >= (3 if kind == "webdataset" else 24)
+    assert loader.stats().requests_count >= (24 if kind in ("s3torchconnector", "litdata-raw") else 3)
 
 
 def test_bench_cli_bad_size_is_a_usage_error() -> None:
