@@ -26,8 +26,8 @@ played out sample by sample:
   fetched during the previous epoch's tail (up to ``prefetch_depth``).
 
 Each prediction carries a band: the same model run with the probe's optimistic and pessimistic
-readings (the RTT's spread, a bandwidth the probe could not resolve, a request rate beyond the
-one the probe reached, host CPU per GET, a decode rate without the pipeline's hand-over or in the
+readings (the RTT's spread, a bandwidth the probe could not resolve, a store ceiling read from a
+short burst, a request rate beyond the one the probe reached, host CPU per GET, a decode rate without the pipeline's hand-over or in the
 training process, and CPU-side rates cut by the share of the host other work kept busy when
 probed). A band wider than :data:`TRUST_BAND` makes the prediction untrusted, its reason names the
 readings that move it, and the tuner does not enqueue it.
@@ -343,6 +343,10 @@ def _band(config: TuneConfig, link: LinkEstimate, demand: Demand, miss_rate: flo
     ):
         factors.append((f"request rate beyond the probe's ({link.probed_in_flight} in flight)", {},
                         {"server_objects_per_s": link.probed_objects_per_s}))
+    if link.server_objects_per_s is not None and miss_rate > 0:
+        # A store ceiling read from a few round trips of requests may be the start-up of a burst
+        # (queues filling) rather than the sustained rate: optimistically it is twice as high.
+        factors.append(("store ceiling from a short read", {"server_objects_per_s": 2 * link.server_objects_per_s}, {}))
     if link.fetch_cpu_s and miss_rate > 0:
         factors.append(("host CPU per GET", {"fetch_cpu_s": None}, {}))  # the pessimistic reading keeps it
     workers = config.num_workers if config.num_workers is not None else demand.num_workers

@@ -142,7 +142,7 @@ def probe_environment(
     rtt_requests: int = 5,
     bandwidth_requests: int = 8,
     concurrency: int = 8,
-    ceiling_requests: int = 64,
+    ceiling_requests: int = 128,
     ceiling_concurrency: int = 32,
     storage_options: dict[str, Any] | None = None,
 ) -> ProbeResult:
@@ -203,7 +203,8 @@ def probe_environment(
         # NOTE: the first ``ceiling_concurrency`` GETs open the pool's connections (handshakes through
         # the link): timed, they reported a quarter of the real rate and the model then saw a store
         # ceiling that does not exist. They are sent first and untimed; the rest are timed, warm.
-        # (With too few requests for both, all are timed, as before.)
+        # (With too few requests for both, all are timed, as before.) Several rounds are timed: a
+        # single burst of ``ceiling_concurrency`` read a third of the sustained rate on a busy host.
         warm = ceiling_set[:ceiling_concurrency] if len(ceiling_set) > ceiling_concurrency else []
         timed = ceiling_set[len(warm):]
         if warm:
