@@ -49,12 +49,13 @@ def _fmt_bytes(n: float) -> str:
 
 @geo_app.command("run")
 def run_cmd(
-    regions: str = typer.Option(..., "--regions", help=_REGIONS_HELP),
+    regions: Optional[str] = typer.Option(None, "--regions", help=_REGIONS_HELP + " With --plan: default the plan's regions_file."),
+    plan: Optional[str] = typer.Option(None, "--plan", help="Run a plan written by 'geo plan --out': its strategy, period, staleness, workers per region, batch and steps."),
     sync: str = typer.Option("allreduce", "--sync", help="allreduce | asgd-ga | ma."),
     period: int = typer.Option(8, "--period", help="ma: average models every H steps. Default 8."),
     accum: int = typer.Option(4, "--accum", help="asgd-ga: accumulate K steps per exchange. Default 4."),
     staleness: int = typer.Option(1, "--staleness", help="asgd-ga: apply an exchange S rounds after sending it. Default 1."),
-    steps: int = typer.Option(100, "--steps", help="Training steps per worker. Default 100."),
+    steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per worker. Default 100 (with --plan: the plan's)."),
     workers_per_region: Optional[str] = typer.Option(None, "--workers-per-region", help="'2' for every region or 'us-east=2,eu-west=1'. Default 1 each."),
     hidden: int = typer.Option(64, "--hidden", help="MLP hidden width (sets bytes per sync). Default 64."),
     lr: float = typer.Option(0.3, "--lr", help="SGD learning rate. Default 0.3."),
@@ -68,17 +69,44 @@ def run_cmd(
     Cross-region traffic crosses an emulated WAN (communication-level: each cross-region exchange
     waits rtt/2 + chunk/bandwidth per ring step from the regions file), and every byte crossing
     regions is counted. Example: delibench geo run --regions geo/example-regions.yaml --sync ma --period 8
+
+    With --plan plan.yaml (from 'geo plan --out') the plan sets the strategy, period, staleness,
+    workers per region, per-worker batch and steps; --sync/--period/--accum/--staleness/
+    --workers-per-region are then ignored. Example: delibench geo run --plan plan.yaml --steps 200
     """
     from delibench.geo.train import run_geo
 
-    config = _load(regions)
-    spec = _spec(sync, config, workers_per_region, steps=steps, period=period, accum=accum, staleness=staleness, hidden=hidden, lr=lr, step_time_scale=step_time_scale, seed=seed)
+    if plan is not None:
+        config, spec = _planned_spec(plan, regions, steps=steps, hidden=hidden, lr=lr, step_time_scale=step_time_scale, seed=seed)
+        sync = spec.strategy
+    else:
+        if regions is None:
+            raise UsageError("--regions is required (or --plan)", hint="e.g. --regions geo/example-regions.yaml")
+        config = _load(regions)
+        spec = _spec(sync, config, workers_per_region, steps=100 if steps is None else steps, period=period, accum=accum, staleness=staleness, hidden=hidden, lr=lr, step_time_scale=step_time_scale, seed=seed)
     err_console.print(f"[dim]geo run: {sync} on {spec.topology.world_size} workers in {len(spec.workers)} regions ...[/]")
     result = run_geo(config, spec, timeout_s=timeout_s)
     if json_out:
         print_json(result.to_dict())
         return
     _print_results([result])
+
+
+def _planned_spec(plan_path: str, regions: Optional[str], *, steps: Optional[int], **run: Any) -> tuple[Any, Any]:
+    """Load and check a plan file and its regions file; the GeoRunSpec that runs it."""
+    from delibench.geo.plan_io import check_plan_regions, load_plan, plan_to_run_settings, regions_digest
+
+    plan = load_plan(plan_path)
+    path = regions or plan.regions_file
+    if not path:
+        raise UsageError(f"{plan_path}: the plan names no regions file", hint="pass --regions")
+    if not Path(path).exists() and not Path(path).is_absolute() and (Path(plan_path).parent / path).exists():
+        path = str(Path(plan_path).parent / path)
+    config = _load(path)
+    check_plan_regions(plan, config, digest=regions_digest(path), source=plan_path)
+    if steps is not None and steps < 1:
+        raise UsageError(f"--steps must be >= 1, got {steps}")
+    return config, plan_to_run_settings(plan, steps=steps, **run)
 
 
 def _print_results(results: list[Any]) -> None:
@@ -170,15 +198,23 @@ def plan_cmd(
     budget: Optional[str] = typer.Option(None, "--budget", help="Spend at most this, e.g. 500USD."),
     objective: str = typer.Option("cost", "--objective", help="cost (default) or time."),
     epochs: int = typer.Option(1, "--epochs", help="Passes over all shards. Default 1."),
-    sync_period: Optional[int] = typer.Option(None, "--sync-period", help="Global steps between cross-region syncs (workload default 8)."),
-    json_out: bool = typer.Option(False, "--json", help="Print both placements as JSON on stdout."),
+    sync: str = typer.Option("ma", "--sync", help="Cross-region sync of the plan: allreduce | ma | asgd-ga. Default ma."),
+    sync_period: int = typer.Option(8, "--sync-period", help="Steps per sync round: H for ma, K for asgd-ga (allreduce: 1). Default 8."),
+    staleness: int = typer.Option(1, "--staleness", help="asgd-ga: rounds an exchange may lag (0 = no overlap). Default 1."),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the plan (versioned YAML) here, for 'geo run --plan'."),
+    json_out: bool = typer.Option(False, "--json", help="Print the plan document (plan and baselines) as JSON on stdout."),
 ) -> None:
-    """Choose workers per region and which region reads each shard (a MILP, PuLP/CBC), vs the naive placement.
+    """Choose workers per region, which region reads each shard and whether it streams or copies it, vs two baselines.
 
-    Naive = every accelerator of the cheapest region, pulling all data across regions; both are
-    priced with the same model. Example: delibench geo plan --regions geo/example-regions.yaml --workload resnet50 --deadline 10h
+    One time/cost model prices the plan and the baselines: single-region DDP (every shard copied
+    once to one region, the cheapest such job) and synchronous DDP on the plan's own regions.
+    Accelerators are billed as the regions file says (rented wall time, or busy seconds), sync bytes
+    per link and direction at the sender's price. The model predicts time and dollars for the same
+    samples processed, not accuracy. Example:
+    delibench geo plan --regions geo/example-regions.yaml --epochs 90 --sync ma --sync-period 64 --deadline 45min --out plan.yaml
     """
-    from delibench.geo.planner import get_workload, naive_placement, plan_placement
+    from delibench.geo.plan_io import GeoPlan, plan_to_dict, regions_digest, write_plan
+    from delibench.geo.planner import SyncChoice, baselines, get_workload, plan_placement
     from delibench.units import parse_duration
 
     config = _load(regions)
@@ -186,54 +222,52 @@ def plan_cmd(
     if deadline_s is not None and deadline_s <= 0:
         raise UsageError("--deadline must be > 0")
     budget_usd = _parse_budget(budget) if budget else None
-    if sync_period is not None and sync_period < 1:
+    if sync_period < 1:
         raise UsageError("--sync-period must be >= 1")
+    if staleness < 0:
+        raise UsageError("--staleness must be >= 0")
     if epochs < 1:
         raise UsageError("--epochs must be >= 1")
-    wl = get_workload(workload, epochs=epochs, sync_period=sync_period)
-    best = plan_placement(config, wl, objective=objective, deadline_s=deadline_s, budget_usd=budget_usd)
-    naive = naive_placement(config, wl, deadline_s=deadline_s)
+    wl = get_workload(workload, epochs=epochs)
+    choice = SyncChoice(sync, sync_period, staleness)
+    best = plan_placement(config, wl, sync=choice, objective=objective, deadline_s=deadline_s, budget_usd=budget_usd)
+    bases = baselines(config, wl, best, deadline_s=deadline_s)
+    plan = GeoPlan(best, wl, objective, deadline_s, budget_usd, regions_file=regions, regions_sha256=regions_digest(regions), baselines=tuple(bases))
+    if out:
+        write_plan(out, plan, config)
+        err_console.print(f"[dim]plan written to {out}; run it with: delibench geo run --plan {out}[/]")
     if json_out:
-        print_json([_placement_dict(p) for p in (best, naive)])
+        print_json(plan_to_dict(plan, config))
         return
+    _print_plan(plan, epochs, objective)
+
+
+def _print_plan(plan: Any, epochs: int, objective: str) -> None:
     from rich.table import Table
 
     from delibench.units import format_duration
 
-    table = Table(title=f"geo plan: {wl.name}, {epochs} epoch(s), objective={objective}")
-    for col in ("placement", "workers", "shards read", "time", "compute USD", "egress USD", "total USD", "cross-region reads", "sync bytes"):
+    best = plan.placement
+    table = Table(title=f"geo plan: {plan.workload.name}, {epochs} epoch(s), objective={objective}")
+    for col in ("placement", "workers", "reads (copy/stream across regions)", "time (of it sync)", "USD: compute+data+sync = total"):
         table.add_column(col)
-    for p in (best, naive):
-        by_region: dict[str, list[str]] = {}
-        for shard, region in p.shards.items():
-            by_region.setdefault(region, []).append(shard)
+    for p in (best, *plan.baselines):
+        reads: dict[str, list[str]] = {}
+        for d in p.data:
+            reads.setdefault(d.reader, []).append(d.shard + ("" if d.mode == "local" else f" ({d.mode})"))
+        sync_label = p.sync.strategy + ("" if p.sync.strategy == "allreduce" else f" {'H' if p.sync.strategy == 'ma' else 'K'}={p.sync.period}")
         table.add_row(
-            p.label + ("" if p.meets_deadline else " (misses deadline)"),
+            f"{p.label}, {sync_label if len(p.workers) > 1 else 'one region'}" + ("" if p.meets_deadline else " (misses deadline)"),
             ", ".join(f"{r}={n}" for r, n in p.workers.items()),
-            "; ".join(f"{r}: {','.join(s)}" for r, s in by_region.items()),
-            format_duration(p.time_s),
-            f"{p.compute_usd:.2f}",
-            f"{p.egress_usd:.2f}",
-            f"{p.total_usd:.2f}",
-            _fmt_bytes(p.read_bytes),
-            _fmt_bytes(p.sync_bytes),
+            "; ".join(f"{r}: {', '.join(s)}" for r, s in reads.items()),
+            f"{format_duration(p.time_s)} ({format_duration(p.sync_time_s)})",
+            f"{p.compute_usd:.2f}+{p.data_egress_usd + p.storage_usd:.2f}+{p.sync_egress_usd:.2f} = {p.total_usd:.2f}",
         )
     console.print(table)
-    if naive.total_usd > 0:
-        console.print(
-            f"optimal placement: ${best.total_usd:.2f} in {format_duration(best.time_s)} vs naive ${naive.total_usd:.2f} in "
-            f"{format_duration(naive.time_s)} ({(1 - best.total_usd / naive.total_usd) * 100:.1f}% cheaper, "
-            f"{naive.time_s / best.time_s if best.time_s else float('inf'):.2f}x the speed)"
-        )
-
-
-def _placement_dict(p: Any) -> dict[str, Any]:
-    from dataclasses import asdict
-
-    d = asdict(p)
-    d["total_usd"] = p.total_usd
-    d.pop("notes")
-    return d
+    for base in plan.baselines:
+        cost = f"{(best.total_usd / base.total_usd - 1) * 100:+.1f}% cost" if base.total_usd else "-"
+        speed = f"{base.time_s / best.time_s:.2f}x the speed" if best.time_s else "-"
+        console.print(f"plan vs {base.label}: ${best.total_usd:.2f} in {format_duration(best.time_s)} vs ${base.total_usd:.2f} in {format_duration(base.time_s)} ({cost}, {speed})")
 
 
 def register(app: typer.Typer) -> None:

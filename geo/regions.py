@@ -8,12 +8,26 @@ A regions file is YAML::
         data_url: s3://my-bucket-us-east/imgs        # optional: where this region's shards live
         shards:                                       # optional: the local shards and their sizes
           - {name: part-0, size_bytes: 40GB}
+        provider: aws                                 # optional: aws | gcp | azure | any name
       eu-west:
-        accelerators: {count: 4, type: v100, usd_per_hour: 3.06, profile: v100}
+        accelerators: {count: 4, type: v100, usd_per_hour: 3.06, profile: v100, billing: per_second}
+        provider: gcp
+        storage_usd_per_gb_month: 0.020               # optional: a copied shard's storage here
+        internet_egress_usd_per_gb: 0.12              # optional: what this region pays to send to another cloud
     links:
       - {between: [us-east, eu-west], rtt_s: 75ms, bandwidth_bytes_per_s: 100MB, egress_usd_per_gb: 0.02}
+      - {between: [us-east, ap-south], rtt_s: 200ms, bandwidth_bytes_per_s: 50MB,
+         egress_usd_per_gb: {us-east: 0.02, ap-south: 0.086}}   # per sender: the sender pays
 
-Links are symmetric (one entry serves both directions) and every pair of regions needs one.
+Links are symmetric in bandwidth and RTT (one entry serves both directions) and every pair of
+regions needs one. Egress is paid by the sender, per direction (:meth:`RegionsConfig.egress_usd_per_gb`):
+a per-sender price on the link wins; otherwise, when both ends name a ``provider`` and they differ
+(cross-cloud traffic leaves the sender's cloud for the internet), the sender's
+``internet_egress_usd_per_gb`` (default: its provider's internet egress in the shipped price sheet,
+``reports/prices.yaml``); otherwise the link's single price. ``billing`` is how an accelerator is
+billed (:data:`BILLING_RULES`): ``hourly`` (default; rented: every worker pays for the job's wall
+time at ``usd_per_hour``, prorated per second as AWS and GCP bill on-demand VMs) or ``per_second``
+(serverless: only the seconds it computes). Files without these fields load as before.
 ``step_time_s`` is the time of one training step of the reference batch on one accelerator;
 ``profile`` names a built-in approximate step time instead (see :data:`STEP_TIME_PROFILES`).
 Sizes accept ``40GB``/``512MiB``, durations ``75ms``, bandwidths a byte size per second.
@@ -35,6 +49,8 @@ from delibench.errors import UsageError
 from delibench.units import parse_bytes, parse_duration
 
 __all__ = [
+    "BILLING_RULES",
+    "DEFAULT_STORAGE_USD_PER_GB_MONTH",
     "STEP_TIME_PROFILES",
     "Accelerators",
     "Link",
@@ -55,6 +71,15 @@ STEP_TIME_PROFILES: dict[str, float] = {
     "t4": 0.95,
     "v100": 0.22,
 }
+
+
+#: Accelerator billing rules: ``hourly`` = rented wall time per worker (on-demand VMs, priced per
+#: hour, billed per second); ``per_second`` = serverless, only the seconds the accelerator computes.
+BILLING_RULES = ("hourly", "per_second")
+
+#: Storage price of a copied shard where the region names no provider the price sheet knows and no
+#: ``storage_usd_per_gb_month``: S3 Standard, us-east-1 (reports/prices.yaml, retrieved 2026-11-23).
+DEFAULT_STORAGE_USD_PER_GB_MONTH = 0.023
 
 
 def _check_keys(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
@@ -82,6 +107,7 @@ class Accelerators:
         usd_per_hour: On-demand list price of ONE accelerator (with its share of the host).
         step_time_s: Seconds per training step of the reference batch on one accelerator.
         profile: Name in :data:`STEP_TIME_PROFILES` that supplied ``step_time_s``, if any.
+        billing: ``hourly`` (rented wall time) or ``per_second`` (busy seconds); see :data:`BILLING_RULES`.
     """
 
     count: int
@@ -89,8 +115,11 @@ class Accelerators:
     usd_per_hour: float
     step_time_s: float
     profile: str | None = None
+    billing: str = "hourly"
 
     def __post_init__(self) -> None:
+        if self.billing not in BILLING_RULES:
+            raise UsageError(f"accelerators: billing must be one of {', '.join(BILLING_RULES)}, got {self.billing!r}")
         if not isinstance(self.count, int) or isinstance(self.count, bool) or self.count < 0:
             raise UsageError(f"accelerators: count must be a whole number >= 0, got {self.count!r}")
         _positive("accelerators", "usd_per_hour", self.usd_per_hour, allow_zero=True)
@@ -113,16 +142,31 @@ class Shard:
 
 @dataclass(frozen=True, slots=True)
 class Region:
-    """A cloud region: its accelerators and the data stored there."""
+    """A cloud region: its accelerators and the data stored there.
+
+    Attributes:
+        provider: Cloud provider (``aws``, ``gcp``, ``azure`` or any name), if given: traffic
+            between regions of different providers is priced at the sender's internet egress.
+        internet_egress_usd_per_gb: What this region pays per billed GB sent to another cloud
+            (default: its provider's ``internet`` egress in the shipped price sheet).
+        storage_usd_per_gb_month: Price of storing a copied shard here (default: the provider's
+            object store in the shipped price sheet, else :data:`DEFAULT_STORAGE_USD_PER_GB_MONTH`).
+    """
 
     name: str
     accelerators: Accelerators
     data_url: str | None = None
     shards: tuple[Shard, ...] = ()
+    provider: str | None = None
+    internet_egress_usd_per_gb: float | None = None
+    storage_usd_per_gb_month: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
             raise UsageError("region name must not be empty")
+        for key in ("internet_egress_usd_per_gb", "storage_usd_per_gb_month"):
+            if getattr(self, key) is not None:
+                _positive(f"region {self.name!r}", key, getattr(self, key), allow_zero=True)
         names = [s.name for s in self.shards]
         if len(set(names)) != len(names):
             raise UsageError(f"region {self.name!r}: shard names must be unique")
@@ -142,7 +186,9 @@ class Link:
         b: The other end.
         rtt_s: Round-trip time.
         bandwidth_bytes_per_s: Usable bandwidth in each direction.
-        egress_usd_per_gb: Price per billed GB (2^30 bytes) sent over this link, in either direction.
+        egress_usd_per_gb: Price per billed GB (2^30 bytes) sent over this link, in either direction
+            (unless ``egress_by_sender`` names the sender).
+        egress_by_sender: ``(sender, price)`` pairs: per-direction prices (the sender pays).
     """
 
     a: str
@@ -150,6 +196,7 @@ class Link:
     rtt_s: float
     bandwidth_bytes_per_s: float
     egress_usd_per_gb: float
+    egress_by_sender: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:
         where = f"link {self.a}<->{self.b}"
@@ -158,6 +205,14 @@ class Link:
         _positive(where, "rtt_s", self.rtt_s, allow_zero=True)
         _positive(where, "bandwidth_bytes_per_s", self.bandwidth_bytes_per_s)
         _positive(where, "egress_usd_per_gb", self.egress_usd_per_gb, allow_zero=True)
+        for sender, price in self.egress_by_sender:
+            if sender not in (self.a, self.b):
+                raise UsageError(f"{where}: egress_usd_per_gb names {sender!r}, which is not an end of this link")
+            _positive(where, f"egress_usd_per_gb[{sender}]", price, allow_zero=True)
+
+    def sender_price(self, sender: str) -> float | None:
+        """The per-direction price ``sender`` pays on this link, if the file gives one."""
+        return dict(self.egress_by_sender).get(sender)
 
     def transfer_s(self, nbytes: float) -> float:
         """One message of ``nbytes`` over this link: one-way latency plus serialisation."""
@@ -217,9 +272,55 @@ class RegionsConfig:
         """Region names in file order."""
         return tuple(r.name for r in self.regions)
 
+    def egress_usd_per_gb(self, src: str, dst: str) -> float:
+        """USD per billed GB (2^30 bytes) that ``src`` pays to send to ``dst`` (the sender pays).
 
-_REGION_KEYS = ("accelerators", "data_url", "shards")
-_ACCEL_KEYS = ("count", "type", "usd_per_hour", "step_time_s", "profile")
+        A per-sender price on the link wins; else, across clouds (both ends name a provider and
+        they differ), the sender's internet egress; else the link's single price. 0 within a region.
+        """
+        if src == dst:
+            return 0.0
+        link = self.link(src, dst)
+        explicit = link.sender_price(src)
+        if explicit is not None:
+            return explicit
+        a, b = self.region(src), self.region(dst)
+        if a.provider and b.provider and a.provider != b.provider:
+            internet = _internet_egress(a)
+            if internet is not None:
+                return internet
+        return link.egress_usd_per_gb
+
+    def storage_usd_per_gb_month(self, name: str) -> float:
+        """USD per billed GB-month of storing data in region ``name`` (copied shards)."""
+        region = self.region(name)
+        if region.storage_usd_per_gb_month is not None:
+            return region.storage_usd_per_gb_month
+        if region.provider:
+            from delibench.reports.prices import default_sheet
+
+            try:
+                return default_sheet().object_store(region.provider).storage_usd_per_gb_month
+            except UsageError:
+                pass
+        return DEFAULT_STORAGE_USD_PER_GB_MONTH
+
+
+def _internet_egress(region: Region) -> float | None:
+    if region.internet_egress_usd_per_gb is not None:
+        return region.internet_egress_usd_per_gb
+    if not region.provider:
+        return None
+    from delibench.reports.prices import default_sheet
+
+    try:
+        return default_sheet().egress_price(region.provider, "internet").usd_per_gb
+    except UsageError:
+        return None
+
+
+_REGION_KEYS = ("accelerators", "data_url", "shards", "provider", "internet_egress_usd_per_gb", "storage_usd_per_gb_month")
+_ACCEL_KEYS = ("count", "type", "usd_per_hour", "step_time_s", "profile", "billing")
 _SHARD_KEYS = ("name", "size_bytes")
 _LINK_KEYS = ("between", "rtt_s", "bandwidth_bytes_per_s", "egress_usd_per_gb")
 
@@ -267,6 +368,7 @@ def _accelerators(where: str, raw: Any) -> Accelerators:
         usd_per_hour=_number(f"{where}: usd_per_hour", _require(where, data, "usd_per_hour")),
         step_time_s=step_time_s,
         profile=profile,
+        billing=str(data.get("billing", "hourly")),
     )
 
 
@@ -295,12 +397,18 @@ def parse_regions(raw: Any, source: str = "<memory>") -> RegionsConfig:
                 _check_keys(swhere, shard, _SHARD_KEYS)
                 shards.append(Shard(name=str(_require(swhere, shard, "name")), size_bytes=parse_bytes(_require(swhere, shard, "size_bytes"))))
             data_url = body.get("data_url")
+            provider = body.get("provider")
+            optional = {
+                key: _number(f"{where}: {key}", body[key]) for key in ("internet_egress_usd_per_gb", "storage_usd_per_gb_month") if body.get(key) is not None
+            }
             regions.append(
                 Region(
                     name=str(name),
                     accelerators=_accelerators(f"{where} accelerators", _require(where, body, "accelerators")),
                     data_url=None if data_url is None else str(data_url),
                     shards=tuple(shards),
+                    provider=None if provider is None else str(provider).lower(),
+                    **optional,
                 )
             )
         links = []
@@ -315,13 +423,23 @@ def parse_regions(raw: Any, source: str = "<memory>") -> RegionsConfig:
             if not isinstance(between, list) or len(between) != 2:
                 raise UsageError(f"{where}: between must be a list of two region names")
             bandwidth = _require(where, body, "bandwidth_bytes_per_s")
+            egress = _require(where, body, "egress_usd_per_gb")
+            by_sender: tuple[tuple[str, float], ...] = ()
+            if isinstance(egress, Mapping):
+                # Per direction, keyed by the sender; both ends are needed.
+                by_sender = tuple((str(k), _number(f"{where}: egress_usd_per_gb[{k}]", v)) for k, v in egress.items())
+                missing = [str(e) for e in between if str(e) not in dict(by_sender)]
+                if missing:
+                    raise UsageError(f"{where}: egress_usd_per_gb by sender lacks {', '.join(missing)}", hint="give a price for each end, or one number for both")
+                egress = max(v for _, v in by_sender)
             links.append(
                 Link(
                     a=str(between[0]),
                     b=str(between[1]),
                     rtt_s=parse_duration(_require(where, body, "rtt_s")),
                     bandwidth_bytes_per_s=float(parse_bytes(bandwidth) if isinstance(bandwidth, str) else _number(f"{where}: bandwidth_bytes_per_s", bandwidth)),
-                    egress_usd_per_gb=_number(f"{where}: egress_usd_per_gb", _require(where, body, "egress_usd_per_gb")),
+                    egress_usd_per_gb=_number(f"{where}: egress_usd_per_gb", egress),
+                    egress_by_sender=by_sender,
                 )
             )
         return RegionsConfig(regions=tuple(regions), links=tuple(links), source=source)

@@ -1,102 +1,216 @@
-"""Placement planner: a three-region case whose optimum is checked by hand."""
+"""Planner: the billing rule, per-direction prices, rounds from the batch, copy-once break-even, baselines.
+
+Every expected number below is worked out by hand in the test's docstring. Link prices are per
+billed GB (2^30 bytes).
+"""
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from delibench.cli.app import main
 from delibench.errors import UsageError
-from delibench.geo.planner import PlanWorkload, naive_placement, plan_placement
-from delibench.geo.regions import parse_regions
+from delibench.geo import cost as geo_cost
+from delibench.geo.cost import RegionUsage, billed_accelerator_s, geo_cost_usd
+from delibench.geo.planner import PlanWorkload, SyncChoice, baselines, evaluate, get_workload, plan_placement
+from delibench.geo.regions import load_regions, parse_regions
 
-#: Link prices are per billed GB (2^30 bytes); shard sizes typed as "100GB" are SI (1e11 bytes).
 GIB = 2**30
+EXAMPLE = Path(__file__).resolve().parents[2] / "geo" / "example-regions.yaml"
 
-THREE = {
+# -- billing -------------------------------------------------------------------------------------
+
+
+def test_billing_rule_by_hand() -> None:
+    """4 workers held 100 s, busy 250 accelerator-seconds in all, at $3.60/h = $0.001/s.
+
+    hourly (rented): 4 * 100 = 400 s -> $0.40; per_second (serverless): 250 s -> $0.25.
+    """
+    use = RegionUsage(workers=4, wall_s=100.0, busy_s=250.0)
+    assert billed_accelerator_s("hourly", use) == 400.0
+    assert billed_accelerator_s("per_second", use) == 250.0
+    for billing, usd in (("hourly", 0.40), ("per_second", 0.25)):
+        config = parse_regions({"regions": {"a": {"accelerators": {"count": 4, "usd_per_hour": 3.6, "step_time_s": 1, "billing": billing}}}})
+        assert geo_cost_usd(config, {"a": use}, {}).compute_usd == pytest.approx(usd)
+
+
+TWO = {
     "regions": {
-        "a": {"accelerators": {"count": 4, "usd_per_hour": 4.0, "step_time_s": 1.0}, "shards": [{"name": "a0", "size_bytes": "100GB"}]},
-        "b": {"accelerators": {"count": 4, "usd_per_hour": 2.0, "step_time_s": 1.0}},
-        "c": {"accelerators": {"count": 2, "usd_per_hour": 3.0, "step_time_s": 0.5}, "shards": [{"name": "c0", "size_bytes": "50GB"}]},
+        "a": {"accelerators": {"count": 2, "usd_per_hour": 3.6, "step_time_s": 1.0}, "provider": "aws", "shards": [{"name": "a0", "size_bytes": 100_000_000}]},
+        "b": {"accelerators": {"count": 2, "usd_per_hour": 7.2, "step_time_s": 0.5}, "provider": "gcp", "shards": [{"name": "b0", "size_bytes": 100_000_000}]},
     },
-    "links": [
-        {"between": ["a", "b"], "rtt_s": 0.01, "bandwidth_bytes_per_s": "500MB", "egress_usd_per_gb": 0.002},
-        {"between": ["a", "c"], "rtt_s": 0.01, "bandwidth_bytes_per_s": "500MB", "egress_usd_per_gb": 0.08},
-        {"between": ["b", "c"], "rtt_s": 0.01, "bandwidth_bytes_per_s": "500MB", "egress_usd_per_gb": 0.05},
-    ],
+    "links": [{"between": ["a", "b"], "rtt_s": 0.1, "bandwidth_bytes_per_s": 100e6, "egress_usd_per_gb": 0.02}],
 }
-# 100 samples of 1 MB per step: a worker processes 0.1 GB/s in a and b (1 s/step), 0.2 GB/s in c
-# (GB = 1e9 bytes for sizes and rates). 150 GB / (1 MB * 15000 global batch) = 10 global steps, one
-# sync per step -> 10 rounds of 100 MB. Egress is priced per billed GB = 2^30 bytes: the 100 GB
-# shard is 1e11 / 2^30 = 93.1323 billed GB, the 50 GB shard 46.5661, 2 GB of sync 1.8626.
-WORKLOAD = PlanWorkload("t", sample_bytes=1_000_000, batch_size=100, model_bytes=100_000_000, global_batch=15_000, sync_period=1)
+#: 1 MB samples, 10 per worker step, a 40 MB model (1e7 fp32 parameters), 2 epochs.
+TWO_WL = PlanWorkload("t", sample_bytes=1_000_000, batch_size=10, model_bytes=40_000_000, epochs=2)
+LOCAL = {"a0": ("a", "local"), "b0": ("b", "local")}
 
 
-def test_three_region_cost_optimum_matches_hand_arithmetic() -> None:
-    """Hand-checked optimum, deadline 600 s, objective cost.
+def test_plan_and_run_bill_through_the_same_rule(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planner's compute cost goes through billed_accelerator_s; the run's cost through geo_cost_usd.
 
-    Compute USD per GB (1e9 B) processed: a = 4 / (0.1 * 3600) = 0.011111, b = 2 / 360 = 0.005556,
-    c = 3 / 720 = 0.004167. Egress per billed GB (2^30 B): a0 = 93.1323, c0 = 46.5661 billed GB.
-    Shard a0 (100 GB, in a): in a 1.1111; in b 0.5556 + 93.1323 * 0.002 = 0.5556 + 0.1863 = 0.7418;
-    in c 0.4167 + 93.1323 * 0.08 = 7.8673 -> b.
-    Shard c0 (50 GB, in c):  in c 0.2083; in b 0.2778 + 46.5661 * 0.05 = 2.6061; in a 0.5556 + 3.7253
-    = 4.2808 -> c.
-    Sync: 2 active regions -> 10 rounds * 2 * 0.1 GB * (2 - 1) = 2e9 B = 1.8626 billed GB at the
-    dearest link 0.08 = 0.1490.
-    Total 0.5556 + 0.1863 + 0.2083 + 0.1490 = 1.0992; the next best ({a, c}: 1.1111 + 0.2083 + 0.1490
-    = 1.4685, {b} alone: 0.8333 + 0.1863 + 2.3283 = 3.3479) cost more.
-    Workers for the deadline: b needs 100 GB / 0.1 GB/s = 1000 worker-s -> ceil(1000 / 600) = 2;
-    c needs 50 / 0.2 = 250 worker-s -> 1. The link a->b carries 100 GB at 0.5 GB/s = 200 s <= 600.
-    Finish: max(100 / (2 * 0.1), 50 / 0.2, 200) = 500 s.
+    The run (geo/train.py ``_aggregate``) bills every worker for its wall time: for hourly regions
+    that is exactly ``billed_accelerator_s('hourly', RegionUsage(n, wall, busy))``.
     """
-    config = parse_regions(THREE)
-    best = plan_placement(config, WORKLOAD, objective="cost", deadline_s=600)
-    assert best.shards == {"a0": "b", "c0": "c"}
-    assert best.workers == {"b": 2, "c": 1}
-    assert best.compute_usd == pytest.approx(100 / 180 + 50 / 240)
-    assert best.egress_usd == pytest.approx(100e9 / GIB * 0.002 + 2e9 / GIB * 0.08)  # 0.18626 + 0.14901
-    assert best.total_usd == pytest.approx(1.099165, abs=1e-6)
-    assert best.time_s == pytest.approx(500.0)
-    assert best.meets_deadline
+    from delibench.geo import train
+
+    calls: list[str] = []
+    real = geo_cost.billed_accelerator_s
+    monkeypatch.setattr(geo_cost, "billed_accelerator_s", lambda billing, use: calls.append(billing) or real(billing, use))
+    config = parse_regions(TWO)
+    plan = evaluate(config, TWO_WL, {"a": 2, "b": 2}, LOCAL, SyncChoice("ma", 4), label="p")
+    assert calls == ["hourly", "hourly"]
+    assert plan.compute_usd == pytest.approx(geo_cost_usd(config, {r: RegionUsage(n, plan.time_s, 0.0) for r, n in plan.workers.items()}, {}).compute_usd)
+    assert train.geo_cost_usd is geo_cost.geo_cost_usd
+    spec = train.GeoRunSpec(strategy="ma", workers=(("a", 2), ("b", 2)), steps=2)
+    ranks = [
+        {"wall_s": 10.0 if i else 12.0, "compute_s": 2.0, "sync_s": 1.0, "wan_wait_s": 0.5, "cross_region_bytes": 0, "link_bytes": {}, "cross_region_collectives": 1, "losses": [1.0, 0.5], "val_loss": 0.4, "val_accuracy": 0.9, "param_count": 10}
+        for i in range(4)
+    ]
+    result = train._aggregate(config, spec, ranks)
+    expected = geo_cost_usd(config, {"a": RegionUsage(2, 12.0, 4.0), "b": RegionUsage(2, 12.0, 4.0)}, {}).compute_usd
+    assert result.compute_usd == pytest.approx(expected)  # 2*12*0.001 + 2*12*0.002 = 0.072
+    assert expected == pytest.approx(0.072)
 
 
-def test_naive_placement_priced_by_the_same_model() -> None:
-    """Naive: all 4 accelerators of b (cheapest, $2/h) read both shards.
+@pytest.mark.xfail(reason="geo/train.py _aggregate passes n * wall_s, not RegionUsage: per_second regions are billed wall time", strict=False)
+def test_run_bills_serverless_regions_for_busy_seconds() -> None:
+    from delibench.geo import train
 
-    Compute 150 GB / 0.1 GB/s * $2/3600 = 0.8333; egress 93.1323 billed GB * 0.002 + 46.5661 * 0.05
-    = 0.1863 + 2.3283 = 2.5146;
-    time max(150 / 0.4, 100 / 0.5, 50 / 0.5) = 375 s.
+    raw = json.loads(json.dumps(TWO))
+    raw["regions"]["a"]["accelerators"]["billing"] = "per_second"
+    config = parse_regions(raw)
+    spec = train.GeoRunSpec(strategy="ma", workers=(("a", 1),), steps=1)
+    ranks = [{"wall_s": 10.0, "compute_s": 2.0, "sync_s": 0.0, "wan_wait_s": 0.0, "cross_region_bytes": 0, "link_bytes": {}, "cross_region_collectives": 0, "losses": [1.0], "val_loss": 1.0, "val_accuracy": 0.5, "param_count": 1}]
+    assert train._aggregate(config, spec, ranks).compute_usd == pytest.approx(2.0 * 0.001)
+
+
+# -- link prices, rounds, time -------------------------------------------------------------------
+
+
+def test_sender_pays_per_direction() -> None:
+    """a (aws) -> b (gcp) is cross-cloud: a pays AWS internet $0.09, b pays GCP internet $0.12
+    (shipped price sheet); a per-sender price on the link wins; same provider or none: the link's $0.02."""
+    config = parse_regions(TWO)
+    assert config.egress_usd_per_gb("a", "b") == pytest.approx(0.09)
+    assert config.egress_usd_per_gb("b", "a") == pytest.approx(0.12)
+    raw = json.loads(json.dumps(TWO))
+    raw["links"][0]["egress_usd_per_gb"] = {"a": 0.05, "b": 0.07}
+    explicit = parse_regions(raw)
+    assert (explicit.egress_usd_per_gb("a", "b"), explicit.egress_usd_per_gb("b", "a")) == (0.05, 0.07)
+    for r in raw["regions"].values():
+        r.pop("provider")
+    raw["links"][0]["egress_usd_per_gb"] = 0.02
+    plain = parse_regions(raw)
+    assert plain.egress_usd_per_gb("a", "b") == plain.egress_usd_per_gb("b", "a") == 0.02
+    # 1 GiB each way: a pays 0.09, b pays 0.12.
+    assert geo_cost_usd(config, {}, {("a", "b"): GIB, ("b", "a"): GIB}).egress_usd == pytest.approx(0.21)
+
+
+def test_rounds_from_the_batch_and_sync_inside_the_time() -> None:
+    """Two regions, 2 workers each, local data of 100 samples each, 2 epochs, 10 samples per worker step.
+
+    steps = ceil(2 * 100 / (2 * 10)) = 10; ma H=4 -> rounds = ceil(10 / 4) = 3; global batch per
+    round = 4 workers * 10 * 4 = 160. Compute: 10 steps at the slower region's 1.0 s = 10 s.
+    One round: ring of 2 regions, 2 steps of a 20 MB chunk, each rtt/2 + 20e6/100e6 = 0.05 + 0.2
+    = 0.25 s -> 0.5 s; 3 rounds = 1.5 s. ma: T = 10 + 1.5 = 11.5 s; asgd-ga K=4 S=1 overlaps:
+    max(10, 1.5) = 10 s. Each direction carries 3 * 40 MB = 120 MB of sync.
+    Cost (ma, hourly): a 2 * 11.5 * $0.001 = 0.023, b 2 * 11.5 * $0.002 = 0.046; sync egress
+    120e6 / 2^30 * (0.09 + 0.12) = 0.023469.
     """
-    config = parse_regions(THREE)
-    naive = naive_placement(config, WORKLOAD, deadline_s=600)
-    assert naive.workers == {"b": 4}
-    assert naive.egress_usd == pytest.approx(100e9 / GIB * 0.002 + 50e9 / GIB * 0.05)
-    assert naive.total_usd == pytest.approx(0.8333333 + 2.5145710)
-    assert naive.time_s == pytest.approx(375.0)
-    assert plan_placement(config, WORKLOAD, deadline_s=600).total_usd < naive.total_usd
+    config = parse_regions(TWO)
+    ma = evaluate(config, TWO_WL, {"a": 2, "b": 2}, LOCAL, SyncChoice("ma", 4), label="ma")
+    assert (ma.steps, ma.rounds, ma.global_batch) == (10, 3, 160)
+    assert ma.round_s == pytest.approx(0.5)
+    assert ma.compute_time_s == pytest.approx(10.0) and ma.sync_time_s == pytest.approx(1.5) and ma.time_s == pytest.approx(11.5)
+    assert ma.link_bytes == {("a", "b"): 120_000_000, ("b", "a"): 120_000_000}
+    assert ma.compute_usd == pytest.approx(0.069)
+    assert ma.sync_egress_usd == pytest.approx(120e6 / GIB * 0.21)
+    assert ma.data_egress_usd == 0.0 and ma.storage_usd == 0.0
+    ga = evaluate(config, TWO_WL, {"a": 2, "b": 2}, LOCAL, SyncChoice("asgd-ga", 4, 1), label="ga")
+    assert ga.rounds == 3 and ga.time_s == pytest.approx(10.0) and ga.sync_time_s == 0.0
+    # Twice the workers in a (4 there is over its cap of 2) -> error, not a silent clamp.
+    with pytest.raises(UsageError, match="has 2 accelerators"):
+        evaluate(config, TWO_WL, {"a": 4, "b": 2}, LOCAL, SyncChoice("ma", 4), label="x")
 
 
-def test_time_objective_prefers_the_cheapest_of_the_fastest() -> None:
-    """Fastest finish is 250 s (a0 in a or b with 4 workers: 100 / 0.4; c0 in c: 125 s); of those, the cheapest is b + c."""
-    config = parse_regions(THREE)
-    fast = plan_placement(config, WORKLOAD, objective="time")
-    assert fast.time_s == pytest.approx(250.0)
-    assert fast.shards == {"a0": "b", "c0": "c"}
-    assert fast.total_usd == pytest.approx(1.099165, abs=1e-6)
+def test_unbalanced_data_takes_more_steps() -> None:
+    """a reads both shards with 2 workers, b none of them but 2 workers: a needs 2*200/(2*10) = 20 steps."""
+    config = parse_regions(TWO)
+    p = evaluate(config, TWO_WL, {"a": 2, "b": 2}, {"a0": ("a", "local"), "b0": ("a", "stream")}, SyncChoice("ma", 4), label="u")
+    assert p.steps == 20 and p.rounds == 5
+    assert p.data_bytes == 2 * 100_000_000  # b0 streamed twice from b to a, at b's (gcp) 0.12
+    assert p.data_egress_usd == pytest.approx(2e8 / GIB * 0.12)
+
+
+# -- copy once vs stream -------------------------------------------------------------------------
+
+COPY = {
+    "regions": {
+        "h": {"accelerators": {"count": 0, "usd_per_hour": 1.0, "step_time_s": 1.0}, "shards": [{"name": "s", "size_bytes": 10 * GIB}]},
+        "r": {"accelerators": {"count": 1, "usd_per_hour": 3.6, "step_time_s": 10.0}, "storage_usd_per_gb_month": 2628.0},
+    },
+    "links": [{"between": ["h", "r"], "rtt_s": 0.0, "bandwidth_bytes_per_s": 1e12, "egress_usd_per_gb": 0.15}],
+}
+
+
+@pytest.mark.parametrize(("epochs", "mode"), [(2, "stream"), (4, "copy")])
+def test_copy_once_break_even(epochs: int, mode: str) -> None:
+    """A 10 GiB shard (10 samples of 1 GiB) stored in h, read by r's one worker at 10 s per sample.
+
+    T = 10 samples * 10 s * E = 100 E seconds. Storage in r: $2628 per GB-month = $0.001 per
+    GB-second (2628 / (730 * 3600)), so 10 GB for 100 E s = $E. Egress $0.15/GB: 10 GB = $1.50.
+    stream = 1.5 E; copy = 1.5 + E. Break-even at E = 3: E = 2 streams (3.0 < 3.5), E = 4 copies
+    (6.0 > 5.5).
+    """
+    config = parse_regions(COPY)
+    wl = PlanWorkload("g", sample_bytes=GIB, batch_size=1, model_bytes=0, epochs=epochs)
+    stream = evaluate(config, wl, {"r": 1}, {"s": ("r", "stream")}, SyncChoice("allreduce"), label="stream")
+    copy = evaluate(config, wl, {"r": 1}, {"s": ("r", "copy")}, SyncChoice("allreduce"), label="copy")
+    assert stream.time_s == copy.time_s == pytest.approx(100.0 * epochs)
+    assert stream.data_egress_usd == pytest.approx(1.5 * epochs) and stream.storage_usd == 0.0
+    assert copy.data_egress_usd == pytest.approx(1.5) and copy.storage_usd == pytest.approx(float(epochs))
+    best = plan_placement(config, wl, sync=SyncChoice("allreduce"))
+    assert [d.mode for d in best.data] == [mode]
+    assert best.total_usd == pytest.approx(min(stream.total_usd, copy.total_usd))
+
+
+# -- the program and the baselines ---------------------------------------------------------------
+
+
+def test_plan_is_never_worse_than_the_single_region_baseline_it_could_have_chosen() -> None:
+    config = load_regions(EXAMPLE)
+    wl = get_workload("resnet50", epochs=10)
+    plan = plan_placement(config, wl, sync=SyncChoice("ma", 8))
+    single, multi = baselines(config, wl, plan)
+    assert single.label.startswith("single-region DDP") and all(d.mode in ("local", "copy") for d in single.data)
+    assert plan.total_usd <= single.total_usd + 0.005
+    assert multi.workers == plan.workers and multi.sync.strategy == "allreduce" and multi.shards == plan.shards
+
+
+def test_deadline_is_met_with_sync_inside_it() -> None:
+    """90 epochs of resnet50 under 45 minutes: one region (53 min) cannot; the plan spreads and its
+    predicted time, sync included, is within the deadline."""
+    config = load_regions(EXAMPLE)
+    wl = get_workload("resnet50", epochs=90)
+    plan = plan_placement(config, wl, sync=SyncChoice("ma", 64), deadline_s=2700)
+    assert plan.meets_deadline and plan.time_s <= 2700 and len(plan.workers) > 1 and plan.sync_time_s > 0
+    single, _ = baselines(config, wl, plan, deadline_s=2700)
+    assert not single.meets_deadline
 
 
 def test_impossible_deadline_is_a_usage_error() -> None:
     with pytest.raises(UsageError, match="no placement meets the deadline"):
-        plan_placement(parse_regions(THREE), WORKLOAD, deadline_s=100)
+        plan_placement(parse_regions(TWO), TWO_WL, deadline_s=1)
 
 
-def test_cli_plan_json(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
-    import yaml
-
-    path = tmp_path / "r.yaml"
-    path.write_text(yaml.safe_dump(THREE))
-    assert main(["geo", "plan", "--regions", str(path), "--workload", "resnet50", "--deadline", "10h", "--json"]) == 0
-    best, naive = json.loads(capsys.readouterr().out)
-    assert best["label"] == "optimal" and naive["label"] == "naive"
-    assert best["total_usd"] <= naive["total_usd"] + 1e-9
+def test_cli_plan_json_and_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "plan.yaml"
+    assert main(["geo", "plan", "--regions", str(EXAMPLE), "--epochs", "10", "--out", str(out), "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["format"] == "delibench-geo-plan" and doc["version"] == 1
+    assert [b["label"].split(" (")[0] for b in doc["baselines"]] == ["single-region DDP", "multi-region DDP"]
+    assert out.exists()

@@ -85,3 +85,37 @@ def test_cli_bad_file_exits_2_with_one_line(tmp_path: Path, capsys: pytest.Captu
 def test_cli_missing_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["geo", "plan", "--regions", str(tmp_path / "nope.yaml")]) == 2
     assert "cannot read regions file" in capsys.readouterr().err
+
+
+def test_old_files_load_with_the_new_fields_defaulted() -> None:
+    """No provider, billing or storage fields: hourly billing, the link's price both ways, S3 Standard storage."""
+    config = parse_regions(GOOD)
+    assert all(r.accelerators.billing == "hourly" and r.provider is None for r in config.regions)
+    assert config.egress_usd_per_gb("a", "b") == config.egress_usd_per_gb("b", "a") == 0.02
+    assert config.storage_usd_per_gb_month("a") == 0.023
+
+
+def test_example_file_prices_cross_cloud_per_sender() -> None:
+    config = load_regions(EXAMPLE)
+    assert config.region("eu-west").provider == "gcp"
+    assert (config.egress_usd_per_gb("us-east", "eu-west"), config.egress_usd_per_gb("eu-west", "us-east")) == (0.09, 0.12)
+    assert config.egress_usd_per_gb("us-east", "ap-northeast") == 0.02
+    assert config.storage_usd_per_gb_month("eu-west") == 0.020
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        (lambda raw: raw["regions"]["a"]["accelerators"].update(billing="monthly"), "billing must be one of hourly, per_second"),
+        (lambda raw: raw["links"][0].update(egress_usd_per_gb={"a": 0.02}), "lacks b"),
+        (lambda raw: raw["links"][0].update(egress_usd_per_gb={"a": 0.02, "b": 0.1, "c": 1}), "not an end of this link"),
+        (lambda raw: raw["regions"]["a"].update(storage_usd_per_gb_month=-1), "storage_usd_per_gb_month must be >= 0"),
+    ],
+)
+def test_new_fields_are_validated(edit, expected: str) -> None:  # noqa: ANN001
+    import copy
+
+    raw = copy.deepcopy(GOOD)
+    edit(raw)
+    with pytest.raises(UsageError, match=expected):
+        parse_regions(raw)
