@@ -3,8 +3,9 @@
 Every worker trains the same small MLP on its own stream of synthetic samples (a fixed random
 "teacher" network labels Gaussian inputs, so the task is learnable and a fixed held-out set measures
 accuracy). Each step's compute is padded to the region's ``step_time_s`` (an emulated accelerator,
-as in DLIO), so regions with slower or faster accelerators behave as they would; the sync strategy
-and WAN emulation come from :mod:`delibench.geo.sync`.
+as in DLIO), so regions with slower or faster accelerators behave as they would. Each worker trains
+with plain SGD wrapped in the public strategy object of :mod:`delibench.geo.strategies` (the same
+objects a user adds to a DDP loop); the WAN emulation comes from :mod:`delibench.geo.sync`.
 
 Processes are started from a ``forkserver`` that preloads torch (``spawn`` where there is none);
 they are daemonic, so they die with the parent, talk over
@@ -26,7 +27,7 @@ from typing import Any
 from delibench.errors import RuntimeFailure, UsageError
 from delibench.geo.cost import geo_cost_usd
 from delibench.geo.regions import RegionsConfig
-from delibench.geo.sync import EMULATION, STRATEGIES, GeoComm, Topology, make_strategy
+from delibench.geo.sync import EMULATION, STRATEGIES, GeoComm, Topology
 
 __all__ = ["GeoResult", "GeoRunSpec", "parse_workers", "run_geo"]
 
@@ -41,7 +42,8 @@ class GeoRunSpec:
         steps: Training steps per worker.
         period: ``ma``: average models every ``period`` steps (H).
         accum: ``asgd-ga``: accumulate ``accum`` steps per exchange (K).
-        staleness: ``asgd-ga``: apply an exchange this many rounds after sending it (S).
+        staleness: ``asgd-ga``: the staleness bound S (rounds): a region waits only when it would
+            otherwise apply another region's update more than S rounds stale.
         lr: SGD learning rate (no momentum).
         batch_size: Samples per worker per step.
         input_dim: Features per synthetic sample.
@@ -209,6 +211,8 @@ def _worker(rank: int, world: int, port: int, config: RegionsConfig, spec: GeoRu
         import torch.distributed as dist
         import torch.nn.functional as F
 
+        from delibench.geo.strategies import make_strategy
+
         torch.set_num_threads(1)
         # NOTE: gloo binds to the address the hostname resolves to; pin it to loopback where it exists.
         if os.path.exists("/sys/class/net/lo"):
@@ -239,10 +243,8 @@ def _worker(rank: int, world: int, port: int, config: RegionsConfig, spec: GeoRu
                 if pad_s > 0:
                     time.sleep(pad_s)
                 compute_s += time.perf_counter() - t0
-                with torch.no_grad():
-                    strategy.step(step)
-            with torch.no_grad():
-                strategy.finish()
+                strategy.step()
+            strategy.finish()
             wall_s = time.perf_counter() - t_start
             with torch.no_grad():
                 vx, vy = _samples(spec, teacher, spec.val_samples, spec.seed + 104_729)
@@ -306,7 +308,7 @@ def run_geo(config: RegionsConfig, spec: GeoRunSpec, *, timeout_s: float = 600.0
         # far faster than spawn (each spawned worker re-imports torch) and, unlike fork, safe when
         # the caller has already run torch ops (OpenMP pools and gloo state do not survive fork).
         ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "torch.distributed", "delibench.geo.train"])
+        ctx.set_forkserver_preload(["torch", "torch.distributed", "delibench.geo.train", "delibench.geo.strategies"])
     else:
         ctx = mp.get_context("spawn")
     with tempfile.TemporaryDirectory(prefix="delibench-geo-") as out_dir:
