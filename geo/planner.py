@@ -41,7 +41,7 @@ deadline``); ``objective=time`` minimises ``T`` (``cost <= budget``), then the c
 Baselines (:func:`baselines`) are what a practitioner would run: all data copied once to one
 region, synchronous DDP (``allreduce``) on all its accelerators (the region with the cheapest such
 job, among those meeting the deadline); and synchronous DDP on the plan's own regions, workers and
-data placement. They process the same samples; the time/cost model does not predict accuracy,
+data placement (on every region when the plan keeps to one). They process the same samples; the time/cost model does not predict accuracy,
 and ``ma``/``asgd-ga`` take more steps than DDP to reach it on some workloads.
 """
 
@@ -564,7 +564,8 @@ def baselines(config: RegionsConfig, workload: PlanWorkload, plan: Placement, *,
 
     1. ``single-region DDP (<region>)``: every shard copied once to one region, ``allreduce`` on all
        its accelerators; of the regions, the cheapest job that meets the deadline (else the cheapest).
-    2. ``multi-region DDP``: the plan's workers and data placement with ``allreduce`` every step.
+    2. ``multi-region DDP``: the plan's workers and data placement with ``allreduce`` every step
+       (when the plan keeps to one region: every region's accelerators, each shard read at home).
     """
     ddp = SyncChoice("allreduce", 1, 0)
     singles = []
@@ -574,5 +575,13 @@ def baselines(config: RegionsConfig, workload: PlanWorkload, plan: Placement, *,
         data = {s: (region.name, "copy") for s, _, _ in _shards(config)}
         singles.append(evaluate(config, workload, {region.name: region.accelerators.count}, data, ddp, label=f"single-region DDP ({region.name})", deadline_s=deadline_s))
     single = min(singles, key=lambda p: (not p.meets_deadline, p.total_usd, p.time_s))
-    multi = evaluate(config, workload, plan.workers, plan.data, ddp, label="multi-region DDP", deadline_s=deadline_s)
+    if len(plan.workers) > 1:
+        multi = evaluate(config, workload, plan.workers, plan.data, ddp, label="multi-region DDP", deadline_s=deadline_s)
+    else:
+        # The plan stays in one region: DDP over every region instead, all accelerators, each shard
+        # read where it is stored (copied once to the first such region where its home has none).
+        full = {r.name: r.accelerators.count for r in config.regions if r.accelerators.count > 0}
+        first = next(iter(full))
+        data = {s: (h, "local") if h in full else (first, "copy") for s, h, _ in _shards(config)}
+        multi = evaluate(config, workload, full, data, ddp, label="multi-region DDP (all regions)", deadline_s=deadline_s)
     return [single, multi]

@@ -188,7 +188,10 @@ def test_plan_is_never_worse_than_the_single_region_baseline_it_could_have_chose
     single, multi = baselines(config, wl, plan)
     assert single.label.startswith("single-region DDP") and all(d.mode in ("local", "copy") for d in single.data)
     assert plan.total_usd <= single.total_usd + 0.005
-    assert multi.workers == plan.workers and multi.sync.strategy == "allreduce" and multi.shards == plan.shards
+    # The plan keeps to us-east (copying eu-0 and ap-0 once), so the DDP baseline spans every region.
+    assert plan.workers == {"us-east": 8} and plan.total_usd == pytest.approx(single.total_usd)
+    assert multi.label == "multi-region DDP (all regions)" and multi.sync.strategy == "allreduce"
+    assert multi.workers == {"us-east": 8, "eu-west": 4, "ap-northeast": 8} and all(d.mode == "local" for d in multi.data)
 
 
 def test_deadline_is_met_with_sync_inside_it() -> None:
@@ -198,8 +201,10 @@ def test_deadline_is_met_with_sync_inside_it() -> None:
     wl = get_workload("resnet50", epochs=90)
     plan = plan_placement(config, wl, sync=SyncChoice("ma", 64), deadline_s=2700)
     assert plan.meets_deadline and plan.time_s <= 2700 and len(plan.workers) > 1 and plan.sync_time_s > 0
-    single, _ = baselines(config, wl, plan, deadline_s=2700)
+    single, multi = baselines(config, wl, plan, deadline_s=2700)
     assert not single.meets_deadline
+    assert multi.workers == plan.workers and multi.shards == plan.shards and multi.sync.strategy == "allreduce"
+    assert multi.rounds == multi.steps and multi.time_s > plan.time_s
 
 
 def test_impossible_deadline_is_a_usage_error() -> None:
