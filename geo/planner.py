@@ -15,11 +15,13 @@ With ``n_r`` workers in the active regions A (``N = sum n_r``) and ``S_r`` sampl
 
     steps     sigma = max_r ceil(E S_r / (n_r b))       (= E S / (N b) when data follows workers)
     rounds    Q = ceil(sigma / P)                        (global batch per round N * b * P)
-    ring      one round is a ring all-reduce of M bytes among A in regions-file order
+    round     allreduce/ma: a ring all-reduce of M bytes among A in regions-file order
               (:func:`delibench.geo.sync.ring_allreduce_traffic`, the run's own model): bytes per
-              directed link and t_round = sum over 2(|A|-1) steps of max link (rtt/2 + chunk/bw)
+              directed link and t_round = sum over 2(|A|-1) steps of max link (rtt/2 + chunk/bw);
+              asgd-ga: every region sends M bytes to every other point to point (the run's
+              exchange), t_round = max link M/bw when overlapped, plus one tail rtt/2 + M/bw
     compute   sigma * max_{r in A} tau_r                 (the slowest region paces a lockstep step)
-    train     compute + Q t_round; asgd-ga with staleness >= 1 overlaps: max(compute, Q t_round)
+    train     compute + Q t_round; asgd-ga with staleness >= 1 overlaps: max(compute, Q t_round) + tail
     links     every directed link carries its data (streamed shards E z_s, copied shards z_s once)
               plus Q times its ring bytes, within T at its bandwidth
     T         max(train, every link's bytes / bw)
@@ -253,14 +255,31 @@ def _shards(config: RegionsConfig) -> list[tuple[str, str, int]]:
     return [(s.name, r.name, s.size_bytes) for r in config.regions for s in r.shards]
 
 
-def _ring(config: RegionsConfig, active: list[str], model_bytes: int) -> tuple[dict[tuple[str, str], int], float]:
-    """Bytes per directed link and time of one sync round (the run's own ring model)."""
+def _round_traffic(config: RegionsConfig, active: list[str], model_bytes: int, sync: SyncChoice) -> tuple[dict[tuple[str, str], int], float, float]:
+    """One sync round as the run performs it: bytes per directed link, the round's time, a one-off tail.
+
+    ``allreduce``/``ma``: a ring all-reduce among ``active`` in regions-file order
+    (:func:`delibench.geo.sync.ring_allreduce_traffic`, the run's own model); the round takes its
+    modelled time, no tail. ``asgd-ga``: every region sends its update (``M`` bytes) to every other
+    region point to point, one message at a time per link (``rtt/2 + M/bw`` each, as the run's WAN
+    emulation delivers them); overlapped with compute (staleness >= 1) a round costs the busiest
+    link's ``M/bw`` and the last message's ``rtt/2 + M/bw`` is the tail; otherwise a round waits
+    for the slowest message.
+    """
     from delibench.geo.sync import ring_allreduce_traffic
 
     if len(active) < 2 or model_bytes == 0:
-        return {}, 0.0
-    traffic = ring_allreduce_traffic(math.ceil(model_bytes / 4), 4, tuple(active), config)
-    return dict(traffic.sent_bytes), traffic.time_s
+        return {}, 0.0, 0.0
+    numel = math.ceil(model_bytes / 4)
+    if sync.strategy != "asgd-ga":
+        traffic = ring_allreduce_traffic(numel, 4, tuple(active), config)
+        return dict(traffic.sent_bytes), traffic.time_s, 0.0
+    nbytes = numel * 4
+    pairs = [(a, b) for a in active for b in active if a != b]
+    message_s = max(config.link(a, b).transfer_s(nbytes) for a, b in pairs)
+    if sync.overlaps:
+        return dict.fromkeys(pairs, nbytes), max(nbytes / config.link(a, b).bandwidth_bytes_per_s for a, b in pairs), message_s
+    return dict.fromkeys(pairs, nbytes), message_s, 0.0
 
 
 def _ordered(config: RegionsConfig, workers: dict[str, int]) -> list[str]:
@@ -314,12 +333,12 @@ def evaluate(
     samples = {r: sum(d.size_bytes for d in placed if d.reader == r) / workload.sample_bytes for r in active}
     steps = max(math.ceil(e * samples[r] / (workers[r] * b) - 1e-9) for r in active)
     n_total = sum(workers[r] for r in active)
-    ring_bytes, round_s = _ring(config, active, workload.model_bytes)
+    ring_bytes, round_s, tail_s = _round_traffic(config, active, workload.model_bytes, sync)
     rounds = math.ceil(steps / sync.period) if len(active) > 1 else 0
     tau_max = max(config.region(r).accelerators.step_time_s for r in active)
     compute_time_s = steps * tau_max
     sync_total_s = rounds * round_s
-    train_s = max(compute_time_s, sync_total_s) if sync.overlaps else compute_time_s + sync_total_s
+    train_s = (max(compute_time_s, sync_total_s) if sync.overlaps else compute_time_s + sync_total_s) + (tail_s if rounds else 0.0)
     data_link: dict[tuple[str, str], float] = {}
     for d in placed:
         if d.mode != "local":
@@ -400,7 +419,7 @@ def _solve_fixed_workers(
     active = _ordered(config, workers)
     shards = _shards(config)
     e, b, beta = workload.epochs, workload.batch_size, workload.sample_bytes
-    ring_bytes, round_s = _ring(config, active, workload.model_bytes)
+    ring_bytes, round_s, tail_s = _round_traffic(config, active, workload.model_bytes, sync)
     multi = len(active) > 1
     tau = {r: config.region(r).accelerators.step_time_s for r in active}
     tau_max = max(tau.values())
@@ -419,10 +438,10 @@ def _solve_fixed_workers(
     for r in active:
         prob += sigma * (workers[r] * b) >= pulp.lpSum(e * z / beta * x[s, r] for s, _, z in shards)
     if sync.overlaps:
-        prob += t >= sigma * tau_max
-        prob += t >= q * round_s
+        prob += t >= sigma * tau_max + tail_s
+        prob += t >= q * round_s + tail_s
     else:
-        prob += t >= sigma * tau_max + q * round_s
+        prob += t >= sigma * tau_max + q * round_s + tail_s
     pairs = {(h, r) for _, h, _ in shards for r in active if h != r} | set(ring_bytes)
     data_bytes = {}
     for h, r in pairs:
@@ -464,7 +483,7 @@ def _lower_bounds(config: RegionsConfig, workload: PlanWorkload, sync: SyncChoic
     n = sum(workers[r] for r in active)
     steps = workload.epochs * total_samples / (n * workload.batch_size)
     tau_max = max(config.region(r).accelerators.step_time_s for r in active)
-    _, round_s = _ring(config, active, workload.model_bytes)
+    _, round_s, _ = _round_traffic(config, active, workload.model_bytes, sync)
     sync_s = steps / sync.period * round_s if len(active) > 1 else 0.0
     t = max(steps * tau_max, sync_s) if sync.overlaps else steps * tau_max + sync_s
     usage = {r: RegionUsage(workers[r], t, workers[r] * steps * config.region(r).accelerators.step_time_s) for r in active}
@@ -514,7 +533,7 @@ def plan_placement(
     # A bound on T for the storage big-M: one worker, everything streamed over the slowest link, a sync every step.
     total_bytes = sum(z for _, _, z in shards)
     steps_max = workload.epochs * total_bytes / workload.sample_bytes / workload.batch_size + 1
-    slowest_round = max((_ring(config, list(pair), workload.model_bytes)[1] for pair in itertools.combinations(config.names, 2)), default=0.0) * len(config.names)
+    slowest_round = max((_round_traffic(config, list(pair), workload.model_bytes, SyncChoice("ma", 1))[1] for pair in itertools.combinations(config.names, 2)), default=0.0) * len(config.names) ** 2
     big_t = 2 * (
         steps_max * (max(r.accelerators.step_time_s for r in config.regions) + slowest_round)
         + workload.epochs * total_bytes / min((lk.bandwidth_bytes_per_s for lk in config.links), default=math.inf)

@@ -116,8 +116,10 @@ def test_rounds_from_the_batch_and_sync_inside_the_time() -> None:
     steps = ceil(2 * 100 / (2 * 10)) = 10; ma H=4 -> rounds = ceil(10 / 4) = 3; global batch per
     round = 4 workers * 10 * 4 = 160. Compute: 10 steps at the slower region's 1.0 s = 10 s.
     One round: ring of 2 regions, 2 steps of a 20 MB chunk, each rtt/2 + 20e6/100e6 = 0.05 + 0.2
-    = 0.25 s -> 0.5 s; 3 rounds = 1.5 s. ma: T = 10 + 1.5 = 11.5 s; asgd-ga K=4 S=1 overlaps:
-    max(10, 1.5) = 10 s. Each direction carries 3 * 40 MB = 120 MB of sync.
+    = 0.25 s -> 0.5 s; 3 rounds = 1.5 s. ma: T = 10 + 1.5 = 11.5 s. Each direction carries
+    3 * 40 MB = 120 MB of sync. asgd-ga K=4 S=1 sends the 40 MB update point to point each way per
+    round and overlaps: rounds cost 3 * 40e6 / 100e6 = 1.2 s < 10 s of compute, plus the last
+    message's 0.05 + 0.4 = 0.45 s: T = 10.45 s.
     Cost (ma, hourly): a 2 * 11.5 * $0.001 = 0.023, b 2 * 11.5 * $0.002 = 0.046; sync egress
     120e6 / 2^30 * (0.09 + 0.12) = 0.023469.
     """
@@ -131,7 +133,8 @@ def test_rounds_from_the_batch_and_sync_inside_the_time() -> None:
     assert ma.sync_egress_usd == pytest.approx(120e6 / GIB * 0.21)
     assert ma.data_egress_usd == 0.0 and ma.storage_usd == 0.0
     ga = evaluate(config, TWO_WL, {"a": 2, "b": 2}, LOCAL, SyncChoice("asgd-ga", 4, 1), label="ga")
-    assert ga.rounds == 3 and ga.time_s == pytest.approx(10.0) and ga.sync_time_s == 0.0
+    assert ga.rounds == 3 and ga.time_s == pytest.approx(10.45) and ga.sync_time_s == pytest.approx(0.45)
+    assert ga.link_bytes == ma.link_bytes
     # Twice the workers in a (4 there is over its cap of 2) -> error, not a silent clamp.
     with pytest.raises(UsageError, match="has 2 accelerators"):
         evaluate(config, TWO_WL, {"a": 4, "b": 2}, LOCAL, SyncChoice("ma", 4), label="x")
@@ -219,3 +222,19 @@ def test_cli_plan_json_and_out(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert doc["format"] == "delibench-geo-plan" and doc["version"] == 1
     assert [b["label"].split(" (")[0] for b in doc["baselines"]] == ["single-region DDP", "multi-region DDP"]
     assert out.exists()
+
+
+def test_three_region_sync_traffic_follows_the_strategy() -> None:
+    """ma: a ring (3 directed links, 2(R-1)/R * M = 4/3 M each per round); asgd-ga: every region sends
+    its M-byte update to both others (6 directed links, M each per round), as the run exchanges them."""
+    config = load_regions(EXAMPLE)
+    wl = PlanWorkload("t", sample_bytes=1_000_000, batch_size=100, model_bytes=3_000_000, epochs=1)
+    workers = {"us-east": 1, "eu-west": 1, "ap-northeast": 1}
+    data = {"us-0": ("us-east", "local"), "us-1": ("us-east", "local"), "eu-0": ("eu-west", "local"), "ap-0": ("ap-northeast", "local")}
+    ma = evaluate(config, wl, workers, data, SyncChoice("ma", 4), label="ma")
+    ga = evaluate(config, wl, workers, data, SyncChoice("asgd-ga", 4, 1), label="ga")
+    assert ma.rounds == ga.rounds == 100  # us-east: 40e9 / 1e6 / 100 = 400 steps / 4
+    assert ma.link_bytes == {("us-east", "eu-west"): 400_000_000, ("eu-west", "ap-northeast"): 400_000_000, ("ap-northeast", "us-east"): 400_000_000}
+    assert len(ga.link_bytes) == 6 and set(ga.link_bytes.values()) == {300_000_000}
+    # The sender pays: us-east -> eu-west at AWS's 0.09, eu-west -> us-east at GCP's 0.12, AWS to AWS 0.02.
+    assert ga.sync_egress_usd == pytest.approx(3e8 / GIB * (0.09 + 0.12 + 0.02 + 0.02 + 0.12 + 0.09))
