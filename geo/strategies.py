@@ -603,11 +603,11 @@ class _PeerLinks:
                 return False
         return True
 
-    def take(self, need: int | None) -> tuple[list[tuple[int, int, torch.Tensor]], float]:
-        """Every update that has arrived, waiting first until each peer's rounds up to ``need`` are in.
+    def take(self, need: int | None, upto: int | None) -> tuple[list[tuple[int, int, torch.Tensor]], float]:
+        """The updates that have arrived from rounds up to ``upto``, waiting first until each peer's rounds up to ``need`` are in.
 
-        ``need=None``: wait for everything every peer sends before it closes. Returns
-        ``[(peer, round, update)]`` and the seconds waited.
+        ``need=None``: wait for everything every peer sends before it closes; ``upto=None``: no
+        limit. Returns ``[(peer, round, update)]`` and the seconds waited.
         """
         t0 = time.perf_counter()
         deadline = time.monotonic() + self.timeout_s
@@ -623,10 +623,11 @@ class _PeerLinks:
                 self._cond.wait(timeout=min(left, 1.0))
             out = []
             for peer in self.peers:
-                for round_, payload in self._inbox[peer]:
-                    out.append((peer, round_, payload))
-                self._taken[peer] += len(self._inbox[peer])
-                self._inbox[peer] = []
+                inbox = self._inbox[peer]  # in round order: one FIFO link per peer
+                n = len(inbox) if upto is None else sum(1 for round_, _ in inbox if round_ <= upto)
+                out.extend((peer, round_, payload) for round_, payload in inbox[:n])
+                self._taken[peer] += n
+                self._inbox[peer] = inbox[n:]
         return out, time.perf_counter() - t0
 
     def close(self, final_round: int) -> None:
@@ -648,8 +649,11 @@ class AsyncGradientAccumulation(_GeoOptimizer):
     every update that has arrived from other regions is applied. A region waits only when applying
     would make an update more than ``max_staleness`` rounds stale: at the end of its round j it needs
     every other region's rounds up to ``j - max_staleness`` (``0``: lockstep, and with ``accum=1``
-    synchronous SGD; ``None``: never waits). ``staleness`` lists, per applied update, how many rounds
-    behind it was (on region leaders).
+    synchronous SGD; ``None``: never waits). The bound is symmetric: a region applies updates from
+    rounds ``j - S`` to ``j + S`` only (another region can have sent round ``j + S + 1`` already; that
+    one waits for the next boundary), so no update is applied more than S rounds from the round the
+    region is in. ``staleness`` lists, per applied update, how many rounds behind it was (0 for
+    one from a region ahead), on region leaders.
 
     Args:
         optimizer: The inner (local) optimizer; its state stays local.
@@ -713,14 +717,14 @@ class AsyncGradientAccumulation(_GeoOptimizer):
             self._end_round()
         return loss
 
-    def _apply_(self, own: torch.Tensor | None, need: int | None) -> None:
+    def _apply_(self, own: torch.Tensor | None, need: int | None, upto: int | None) -> None:
         """``start - own - (updates from the other regions)`` becomes the parameters and the next round's start."""
         comm = self.comm
         incoming = torch.zeros(self.numel, dtype=torch.float64)
         if self._links is not None:
             if comm.is_leader:
                 t0 = time.perf_counter()
-                arrived, waited = self._links.take(need)
+                arrived, waited = self._links.take(need, upto)
                 for _, round_, payload in arrived:
                     incoming.add_(payload.to(torch.float64))
                     self.staleness.append(max(0, self.round - round_))
@@ -741,8 +745,10 @@ class AsyncGradientAccumulation(_GeoOptimizer):
         self.round += 1
         if self._links is not None and self.comm.is_leader:
             self._links.send(self.round, update)
-        need = None if self.max_staleness is None else self.round - self.max_staleness
-        self._apply_(update, need if need is not None else -1)
+        if self.max_staleness is None:
+            self._apply_(update, -1, None)
+        else:
+            self._apply_(update, self.round - self.max_staleness, self.round + self.max_staleness)
         self.local_steps = 0
 
     @torch.no_grad()
@@ -760,7 +766,7 @@ class AsyncGradientAccumulation(_GeoOptimizer):
         if self._links is not None:
             if self.comm.is_leader:
                 self._links.close(self.round)
-            self._apply_(None, None)
+            self._apply_(None, None, None)
             self._links.join()
         self._finished = True
         if average:
