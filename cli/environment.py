@@ -48,8 +48,16 @@ def link_profile() -> str | None:
 
 
 def rank() -> RankInfo:
-    """This process's place in a torchrun (or ``--nproc``) job."""
-    return rank_info(os.environ)
+    """This process's place in a torchrun (or ``--nproc``) job, with its node: ``LOCAL_WORLD_SIZE``,
+    ``GROUP_RANK`` and a job id from the rendezvous address and torchrun's run id."""
+    import dataclasses
+
+    env = os.environ
+    info = rank_info(env)
+    if "RANK" not in env:
+        return info
+    job = f"{env.get('MASTER_ADDR', '')}:{env.get('MASTER_PORT', '')}:{env.get('TORCHELASTIC_RUN_ID', '')}"
+    return dataclasses.replace(info, local_world_size=int(env.get("LOCAL_WORLD_SIZE", 1)), node_rank=int(env.get("GROUP_RANK", 0)), job_id=job)
 
 
 def profiles_path() -> str | None:

@@ -21,6 +21,11 @@ class RankInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    #: Ranks on this node (torchrun's ``LOCAL_WORLD_SIZE``), this node's number (``GROUP_RANK``) and a
+    #: string the job's ranks share and no other job has (names deli's node service); data the CLI reads.
+    local_world_size: int = 1
+    node_rank: int = 0
+    job_id: str = ""
 
     @property
     def is_main(self) -> bool:

@@ -47,6 +47,13 @@ class LoaderContext:
         exchange_fraction: For ``locality``: share of each rank's samples swapped across ranks per epoch.
         epochs: Epochs the caller will ask for, when known: a loader that looks ahead into the
             next epoch stops at the last one (None = unknown: it looks ahead after every epoch).
+        local_rank: This rank's place among the ranks of its node (torchrun's ``LOCAL_RANK``).
+        local_world_size: Ranks on this node (``LOCAL_WORLD_SIZE``); the node's ranks are taken to
+            be ``rank - local_rank .. + local_world_size - 1`` (torchrun numbers them so).
+        node_rank: This node's number (torchrun's ``GROUP_RANK``).
+        job_id: A string the ranks of one job share and no other job on the node has (the CLI
+            builds it from the rendezvous address and run id); names the node service's socket
+            and shared memory. Empty: not known.
     """
 
     dataset_url: str
@@ -62,6 +69,10 @@ class LoaderContext:
     order: str = "shuffle"
     exchange_fraction: float = 0.0
     epochs: int | None = None
+    local_rank: int = 0
+    local_world_size: int = 1
+    node_rank: int = 0
+    job_id: str = ""
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -70,6 +81,8 @@ class LoaderContext:
             raise UsageError(f"num_workers must not be negative, got {self.num_workers}")
         if not 0 <= self.rank < self.world_size:
             raise UsageError(f"rank {self.rank} is outside world size {self.world_size}")
+        if self.local_world_size > 1 and (not 0 <= self.local_rank < self.local_world_size or self.local_rank > self.rank or self.local_world_size > self.world_size):
+            raise UsageError(f"local rank {self.local_rank} of {self.local_world_size} does not fit rank {self.rank} of {self.world_size}")
         if self.order not in ("shuffle", "locality"):
             raise UsageError(f"unknown order {self.order!r}", hint="use 'shuffle' or 'locality'")
         if not 0.0 <= self.exchange_fraction <= 1.0:

@@ -108,6 +108,13 @@ class DeliOptions(ReliabilityOptions):
             cache budget, on top of it; measured worse under a shuffled order, see
             ``benchmarks/shards.py``). None: ``members`` when the dataset exists only as shards
             (``Manifest.sample_objects`` false), else ``objects``.
+        scope: ``node``: one node service per machine fetches for all of the machine's ranks into
+            one shared-memory cache of ``cache_size`` (per node), evicting with Belady over the
+            union of their orders, and hands the bytes to every rank's decode workers through
+            shared memory (:mod:`delibench.loaders.node`); ``rank``: each rank has its own fetcher
+            and cache (``cache_size`` per rank). None (the default): ``node`` when more than one
+            rank runs on the node (``LoaderContext.local_world_size``) and the options allow it
+            (memory tier, not whole shards), else ``rank``.
     """
 
     cache_size: int | None = field(default=None, metadata={"unit": "bytes"})
@@ -125,9 +132,12 @@ class DeliOptions(ReliabilityOptions):
     persistent_workers: bool = True
     lean_http: bool = True
     source: str | None = None
+    scope: str | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.scope not in (None, "node", "rank"):
+            raise UsageError(f"unknown scope {self.scope!r}", hint="use 'node' (one cache per machine) or 'rank' (one per rank)")
         for name in ("cache_size", "disk_cache_size"):
             value = getattr(self, name)
             if value is None and name == "cache_size":
@@ -217,6 +227,16 @@ class DeliLoader:
     """
 
     name: ClassVar[str] = "deli"
+
+    def __new__(cls, ctx: LoaderContext, **options: Any) -> Any:
+        # Node scope: this rank's side of the node service (a NodeDeliLoader, built here).
+        if cls is DeliLoader:
+            from delibench.loaders.node import NodeDeliLoader, wants_node_scope
+
+            parsed = parse_options(DeliOptions, cls.name, dict(options))
+            if wants_node_scope(parsed, ctx):
+                return NodeDeliLoader(ctx, parsed)
+        return super().__new__(cls)
 
     def __init__(self, ctx: LoaderContext, **options: Any) -> None:
         self.ctx = ctx

@@ -1,0 +1,262 @@
+"""deli's node service (``scope=node``): exact partitions at world 2 and 4, one fetch per sample per
+node, Belady over the union as the simulator predicts it, two nodes, two jobs, a rank that leaves
+early, and a service or starter that dies (a clear error, nothing left in ``/dev/shm``).
+
+The ranks of a "node" run as loaders in this process (threads), each with its own local rank; the
+service they share is a real process started by local rank 0's loader.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+import uuid
+from typing import Any
+
+import psutil
+import pytest
+
+from delibench.errors import RuntimeFailure, UsageError
+from delibench.loaders.deli import DeliLoader
+from delibench.loaders.node import NodeDeliLoader, leftover_segments
+from delibench.loaders.sampler import epoch_order
+from delibench.loaders.testing import Corpus, make_context, make_corpus
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """41 samples of random sizes (odd: DistributedSampler pads at world 2 and 4)."""
+    return make_corpus(tmp_path_factory.mktemp("node-corpus"), samples=41)
+
+
+@pytest.fixture(scope="module")
+def even_corpus(tmp_path_factory: pytest.TempPathFactory) -> Corpus:
+    """200 samples of exactly 1000 bytes, so a byte budget is a sample count."""
+    return make_corpus(tmp_path_factory.mktemp("node-even"), samples=200, min_bytes=1000, max_bytes=1000)
+
+
+@pytest.fixture(autouse=True)
+def no_segments_left():
+    before = set(leftover_segments())
+    yield
+    deadline = time.perf_counter() + 10
+    while set(leftover_segments()) - before and time.perf_counter() < deadline:
+        time.sleep(0.1)
+    assert not set(leftover_segments()) - before, leftover_segments()
+
+
+def _job(corpus: Corpus, world: int, local_world: int, job: str | None = None, epochs: int = 3, **options: Any) -> list[Any]:
+    """Every rank's deli loader (local rank 0 of each node first: it starts the node's service).
+
+    Each job gets its own id: the n-th node-scope loader of a (job, local rank) meets the n-th
+    service of its node, and these "ranks" share one process."""
+    job = job or uuid.uuid4().hex
+    loaders = []
+    for rank in range(world):
+        ctx = make_context(corpus, rank=rank, world_size=world, local_rank=rank % local_world, local_world_size=local_world,
+                           node_rank=rank // local_world, job_id=job, epochs=epochs, num_workers=1)
+        loaders.append(DeliLoader(ctx, **options))
+    return loaders
+
+
+def _run(loaders: list[Any], epochs: int, delay_s: dict[int, float] | None = None, stop_after: dict[int, int] | None = None,
+         ) -> dict[tuple[int, int], list[tuple[int, str]]]:
+    got: dict[tuple[int, int], list[tuple[int, str]]] = {}
+    errors: list[BaseException] = []
+
+    def rank(r: int) -> None:
+        try:
+            for e in range((stop_after or {}).get(r, epochs)):
+                out = got.setdefault((r, e), [])
+                for batch in loaders[r].iter_epoch(e):
+                    out.extend((int(i), x) for i, x in zip(batch.indices, batch.inputs))
+                    time.sleep((delay_s or {}).get(r, 0.0))
+            if stop_after and r in stop_after:
+                loaders[r].close()  # leaves early
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=rank, args=(r,)) for r in range(len(loaders))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    if errors:
+        raise errors[0]
+    return got
+
+
+def _check_exact(corpus: Corpus, got: dict[tuple[int, int], list[tuple[int, str]]], world: int) -> None:
+    for (r, e), items in got.items():
+        assert [i for i, _ in items] == epoch_order(len(corpus.manifest), e, 7, r, world), (r, e)
+        assert all(x == corpus.expected(i) for i, x in items), (r, e)  # byte-identical (sha256 of the bytes)
+
+
+def _close(loaders: list[Any]) -> None:
+    for loader in reversed(loaders):  # local rank 0 last: it waits for the others, then stops the service
+        loader.close()
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_every_rank_gets_its_partition_exactly_and_the_node_fetches_each_sample_once(corpus: Corpus, world: int) -> None:
+    loaders = _job(corpus, world, world, cache_size="1MiB")
+    try:
+        assert all(isinstance(loader, NodeDeliLoader) for loader in loaders)
+        got = _run(loaders, 3)
+        _check_exact(corpus, got, world)
+        stats = [loader.stats() for loader in loaders]
+        assert sum(s.requests_count for s in stats) == len(corpus.manifest)  # 3 epochs, one GET per sample
+        assert sum(s.bytes_read_remote for s in stats) == sum(e.size_bytes for e in corpus.manifest.samples)
+        assert sum(s.cache_misses for s in stats) == len(corpus.manifest)
+    finally:
+        _close(loaders)
+
+
+def test_ranks_at_different_speeds_with_evictions_and_one_leaving_early(corpus: Corpus) -> None:
+    loaders = _job(corpus, 2, 2, cache_size=8000, prefetch_depth=8)
+    try:
+        got = _run(loaders, 3, delay_s={1: 0.03}, stop_after={1: 1})
+        _check_exact(corpus, got, 2)
+        assert sorted(got) == [(0, 0), (0, 1), (0, 2), (1, 0)]
+        assert loaders[0].stats().cache_peak_bytes <= 8000
+    finally:
+        _close(loaders)
+
+
+def test_two_nodes_each_fetch_their_own_union_once(corpus: Corpus) -> None:
+    loaders = _job(corpus, 4, 2, cache_size="1MiB")
+    try:
+        got = _run(loaders, 3)
+        _check_exact(corpus, got, 4)
+        n = len(corpus.manifest)
+        for node in (0, 1):
+            needed = {i for e in range(3) for r in (2 * node, 2 * node + 1) for i in epoch_order(n, e, 7, r, 4)}
+            fetched = sum(loaders[r].stats().requests_count for r in (2 * node, 2 * node + 1))
+            assert fetched == len(needed), node
+        assert loaders[0].prefix != loaders[2].prefix  # one service per node
+    finally:
+        _close(loaders)
+
+
+def test_two_jobs_on_one_node_do_not_collide(corpus: Corpus) -> None:
+    a, b = _job(corpus, 2, 2, cache_size="1MiB"), _job(corpus, 2, 2, cache_size="1MiB")
+    try:
+        assert {x.prefix for x in a}.isdisjoint({x.prefix for x in b})
+        got = _run(a + b, 2)  # four threads; ranks of a are 0-1, of b 2-3 in this numbering
+        _check_exact(corpus, {k: v for k, v in got.items() if k[0] < 2}, 2)
+        _check_exact(corpus, {(k[0] - 2, k[1]): v for k, v in got.items() if k[0] >= 2}, 2)
+        assert sum(x.stats().requests_count for x in a) == len(corpus.manifest)
+        assert sum(x.stats().requests_count for x in b) == len(corpus.manifest)
+    finally:
+        _close(a)
+        _close(b)
+
+
+def test_belady_hit_rate_is_the_simulators_over_the_union(even_corpus: Corpus) -> None:
+    """A cache of 30 % of the dataset: the service's hit rate within 2 points of the replay of the
+    node's interleaved union (``tuning/scale.py``'s node scope)."""
+    from delibench.tuning.scale import replay_node_cache
+
+    n, world, epochs = len(even_corpus.manifest), 2, 3
+    budget = int(0.3 * n * 1000)
+    loaders = _job(even_corpus, world, world, epochs=epochs, cache_size=budget, prefetch_depth=10)
+    try:
+        for e in range(epochs):  # the ranks in lockstep, batch by batch, as DDP steps keep them
+            for batches in zip(*(loader.iter_epoch(e) for loader in loaders)):
+                assert len(batches) == world
+        stats = [loader.stats() for loader in loaders]
+        hits, misses = sum(s.cache_hits for s in stats), sum(s.cache_misses for s in stats)
+        measured = hits / (hits + misses)
+        orders = [[epoch_order(n, e, 7, r, world) for e in range(epochs + 1)] for r in range(world)]
+        sim_misses, lookups = replay_node_cache(orders, 1000, budget, "belady")
+        simulated = 1 - sum(sim_misses) / sum(lookups)
+        assert abs(measured - simulated) <= 0.02, (measured, simulated)
+        assert max(s.cache_peak_bytes for s in stats) <= budget
+    finally:
+        _close(loaders)
+
+
+def test_a_killed_service_is_a_clear_error_and_leaves_no_segment(corpus: Corpus) -> None:
+    loaders = _job(corpus, 2, 2, cache_size="1MiB")
+    try:
+        it = loaders[1].iter_epoch(0)
+        next(it)
+        assert leftover_segments()
+        loaders[0]._proc.send_signal(signal.SIGKILL)
+        loaders[0]._proc.wait()
+        with pytest.raises(RuntimeFailure, match="node service"):
+            for _ in it:
+                pass
+    finally:
+        _close(loaders)
+
+
+def test_the_service_leaves_with_its_starter(corpus: Corpus, tmp_path) -> None:
+    """The process that started the service is SIGKILLed: the service notices, unlinks its arena, exits."""
+    script = textwrap.dedent(f"""
+        import sys, time
+        from delibench.loaders.testing import make_context, Corpus
+        from delibench.manifest import read_manifest
+        from delibench.loaders.deli import DeliLoader
+        url = {corpus.url!r}
+        ctx = make_context(Corpus(url, read_manifest(url)), job_id="starter", num_workers=0)
+        loader = DeliLoader(ctx, scope="node")
+        for batch in loader.iter_epoch(0):
+            print("batch", flush=True)
+            time.sleep(60)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None and proc.stdout.readline().strip() == "batch"
+        services = [p for p in psutil.Process(proc.pid).children() if "delibench.loaders.node" in " ".join(p.cmdline())]
+        assert len(services) == 1 and leftover_segments()
+        proc.kill()
+        proc.wait()
+        services[0].wait(10)  # gone within the watch interval
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_scope_option() -> None:
+    corpus = make_corpus(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"node-opt-{os.getpid()}"), samples=4)
+    two = make_context(corpus, rank=0, world_size=2, local_rank=0, local_world_size=2, job_id=uuid.uuid4().hex)
+    one = make_context(corpus)
+    with pytest.raises(UsageError, match="scope"):
+        DeliLoader(one, scope="everywhere")
+    with pytest.raises(UsageError, match="cache_tier=disk"):
+        DeliLoader(one, scope="node", cache_tier="disk", disk_cache_size="1MiB")
+    for ctx, options, kind in ((one, {}, DeliLoader), (two, {"scope": "rank"}, DeliLoader),
+                               (two, {"cache_tier": "disk", "disk_cache_size": "1MiB"}, DeliLoader)):
+        loader = DeliLoader(ctx, **options)
+        try:
+            assert type(loader) is kind
+        finally:
+            loader.close()
+    with pytest.raises(UsageError, match="job id"):
+        DeliLoader(make_context(corpus, rank=0, world_size=2, local_rank=0, local_world_size=2))
+
+
+def test_resume_mid_epoch(corpus: Corpus) -> None:
+    first = _job(corpus, 1, 1, epochs=2, scope="node", cache_size="1MiB")[0]
+    try:
+        it = first.iter_epoch(0)
+        seen = [int(i) for i in next(it).indices] + [int(i) for i in next(it).indices]
+        state = first.state_dict()
+        it.close()
+    finally:
+        first.close()
+    second = _job(corpus, 1, 1, epochs=2, scope="node", cache_size="1MiB")[0]
+    try:
+        second.load_state_dict(state)
+        rest = [int(i) for b in second.iter_epoch(0) for i in b.indices]
+        assert seen + rest == epoch_order(len(corpus.manifest), 0, 7, 0, 1)
+    finally:
+        second.close()
