@@ -199,6 +199,7 @@ def _measure(args: argparse.Namespace) -> dict[str, Any]:
                 make["image_size"] = cell["image"]
             data = lab.dataset(workdir / f"data-{name}", f"s3://model-check/{name}", samples=cell["samples"], reuse=True, **make)
             route = lab.link(profile)
+            time.sleep(2.0)  # let the new link emulator's start-up pass: the probe reads how busy the host is
             session = prepare_tuning(
                 data.url, cell["workload"], compute=ComputeSpec("emulated", cell["step_ms"] / 1000),
                 mem_budget_bytes=2 * data.manifest.total_bytes, storage=optuna.storages.InMemoryStorage(),
