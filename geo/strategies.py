@@ -262,7 +262,7 @@ class _GeoOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def _inner_step(self, closure: Callable[[], Any] | None) -> Any:
-        if self.average_region_gradients and self.comm.region_group is not None:
+        if self.average_region_gradients and len(self.comm.region_ranks) > 1:
             grads = torch.cat([p.grad.reshape(-1) for p in self.params])
             self.comm.region_sum_(grads)
             grads.div_(len(self.comm.region_ranks))

@@ -205,12 +205,13 @@ class GeoComm:
         self.is_leader = rank == self.leader
         self.ledger = SyncLedger()
         # NOTE: new_group is collective over the world: every rank creates every group, in order.
-        self._region_group = None
+        # One-rank regions get a group too (for the user's DDP), but no collective runs on it.
+        self._region_pg: Any = None
         for i in range(len(topology.regions)):
-            ranks = topology.ranks_of(i)
-            group = dist.new_group(ranks) if len(ranks) > 1 else None
+            group = dist.new_group(topology.ranks_of(i))
             if i == self.region_index:
-                self._region_group = group
+                self._region_pg = group
+        self._region_group = self._region_pg if len(self.region_ranks) > 1 else None
         self._leaders_group = dist.new_group(topology.leaders) if len(topology.regions) > 1 else None
 
     @classmethod
@@ -246,8 +247,8 @@ class GeoComm:
 
     @property
     def region_group(self) -> Any:
-        """This rank's region's process group (``None`` for a one-rank region): give it to DDP."""
-        return self._region_group
+        """This rank's region's process group: give it to DDP (``DDP(model, process_group=comm.region_group)``)."""
+        return self._region_pg
 
     @property
     def leaders_group(self) -> Any:

@@ -264,6 +264,7 @@ def _worker(rank: int, world: int, port: int, config: RegionsConfig, spec: GeoRu
                 "cross_region_bytes": ledger.cross_region_bytes,
                 "link_bytes": ledger.link_bytes,
                 "cross_region_collectives": ledger.cross_region_collectives,
+                "staleness": list(getattr(strategy, "staleness", [])),  # asgd-ga: rounds behind, per applied update
                 "losses": losses,
                 "val_loss": val_loss,
                 "val_accuracy": val_accuracy,

@@ -430,3 +430,53 @@ def test_option_errors_need_no_process_group() -> None:
         GeoComm.from_regions(["a", "b", "a"])
     with pytest.raises(UsageError, match="unknown compression"):
         Compression("int8")
+
+
+# ---------------------------------------------------------------------------------------------
+# A user's DDP script: 3 regions, one of them with 2 ranks (DDP inside it), 4 processes
+
+
+def _ddp_script(rank: int, world: int) -> dict[str, Any]:
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel as DDP
+
+    from delibench.geo import AsyncGradientAccumulation, DiLoCo, GeoComm, ModelAveraging
+
+    comm = GeoComm.from_regions(["a", "a", "b", "c"])
+    out: dict[str, Any] = {"region": comm.region}
+    for name in ("asgd", "diloco"):
+        net = _model(seed=rank)  # different on purpose: the wrapper broadcasts rank 0's, as DDP does
+        model = DDP(net, process_group=comm.region_group)
+        if name == "asgd":
+            opt: Any = AsyncGradientAccumulation(torch.optim.SGD(model.parameters(), lr=LR, momentum=0.9), model, accum=2, max_staleness=1, group=comm)
+        else:
+            opt = DiLoCo(torch.optim.AdamW(model.parameters(), lr=0.01), model, period=3, group=comm)
+        for step in range(7):
+            if comm.region == "c":
+                time.sleep(0.01)
+            opt.zero_grad()
+            _loss(model, rank, step).backward()
+            opt.step()
+        opt.finish()
+        out[name] = _vec(net)
+    # Model averaging weighted by samples: rank r declares r + 1 samples per step.
+    net = _model()
+    opt = ModelAveraging(torch.optim.SGD(net.parameters(), lr=LR), net, period=100, group=comm)
+    for step in range(3):
+        opt.zero_grad()
+        _loss(net, rank, step).backward()
+        opt.step(samples=rank + 1)
+    local = [torch.empty_like(_vec(net)) for _ in range(world)]
+    dist.all_gather(local, _vec(net))
+    opt.average()
+    out["ma_weighted"] = _vec(net)
+    out["ma_expected"] = sum(3 * (r + 1) * local[r] for r in range(world)) / sum(3 * (r + 1) for r in range(world))
+    return out
+
+
+def test_user_ddp_script_with_uneven_regions() -> None:
+    ranks = _launch(_ddp_script, world=4, timeout_s=40)
+    for name in ("asgd", "diloco", "ma_weighted"):
+        for r in ranks[1:]:
+            assert torch.equal(r[name], ranks[0][name]), name
+    torch.testing.assert_close(ranks[0]["ma_weighted"], ranks[0]["ma_expected"], rtol=1e-5, atol=1e-6)
