@@ -34,15 +34,16 @@ all-reduce, takes fp16/bf16 only.
 **How ASGD-GA exchanges without waiting.** Each region's leader runs, per other region, one sender
 thread and one receiver thread, each on a process group of its own (one gloo group per directed
 pair of leaders), with blocking ``send``/``recv``: a message is a 4-number header (round, flags,
-emulated arrival time) then the update. Why this and not the alternatives: ``isend``/``irecv`` from
-the training thread would leave a pending receive that must be polled and a send that gloo may
-hold until the peer posts its receive; ``torch.distributed.rpc`` is not built for gloo-only CPU
-wheels on every platform and is in maintenance mode; the c10d ``TCPStore`` would route every update
-through the one store host (a star through one region, with values held in its memory). Dedicated
-groups keep the background traffic out of the training thread's collectives (gloo groups are
-independent TCP pairs), a receiver always has a receive posted so a sender never waits for the
-peer's training loop, and a slow link only delays delivery: the groups get a long timeout
-(``timeout_s``) so that a peer minutes behind is not an error. Within a region the leader
+emulated arrival time) then the update. Why this: ``isend``/``irecv`` issued from the training
+thread would leave receives that the training loop must post ahead and poll; ``torch.distributed.rpc``
+would add a second runtime (its TensorPipe agent, with its own initialisation) beside the process
+group; the c10d ``TCPStore`` would route every update through the one store host (a star through
+one region, values held in its memory). Dedicated groups keep the background traffic out of the
+training thread's collectives (each gloo group has its own TCP pairs), a receiver always has a
+receive posted so a sender never waits for the peer's training loop, and a slow link only delays
+delivery: the groups get a long timeout (``timeout_s``) so that a peer minutes behind is not an
+error. Each update goes to each of the R-1 other regions: (R-1) x its size per region per round,
+against 2(R-1)/R x for a ring all-reduce -- the same for two regions, 1.5x for three. Within a region the leader
 broadcasts what it applied (LAN), so all the region's ranks stay identical. Each region keeps its
 model of record in float64 (the parameters are its float32 copy): the final parameters are the
 initial ones minus the sum of every region's updates, and float64 sums of these float32 updates are
@@ -55,7 +56,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
