@@ -35,7 +35,7 @@ from typing import Any
 from delibench.errors import UsageError
 from delibench.loaders.cache import ByteBudgetCache
 from delibench.loaders.sampler import ORDERS, epoch_order, rank_sample_count
-from delibench.tuning.simulator import CacheSimulator
+from delibench.tuning.simulator import CacheSimulator, next_uses
 
 __all__ = ["SCOPES", "ScaleCell", "ScaleJob", "ScalePrediction", "predict_scale", "replay_node_cache"]
 
@@ -172,21 +172,6 @@ class ScalePrediction:
         }
 
 
-def _next_uses(streams: Sequence[Sequence[int]]) -> list[list[float | None]]:
-    """For each access of each epoch's stream, the global position of the same sample's next access (None: never)."""
-    flat = [i for s in streams for i in s]
-    out: list[float | None] = [None] * len(flat)
-    seen: dict[int, int] = {}
-    for pos in range(len(flat) - 1, -1, -1):
-        out[pos] = seen.get(flat[pos])
-        seen[flat[pos]] = pos
-    result, start = [], 0
-    for s in streams:
-        result.append(out[start : start + len(s)])
-        start += len(s)
-    return result
-
-
 class _Blob(bytes):
     """Zero bytes that report ``size``: the cache only reads ``len``."""
 
@@ -228,7 +213,7 @@ def replay_node_cache(
     """
     epochs = len(orders_by_rank[0]) - 1
     streams = [_interleave([o[e] for o in orders_by_rank]) for e in range(epochs + 1)]
-    nexts = _next_uses(streams)
+    nexts = next_uses(streams)
     cache = ByteBudgetCache(cache_size, eviction)
     blob = _Blob(sample_bytes)
     misses: list[int] = []

@@ -17,7 +17,7 @@ from delibench.errors import UsageError
 from delibench.loaders.cache import ByteBudgetCache
 from delibench.loaders.sampler import epoch_order, next_use
 
-__all__ = ["CacheSimulator", "SimResult", "simulate_hit_rate"]
+__all__ = ["CacheSimulator", "SimResult", "next_uses", "simulate_hit_rate"]
 
 
 class _Blob(bytes):
@@ -67,6 +67,25 @@ class SimResult:
     def last_epoch_miss_rate(self) -> float:
         """Miss rate of the last simulated epoch."""
         return 1.0 - self.epoch_hit_rates[-1]
+
+
+def next_uses(streams: Sequence[Sequence[int]]) -> list[list[float | None]]:
+    """For each access of each stream (epoch), the global position of the same sample's next access.
+
+    Positions count over the streams concatenated (a global clock); None: never used again. This
+    is what a clairvoyant (Belady) cache is told, as the DELI loader knows its sampler's order.
+    """
+    flat = [i for s in streams for i in s]
+    out: list[float | None] = [None] * len(flat)
+    last_seen: dict[int, int] = {}
+    for pos in range(len(flat) - 1, -1, -1):
+        out[pos] = last_seen.get(flat[pos])
+        last_seen[flat[pos]] = pos
+    result, start = [], 0
+    for s in streams:
+        result.append(out[start : start + len(s)])
+        start += len(s)
+    return result
 
 
 class CacheSimulator:
@@ -124,23 +143,9 @@ class CacheSimulator:
         self._orders = {r: [o[:max_samples_per_epoch] for o in full[r][:epochs]] for r in self.ranks}
         # Next-use time of each access on a global clock (position over the concatenated epochs):
         # what a clairvoyant (Belady) cache is told, as the DELI loader knows it.
-        self._next = {r: self._next_uses([*self._orders[r], full[r][epochs]])[:epochs] for r in self.ranks}
+        self._next = {r: next_uses([*self._orders[r], full[r][epochs]])[:epochs] for r in self.ranks}
         self._memo: dict[tuple[int | None, str, int | None], SimResult] = {}
 
-    @staticmethod
-    def _next_uses(orders: list[list[int]]) -> list[list[float | None]]:
-        flat = [i for o in orders for i in o]
-        out: list[float | None] = [None] * len(flat)
-        last_seen: dict[int, int] = {}
-        for pos in range(len(flat) - 1, -1, -1):
-            out[pos] = last_seen.get(flat[pos])
-            last_seen[flat[pos]] = pos
-        # Split back per epoch.
-        result, start = [], 0
-        for o in orders:
-            result.append(out[start : start + len(o)])
-            start += len(o)
-        return result
 
     def run(self, cache_size_bytes: int | None, eviction: str = "lru", *, cache_items: int | None = None) -> SimResult:
         """Simulate one configuration (memoised per simulator).
