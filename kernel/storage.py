@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,6 +23,7 @@ __all__ = [
     "Location",
     "close_filesystem",
     "join_url",
+    "list_files",
     "endpoint_of",
     "gcs_emulator_options",
     "protocol_of",
@@ -85,6 +86,30 @@ GCS_BUCKET_TYPE_PROBE = ("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")
 def skip_gcs_bucket_type_probe() -> None:
     """Turn gcsfs's bucket-type probe off unless the user chose (call before gcsfs is imported)."""
     os.environ.setdefault(*GCS_BUCKET_TYPE_PROBE)
+
+
+def list_files(fs: Any, location: Location, accept: Callable[[str], bool]) -> list[tuple[str, int]]:
+    """``(key, size)`` of every file under ``location`` (any depth) whose key ``accept`` takes, sorted.
+
+    Keys are relative to the location. The listing is fresh (fsspec's listing cache is dropped
+    first); a missing root lists nothing, and other errors propagate for the caller to word.
+    """
+    root = location.path.rstrip("/")
+    try:
+        fs.invalidate_cache(root)
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        found = {}
+    files = []
+    for path, meta in found.items():
+        path = path if location.protocol != "memory" else "/" + path.lstrip("/")
+        if not path.startswith(root + "/"):
+            continue
+        key = path[len(root) + 1 :]
+        if meta.get("type", "file") == "file" and accept(key):
+            files.append((key, int(meta.get("size") or 0)))
+    files.sort()
+    return files
 
 
 def redact(url: str) -> str:

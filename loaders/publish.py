@@ -35,7 +35,7 @@ from urllib.parse import urlsplit
 
 from delibench.errors import DelibenchError, RuntimeFailure, UsageError
 from delibench.manifest import MANIFEST_NAME, Manifest, SampleEntry, checksum, read_manifest, write_manifest
-from delibench.storage import Location, resolve
+from delibench.storage import Location, list_files, resolve
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -246,24 +246,10 @@ def _is_image(key: str) -> bool:
 
 def _list_images(fs: Any, loc: Location) -> list[tuple[str, int]]:
     """``(key, size)`` of every image under a class folder of ``loc``, sorted by key."""
-    root = loc.path.rstrip("/")
     try:
-        fs.invalidate_cache(root)
-        found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        found = {}
+        return list_files(fs, loc, _is_image)
     except Exception as exc:
         raise _storage_error("listing", loc, exc) from exc
-    images = []
-    for path, meta in found.items():
-        path = path if loc.protocol != "memory" else "/" + path.lstrip("/")
-        if not path.startswith(root + "/"):
-            continue
-        key = path[len(root) + 1 :]
-        if meta.get("type", "file") == "file" and _is_image(key):
-            images.append((key, int(meta.get("size") or 0)))
-    images.sort()
-    return images
 
 
 def _manifest_from_listing(fs: Any, loc: Location, concurrency: int, progress: ProgressCallback | None) -> Manifest:

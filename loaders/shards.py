@@ -41,7 +41,7 @@ from typing import Any
 from delibench.errors import UsageError
 from delibench.loaders.source import SampleSource
 from delibench.manifest import Manifest, SampleEntry, ShardEntry
-from delibench.storage import Location, resolve
+from delibench.storage import Location, list_files, resolve
 
 __all__ = ["IMAGE_SUFFIXES", "TarMember", "WholeShardSource", "add_member_index", "index_tars", "read_members", "split_member_name"]
 
@@ -184,19 +184,7 @@ def add_member_index(manifest: Manifest, url: str, storage_options: dict[str, An
 
 def list_tars(fs: Any, loc: Location) -> list[tuple[str, int]]:
     """``(key, size)`` of every ``.tar`` under ``loc`` (any depth), sorted by key."""
-    root = loc.path.rstrip("/")
-    try:
-        fs.invalidate_cache(root)
-        found = fs.find(root, detail=True)
-    except FileNotFoundError:
-        found = {}
-    tars = []
-    for path, meta in found.items():
-        path = path if loc.protocol != "memory" else "/" + path.lstrip("/")
-        if path.startswith(root + "/") and meta.get("type", "file") == "file" and path.lower().endswith(".tar"):
-            tars.append((path[len(root) + 1 :], int(meta.get("size") or 0)))
-    tars.sort()
-    return tars
+    return list_files(fs, loc, lambda key: key.lower().endswith(".tar"))
 
 
 def index_tars(fs: Any, loc: Location, tars: Sequence[tuple[str, int]], *, concurrency: int = 8, checksums: bool = True,
