@@ -118,7 +118,7 @@ class LruPolicy:
 
 
 @register_policy
-class FifoPolicy:
+class FifoPolicy(LruPolicy):
     """First in, first out: evicts the item cached longest ago; a hit does not renew it (unlike LRU).
 
     The DELI paper's simple policy (its sweeps compare FIFO and LRU). Ignores next-use hints and
@@ -127,23 +127,8 @@ class FifoPolicy:
 
     name: ClassVar[str] = "fifo"
 
-    def __init__(self) -> None:
-        self._order: OrderedDict[Hashable, None] = OrderedDict()
-
-    def add(self, key: Hashable, next_use: float) -> None:
-        self._order[key] = None
-
     def touch(self, key: Hashable, next_use: float) -> None:
         pass  # insertion order only
-
-    def remove(self, key: Hashable) -> None:
-        self._order.pop(key, None)
-
-    def victim(self) -> tuple[Hashable, float]:
-        return next(iter(self._order)), NEVER
-
-    def admits(self, next_use: float, victim_next_use: float) -> bool:
-        return True
 
 
 @register_policy
