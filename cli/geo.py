@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 from typing import Any, Optional
 
@@ -63,8 +65,22 @@ def run_cmd(
     seed: int = typer.Option(0, "--seed", help="Seed of model, data and held-out set."),
     timeout_s: float = typer.Option(600.0, "--timeout", help="Stop every worker after this many seconds. Default 600."),
     json_out: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+    links: str = typer.Option("auto", "--links", help="auto | namespace | model. namespace: one network namespace per region, kernel tbf rate limit, user-space delay line (root); model: the communication-level model over loopback. auto: namespace where possible."),
+    jitter: Optional[str] = typer.Option(None, "--jitter", help="namespace links: uniform jitter on each packet's one-way delay, e.g. 2ms."),
+    checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="Checkpoint every N steps; a restart resumes there (0 = never). Default 10."),
+    max_restarts: int = typer.Option(3, "--max-restarts", help="torchrun --max-restarts per region. Default 3."),
+    job_dir: Optional[str] = typer.Option(None, "--job-dir", help="Keep the job's files here (job file, checkpoints, events, logs). Default: a temporary folder."),
+    print_commands: bool = typer.Option(False, "--print-commands", help="Print the torchrun command of every region's host (for a multi-machine run) and exit; --hosts sets the addresses."),
+    hosts: Optional[str] = typer.Option(None, "--hosts", help="With --print-commands: region=ADDRESS[/IFNAME],... (default: 127.0.0.1/lo)."),
 ) -> None:
-    """Train for real with one process per worker (gloo) and the chosen sync strategy across regions.
+    """Train for real under torchrun (one elastic c10d node group per region, gloo) with the chosen sync strategy.
+
+    Every region is a torchrun agent (--nnodes N:N, --rdzv-backend c10d, the first region hosting
+    the rendezvous), bound to its region's address. With --links namespace (the default where this
+    runs as root) each region lives in a network namespace and cross-region bytes cross a kernel
+    rate limit plus a delay line; --links model keeps the communication-level model (each exchange
+    waits rtt/2 + chunk/bandwidth per ring step from the regions file). The result names the mode.
+    A killed worker is restarted by torchrun and every worker resumes from the last checkpoint.
 
     Cross-region traffic crosses an emulated WAN (communication-level: each cross-region exchange
     waits rtt/2 + chunk/bandwidth per ring step from the regions file), and every byte crossing
@@ -74,8 +90,6 @@ def run_cmd(
     workers per region, per-worker batch and steps; --sync/--period/--accum/--staleness/
     --workers-per-region are then ignored. Example: delibench geo run --plan plan.yaml --steps 200
     """
-    from delibench.geo.train import run_geo
-
     if plan is not None:
         config, spec = _planned_spec(plan, regions, steps=steps, hidden=hidden, lr=lr, step_time_scale=step_time_scale, seed=seed)
         sync = spec.strategy
@@ -84,12 +98,81 @@ def run_cmd(
             raise UsageError("--regions is required (or --plan)", hint="e.g. --regions geo/example-regions.yaml")
         config = _load(regions)
         spec = _spec(sync, config, workers_per_region, steps=100 if steps is None else steps, period=period, accum=accum, staleness=staleness, hidden=hidden, lr=lr, step_time_scale=step_time_scale, seed=seed)
-    err_console.print(f"[dim]geo run: {sync} on {spec.topology.world_size} workers in {len(spec.workers)} regions ...[/]")
-    result = run_geo(config, spec, timeout_s=timeout_s)
-    if json_out:
-        print_json(result.to_dict())
+    if print_commands:
+        _print_commands(spec, hosts, job_dir=job_dir, max_restarts=max_restarts)
         return
-    _print_results([result])
+    from delibench.geo import launch as geo_launch
+    from delibench.units import parse_duration
+
+    mode, why = geo_launch.resolve_links(links)
+    label = "namespaces + tbf + delay line" if mode == "namespace" else "communication-level model" + (f" ({why})" if why else "")
+    err_console.print(f"[dim]geo run: {sync} on {spec.topology.world_size} workers in {len(spec.workers)} regions under torchrun; links: {label} ...[/]")
+    launched = geo_launch.launch_local(
+        config, spec, links=mode, checkpoint_every=checkpoint_every, max_restarts=max_restarts, base_env=dict(os.environ),
+        job_dir=job_dir, jitter_s=parse_duration(jitter) if jitter else 0.0, timeout_s=timeout_s,
+    )  # fmt: skip
+    for event in launched.events:
+        err_console.print(f"restart: world {event['world_size']} ({', '.join(event['regions'])}), resumed at step {event['resumed_at']} of {event['reached']} reached: lost {event['lost_steps']} steps")
+    if json_out:
+        print_json(launched.to_dict())
+        return
+    _print_results([launched.result])
+    console.print(f"links: {launched.links}; {launched.result.emulation}")
+    if launched.wire_bytes:
+        console.print("bytes on the wire (IP, per link): " + ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in launched.wire_bytes.items()))
+
+
+def _print_commands(spec: Any, hosts_text: Optional[str], *, job_dir: Optional[str], max_restarts: int) -> None:
+    """The exact torchrun command of every region's host."""
+    from delibench.geo.launch import format_commands, region_commands
+    from delibench.geo.links import RegionHost
+
+    hosts = {name: RegionHost(region=name, address="127.0.0.1", ifname="lo") for name, _ in spec.workers}
+    for part in (hosts_text or "").split(","):
+        if not part.strip():
+            continue
+        name, sep, value = part.partition("=")
+        if not sep or name.strip() not in hosts:
+            raise UsageError(f"bad --hosts entry {part!r}", hint="use region=ADDRESS[/IFNAME] for a region with workers")
+        address, _, ifname = value.strip().partition("/")
+        hosts[name.strip()] = RegionHost(region=name.strip(), address=address, ifname=ifname or "eth0")
+    run_id = "geo-" + __import__("uuid").uuid4().hex[:8]
+    folder = job_dir or "JOB_DIR"
+    console.print(f"# the same job file ({folder}/job.pkl, written by 'geo run --job-dir') on every host; run each line on its region's host", markup=False, highlight=False)
+    console.print(format_commands(region_commands(spec, hosts, job_dir=folder, run_id=run_id, max_restarts=max_restarts)), markup=False, highlight=False, soft_wrap=True)
+
+
+@geo_app.command("worker", hidden=True)
+def worker_cmd(
+    region: str = typer.Option(..., "--region", help="This node group's region."),
+    job_dir: str = typer.Option(..., "--job-dir", help="The job folder (job.pkl, checkpoints)."),
+) -> None:
+    """One torchrun worker of 'geo run' (started by the region's torchrun agent, not by hand)."""
+    import faulthandler
+    import signal
+    import traceback
+
+    from delibench.geo.train import WorkerPlace, run_worker
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack into the agent's log
+
+    env = os.environ
+    place = WorkerPlace(
+        rank=int(env["RANK"]), world_size=int(env["WORLD_SIZE"]), local_rank=int(env.get("LOCAL_RANK", 0)),
+        group_rank=int(env.get("GROUP_RANK", 0)), restart_count=int(env.get("TORCHELASTIC_RESTART_COUNT", 0)),
+    )  # fmt: skip
+    print(f"geo worker {region}: rank {place.rank}/{place.world_size} restart {place.restart_count} store {env.get('MASTER_ADDR')}:{env.get('MASTER_PORT')} agent-store {env.get('TORCHELASTIC_USE_AGENT_STORE')}", file=sys.stderr, flush=True)
+    code = 0
+    try:
+        run_worker(job_dir, region, place)
+    except BaseException:
+        traceback.print_exc()
+        code = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # NOTE: skip interpreter teardown: a gloo worker under torchrun aborts there now and then
+    # (PyTorch 2.14, see tests/geo/test_strategies_readme.py), which torchrun would take for a failure.
+    os._exit(code)
 
 
 def _planned_spec(plan_path: str, regions: Optional[str], *, steps: Optional[int], **run: Any) -> tuple[Any, Any]:

@@ -29,7 +29,7 @@ from delibench.geo.cost import geo_cost_usd
 from delibench.geo.regions import RegionsConfig
 from delibench.geo.sync import EMULATION, STRATEGIES, GeoComm, Topology
 
-__all__ = ["GeoResult", "GeoRunSpec", "parse_workers", "run_geo"]
+__all__ = ["GeoResult", "GeoRunSpec", "WorkerPlace", "parse_workers", "run_geo", "run_worker"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,3 +373,141 @@ def _aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, An
         total_usd=cost.total_usd,
         rank_results=tuple(ranks),
     )
+
+
+# -- torchrun worker (``python -m delibench geo worker``; started by geo/launch.py's agents) --------
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerPlace:
+    """A torchrun worker's place in the job, as torchrun's variables give it (read by the CLI, passed as data).
+
+    Attributes:
+        rank: Global rank (``RANK``).
+        world_size: ``WORLD_SIZE``.
+        local_rank: ``LOCAL_RANK``.
+        group_rank: The node group's rank (``GROUP_RANK``).
+        restart_count: ``TORCHELASTIC_RESTART_COUNT`` (this agent's restarts after failures).
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int = 0
+    group_rank: int = 0
+    restart_count: int = 0
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
+    """One torchrun worker of ``delibench geo run``: join, restore the checkpoint, train to ``spec.steps``, report.
+
+    The job (regions, spec, link mode, checkpoint interval) is ``job_dir/job.pkl``, written by the
+    launcher. The process group comes from torchrun's rendezvous (``env://``); the regions of the
+    ranks are gathered (each agent names its region), so the communicator follows whatever world the
+    elastic rendezvous formed. Global rank 0 saves ``ckpt.pt`` every ``checkpoint_every`` steps
+    (its parameters, the step); every worker of a new attempt loads it, and rank 0 appends what the
+    restart cost to ``events.jsonl`` (steps reached before it minus the step resumed from).
+    """
+    import hashlib
+    import pickle
+    from datetime import timedelta
+
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from delibench.geo.strategies import make_strategy
+
+    out = Path(job_dir)
+    job = pickle.loads((out / "job.pkl").read_bytes())
+    config: RegionsConfig = job["config"]
+    spec: GeoRunSpec = job["spec"]
+    every = int(job["checkpoint_every"])
+    torch.set_num_threads(1)
+    (out / f"pid-r{place.rank}").write_text(f"{os.getpid()} {region}")
+    dist.init_process_group("gloo", init_method="env://", rank=place.rank, world_size=place.world_size, timeout=timedelta(seconds=60))
+    try:
+        names: list[Any] = [None] * place.world_size
+        dist.all_gather_object(names, region)
+        comm = GeoComm.from_regions(names, config if job["links"] == "model" else None)
+        model = _model(spec)
+        params = list(model.parameters())
+        start = 0
+        ckpt = out / "ckpt.pt"
+        if ckpt.exists():
+            state = torch.load(ckpt)
+            torch.nn.utils.vector_to_parameters(state["params"], params)
+            start = int(state["step"])
+        progress = out / "progress.json"
+        if place.rank == 0 and progress.exists():
+            reached = json.loads(progress.read_text())["step"]
+            event = {"t": time.time(), "world_size": place.world_size, "regions": sorted(set(names)), "resumed_at": start, "reached": reached, "lost_steps": max(0, reached - start)}
+            with (out / "events.jsonl").open("a") as f:
+                f.write(json.dumps(event) + "\n")
+        strategy = make_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness)
+        step_time_s = config.region(region).accelerators.step_time_s * spec.step_time_scale
+        teacher = _teacher(spec)
+        losses: list[float] = []
+        compute_s = 0.0
+        dist.barrier()
+        t_start = time.perf_counter()
+        for step in range(start, spec.steps):
+            t0 = time.perf_counter()
+            x, y = _samples(spec, teacher, spec.batch_size, spec.seed * 1_000_003 + place.rank * 100_003 + step)
+            loss = F.cross_entropy(model(x), y)
+            model.zero_grad(set_to_none=False)
+            loss.backward()
+            losses.append(float(loss.detach()))
+            pad_s = step_time_s - (time.perf_counter() - t0)
+            if pad_s > 0:
+                time.sleep(pad_s)
+            compute_s += time.perf_counter() - t0
+            strategy.step()
+            if place.rank == 0:
+                done = step + 1
+                if every and done % every == 0 and done < spec.steps:
+                    buf = __import__("io").BytesIO()
+                    torch.save({"step": done, "params": torch.nn.utils.parameters_to_vector(params).detach().clone()}, buf)
+                    _atomic_write(ckpt, buf.getvalue())
+                _atomic_write(progress, json.dumps({"step": done, "world_size": place.world_size}).encode())
+        strategy.finish()
+        wall_s = time.perf_counter() - t_start
+        vec = torch.nn.utils.parameters_to_vector(params).detach()
+        with torch.no_grad():
+            vx, vy = _samples(spec, teacher, spec.val_samples, spec.seed + 104_729)
+            logits = model(vx)
+            val_loss = float(F.cross_entropy(logits, vy))
+            val_accuracy = float((logits.argmax(dim=1) == vy).float().mean())
+        if place.rank == 0 and spec.params_path:
+            torch.save(vec.clone(), spec.params_path)
+        ledger = comm.ledger
+        result = {
+            "rank": place.rank,
+            "world_size": place.world_size,
+            "region": region,
+            "regions": names,
+            "start_step": start,
+            "steps_done": spec.steps - start,
+            "wall_s": wall_s,
+            "compute_s": compute_s,
+            "sync_s": ledger.sync_s,
+            "wan_wait_s": ledger.wan_wait_s,
+            "cross_region_bytes": ledger.cross_region_bytes,
+            "link_bytes": ledger.link_bytes,
+            "cross_region_collectives": ledger.cross_region_collectives,
+            "staleness": list(getattr(strategy, "staleness", [])),
+            "losses": losses,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "param_count": vec.numel(),
+            "params_sha256": hashlib.sha256(vec.numpy().tobytes()).hexdigest(),
+        }
+        _atomic_write(out / f"rank{place.rank}.json", json.dumps(result).encode())
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()

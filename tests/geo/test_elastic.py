@@ -1,0 +1,59 @@
+"""Elastic geo runs under torchrun: a killed worker costs at most one checkpoint interval, a joining region trains.
+
+Each test starts real torchrun agents (one per region) on loopback with the communication-level
+WAN model; about 30-40 s each on 2 shared cores, so they are ``slow``.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+
+from delibench.geo.launch import LocalJob
+from delibench.geo.regions import parse_regions
+from delibench.geo.train import GeoRunSpec
+
+pytestmark = pytest.mark.slow
+
+REGIONS = parse_regions(
+    {
+        "regions": {n: {"accelerators": {"count": 2, "usd_per_hour": 1.0, "step_time_s": "40ms"}} for n in ("a", "b", "c")},
+        "links": [{"between": [x, y], "rtt_s": "10ms", "bandwidth_bytes_per_s": "20MB", "egress_usd_per_gb": 0.02} for x, y in (("a", "b"), ("b", "c"), ("a", "c"))],
+    }
+)
+EVERY = 10
+
+
+def test_killed_worker_costs_at_most_one_checkpoint_interval(tmp_path: Path) -> None:
+    spec = GeoRunSpec(strategy="ma", period=2, workers=(("a", 1), ("b", 1)), steps=50)
+    with LocalJob(REGIONS, spec, links="model", checkpoint_every=EVERY, job_dir=str(tmp_path)) as job:
+        job.wait_progress(25, timeout_s=60)
+        victim = next(rank for rank, (_, region) in job.worker_pids().items() if region == "b")
+        job.kill_worker(victim, signal.SIGKILL)
+        got = job.wait(90)
+    assert got.events, "no restart recorded"
+    event = got.events[0]
+    print("restart:", event)
+    assert event["reached"] >= 25 and 0 <= event["lost_steps"] <= EVERY
+    assert event["resumed_at"] % EVERY == 0 and event["resumed_at"] >= 20
+    assert got.result.world_size == 2 and {r["start_step"] for r in got.ranks} == {event["resumed_at"]}
+    assert {r["start_step"] + r["steps_done"] for r in got.ranks} == {spec.steps}  # training finished
+    assert len({r["params_sha256"] for r in got.ranks}) == 1
+
+
+def test_region_joining_mid_run_contributes_steps(tmp_path: Path) -> None:
+    spec = GeoRunSpec(strategy="ma", period=2, workers=(("a", 1), ("b", 1)), steps=200)
+    with LocalJob(REGIONS, spec, links="model", checkpoint_every=EVERY, max_regions=3, job_dir=str(tmp_path)) as job:
+        assert job.nnodes == "2:3"
+        job.wait_progress(15, timeout_s=60)
+        job.start_region("c", 1)
+        got = job.wait(120)
+    assert [e["world_size"] for e in got.events] == [3]
+    assert got.events[0]["lost_steps"] <= EVERY
+    assert got.result.world_size == 3
+    joined = [r for r in got.ranks if r["region"] == "c"]
+    assert len(joined) == 1 and joined[0]["steps_done"] > 0
+    assert joined[0]["cross_region_bytes"] > 0  # it took part in the model averaging
+    assert len({r["params_sha256"] for r in got.ranks}) == 1
