@@ -17,7 +17,7 @@ __all__ = ["register", "show_cmd", "tune_app"]
 
 _TUNE_HELP = """Tune the DELI loader for this environment: each trial is a short measured run (a slice of an epoch).
 
-The study is named after a fingerprint of the environment (dataset, endpoint, measured RTT and bandwidth buckets, compute) and stored in an SQLite file (.delibench/studies.db), so running the same command again resumes it, and two processes can tune one study at once. Use --storage postgresql://... for a team. An analytic model (probe + cache simulator) proposes the first trials; the result records predicted vs measured wait for every trial.
+The study is named after a fingerprint of the environment (dataset, endpoint, measured RTT and bandwidth buckets, compute) and stored in an SQLite file (.delibench/studies.db), so running the same command again resumes it, and two processes can tune one study at once. Use --storage postgresql://... for a team. An analytic model (probe + cache simulator) proposes the first trials when it trusts its predictions; the result records predicted vs measured wait for every trial. Measurements are noisy: the best configurations so far are measured again (--repeat-best) and the recommendation goes by the mean of each configuration's measurements.
 
 Examples:
 
@@ -92,6 +92,7 @@ class _Display:
             + (f" wait={measured:.3f}" if measured is not None else "")
             + (f" (model {predicted:.3f})" if predicted is not None else "")
             + (f" [{ua.get('source')}]" if ua.get("source") == "model" else "")
+            + (f" [repeat of trial {ua.get('repeat_of')}]" if ua.get("source") == "repeat" else "")
         )
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, advance=1, description=line)
@@ -117,6 +118,7 @@ def tune_cmd(
     warmup_steps: int = typer.Option(3, "--warmup-steps", help="Steps excluded at the start of each trial.", rich_help_panel=_PANEL_SEARCH),
     tune_workers: bool = typer.Option(False, "--tune-workers", help="Also search num_workers in {0,1,2,4} (capped at the CPU count).", rich_help_panel=_PANEL_SEARCH),
     model_start: int = typer.Option(3, "--model-start", help="Enqueue the analytic model's N best guesses first (0: off).", rich_help_panel=_PANEL_SEARCH),
+    repeat_best: int = typer.Option(2, "--repeat-best", help="Measure each of the K best configurations so far a second time (noise-aware pick: by the mean of each configuration's measurements plus one standard error; 0: off). Repeats count towards --trials.", rich_help_panel=_PANEL_SEARCH),
     seed: int = typer.Option(0, "--seed", help="Seed of the sampler order (every trial) and of TPE.", rich_help_panel=_PANEL_SEARCH),
     timeout: float = typer.Option(None, "--timeout", help="Stop starting trials after this many seconds.", rich_help_panel=_PANEL_SEARCH),
     storage: str = typer.Option(None, "--storage", help="SQLAlchemy URL of the study database (default: sqlite:///.delibench/studies.db).", rich_help_panel=_PANEL_OUT),
@@ -140,6 +142,8 @@ def tune_cmd(
         raise UsageError(f"--trials must be at least 1, got {trials}")
     if steps_per_trial < 0:
         raise UsageError(f"--steps-per-trial must not be negative, got {steps_per_trial}")
+    if repeat_best < 0:
+        raise UsageError(f"--repeat-best must not be negative, got {repeat_best}")
     if timeout is not None and timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {timeout}")
     objective_name = _parse_objective(objective)
@@ -176,15 +180,16 @@ def tune_cmd(
         link_profile=link_profile,
         sampler_seed=seed,
     )
+    session.tuner.repeat_best = repeat_best
     p = session.probe
     err_console.print(
         f"study [bold]{session.tuner.study_name}[/] ({len(session.tuner.study.trials)} trial(s) so far); "
         f"link: GET {p.rtt_s * 1000:.1f} ms, {p.bandwidth_bytes_per_s / 1e6:.1f} MB/s"
         + (f", decode {p.decode_samples_per_s:.0f} samples/s/process" if p.decode_samples_per_s else "")
-        + f"; space: {session.space.size()} configs"
-        + (f"; model proposes {len(session.guesses)}" if session.guesses else "; no model (step time unknown)" if session.predictor is None else ""),
+        + f"; space: {session.space.size()} configs",
         highlight=False,
     )
+    err_console.print(_model_line(session, model_start), highlight=False)
     show_bar = not as_json and not no_progress and sys.stderr.isatty()
     with _Display(trials, enabled=show_bar, quiet=as_json) as display:
         session.tuner.optimize(trials, timeout_s=timeout, callbacks=[display])
@@ -203,6 +208,20 @@ def tune_cmd(
     if min_au is not None and recommended_trial(study_obj) is None:
         err_console.print(f"[yellow]no trial reached accelerator utilisation >= {min_au}[/]", highlight=False)
         raise typer.Exit(int(exit_code(threshold_met=False)))
+
+
+def _model_line(session: Any, model_start: int) -> str:
+    """Whether the analytic model proposed the first trials, and why (``session.model_note``)."""
+    if session.predictor is None:
+        return "model: none (the step time is unknown: give --compute emulated:<time>); the sampler chooses every trial"
+    note = f" ({session.model_note})" if session.model_note else ""
+    if session.guesses:
+        return f"model: proposes the first {len(session.guesses)} trial(s){note}"
+    if not session.model_trusted:
+        return f"model: not trusted here{note}; it proposes no trial, the sampler explores from the first (predictions are still recorded)"
+    if model_start == 0:
+        return f"model: trusted{note}, but --model-start 0: it proposes no trial"
+    return f"model: trusted{note}; its best guesses are already in the study"
 
 
 def _write_json(doc: dict[str, Any], path: Path) -> None:
@@ -235,7 +254,8 @@ def _print_summary(doc: dict[str, Any]) -> None:
     else:
         title = "Pareto front (wait vs cost)" if doc.get("pareto_front") is not None else "Best configuration"
         table = Table(title=title)
-        for col in ("trial", "cache", "depth", "conc", "eviction", "workers", "wait (measured)", "wait (model)", "AU", "cost"):
+        measurements = (doc.get("recommended") or {}).get("measurements") or {}
+        for col in ("trial", "cache", "depth", "conc", "eviction", "workers", "runs", "wait (measured)", "wait (model)", "AU", "cost"):
             table.add_column(col, justify="right" if col not in ("eviction",) else "left")
         for t in best:
             c = t["params"] or {}
@@ -248,28 +268,68 @@ def _print_summary(doc: dict[str, Any]) -> None:
                 str(c.get("concurrency", "-")),
                 str(c.get("eviction", "-")),
                 "-" if c.get("num_workers") is None else str(c["num_workers"]),
-                _fmt(t.get("measured_wait_fraction")),
-                _fmt(t.get("predicted_wait_fraction")),
-                _fmt(t.get("accelerator_utilization")),
+                *_measured_cells(t, measurements if doc.get("pareto_front") is None else {}),
                 cost_text,
             )
         console.print(table)
         if doc.get("cost_unit") == "cache_bytes":
             console.print("cost: the runs carried no price estimate, so cache bytes stand in for cost", highlight=False)
+    _print_repeats(doc)
     err = doc.get("model_error") or {}
     if err.get("count"):
-        console.print(
-            f"model: mean |predicted - measured| wait = {err['mean_abs_error']:.3f} over {err['count']} trial(s)"
-            f" (max {err['max_abs_error']:.3f}, bias {err['bias']:+.3f}"
-            + (f", rank correlation {err['spearman']:.2f}" if err.get("spearman") is not None else "")
-            + ")",
-            highlight=False,
-        )
+        trusted = err.get("trusted") or {}
+        if trusted.get("count") == err["count"]:
+            head = f"model: mean |predicted - measured| wait = {_error_text(err)} (every prediction trusted)"
+        elif trusted.get("count"):
+            head = (f"model: mean |predicted - measured| wait = {_error_text(trusted)} where it trusted its prediction; "
+                    f"{_error_text(err)} with the {err['count'] - trusted['count']} other(s)")
+        else:
+            head = f"model: mean |predicted - measured| wait = {_error_text(err)}; it trusted none of these predictions"
+        untrusted = err.get("untrusted_count") or 0
+        console.print(head + (f" ({untrusted} untrusted: band too wide)" if untrusted and trusted.get("count") else ""), highlight=False)
     imp = doc.get("importances")
     if imp:
         console.print("importance: " + ", ".join(f"{k} {v:.2f}" for k, v in imp.items()), highlight=False)
     elif imp is None and counts.get("complete", 0):
         console.print("importance: needs at least 4 complete trials", highlight=False)
+
+
+def _error_text(err: dict[str, Any]) -> str:
+    return (
+        f"{err['mean_abs_error']:.3f} over {err['count']} trial(s) (max {err['max_abs_error']:.3f}, bias {err['bias']:+.3f}"
+        + (f", rank correlation {err['spearman']:.2f}" if err.get("spearman") is not None else "")
+        + ")"
+    )
+
+
+def _measured_cells(t: dict[str, Any], measurements: dict[str, Any]) -> tuple[str, str, str, str]:
+    """The ``runs``, ``wait (measured)``, ``wait (model)`` and ``AU`` cells: means (± sd) over every measurement of the recommended config."""
+    model = _fmt(t.get("predicted_wait_fraction"))
+    if measurements.get("n", 1) > 1 and t["number"] in measurements.get("trials", ()):
+        waits = [w for w in measurements.get("waits") or () if w is not None]
+        if waits:
+            mean = sum(waits) / len(waits)
+            sd = (sum((w - mean) ** 2 for w in waits) / (len(waits) - 1)) ** 0.5 if len(waits) > 1 else None
+            return str(measurements["n"]), f"{mean:.3f}" + (f" ±{sd:.3f}" if sd is not None else ""), model, f"{1 - mean:.3f}"
+    return "1", _fmt(t.get("measured_wait_fraction")), model, _fmt(t.get("accelerator_utilization"))
+
+
+def _print_repeats(doc: dict[str, Any]) -> None:
+    """The configurations measured more than once, and the noise between their measurements."""
+    noise = doc.get("noise") or {}
+    repeated = noise.get("measured_more_than_once") or []
+    if not repeated:
+        if noise.get("rule"):
+            console.print("repeats: none yet (every configuration measured once: the pick is the single best value)", highlight=False)
+        return
+    console.print(
+        f"repeats: {noise.get('repeat_trials', 0)} trial(s) re-measured one of the best configurations; noise between "
+        f"measurements of one configuration: sd {_fmt(noise.get('pooled_sd'))}; the pick goes by {noise.get('rule')}",
+        highlight=False,
+    )
+    for c in repeated:
+        values = ", ".join(f"{v:.3f}" for v in c["values"])
+        console.print(f"  {c['label']}: {c['n']} runs (trials {', '.join(map(str, c['trials']))}): {values}; mean {c['mean']:.3f}", highlight=False)
 
 
 @tune_app.command("show")

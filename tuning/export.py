@@ -18,6 +18,11 @@ Two export formats:
   ``trials`` (``number``, ``state``, ``values``, ``params`` as bytes and counts, ``duration_s``),
   plus the fingerprint, the probe, the recommended trial, the Pareto front, the model's error,
   parameter importances, and per trial the predicted and measured wait, cost and hit rates.
+
+With one objective the recommendation is noise-aware: trials that measured the same configuration
+(the tuner's repeats of the leader, or the sampler proposing it again) are pooled, and the
+configurations ranked by the mean of their measurements plus one standard error
+(:func:`delibench.tuning.tuner.rank_configs`), so a single lucky measurement does not win.
 """
 
 from __future__ import annotations
@@ -34,7 +39,19 @@ import yaml
 from delibench.errors import UsageError
 from delibench.tuning.guide import pareto_front
 from delibench.tuning.space import SearchSpace, TuneConfig
-from delibench.tuning.tuner import ATTR_FINGERPRINT, ATTR_MIN_AU, ATTR_OBJECTIVE, ATTR_PROBE, ATTR_SETTINGS, ATTR_SPACE
+from delibench.tuning.tuner import (
+    ATTR_FINGERPRINT,
+    ATTR_MIN_AU,
+    ATTR_OBJECTIVE,
+    ATTR_PROBE,
+    ATTR_SETTINGS,
+    ATTR_SPACE,
+    SOURCE_REPEAT,
+    ConfigStats,
+    config_stats,
+    noise_sd,
+    rank_configs,
+)
 
 __all__ = [
     "TRIALS_SCHEMA",
@@ -42,6 +59,7 @@ __all__ = [
     "importances",
     "model_error",
     "read_best_config",
+    "recommended_config",
     "recommended_trial",
     "study_space",
     "trials_document",
@@ -82,13 +100,26 @@ def study_space(study: Any) -> SearchSpace:
     return SearchSpace.from_description(desc)
 
 
+def recommended_config(study: Any) -> ConfigStats | None:
+    """Single objective: the configuration to recommend and all its measurements (noise-aware, see the module docstring).
+
+    With ``min_au``, only configurations whose mean utilisation reaches it. None without one, or
+    for a two-objective study.
+    """
+    if len(study.directions) != 1:
+        return None
+    ranked = rank_configs(config_stats(_complete(study), min_au=study.user_attrs.get(ATTR_MIN_AU)))
+    return ranked[0] if ranked else None
+
+
 def best_trials(study: Any) -> list[Any]:
-    """The best complete, feasible trials: one for a single objective, the Pareto front for two."""
+    """The best complete, feasible trials: for a single objective the first trial of :func:`recommended_config`, for two the Pareto front."""
+    if len(study.directions) == 1:
+        best = recommended_config(study)
+        return [best.first] if best is not None else []
     trials = [t for t in _complete(study) if _feasible(study, t)]
     if not trials:
         return []
-    if len(trials[0].values) == 1:
-        return [min(trials, key=lambda t: (t.values[0], t.user_attrs.get("cache_bytes", 0), t.number))]
     front = pareto_front([(t.values[0], t.values[1]) for t in trials])
     return sorted((trials[i] for i in front), key=lambda t: (t.values[0], t.values[1]))
 
@@ -100,18 +131,27 @@ def recommended_trial(study: Any) -> Any | None:
 
 
 def model_error(study: Any) -> dict[str, Any]:
-    """How well the analytic model predicted the measured wait over complete trials.
+    """How well the analytic model predicted the measured wait over complete trials, and over those it trusted.
 
     Returns:
         ``count``, ``mean_abs_error`` (in wait-fraction points), ``max_abs_error``, ``bias``
         (mean of predicted - measured) and ``spearman`` (rank correlation; None below 3 trials or
-        when either side is constant).
+        when either side is constant), over every trial with a prediction; ``trusted``: the same
+        over the trials whose prediction the model trusted (its band within the trust limit), and
+        ``untrusted_count`` (trials recorded before the band was stored count in neither).
     """
-    pairs = [
-        (t.user_attrs["predicted_wait_fraction"], t.user_attrs["measured_wait_fraction"])
-        for t in _complete(study)
+    trials = [
+        t for t in _complete(study)
         if t.user_attrs.get("predicted_wait_fraction") is not None and t.user_attrs.get("measured_wait_fraction") is not None
     ]
+    out = _error_figures(trials)
+    out["trusted"] = _error_figures([t for t in trials if t.user_attrs.get("predicted_trusted") is True])
+    out["untrusted_count"] = sum(t.user_attrs.get("predicted_trusted") is False for t in trials)
+    return out
+
+
+def _error_figures(trials: list[Any]) -> dict[str, Any]:
+    pairs = [(t.user_attrs["predicted_wait_fraction"], t.user_attrs["measured_wait_fraction"]) for t in trials]
     if not pairs:
         return {"count": 0, "mean_abs_error": None, "max_abs_error": None, "bias": None, "spearman": None}
     errors = [p - m for p, m in pairs]
@@ -162,8 +202,13 @@ def _trial_doc(study: Any, trial: Any, front: set[int]) -> dict[str, Any]:
         "label": ua.get("label"),
         "values": list(trial.values) if trial.values else None,
         "source": ua.get("source"),
+        "repeat_of": ua.get("repeat_of"),
         "predicted_wait_fraction": ua.get("predicted_wait_fraction"),
         "predicted_bound": ua.get("predicted_bound"),
+        "predicted_low": ua.get("predicted_low"),
+        "predicted_high": ua.get("predicted_high"),
+        "predicted_trusted": ua.get("predicted_trusted"),
+        "predicted_uncertain_reason": ua.get("predicted_uncertain_reason"),
         "measured_wait_fraction": ua.get("measured_wait_fraction"),
         "accelerator_utilization": ua.get("accelerator_utilization"),
         "epoch_wait_fractions": ua.get("epoch_wait_fractions"),
@@ -190,6 +235,11 @@ def trials_document(study: Any) -> dict[str, Any]:
     front = {t.number for t in best}
     rec = best[0] if best else None
     trials = study.get_trials(deepcopy=False)
+    recommended = _trial_doc(study, rec, front) if rec is not None else None
+    stats = config_stats(_complete(study)) if len(study.directions) == 1 else []
+    chosen = recommended_config(study)
+    if recommended is not None and chosen is not None:
+        recommended["measurements"] = _measurements(chosen)
     units = {t.user_attrs.get("cost_unit") for t in trials if t.user_attrs.get("cost_unit")}
     objective = str(study.user_attrs.get(ATTR_OBJECTIVE, "wait"))
     cost_name = "usd_per_epoch" if units == {"usd_per_epoch"} else "cache_bytes" if units == {"cache_bytes"} else "cost"
@@ -207,11 +257,29 @@ def trials_document(study: Any) -> dict[str, Any]:
         "settings": study.user_attrs.get(ATTR_SETTINGS),
         "space": study.user_attrs.get(ATTR_SPACE),
         "counts": _counts(trials),
-        "recommended": _trial_doc(study, rec, front) if rec is not None else None,
+        "recommended": recommended,
+        "noise": {
+            "repeat_trials": sum(t.user_attrs.get("source") == SOURCE_REPEAT for t in trials),
+            "pooled_sd": noise_sd(stats),
+            "rule": "mean + pooled sd / sqrt(measurements)" if len(study.directions) == 1 else None,
+            "measured_more_than_once": [_measurements(c) for c in rank_configs(stats) if c.n > 1],
+        },
         "pareto_front": [t.number for t in best] if len(study.directions) > 1 else None,
         "model_error": model_error(study),
         "importances": importances(study),
         "trials": [_trial_doc(study, t, front) for t in trials],
+    }
+
+
+def _measurements(c: ConfigStats) -> dict[str, Any]:
+    return {
+        "label": c.first.user_attrs.get("label"),
+        "n": c.n,
+        "mean": c.mean,
+        "sd": c.sd,
+        "values": list(c.values),
+        "waits": [t.user_attrs.get("measured_wait_fraction") for t in c.trials],
+        "trials": [t.number for t in c.trials],
     }
 
 
@@ -239,12 +307,20 @@ def write_best_yaml(study: Any, path: str | Path) -> TuneConfig:
         doc["num_workers"] = config.num_workers
     ua = trial.user_attrs
     predicted = ua.get("predicted_wait_fraction")
+    chosen = recommended_config(study)
+    if chosen is not None and chosen.n > 1:
+        value = f"{chosen.mean:.6g} (mean of {chosen.n} measurements, trials {', '.join(str(t.number) for t in chosen.trials)})"
+        waits = [t.user_attrs.get("measured_wait_fraction") for t in chosen.trials]
+        waits = [w for w in waits if w is not None]
+        measured = f"# measured data_wait_fraction {sum(waits) / len(waits):.4f} (mean; {', '.join(f'{w:.4f}' for w in waits)})" if waits else "# measured data_wait_fraction -"
+    else:
+        value = ", ".join(f"{v:.6g}" for v in trial.values)
+        measured = f"# measured data_wait_fraction {ua.get('measured_wait_fraction', float('nan')):.4f}"
     header = [
         f"# delibench tune: study {study.study_name}, trial {trial.number}",
-        f"# objective {study.user_attrs.get(ATTR_OBJECTIVE)} = {', '.join(f'{v:.6g}' for v in trial.values)}"
+        f"# objective {study.user_attrs.get(ATTR_OBJECTIVE)} = {value}"
         + (f" ({ua.get('cost_unit')})" if ua.get("cost_unit") and "cost" in str(study.user_attrs.get(ATTR_OBJECTIVE)) else ""),
-        f"# measured data_wait_fraction {ua.get('measured_wait_fraction', float('nan')):.4f}"
-        + (f", predicted {predicted:.4f}" if predicted is not None else ""),
+        measured + (f", predicted {predicted:.4f}" if predicted is not None else ""),
         "# use: delibench run --config best.yaml --data URL --workload W",
     ]
     text = "\n".join(header) + "\n" + yaml.safe_dump(doc, sort_keys=False)

@@ -35,13 +35,21 @@ from delibench.tuning.guide import Guess, Predictor
 from delibench.tuning.space import SearchSpace, TuneConfig
 
 __all__ = [
+    "DEFAULT_REPEAT_AFTER",
+    "DEFAULT_REPEAT_BEST",
     "DEFAULT_STORAGE",
     "OBJECTIVES",
+    "SOURCE_REPEAT",
+    "ConfigStats",
     "Measurement",
     "TuneSettings",
     "Tuner",
     "check_storage_url",
+    "config_stats",
+    "noise_sd",
     "open_storage",
+    "params_key",
+    "rank_configs",
     "study_lock",
 ]
 
@@ -65,6 +73,15 @@ ATTR_MIN_AU = "delibench.min_au"
 ATTR_FINGERPRINT = "delibench.fingerprint"
 ATTR_SETTINGS = "delibench.settings"
 ATTR_PROBE = "delibench.probe"
+#: Default of ``--repeat-best``: how many of the best configurations so far are kept measured at least twice.
+DEFAULT_REPEAT_BEST = 2
+#: Measurements each of the ``repeat_best`` best configurations gets.
+REPEAT_MEASUREMENTS = 2
+#: Complete trials before the tuner starts re-measuring the best configurations (TPE's random start-up trials).
+DEFAULT_REPEAT_AFTER = 5
+#: ``source`` user attribute of a trial that re-measures an earlier trial's configuration.
+SOURCE_REPEAT = "repeat"
+
 #: Study system attribute: how many Tuner instances have opened the study (each takes the next index).
 ATTR_WORKERS = "delibench.workers"
 
@@ -195,6 +212,124 @@ class Measurement:
             epoch_wait_fractions=tuple(e.data_wait_fraction for e in epochs),
             valid=record.valid,
         )
+
+
+def params_key(params: dict[str, Any]) -> tuple[tuple[str, Any], ...]:
+    """A hashable key of a trial's parameters: trials with equal keys measured the same configuration."""
+    return tuple(sorted((str(k), v) for k, v in params.items()))
+
+
+def _trial_params(trial: Any) -> dict[str, Any]:
+    # NOTE: a WAITING trial (and a RUNNING one that has not suggested yet) carries its parameters
+    # as Optuna's ``fixed_params`` system attribute, not yet as ``params``.
+    return dict(trial.system_attrs.get("fixed_params") or trial.params)
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigStats:
+    """Every complete measurement of one configuration in a study (the first objective's values).
+
+    Attributes:
+        params: The Optuna parameters of the configuration.
+        trials: Its complete trials, in trial-number order (the first is the original measurement).
+        values: Their first objective values (the wait fraction for ``wait``), in the same order.
+        utilizations: Their measured accelerator utilisations (None where not recorded).
+    """
+
+    params: dict[str, Any]
+    trials: tuple[Any, ...]
+    values: tuple[float, ...]
+    utilizations: tuple[float | None, ...] = ()
+
+    @property
+    def n(self) -> int:
+        """Measurements."""
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        """Mean of the measurements."""
+        return sum(self.values) / len(self.values)
+
+    @property
+    def sd(self) -> float | None:
+        """Sample standard deviation of the measurements (None below 2)."""
+        if self.n < 2:
+            return None
+        m = self.mean
+        return math.sqrt(sum((v - m) ** 2 for v in self.values) / (self.n - 1))
+
+    @property
+    def mean_utilization(self) -> float | None:
+        """Mean accelerator utilisation over the measurements that recorded it."""
+        known = [u for u in self.utilizations if u is not None]
+        return sum(known) / len(known) if known else None
+
+    @property
+    def first(self) -> Any:
+        """The configuration's first complete trial (it names the configuration in exports)."""
+        return self.trials[0]
+
+    @property
+    def cache_bytes(self) -> int:
+        """Cache size of the configuration (the cheaper one wins ties)."""
+        return int(self.first.user_attrs.get("cache_bytes") or 0)
+
+    def score(self, noise: float | None) -> float:
+        """Pessimistic estimate: mean plus one standard error, ``noise / sqrt(n)`` (the mean when noise is unknown).
+
+        A single lucky measurement of a configuration scores worse than the same mean measured
+        several times: the recommendation goes to what repeats, not to what was measured low once.
+        """
+        return self.mean + (noise or 0.0) / math.sqrt(self.n)
+
+
+def config_stats(trials: Iterable[Any], *, min_au: float | None = None) -> list[ConfigStats]:
+    """Group complete trials (single objective) by configuration; with ``min_au``, keep the configurations whose mean utilisation reaches it."""
+    from optuna.trial import TrialState
+
+    groups: dict[tuple[tuple[str, Any], ...], list[Any]] = {}
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.state == TrialState.COMPLETE and t.values:
+            groups.setdefault(params_key(t.params), []).append(t)
+    out = [
+        ConfigStats(
+            params=dict(ts[0].params),
+            trials=tuple(ts),
+            values=tuple(float(t.values[0]) for t in ts),
+            utilizations=tuple(t.user_attrs.get("accelerator_utilization") for t in ts),
+        )
+        for ts in groups.values()
+    ]
+    if min_au is not None:
+        out = [c for c in out if c.mean_utilization is not None and c.mean_utilization >= min_au]
+    return out
+
+
+def noise_sd(stats: Sequence[ConfigStats]) -> float | None:
+    """Pooled standard deviation between measurements of one configuration (None without any repeat)."""
+    dof = sum(c.n - 1 for c in stats)
+    if dof < 1:
+        return None
+    return math.sqrt(sum((c.n - 1) * (c.sd or 0.0) ** 2 for c in stats) / dof)
+
+
+def rank_configs(stats: Sequence[ConfigStats]) -> list[ConfigStats]:
+    """Configurations best first, noise-aware: by :meth:`ConfigStats.score` under the pooled noise, then mean, cache size, first trial.
+
+    Without repeats (every configuration measured once) this is the single best value, as before.
+    """
+    noise = noise_sd(stats)
+    return sorted(stats, key=lambda c: (c.score(noise), c.mean, c.cache_bytes, c.first.number))
+
+
+def leaders(stats: Sequence[ConfigStats], k: int) -> list[ConfigStats]:
+    """The ``k`` configurations with the lowest means: the ones to re-measure.
+
+    By the plain mean, not the pessimistic score: a newcomer measured low once is among them at
+    once, gets its repeat, and only then can it become the recommendation.
+    """
+    return sorted(stats, key=lambda c: (c.mean, c.cache_bytes, c.first.number))[:k]
 
 
 def check_storage_url(url: str | None) -> str:
@@ -475,9 +610,19 @@ class Tuner:
         prune: Stop hopeless trials early (single-objective ``wait`` only: Optuna cannot prune
             multi-objective studies, and for ``cost`` the running wait is not the objective).
         study_attrs: Extra study attributes to store (fingerprint, probe numbers).
+        repeat_best: Noise-aware incumbent (single objective): after each trial, any of the
+            ``repeat_best`` configurations with the lowest means so far that has been measured
+            fewer than ``repeat_measurements`` times is measured again (0: never). A lucky single
+            measurement then gets a second one before it can win (and an unlucky one of a good
+            configuration, while it is among the best, gets its second chance), and the
+            recommendation (:func:`rank_configs`) goes by the mean of each configuration's
+            measurements. Repeats count towards ``optimize``'s trials.
+        repeat_measurements: Measurements each of those configurations gets.
+        repeat_after: Complete trials before the first repeat (the sampler's random start).
 
     Raises:
-        UsageError: The stored study has other objectives or another search space.
+        UsageError: The stored study has other objectives or another search space, or a
+            negative ``repeat_best``/``repeat_after``.
     """
 
     def __init__(
@@ -492,6 +637,9 @@ class Tuner:
         sampler_seed: int | None = 0,
         prune: bool = True,
         study_attrs: dict[str, Any] | None = None,
+        repeat_best: int = DEFAULT_REPEAT_BEST,
+        repeat_after: int = DEFAULT_REPEAT_AFTER,
+        repeat_measurements: int = REPEAT_MEASUREMENTS,
     ) -> None:
         import optuna
 
@@ -501,6 +649,12 @@ class Tuner:
         self.predictor = predictor
         self.evaluate = evaluate
         self.prune = prune and settings.objective == "wait"
+        self.repeat_best = repeat_best
+        self.repeat_after = repeat_after
+        if repeat_measurements < 1:
+            raise UsageError(f"repeat_measurements must be at least 1, got {repeat_measurements}")
+        self.repeat_measurements = repeat_measurements
+        self._trials_left = 0
         # NOTE: constraints go through ``trial.set_constraint`` (Optuna 5), which TPE reads itself.
         # constant_liar: processes sharing a study do not all propose the point another is running.
         self.sampler = optuna.samplers.TPESampler(seed=sampler_seed, n_startup_trials=5, constant_liar=True)
@@ -520,6 +674,28 @@ class Tuner:
         self._check_or_store_attrs(study_attrs or {})
 
     # ------------------------------------------------------------------ study bookkeeping
+    @property
+    def repeat_best(self) -> int:
+        """How many of the best configurations so far are re-measured (0: no repeats)."""
+        return self._repeat_best
+
+    @repeat_best.setter
+    def repeat_best(self, value: int) -> None:
+        if value < 0:
+            raise UsageError(f"--repeat-best must not be negative, got {value}")
+        self._repeat_best = int(value)
+
+    @property
+    def repeat_after(self) -> int:
+        """Complete trials before the first repeat."""
+        return self._repeat_after
+
+    @repeat_after.setter
+    def repeat_after(self, value: int) -> None:
+        if value < 0:
+            raise UsageError(f"repeat_after must not be negative, got {value}")
+        self._repeat_after = int(value)
+
     @property
     def study_name(self) -> str:
         """The study's name."""
@@ -572,6 +748,54 @@ class Tuner:
                 self.study.enqueue_trial(self.space.to_params(g.config), user_attrs={"source": "model"}, skip_if_exists=True)
         return guesses
 
+    # ------------------------------------------------------------------ noise-aware incumbent
+    def enqueue_repeat(self) -> Any | None:
+        """Enqueue one more measurement of one of the best configurations so far, when one is due.
+
+        Due when the study has a single objective and ``repeat_after`` complete trials, for the
+        first (lowest mean) of the ``repeat_best`` best configurations (among those whose mean
+        utilisation meets ``min_au``) that has fewer than ``repeat_measurements`` measurements
+        and none waiting or running. Under the study lock, so processes sharing a study enqueue
+        each repeat once: a second process sees the first one's repeat waiting (or running) and
+        leaves it.
+
+        Returns:
+            The :class:`ConfigStats` of the configuration re-measured, or None.
+        """
+        from optuna.trial import TrialState
+
+        if self.repeat_best < 1 or len(self.settings.directions) != 1:
+            return None
+        with study_lock(self.storage, self.study_name):
+            trials = self.study.get_trials(deepcopy=False)
+            complete = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+            if len(complete) < max(1, self.repeat_after):
+                return None
+            pending = {params_key(_trial_params(t)) for t in trials if t.state in (TrialState.WAITING, TrialState.RUNNING)}
+            due = [
+                c for c in leaders(config_stats(complete, min_au=self.settings.min_au), self.repeat_best)
+                if c.n < self.repeat_measurements and params_key(c.params) not in pending
+            ]
+            if not due:
+                return None
+            top = due[0]
+            self.study.enqueue_trial(
+                dict(top.params),
+                user_attrs={"source": SOURCE_REPEAT, "repeat_of": top.first.number, "repeat_index": top.n},
+                skip_if_exists=False,
+            )
+        return top
+
+    def _after_trial(self, study: Any, trial: Any) -> None:
+        """Optuna callback: re-measure one of the best configurations if due (see :meth:`enqueue_repeat`) and this process runs another trial.
+
+        After this process's last trial nothing is enqueued: a repeat left waiting would be
+        nobody's (a resumed study runs it first).
+        """
+        self._trials_left -= 1
+        if self._trials_left > 0:
+            self.enqueue_repeat()
+
     # ------------------------------------------------------------------ trials
     def objective(self, trial: Any) -> float | tuple[float, ...]:
         """Optuna objective: suggest, predict, measure, and store both in the trial's attributes."""
@@ -585,10 +809,18 @@ class Tuner:
             trial.set_user_attr("source", "sampler")
         if self.predictor is not None:
             guess = self.predictor.guess(config)
-            trial.set_user_attr("predicted_wait_fraction", guess.prediction.wait_fraction)
-            trial.set_user_attr("predicted_bound", guess.prediction.bound)
+            p = guess.prediction
+            trial.set_user_attr("predicted_wait_fraction", p.wait_fraction)
+            trial.set_user_attr("predicted_bound", p.bound)
+            # The model's band (optimistic .. pessimistic probe readings) and whether it trusts itself.
+            trial.set_user_attr("predicted_low", p.low)
+            trial.set_user_attr("predicted_high", p.high)
+            trial.set_user_attr("predicted_trusted", bool(p.trusted))
+            trial.set_user_attr("predicted_uncertain_reason", p.uncertain_reason)
             trial.set_user_attr("sim_miss_rate", guess.miss_rate)
-        reporter = _StepReporter(trial, self.settings.warmup_steps, self.settings.epochs_per_trial - 1, self.prune)
+        # NOTE: a repeat is never pruned: it is there to measure a leading configuration once more, in full.
+        repeat = trial.user_attrs.get("source") == SOURCE_REPEAT
+        reporter = _StepReporter(trial, self.settings.warmup_steps, self.settings.epochs_per_trial - 1, self.prune and not repeat)
         start = time.perf_counter()
         measurement = self.evaluate(config, reporter.on_step, reporter.should_stop)
         trial.set_user_attr("duration_s", time.perf_counter() - start)
@@ -634,16 +866,21 @@ class Tuner:
     ) -> None:
         """Run ``n_trials`` more trials in this process (runtime failures mark a trial failed and go on).
 
+        With ``repeat_best``, some of them re-measure one of the best configurations (``source``
+        ``repeat``, ``repeat_of`` the trial first measuring it): the budget stays ``n_trials``.
+
         Raises:
             UsageError: ``n_trials < 1``.
         """
         if n_trials < 1:
             raise UsageError(f"--trials must be at least 1, got {n_trials}")
+        self._trials_left = n_trials
+        self.enqueue_repeat()  # NOTE: a resumed study's best may be due a repeat before any new trial
         self.study.optimize(
             self.objective,
             n_trials=n_trials,
             timeout=timeout_s,
-            callbacks=list(callbacks),
+            callbacks=[self._after_trial, *callbacks],
             catch=tuple(catch),
             show_progress_bar=False,
         )

@@ -74,7 +74,8 @@ class FakeRuns:
 
 def make_tuner(storage: object, name: str = "s", fake: FakeRuns | None = None, **kw: object) -> Tuner:
     s = settings(**{k: v for k, v in kw.items() if k in ("objective", "min_au")})
-    return Tuner(s, kw.get("space", SPACE), storage=storage, study_name=name, predictor=predictor(), evaluate=fake or FakeRuns(), prune=bool(kw.get("prune", True)))  # type: ignore[arg-type]
+    return Tuner(s, kw.get("space", SPACE), storage=storage, study_name=name, predictor=predictor(), evaluate=fake or FakeRuns(),  # type: ignore[arg-type]
+                 prune=bool(kw.get("prune", True)), repeat_best=int(kw.get("repeat_best", 2)))  # type: ignore[call-overload]
 
 
 def test_model_guesses_run_first_and_predictions_are_recorded(tmp_path) -> None:
@@ -88,13 +89,20 @@ def test_model_guesses_run_first_and_predictions_are_recorded(tmp_path) -> None:
     for t, g in zip(trials[:3], guesses):
         assert t.user_attrs["source"] == "model"
         assert SPACE.from_params(t.params) == g.config
-    assert all(t.user_attrs["source"] == "sampler" for t in trials[3:])
+    assert all(t.user_attrs["source"] in ("sampler", "repeat") for t in trials[3:])
+    # From the 6th trial on, the two best so far are measured a second time (tagged, pointing at the first).
+    for t in trials:
+        if t.user_attrs["source"] == "repeat":
+            assert t.number >= 5 and trials[t.user_attrs["repeat_of"]].params == t.params
     done = [t for t in trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done and all("predicted_wait_fraction" in t.user_attrs and "measured_wait_fraction" in t.user_attrs for t in done)
+    assert all({"predicted_low", "predicted_high", "predicted_trusted", "predicted_uncertain_reason"} <= set(t.user_attrs) for t in done)
+    assert all(t.user_attrs["predicted_low"] <= t.user_attrs["predicted_wait_fraction"] <= t.user_attrs["predicted_high"] for t in done)
     # The fake measures prediction x 1.2 + 0.01: the recorded error must show that bias.
     err = model_error(tuner.study)
     assert err["count"] == len(done)
     assert err["bias"] < 0  # the model predicts lower wait than "measured"
+    assert err["trusted"]["count"] == sum(t.user_attrs["predicted_trusted"] for t in done)
     best = recommended_trial(tuner.study)
     assert best.values[0] == min(t.values[0] for t in done)
     # Seeding again does not enqueue what was already tried.
@@ -221,3 +229,65 @@ def test_importances_need_enough_trials() -> None:
 def test_bad_settings(kw: dict) -> None:
     with pytest.raises(UsageError):
         settings(**kw)
+
+
+class NoisyFakeRuns(FakeRuns):
+    """FakeRuns plus seeded noise (sd 0.05) on every measurement."""
+
+    def __init__(self, seed: int = 0) -> None:
+        super().__init__()
+        import random
+
+        self.rng = random.Random(seed)
+
+    def __call__(self, config: TuneConfig, on_step: Callable[[StepSample], None], should_stop: Callable[[], bool]) -> Measurement:
+        m = super().__call__(config, on_step, should_stop)
+        wait = min(0.95, max(0.01, m.wait_fraction + self.rng.gauss(0.0, 0.05)))
+        return Measurement(wait_fraction=wait, accelerator_utilization=1 - wait, cost_usd_per_epoch=m.cost_usd_per_epoch, hit_rate=0.0, run_id=m.run_id)
+
+
+def test_tune_show_prints_repeats_the_trusted_model_error_and_best_yaml_the_mean(tmp_path, capsys) -> None:
+    from delibench.cli.app import main
+    from delibench.tuning.export import recommended_config
+
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    tuner = make_tuner(url, "noisy", fake=NoisyFakeRuns(seed=2), prune=False)
+    tuner.seed_with_model(3)
+    tuner.optimize(12)
+    chosen = recommended_config(tuner.study)
+    assert chosen is not None and chosen.n >= 2, "the recommended config was not measured again"
+    path = tmp_path / "best.yaml"
+    write_best_yaml(tuner.study, path)
+    head = path.read_text()
+    assert f"(mean of {chosen.n} measurements, trials {', '.join(str(t.number) for t in chosen.trials)})" in head
+    assert main(["tune", "show", "--storage", url, "--study", "noisy"]) == 0
+    out = capsys.readouterr().out
+    assert "repeats: " in out and "re-measured one of the best configurations" in out
+    assert f"{chosen.first.user_attrs['label']}: {chosen.n} runs" in out
+    assert "model: mean |predicted - measured| wait = " in out and "(every prediction trusted)" in out
+    assert main(["tune", "show", "--storage", url, "--study", "noisy", "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["recommended"]["measurements"]["trials"] == [t.number for t in chosen.trials]
+    assert doc["noise"]["repeat_trials"] >= 1 and doc["noise"]["pooled_sd"] > 0
+    assert all(t["predicted_trusted"] is not None for t in doc["trials"])
+
+
+def test_model_line_says_whether_and_why_the_model_proposed_the_first_trials() -> None:
+    from types import SimpleNamespace
+
+    from delibench.cli.tune import _model_line
+
+    assert "none (the step time is unknown" in _model_line(SimpleNamespace(predictor=None), 3)
+    trusted = SimpleNamespace(predictor=object(), guesses=[1, 2, 3], model_trusted=True, model_note="27 of 27 predictions trusted")
+    assert _model_line(trusted, 3) == "model: proposes the first 3 trial(s) (27 of 27 predictions trusted)"
+    busy = SimpleNamespace(predictor=object(), guesses=[], model_trusted=False,
+                           model_note="10 of 27 predictions uncertain: the host was busy with other work when probed")
+    line = _model_line(busy, 3)
+    assert line.startswith("model: not trusted here (10 of 27") and "the sampler explores from the first" in line
+    assert "--model-start 0" in _model_line(SimpleNamespace(predictor=object(), guesses=[], model_trusted=True, model_note="ok"), 0)
+    assert "already in the study" in _model_line(SimpleNamespace(predictor=object(), guesses=[], model_trusted=True, model_note="ok"), 3)
+
+
+def test_repeat_best_must_not_be_negative() -> None:
+    with pytest.raises(UsageError, match="repeat-best"):
+        make_tuner(optuna.storages.InMemoryStorage(), repeat_best=-1)
