@@ -1,8 +1,11 @@
 """Real multi-process training across emulated regions: one process per worker, gloo collectives, measured results.
 
-Every worker trains the same small MLP on its own stream of synthetic samples (a fixed random
-"teacher" network labels Gaussian inputs, so the task is learnable and a fixed held-out set measures
-accuracy). Each step's compute is padded to the region's ``step_time_s`` (an emulated accelerator,
+Two tasks (:mod:`delibench.geo.task`): ``mlp`` (the fast one) -- every worker trains the same small
+MLP on its own stream of synthetic samples (a fixed random "teacher" network labels Gaussian inputs,
+so the task is learnable and a fixed held-out set measures accuracy); ``cnn-jpeg`` -- a small CNN on
+the project's synthetic 10-class JPEG images, each region's workers reading the shards the spec
+assigns to it through deli (remote reads counted per region pair and priced), rank 0 measuring
+held-out accuracy every ``eval_every`` steps (evaluation time is left out of the clock). Each step's compute is padded to the region's ``step_time_s`` (an emulated accelerator,
 as in DLIO), so regions with slower or faster accelerators behave as they would. Each worker trains
 with plain SGD wrapped in the public strategy object of :mod:`delibench.geo.strategies` (the same
 objects a user adds to a DDP loop); the WAN emulation comes from :mod:`delibench.geo.sync`.
@@ -27,7 +30,8 @@ from typing import Any
 from delibench.errors import RuntimeFailure, UsageError
 from delibench.geo.cost import geo_cost_usd
 from delibench.geo.regions import RegionsConfig
-from delibench.geo.sync import EMULATION, STRATEGIES, GeoComm, Topology
+from delibench.geo.sync import EMULATION, GeoComm, Topology
+from delibench.geo.task import RUN_STRATEGIES, TASKS, DataSource
 
 __all__ = ["GeoResult", "GeoRunSpec", "WorkerPlace", "parse_workers", "run_geo", "run_worker"]
 
@@ -37,13 +41,14 @@ class GeoRunSpec:
     """Inputs of one geo-distributed training run.
 
     Attributes:
-        strategy: ``allreduce``, ``asgd-ga`` or ``ma``.
+        strategy: ``allreduce``, ``asgd-ga``, ``ma`` or ``diloco`` (or a broken control of
+            :data:`delibench.geo.task.ABLATIONS`).
         workers: ``(region, workers)`` pairs; regions with workers, in regions-file order.
         steps: Training steps per worker.
         period: ``ma``: average models every ``period`` steps (H).
         accum: ``asgd-ga``: accumulate ``accum`` steps per exchange (K).
         staleness: ``asgd-ga``: the staleness bound S (rounds): a region waits only when it would
-            otherwise apply another region's update more than S rounds stale.
+            otherwise apply another region's update more than S rounds stale (``None``: never waits).
         lr: SGD learning rate (no momentum).
         batch_size: Samples per worker per step.
         input_dim: Features per synthetic sample.
@@ -53,6 +58,14 @@ class GeoRunSpec:
         step_time_scale: Multiplies every region's ``step_time_s`` (0 = no compute padding).
         val_samples: Size of the held-out set.
         params_path: Where rank 0 saves the final parameter vector (``torch.save``), if set.
+        task: ``mlp`` or ``cnn-jpeg`` (:data:`delibench.geo.task.TASKS`).
+        data: ``cnn-jpeg``: the shards each region reads (:class:`~delibench.geo.task.DataSource`).
+        val_url: ``cnn-jpeg``: the held-out split (a dataset root with a manifest).
+        val_storage_options: fsspec options reaching ``val_url``.
+        eval_every: Rank 0 evaluates on the held-out set every this many steps (0: at the end only).
+        momentum: SGD momentum (kept local by every strategy).
+        region_steps: ``(region, steps)`` overriding ``steps`` for a region's workers (``asgd-ga``
+            only, whose regions step at their own pace: e.g. equal emulated time for every region).
     """
 
     strategy: str
@@ -60,7 +73,7 @@ class GeoRunSpec:
     steps: int = 100
     period: int = 8
     accum: int = 4
-    staleness: int = 1
+    staleness: int | None = 1
     lr: float = 0.3
     batch_size: int = 32
     input_dim: int = 32
@@ -70,14 +83,34 @@ class GeoRunSpec:
     step_time_scale: float = 1.0
     val_samples: int = 2048
     params_path: str | None = None
+    task: str = "mlp"
+    data: tuple[DataSource, ...] = ()
+    val_url: str | None = None
+    val_storage_options: dict[str, Any] | None = field(default=None, compare=False)
+    eval_every: int = 0
+    momentum: float = 0.0
+    region_steps: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise UsageError(f"unknown sync strategy {self.strategy!r}", hint=f"choose one of {', '.join(STRATEGIES)}")
+        if self.strategy not in RUN_STRATEGIES:
+            raise UsageError(f"unknown sync strategy {self.strategy!r}", hint=f"choose one of {', '.join(RUN_STRATEGIES)}")
+        if self.task not in TASKS:
+            raise UsageError(f"unknown task {self.task!r}", hint=f"choose one of {', '.join(TASKS)}")
+        if self.task == "cnn-jpeg":
+            readers = {d.reader for d in self.data}
+            missing = [name for name, _ in self.workers if name not in readers]
+            if missing:
+                raise UsageError(f"--task cnn-jpeg: region {missing[0]} reads no shard", hint="give every region with workers a data source")
+            if not self.val_url:
+                raise UsageError("--task cnn-jpeg needs a held-out split (val_url)")
+        if self.eval_every < 0 or not 0 <= self.momentum < 1:
+            raise UsageError("eval_every must be >= 0 and momentum in [0, 1)")
+        if self.region_steps and self.strategy not in ("asgd-ga", "no-exchange", "asgd-ga-wrong-sign"):
+            raise UsageError("per-region steps need a strategy that lets regions step at their own pace (asgd-ga)")
         for name, value in (("steps", self.steps), ("period", self.period), ("accum", self.accum), ("batch_size", self.batch_size), ("hidden", self.hidden)):
             if value < 1:
                 raise UsageError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-        if self.staleness < 0:
+        if self.staleness is not None and self.staleness < 0:
             raise UsageError(f"--staleness must be >= 0, got {self.staleness}")
         if not self.lr > 0:
             raise UsageError(f"--lr must be > 0, got {self.lr}")
@@ -106,7 +139,14 @@ class GeoResult:
         val_loss: Loss of the final model on the held-out set.
         val_accuracy: Accuracy of the final model on the held-out set, in [0, 1].
         compute_usd: Every worker's accelerator billed for ``wall_s``.
-        egress_usd: Cross-region bytes at the links' prices.
+        egress_usd: Cross-region bytes (sync, and data read from another region's bucket) at the
+            senders' prices.
+        data_link_bytes: ``cnn-jpeg``: ``"home->reader"`` -> bytes the readers fetched from each
+            shard's bucket (``home == reader``: a local read, free).
+        evals: Rank 0's ``(step, seconds since start without evaluation, val loss, val accuracy)``.
+        region_step_rate: Region -> its workers' mean training steps per second, up to their
+            last step (before the final sync).
+        staleness: ``asgd-ga``: rounds behind of every update applied, over all region leaders.
     """
 
     strategy: str
@@ -127,6 +167,10 @@ class GeoResult:
     compute_usd: float
     egress_usd: float
     total_usd: float
+    data_link_bytes: dict[str, int] = field(default_factory=dict)
+    evals: tuple[tuple[int, float, float, float], ...] = ()
+    region_step_rate: dict[str, float] = field(default_factory=dict)
+    staleness: tuple[int, ...] = ()
     rank_results: tuple[dict[str, Any], ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -134,6 +178,8 @@ class GeoResult:
         d = asdict(self)
         d.pop("rank_results")
         d["loss_curve"] = list(self.loss_curve)
+        d["evals"] = [list(e) for e in self.evals]
+        d["staleness"] = list(self.staleness)
         return d
 
 
@@ -190,10 +236,14 @@ def _samples(spec: GeoRunSpec, teacher: tuple[Any, Any], n: int, seed: int) -> t
     return x, y
 
 
-def _model(spec: GeoRunSpec) -> Any:
+def _model(spec: GeoRunSpec, classes: int | None = None) -> Any:
     import torch
     from torch import nn
 
+    if spec.task == "cnn-jpeg":
+        from delibench.geo.task import cnn_model
+
+        return cnn_model(classes or spec.classes, spec.seed)
     torch.manual_seed(spec.seed)
     return nn.Sequential(
         nn.Linear(spec.input_dim, spec.hidden),
@@ -202,6 +252,123 @@ def _model(spec: GeoRunSpec) -> Any:
         nn.ReLU(),
         nn.Linear(spec.hidden, spec.classes),
     )
+
+
+class _TaskData:
+    """One rank's batches and held-out evaluation for ``spec.task``."""
+
+    def __init__(self, spec: GeoRunSpec, comm: GeoComm, rank: int) -> None:
+        self.spec, self.rank = spec, rank
+        self.batches: Any = None
+        if spec.task == "cnn-jpeg":
+            from delibench.geo.task import RegionBatches, load_held_out
+
+            ranks = list(comm.region_ranks)
+            sources = [d for d in spec.data if d.reader == comm.region]
+            self.batches = RegionBatches(sources, ranks.index(rank), len(ranks), batch_size=spec.batch_size, seed=spec.seed)
+            self.classes: int | None = len(self.batches.loaders[0].classes)
+            self.held_out = load_held_out(spec.val_url or "", spec.val_storage_options, limit=spec.val_samples) if rank == 0 else None
+        else:
+            self.classes = None
+            self.teacher = _teacher(spec)
+            self.val = _samples(spec, self.teacher, spec.val_samples, spec.seed + 104_729)
+
+    def batch(self, step: int) -> tuple[Any, Any]:
+        if self.batches is not None:
+            return self.batches.next()
+        return _samples(self.spec, self.teacher, self.spec.batch_size, self.spec.seed * 1_000_003 + self.rank * 100_003 + step)
+
+    def evaluate(self, model: Any) -> tuple[float, float]:
+        """``(val loss, val accuracy)``; ``cnn-jpeg`` evaluates on rank 0 only (others: NaN)."""
+        if self.batches is not None:
+            from delibench.geo.task import HeldOut, evaluate
+
+            return evaluate(model, self.held_out) if isinstance(self.held_out, HeldOut) else (float("nan"), float("nan"))
+        import torch
+        import torch.nn.functional as F
+
+        with torch.no_grad():
+            vx, vy = self.val
+            logits = model(vx)
+            return float(F.cross_entropy(logits, vy)), float((logits.argmax(dim=1) == vy).float().mean())
+
+    def data_bytes(self) -> dict[str, int]:
+        return self.batches.bytes_by_pair() if self.batches is not None else {}
+
+    def close(self) -> None:
+        if self.batches is not None:
+            self.batches.close()
+
+
+def _train(rank: int, comm: GeoComm, config: RegionsConfig, spec: GeoRunSpec) -> dict[str, Any]:
+    """Train ``spec.steps`` steps under the strategy on this rank's data; what the rank measured."""
+    import torch
+    import torch.distributed as dist
+    import torch.nn.functional as F
+
+    from delibench.geo.task import make_run_strategy
+
+    data = _TaskData(spec, comm, rank)
+    try:
+        model = _model(spec, data.classes)
+        params = list(model.parameters())
+        strategy = make_run_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness, momentum=spec.momentum)
+        step_time_s = config.region(comm.region).accelerators.step_time_s * spec.step_time_scale
+        losses: list[float] = []
+        step_end_s: list[float] = []
+        evals: list[list[float]] = []
+        compute_s = eval_s = 0.0
+        dist.barrier()
+        t_start = time.perf_counter()
+        for step in range(dict(spec.region_steps).get(comm.region, spec.steps)):
+            t0 = time.perf_counter()
+            x, y = data.batch(step)
+            loss = F.cross_entropy(model(x), y)
+            model.zero_grad(set_to_none=False)
+            loss.backward()
+            losses.append(float(loss.detach()))
+            # Emulated accelerator: the step lasts at least the region's step time.
+            pad_s = step_time_s - (time.perf_counter() - t0)
+            if pad_s > 0:
+                time.sleep(pad_s)
+            compute_s += time.perf_counter() - t0
+            strategy.step()
+            step_end_s.append(round(time.perf_counter() - t_start - eval_s, 4))
+            if rank == 0 and spec.eval_every and (step + 1) % spec.eval_every == 0:
+                t_eval = time.perf_counter()
+                val_loss, val_accuracy = data.evaluate(model)
+                eval_s += time.perf_counter() - t_eval
+                evals.append([step + 1, time.perf_counter() - t_start - eval_s, val_loss, val_accuracy])
+        steps_s = time.perf_counter() - t_start - eval_s
+        strategy.finish()
+        wall_s = time.perf_counter() - t_start - eval_s
+        val_loss, val_accuracy = data.evaluate(model)
+        if rank == 0 and spec.params_path:
+            torch.save(torch.nn.utils.parameters_to_vector(params).detach().clone(), spec.params_path)
+        ledger = comm.ledger
+        return {
+            "rank": rank,
+            "region": comm.region,
+            "wall_s": wall_s,
+            "steps_s": steps_s,
+            "compute_s": compute_s,
+            "sync_s": ledger.sync_s,
+            "wan_wait_s": ledger.wan_wait_s,
+            "cross_region_bytes": ledger.cross_region_bytes,
+            "link_bytes": ledger.link_bytes,
+            "cross_region_collectives": ledger.cross_region_collectives,
+            "staleness": list(getattr(strategy, "staleness", [])),  # asgd-ga: rounds behind, per applied update
+            "losses": losses,
+            "step_end_s": step_end_s,
+            "evals": evals,
+            "data_bytes": data.data_bytes(),
+            "data_wait_s": data.batches.wait_s if data.batches is not None else 0.0,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "param_count": sum(p.numel() for p in params),
+        }
+    finally:
+        data.close()
 
 
 def _worker(rank: int, world: int, port: int, config: RegionsConfig, spec: GeoRunSpec, out_dir: str) -> None:
@@ -222,54 +389,7 @@ def _worker(rank: int, world: int, port: int, config: RegionsConfig, spec: GeoRu
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=120))
         try:
             comm = GeoComm(spec.topology, config, rank)
-            model = _model(spec)
-            params = list(model.parameters())
-            strategy = make_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness)
-            step_time_s = config.region(comm.region).accelerators.step_time_s * spec.step_time_scale
-            teacher = _teacher(spec)
-            losses: list[float] = []
-            compute_s = 0.0
-            dist.barrier()
-            t_start = time.perf_counter()
-            for step in range(spec.steps):
-                t0 = time.perf_counter()
-                x, y = _samples(spec, teacher, spec.batch_size, spec.seed * 1_000_003 + rank * 100_003 + step)
-                loss = F.cross_entropy(model(x), y)
-                model.zero_grad(set_to_none=False)
-                loss.backward()
-                losses.append(float(loss.detach()))
-                # Emulated accelerator: the step lasts at least the region's step time.
-                pad_s = step_time_s - (time.perf_counter() - t0)
-                if pad_s > 0:
-                    time.sleep(pad_s)
-                compute_s += time.perf_counter() - t0
-                strategy.step()
-            strategy.finish()
-            wall_s = time.perf_counter() - t_start
-            with torch.no_grad():
-                vx, vy = _samples(spec, teacher, spec.val_samples, spec.seed + 104_729)
-                logits = model(vx)
-                val_loss = float(F.cross_entropy(logits, vy))
-                val_accuracy = float((logits.argmax(dim=1) == vy).float().mean())
-            if rank == 0 and spec.params_path:
-                torch.save(torch.nn.utils.parameters_to_vector(params).detach().clone(), spec.params_path)
-            ledger = comm.ledger
-            result = {
-                "rank": rank,
-                "region": comm.region,
-                "wall_s": wall_s,
-                "compute_s": compute_s,
-                "sync_s": ledger.sync_s,
-                "wan_wait_s": ledger.wan_wait_s,
-                "cross_region_bytes": ledger.cross_region_bytes,
-                "link_bytes": ledger.link_bytes,
-                "cross_region_collectives": ledger.cross_region_collectives,
-                "staleness": list(getattr(strategy, "staleness", [])),  # asgd-ga: rounds behind, per applied update
-                "losses": losses,
-                "val_loss": val_loss,
-                "val_accuracy": val_accuracy,
-                "param_count": sum(p.numel() for p in params),
-            }
+            result = _train(rank, comm, config, spec)
             Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
         finally:
             dist.destroy_process_group()
@@ -344,17 +464,28 @@ def _aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, An
     for r in ranks:
         for key, nbytes in r["link_bytes"].items():
             link_bytes[key] = link_bytes.get(key, 0) + nbytes
+    data_link_bytes: dict[str, int] = {}
+    for r in ranks:
+        for key, nbytes in r.get("data_bytes", {}).items():
+            data_link_bytes[key] = data_link_bytes.get(key, 0) + nbytes
+    priced: dict[tuple[str, str], int] = {}
+    for key, nbytes in [*link_bytes.items(), *data_link_bytes.items()]:
+        pair = tuple(key.split("->", 1))
+        priced[pair] = priced.get(pair, 0) + nbytes  # type: ignore[index]
     wall_s = max(r["wall_s"] for r in ranks)
-    cost = geo_cost_usd(
-        config,
-        {name: n * wall_s for name, n in spec.workers},
-        {tuple(k.split("->", 1)): v for k, v in link_bytes.items()},  # type: ignore[misc]
-    )
-    steps = spec.steps
+    cost = geo_cost_usd(config, {name: n * wall_s for name, n in spec.workers}, priced)
+    rates: dict[str, list[float]] = {}
+    for r in ranks:
+        if r.get("steps_s"):
+            rates.setdefault(r["region"], []).append(len(r["losses"]) / r["steps_s"])
+    steps = min(len(r["losses"]) for r in ranks)
     curve = tuple(sum(r["losses"][i] for r in ranks) / world for i in range(steps))
     return GeoResult(
         strategy=spec.strategy,
-        spec={k: v for k, v in asdict(spec).items() if k != "params_path"},
+        spec={
+            **{k: v for k, v in asdict(spec).items() if k not in ("params_path", "data", "val_storage_options")},
+            "data": [d.public() for d in spec.data],
+        },
         emulation=EMULATION,
         world_size=world,
         param_count=ranks[0]["param_count"],
@@ -371,6 +502,10 @@ def _aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, An
         compute_usd=cost.compute_usd,
         egress_usd=cost.egress_usd,
         total_usd=cost.total_usd,
+        data_link_bytes=data_link_bytes,
+        evals=tuple(tuple(e) for e in ranks[0].get("evals", [])),  # type: ignore[misc]
+        region_step_rate={name: sum(v) / len(v) for name, v in rates.items()},
+        staleness=tuple(x for r in ranks for x in r.get("staleness", [])),
         rank_results=tuple(ranks),
     )
 

@@ -1,0 +1,137 @@
+"""Region buckets on the testbed for geo runs: each region's shard in a bucket of its own, behind that region's links.
+
+One SeaweedFS server holds every region's bucket (``geo-<region>``); what differs is the path to
+it. A worker reads a bucket of its own region through the ``same-region`` link profile and another
+region's through the ``cross-region`` profile (each a link emulator in front of the same server),
+so a remote read pays the cross-region latency and bandwidth; which bytes crossed which pair of
+regions is counted by the run (:class:`delibench.geo.task.RegionBatches`) and priced with
+:func:`delibench.geo.cost.geo_cost_usd`. Geo code gets only data: :class:`~delibench.geo.task.DataSource`
+entries with the storage options of the right route (the testbed stays in ``app/``).
+
+    with GeoLab.start(workdir, ("us-east", "us-west", "eu-west")) as lab:
+        data = lab.sources()                             # each shard read at home
+        spec = GeoRunSpec(..., task="cnn-jpeg", data=data, val_url=lab.shards.held_out)
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from delibench.app.lab import Lab, Route
+from delibench.errors import UsageError
+from delibench.geo.task import DataSource, RegionShards, make_region_shards
+
+__all__ = ["GeoLab", "ShardCopy"]
+
+
+@dataclass(frozen=True)
+class ShardCopy:
+    """A shard copied once into another region's bucket (read across the cross-region link)."""
+
+    shard: str
+    home: str
+    reader: str
+    url: str
+    nbytes: int
+    seconds: float
+
+
+class GeoLab:
+    """A testbed with one bucket per region and a same-region and a cross-region route to them.
+
+    Use :meth:`GeoLab.start`.
+    """
+
+    def __init__(self, lab: Lab, shards: RegionShards, urls: dict[str, str], local: Route, cross: Route) -> None:
+        self.lab, self.shards, self.urls, self.local, self.cross = lab, shards, urls, local, cross
+        self.copies: list[ShardCopy] = []
+
+    @classmethod
+    def start(
+        cls,
+        workdir: str | Path,
+        regions: tuple[str, ...] | list[str],
+        *,
+        samples_per_region: int = 400,
+        held_out: int = 300,
+        skew: float = 1.0,
+        seed: int = 0,
+        local_profile: str = "same-region",
+        cross_profile: str = "cross-region",
+    ) -> GeoLab:
+        """Generate the shards (:func:`~delibench.geo.task.make_region_shards`), start the testbed, push each shard to its region's bucket."""
+        from delibench.loaders.publish import push
+
+        root = Path(workdir).resolve()
+        shards = make_region_shards(root / "data", regions, samples_per_region=samples_per_region, held_out=held_out, skew=skew, seed=seed)
+        lab = Lab.start(root, profile=local_profile, seed=seed)
+        try:
+            direct = lab.route(direct=True).storage_options
+            urls = {}
+            for region, path in shards.shards.items():
+                url = lab.make_bucket(f"geo-{region}") + "/shard"
+                push(path, url, storage_options=direct)
+                urls[region] = url
+            cross = lab.link(cross_profile)
+            return cls(lab, shards, urls, lab.route(), cross)
+        except BaseException:
+            lab.stop()
+            raise
+
+    def storage_options(self, home: str, reader: str) -> dict[str, Any]:
+        """fsspec options a worker in ``reader`` uses to reach ``home``'s bucket (through the right link)."""
+        return dict((self.local if home == reader else self.cross).storage_options)
+
+    def copy_shard(self, home: str, reader: str) -> ShardCopy:
+        """Copy ``home``'s shard into ``reader``'s bucket once: read across the cross-region link, written there; timed and counted."""
+        from delibench.manifest import read_manifest, write_manifest
+        from delibench.storage import resolve
+
+        if home == reader:
+            raise UsageError("copy_shard: the shard is already in that region")
+        src = self.urls[home]
+        dst = self.lab.make_bucket(f"geo-{reader}") + f"/copy-of-{home}"
+        t0 = time.perf_counter()
+        manifest = read_manifest(src, self.storage_options(home, reader))
+        loc = resolve(src, self.storage_options(home, reader))
+        blobs = loc.filesystem().cat([loc.child(s.key) for s in manifest.samples])
+        out = resolve(dst, self.lab.route(direct=True).storage_options)
+        out.filesystem().pipe({out.child(s.key): blobs[loc.child(s.key)] for s in manifest.samples})
+        write_manifest(replace(manifest), dst, self.lab.route(direct=True).storage_options)
+        seconds = time.perf_counter() - t0
+        copy = ShardCopy(f"{home}-shard", home, reader, dst, sum(len(b) for b in blobs.values()), seconds)
+        self.copies.append(copy)
+        return copy
+
+    def sources(self, reading: Mapping[str, tuple[str, str]] | None = None, *, copy_up_front: bool = False) -> tuple[DataSource, ...]:
+        """The data sources of a run: shard home -> ``(reader, mode)`` (default: every shard read at home).
+
+        A remote shard (``stream`` or ``copy``) is read by the reader's deli loader across the
+        cross-region link; deli keeps it in its cache, so each sample crosses once (the planner's
+        ``copy``: read across during the first epoch, overlapped with training, and kept on the
+        reader's side). ``copy_up_front``: copy it into the reader's bucket before the run instead
+        (:meth:`copy_shard`) and read it there.
+        """
+        out = []
+        for home, url in self.urls.items():
+            reader, mode = (reading or {}).get(home, (home, "local"))
+            if reader != home and mode == "copy" and copy_up_front:
+                copy = next((c for c in self.copies if c.home == home and c.reader == reader), None) or self.copy_shard(home, reader)
+                out.append(DataSource(f"{home}-shard", reader, reader, copy.url, self.storage_options(reader, reader)))
+            else:
+                out.append(DataSource(f"{home}-shard", home, reader, url, self.storage_options(home, reader)))
+        return tuple(out)
+
+    def stop(self) -> None:
+        """Stop the testbed and its links."""
+        self.lab.stop()
+
+    def __enter__(self) -> GeoLab:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
