@@ -107,7 +107,8 @@ def test_sources_from_regions_reads_each_regions_data_url() -> None:
     from delibench.geo.task import sources_from_regions
 
     acc = {"count": 1, "type": "x", "usd_per_hour": 1.0, "step_time_s": 0.1}
-    config = parse_regions({"regions": {"a": {"accelerators": acc, "data_url": "s3://bucket-a/imgs"}, "b": {"accelerators": acc}}})
+    config = parse_regions({"regions": {"a": {"accelerators": acc, "data_url": "s3://bucket-a/imgs"}, "b": {"accelerators": acc}},
+                             "links": [{"between": ["a", "b"], "rtt_s": 0.07, "bandwidth_bytes_per_s": 1e8, "egress_usd_per_gb": 0.02}]})
     (src,) = sources_from_regions(config, ["a"], {"endpoint_url": "http://x"})
     assert (src.home, src.reader, src.url, src.storage_options) == ("a", "a", "s3://bucket-a/imgs", {"endpoint_url": "http://x"})
     assert "storage_options" not in src.public()
