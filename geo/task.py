@@ -168,7 +168,8 @@ class RegionBatches:
 
     Each shard is a deli loader partitioned over the region's workers (``rank`` = the rank's index in
     its region, ``world`` = the region's workers); batches alternate over the shards, each shard
-    epoch after epoch. ``bytes_by_pair`` is what each ``(home, reader)`` pair fetched.
+    epoch after epoch. ``bytes_by_pair`` is what each ``(home, reader)`` pair fetched;
+    ``state_dict``/``load_state_dict`` carry the loaders' positions through a checkpoint.
     """
 
     def __init__(self, sources: list[DataSource], rank: int, world: int, *, batch_size: int, seed: int = 0, cache_size: str = "256MiB") -> None:
@@ -224,6 +225,23 @@ class RegionBatches:
         x, y = self._batch_of(i)
         self.wait_s += time.perf_counter() - t0
         return x, y
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint keeps: every shard loader's position (deli's state) and whose batch is next."""
+        return {"version": 1, "next": self._next, "loaders": [loader.state_dict() for loader in self.loaders]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict`: each shard's next batches are the rest of its interrupted epoch.
+
+        Raises:
+            UsageError: A state for another number of shards (deli refuses one for another shard).
+        """
+        if state.get("version") != 1 or len(state.get("loaders", ())) != len(self.loaders):
+            raise UsageError("cnn-jpeg: the data state does not match this run's shards")
+        for loader, sub in zip(self.loaders, state["loaders"]):
+            loader.load_state_dict(sub)
+        self._iters = [None] * len(self.loaders)
+        self._next = int(state["next"]) % len(self.loaders)
 
     def bytes_by_pair(self) -> dict[str, int]:
         """``"home->reader"`` -> bytes fetched from storage (every shard, local ones included)."""

@@ -114,3 +114,31 @@ def test_sources_from_regions_reads_each_regions_data_url() -> None:
     assert "storage_options" not in src.public()
     with pytest.raises(UsageError, match="no data_url"):
         sources_from_regions(config, ["a", "b"])
+
+
+def test_region_batches_resume_from_a_checkpoint(shards) -> None:
+    """The data state in a checkpoint: a restarted rank gets the batches an uninterrupted one would have got."""
+    src = list(shards.local_sources())[:2]
+
+    def firsts(b: RegionBatches, n: int) -> list[list[int]]:
+        return [b.next()[1].tolist() for _ in range(n)]
+
+    whole = RegionBatches(src, 0, 1, batch_size=8)
+    try:
+        expected = firsts(whole, 7)
+    finally:
+        whole.close()
+    first = RegionBatches(src, 0, 1, batch_size=8)
+    try:
+        assert firsts(first, 3) == expected[:3]
+        state = first.state_dict()
+    finally:
+        first.close()
+    again = RegionBatches(src, 0, 1, batch_size=8)
+    try:
+        again.load_state_dict(state)
+        assert firsts(again, 4) == expected[3:]
+        with pytest.raises(UsageError):
+            again.load_state_dict({"version": 1, "next": 0, "loaders": [state["loaders"][0]]})
+    finally:
+        again.close()
