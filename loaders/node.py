@@ -245,6 +245,9 @@ class NodeService:
         self.cond = threading.Condition()
         self.ranks = [_Rank(i) for i in range(config.local_world_size)]
         self.plans: dict[int, list[tuple[list[int], list[float | None]]]] = {}
+        #: Every local rank's order by epoch, sent by the ranks (torch's generator makes the shuffle
+        #: DistributedSampler's; computing it in the ranks keeps torch out of this process).
+        self.orders: dict[int, list[list[int]]] = {}
         self.leases = itertools.count(1)
         self.closing = False
         self.owner_left = False
@@ -267,14 +270,10 @@ class NodeService:
         """
         if epoch in self.plans:
             return self.plans[epoch]
-        c = self.config
-        w = c.local_world_size
-
-        def orders(e: int) -> list[list[int]]:
-            return [epoch_order(self.n, e, c.seed, c.first_rank + i, c.world_size, c.order, c.exchange_fraction, c.drop_last)
-                    for i in range(w)]
-
-        now, following = orders(epoch), orders(epoch + 1)
+        w = self.config.local_world_size
+        if epoch not in self.orders or epoch + 1 not in self.orders:
+            raise RuntimeFailure(f"node service: the orders of epoch {epoch} and {epoch + 1} were not sent")
+        now, following = self.orders[epoch], self.orders[epoch + 1]
         length = len(now[0])
         seen: dict[int, int] = {}
         for p in range(len(following[0]) - 1, -1, -1):
@@ -288,6 +287,7 @@ class NodeService:
                 seen[key] = (epoch * length + p) * w + i
         plan = [(now[i], nexts[i]) for i in range(w)]
         self.plans = {k: v for k, v in self.plans.items() if k >= epoch - 1}
+        self.orders = {k: v for k, v in self.orders.items() if k >= epoch - 1}
         self.plans[epoch] = plan
         return plan
 
@@ -343,9 +343,13 @@ class NodeService:
 
     # -- walks (on the event loop) ------------------------------------------------------------------
 
-    def open(self, index: int, epoch: int, start: int, *, ahead: bool = False) -> int:
-        """Start (or adopt, when started ahead) local rank ``index``'s walk of ``epoch`` from ``start``."""
+    def open(self, index: int, epoch: int, start: int, orders: Mapping[int, list[list[int]]] | None = None, *, ahead: bool = False) -> int:
+        """Start (or adopt, when started ahead) local rank ``index``'s walk of ``epoch`` from ``start``;
+        ``orders``: every local rank's order of some epochs (``epoch`` to ``epoch + 2``)."""
         with self.cond:
+            for e, by_rank in (orders or {}).items():
+                if e >= epoch - 1:
+                    self.orders.setdefault(e, by_rank)
             rk = self.ranks[index]
             if rk.active and rk.ahead and rk.epoch == epoch and start == 0 and not ahead:
                 rk.ahead = False
@@ -513,7 +517,10 @@ class NodeService:
             done = rk.low >= len(rk.order)
             epoch = rk.epoch
         if done and self.config.options.prefetch_across_epochs and (self.config.epochs is None or epoch + 1 < self.config.epochs):
-            self.open(index, epoch + 1, 0, ahead=True)
+            try:
+                self.open(index, epoch + 1, 0, ahead=True)
+            except RuntimeFailure:
+                pass  # the next epoch's orders are not known yet: its walk starts when the rank opens it
         return _OK, (lease_id, items)
 
     def release(self, index: int, lease_id: int) -> None:
@@ -616,7 +623,10 @@ def serve(config: NodeConfig, ready: Any) -> None:
                                 svc.ranks[rank_of_conn].connected = True
                         conn.send(("ok", {"arena": config.arena_name, "block": svc.block}))
                     elif kind == "open":
-                        conn.send(("ok", svc.open(msg[1], msg[2], msg[3])))
+                        try:
+                            conn.send(("ok", svc.open(msg[1], msg[2], msg[3], msg[4])))
+                        except Exception as exc:  # noqa: BLE001 - the rank raises it
+                            conn.send((_FAILURE, repr(exc)))
                     elif kind == "close-epoch":
                         svc.close_epoch(msg[1], msg[2])
                         conn.send(("ok", None))
@@ -929,10 +939,14 @@ class NodeDeliLoader:
         if self._closed:
             raise UsageError("the deli loader is closed")
         start, done_batches = self._take_resume(epoch)
-        _, token = self._link.call("open", self.ctx.local_rank, epoch, start)
+        c = self._config
+        orders = {e: [epoch_order(len(c.manifest), e, c.seed, c.first_rank + i, c.world_size, c.order, c.exchange_fraction, c.drop_last)
+                      for i in range(c.local_world_size)] for e in (epoch, epoch + 1, epoch + 2)}
+        kind, token = self._link.call("open", self.ctx.local_rank, epoch, start, orders)
+        if kind != _OK:
+            raise RuntimeFailure(f"the node service could not open epoch {epoch}: {token}")
         self._token = token
-        order = epoch_order(len(self.ctx.manifest), epoch, self.ctx.seed, self.ctx.rank, self.ctx.world_size,
-                            self.ctx.order, self.ctx.exchange_fraction, self.ctx.drop_last)
+        order = orders[epoch][self.ctx.local_rank]
         bs = self.ctx.batch_size
         first = start // bs
         if start % bs:
