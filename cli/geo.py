@@ -69,6 +69,8 @@ def run_cmd(
     jitter: Optional[str] = typer.Option(None, "--jitter", help="namespace links: uniform jitter on each packet's one-way delay, e.g. 2ms."),
     checkpoint_every: int = typer.Option(10, "--checkpoint-every", help="Checkpoint every N steps; a restart resumes there (0 = never). Default 10."),
     max_restarts: int = typer.Option(3, "--max-restarts", help="torchrun --max-restarts per region. Default 3."),
+    min_regions: Optional[int] = typer.Option(None, "--min-regions", help="Elastic: go on with at least this many regions (torchrun --nnodes MIN:...). Default: all that start."),
+    max_regions: Optional[int] = typer.Option(None, "--max-regions", help="Elastic: admit up to this many regions, joining later with the printed command (--nnodes ...:MAX)."),
     job_dir: Optional[str] = typer.Option(None, "--job-dir", help="Keep the job's files here (job file, checkpoints, events, logs). Default: a temporary folder."),
     print_commands: bool = typer.Option(False, "--print-commands", help="Print the torchrun command of every region's host (for a multi-machine run) and exit; --hosts sets the addresses."),
     hosts: Optional[str] = typer.Option(None, "--hosts", help="With --print-commands: region=ADDRESS[/IFNAME],... (default: 127.0.0.1/lo)."),
@@ -99,17 +101,21 @@ def run_cmd(
         config = _load(regions)
         spec = _spec(sync, config, workers_per_region, steps=100 if steps is None else steps, period=period, accum=accum, staleness=staleness, hidden=hidden, lr=lr, step_time_scale=step_time_scale, seed=seed)
     if print_commands:
-        _print_commands(spec, hosts, job_dir=job_dir, max_restarts=max_restarts)
+        _print_commands(config, spec, hosts, job_dir=job_dir, max_restarts=max_restarts, min_regions=min_regions, max_regions=max_regions, checkpoint_every=checkpoint_every)
         return
     from delibench.geo import launch as geo_launch
     from delibench.units import parse_duration
 
     mode, why = geo_launch.resolve_links(links)
+    import signal
+
+    # SIGTERM unwinds like Ctrl-C, so the agents (sessions of their own), their workers and the namespaces are removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     label = "namespaces + tbf + delay line" if mode == "namespace" else "communication-level model" + (f" ({why})" if why else "")
     err_console.print(f"[dim]geo run: {sync} on {spec.topology.world_size} workers in {len(spec.workers)} regions under torchrun; links: {label} ...[/]")
     launched = geo_launch.launch_local(
         config, spec, links=mode, checkpoint_every=checkpoint_every, max_restarts=max_restarts, base_env=dict(os.environ),
-        job_dir=job_dir, jitter_s=parse_duration(jitter) if jitter else 0.0, timeout_s=timeout_s,
+        job_dir=job_dir, jitter_s=parse_duration(jitter) if jitter else 0.0, timeout_s=timeout_s, min_regions=min_regions, max_regions=max_regions,
     )  # fmt: skip
     for event in launched.events:
         err_console.print(f"restart: world {event['world_size']} ({', '.join(event['regions'])}), resumed at step {event['resumed_at']} of {event['reached']} reached: lost {event['lost_steps']} steps")
@@ -122,9 +128,11 @@ def run_cmd(
         console.print("bytes on the wire (IP, per link): " + ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in launched.wire_bytes.items()))
 
 
-def _print_commands(spec: Any, hosts_text: Optional[str], *, job_dir: Optional[str], max_restarts: int) -> None:
-    """The exact torchrun command of every region's host."""
-    from delibench.geo.launch import format_commands, region_commands
+def _print_commands(
+    config: Any, spec: Any, hosts_text: Optional[str], *, job_dir: Optional[str], max_restarts: int, min_regions: Optional[int], max_regions: Optional[int], checkpoint_every: int
+) -> None:
+    """The exact torchrun command of every region's host (and, with --job-dir, the job file they read)."""
+    from delibench.geo.launch import format_commands, region_commands, write_job
     from delibench.geo.links import RegionHost
 
     hosts = {name: RegionHost(region=name, address="127.0.0.1", ifname="lo") for name, _ in spec.workers}
@@ -138,8 +146,13 @@ def _print_commands(spec: Any, hosts_text: Optional[str], *, job_dir: Optional[s
         hosts[name.strip()] = RegionHost(region=name.strip(), address=address, ifname=ifname or "eth0")
     run_id = "geo-" + __import__("uuid").uuid4().hex[:8]
     folder = job_dir or "JOB_DIR"
-    console.print(f"# the same job file ({folder}/job.pkl, written by 'geo run --job-dir') on every host; run each line on its region's host", markup=False, highlight=False)
-    console.print(format_commands(region_commands(spec, hosts, job_dir=folder, run_id=run_id, max_restarts=max_restarts)), markup=False, highlight=False, soft_wrap=True)
+    if job_dir:
+        write_job(job_dir, config, spec, checkpoint_every=checkpoint_every, links="real")
+        err_console.print(f"[dim]job file written: {job_dir}/job.pkl (real network: no WAN emulation, bytes counted)[/]")
+    console.print(f"# {folder}/job.pkl ('geo run --print-commands --job-dir {folder}' writes it) at the same path on every host, the folder shared for restarts; run each line on its region's host", markup=False, highlight=False)
+    n = len(spec.workers)
+    nnodes = f"{min(n, min_regions or n)}:{max(n, max_regions or n)}"
+    console.print(format_commands(region_commands(spec, hosts, job_dir=folder, run_id=run_id, nnodes=nnodes, max_restarts=max_restarts)), markup=False, highlight=False, soft_wrap=True)
 
 
 @geo_app.command("worker", hidden=True)

@@ -47,7 +47,7 @@ from delibench.geo.regions import RegionsConfig
 from delibench.geo.sync import EMULATION
 from delibench.geo.train import GeoResult, GeoRunSpec
 
-__all__ = ["LaunchResult", "LocalJob", "RDZV_PORT", "launch_local", "region_commands", "resolve_links", "torchrun_argv"]
+__all__ = ["LaunchResult", "LocalJob", "RDZV_PORT", "launch_local", "region_commands", "resolve_links", "torchrun_argv", "write_job"]
 
 #: The c10d rendezvous port on the store host.
 RDZV_PORT = 29431
@@ -125,6 +125,22 @@ def agent_env(host: RegionHost) -> dict[str, str]:
     return {"GLOO_SOCKET_IFNAME": host.ifname, "OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
 
+def write_job(job_dir: str, config: RegionsConfig, spec: GeoRunSpec, *, checkpoint_every: int, links: str) -> Path:
+    """Write ``job_dir/job.pkl``, what every worker reads: regions, spec, checkpoint interval, link mode.
+
+    ``links``: ``model`` (the workers emulate the WAN), ``namespace`` or ``real`` (the network is
+    real: nothing is injected, bytes are still counted). Every host of a multi-machine run needs
+    the file at the same path; restarts need the folder shared (rank 0 writes the checkpoint there).
+    """
+    if links not in ("model", "namespace", "real"):
+        raise UsageError(f"links must be model, namespace or real, got {links!r}")
+    out = Path(job_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "job.pkl"
+    path.write_bytes(pickle.dumps({"config": config, "spec": spec, "checkpoint_every": checkpoint_every, "links": links}))
+    return path
+
+
 def format_commands(commands: list[tuple[str, list[str], dict[str, str]]]) -> str:
     """The commands as shell lines, one per region host."""
     return "\n".join(f"# {region}\n" + " ".join(f"{k}={v}" for k, v in env.items()) + " " + shlex.join(argv) for region, argv, env in commands)
@@ -184,6 +200,8 @@ class LocalJob:
         checkpoint_every: Global rank 0 checkpoints every this many steps (0: never).
         max_restarts: torchrun's ``--max-restarts`` per agent.
         max_regions: The rendezvous admits up to this many node groups (``--nnodes MIN:MAX``).
+        min_regions: Training goes on with at least this many node groups (default: the regions
+            that start); fewer lets a whole region leave (its agent killed) while the others go on.
         base_env: The agents' environment (the CLI passes its own); ``GLOO_SOCKET_IFNAME`` and
             ``OMP_NUM_THREADS`` are set on top.
         job_dir: Where the job file, checkpoints, progress, events and rank reports go (a temporary
@@ -198,6 +216,7 @@ class LocalJob:
     checkpoint_every: int = 10
     max_restarts: int = 3
     max_regions: int | None = None
+    min_regions: int | None = None
     base_env: dict[str, str] = field(default_factory=dict)
     job_dir: str | None = None
     jitter_s: float = 0.0
@@ -207,6 +226,7 @@ class LocalJob:
     hosts: dict[str, RegionHost] = field(default_factory=dict)
     agents: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     rdzv_port: int = 0
+    gone: set[str] = field(default_factory=set)
     _tmp: Any = None
 
     def start(self) -> LocalJob:
@@ -222,8 +242,7 @@ class LocalJob:
             self.job_dir = self._tmp.name
         out = Path(self.job_dir)
         out.mkdir(parents=True, exist_ok=True)
-        job = {"config": self.config, "spec": self.spec, "checkpoint_every": self.checkpoint_every, "links": self.links}
-        (out / "job.pkl").write_bytes(pickle.dumps(job))
+        write_job(str(out), self.config, self.spec, checkpoint_every=self.checkpoint_every, links=self.links)
         try:
             everyone = tuple(self.config.names) if self.max_regions else tuple(r for r, _ in self.spec.workers)
             if self.links == "namespace":
@@ -245,7 +264,10 @@ class LocalJob:
     def nnodes(self) -> str:
         """``MIN:MAX`` node groups: the regions that start, up to ``max_regions``."""
         n = len(self.spec.workers)
-        return f"{n}:{max(n, self.max_regions or n)}"
+        low = min(n, self.min_regions or n)
+        if low < 1:
+            raise UsageError(f"--min-regions must be >= 1, got {self.min_regions}")
+        return f"{low}:{max(n, self.max_regions or n)}"
 
     def commands(self) -> list[tuple[str, list[str], dict[str, str]]]:
         """Every starting region's agent command (what :meth:`start` runs, less the namespace prefix)."""
@@ -302,8 +324,27 @@ class LocalJob:
         os.kill(pid, sig)
         return pid
 
+    def kill_region(self, region: str, sig: int = signal.SIGKILL) -> None:
+        """Take a whole region out: ``sig`` to its agent, then to its workers (torchrun puts each in a session of its own)."""
+        self.gone.add(region)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.agents[region].pid, sig)
+        self._signal_workers(sig, region)
+
+    def _signal_workers(self, sig: int, region: str | None = None) -> None:
+        """``sig`` to every live worker (of ``region``) named by a pid file, checked to be a geo worker of this job."""
+        for pid, where in self.worker_pids().values():
+            if region is not None and where != region:
+                continue
+            with contextlib.suppress(OSError):
+                cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if b"worker" in cmdline and str(self.job_dir).encode() in cmdline:
+                    os.kill(pid, sig)
+
     def _check_agents(self) -> None:
         for region, proc in self.agents.items():
+            if region in self.gone:
+                continue
             code = proc.poll()
             if code not in (None, 0):
                 raise RuntimeFailure(f"geo run: the torchrun agent of {region} failed (exit {code})", hint=f"see {self.job_dir}/agent-{region}.log: {self._tail(region)}")
@@ -322,7 +363,7 @@ class LocalJob:
             RuntimeFailure: An agent failed (its restarts exhausted) or the run exceeded ``timeout_s``.
         """
         deadline = time.monotonic() + timeout_s
-        while any(p.poll() is None for p in self.agents.values()):
+        while any(p.poll() is None for r, p in self.agents.items() if r not in self.gone):
             self._check_agents()
             if time.monotonic() > deadline:
                 raise RuntimeFailure(f"geo run exceeded its {timeout_s:.0f} s timeout; agents stopped")
@@ -355,6 +396,8 @@ class LocalJob:
                 os.killpg(proc.pid, signal.SIGKILL)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.wait(2)
+        if self.job_dir is not None and Path(self.job_dir).exists():
+            self._signal_workers(signal.SIGKILL)  # any worker its killed agent left behind
         if self.wan is not None:
             self.wan.close()
         if self._tmp is not None:
@@ -420,6 +463,8 @@ def launch_local(
     job_dir: str | None = None,
     jitter_s: float = 0.0,
     timeout_s: float = 600.0,
+    min_regions: int | None = None,
+    max_regions: int | None = None,
 ) -> LaunchResult:
     """Run ``spec`` on this machine under torchrun (one agent per region) and return the result.
 
@@ -427,6 +472,9 @@ def launch_local(
     communication-level model), ``namespace`` or ``model``.
     """
     mode, _ = resolve_links(links)
-    job = LocalJob(config, spec, links=mode, checkpoint_every=checkpoint_every, max_restarts=max_restarts, base_env=dict(base_env or {}), job_dir=job_dir, jitter_s=jitter_s)
+    job = LocalJob(
+        config, spec, links=mode, checkpoint_every=checkpoint_every, max_restarts=max_restarts, base_env=dict(base_env or {}), job_dir=job_dir,
+        jitter_s=jitter_s, min_regions=min_regions, max_regions=max_regions,
+    )  # fmt: skip
     with job:
         return job.wait(timeout_s)

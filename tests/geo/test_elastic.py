@@ -57,3 +57,18 @@ def test_region_joining_mid_run_contributes_steps(tmp_path: Path) -> None:
     assert len(joined) == 1 and joined[0]["steps_done"] > 0
     assert joined[0]["cross_region_bytes"] > 0  # it took part in the model averaging
     assert len({r["params_sha256"] for r in got.ranks}) == 1
+
+
+def test_region_leaving_mid_run_the_others_finish(tmp_path: Path) -> None:
+    spec = GeoRunSpec(strategy="ma", period=2, workers=(("a", 1), ("b", 1)), steps=60)
+    with LocalJob(REGIONS, spec, links="model", checkpoint_every=EVERY, min_regions=1, job_dir=str(tmp_path)) as job:
+        assert job.nnodes == "1:2"
+        job.wait_progress(2, timeout_s=60)
+        if len({region for _, region in job.worker_pids().values()}) < 2:
+            pytest.skip("region a formed the group alone before b arrived (min 1 region); the loaded host was too slow")
+        job.wait_progress(25, timeout_s=60)
+        job.kill_region("b")
+        got = job.wait(90)
+    assert got.events and got.events[-1]["world_size"] == 1 and got.events[-1]["regions"] == ["a"]
+    assert got.events[-1]["lost_steps"] <= EVERY
+    assert got.result.world_size == 1 and got.ranks[0]["start_step"] + got.ranks[0]["steps_done"] == spec.steps

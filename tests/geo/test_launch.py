@@ -46,13 +46,16 @@ def test_cli_prints_the_command_of_every_region_host(tmp_path: Path, capsys: pyt
 
     path = tmp_path / "regions.yaml"
     path.write_text(yaml.safe_dump(RAW))
-    code = main(["geo", "run", "--regions", str(path), "--print-commands", "--hosts", "a=10.1.0.5/eth1,b=10.2.0.7/ens4", "--job-dir", "/jobs/x"])
+    job = tmp_path / "job"
+    code = main(["geo", "run", "--regions", str(path), "--print-commands", "--hosts", "a=10.1.0.5/eth1,b=10.2.0.7/ens4", "--job-dir", str(job), "--max-regions", "3"])
     assert code == 0
+    assert (job / "job.pkl").exists()
     out = capsys.readouterr().out
     lines = [ln for ln in out.splitlines() if "torch.distributed.run" in ln]
     assert len(lines) == 2
     assert lines[0].startswith("GLOO_SOCKET_IFNAME=eth1 ") and "--local-addr 10.1.0.5" in lines[0] and "is_host=1" in lines[0]
     assert lines[1].startswith("GLOO_SOCKET_IFNAME=ens4 ") and "--local-addr 10.2.0.7" in lines[1] and "--rdzv-endpoint 10.1.0.5:" in lines[1]
+    assert all("--nnodes 2:3" in line and f"--job-dir {job}" in line for line in lines)
 
 
 @pytest.mark.slow

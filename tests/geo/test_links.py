@@ -133,3 +133,42 @@ def test_namespace_mode_and_model_mode_agree_on_the_same_job(tmp_path: Path) -> 
     assert ns.wall_s == pytest.approx(model.wall_s, rel=0.15)
     assert ns.sync_s_mean == pytest.approx(model.sync_s_mean, rel=0.15)
     assert len({r["params_sha256"] for r in got["namespace"].ranks}) == 1
+
+
+@needs_namespaces
+def test_three_regions_each_destination_at_its_own_rate() -> None:
+    """a sends to b (2 MB/s) and to c (1 MB/s) at once: htb classes per destination, ~1 s for 2 MB and 1 MB."""
+    config = parse_regions(
+        {
+            "regions": {n: {"accelerators": {"count": 1, "usd_per_hour": 1.0, "step_time_s": "20ms"}} for n in ("a", "b", "c")},
+            "links": [
+                {"between": ["a", "b"], "rtt_s": 0.02, "bandwidth_bytes_per_s": 2_000_000, "egress_usd_per_gb": 0.02},
+                {"between": ["a", "c"], "rtt_s": 0.02, "bandwidth_bytes_per_s": 1_000_000, "egress_usd_per_gb": 0.02},
+                {"between": ["b", "c"], "rtt_s": 0.02, "bandwidth_bytes_per_s": 1_000_000, "egress_usd_per_gb": 0.02},
+            ],
+        }
+    )
+    wan = NamespaceWan(config, ("a", "b", "c"))
+    servers: list[subprocess.Popen[str]] = []
+    try:
+        wan.open()
+        for dst in ("b", "c"):
+            servers.append(subprocess.Popen([*wan.exec_prefix(dst), sys.executable, "-c", SERVER, wan.hosts[dst].address], stdout=subprocess.PIPE, text=True))
+            assert servers[-1].stdout is not None and servers[-1].stdout.readline().strip() == "ready"
+        sizes = {"b": 2_000_000, "c": 1_000_000}
+        clients = {d: subprocess.Popen([*wan.exec_prefix("a"), sys.executable, "-c", CLIENT, wan.hosts[d].address, str(n)], stdout=subprocess.PIPE, text=True) for d, n in sizes.items()}
+        took = {}
+        for d, proc in clients.items():
+            out, _ = proc.communicate(timeout=30)
+            got, seconds = out.split()
+            assert int(got) == sizes[d]
+            took[d] = float(seconds)
+        print(f"htb: a->b 2 MB in {took['b']:.3f} s, a->c 1 MB in {took['c']:.3f} s (model 1.02 s each)")
+        for d in ("b", "c"):
+            assert took[d] == pytest.approx(0.02 + 1.0, rel=0.15)
+    finally:
+        for server in servers:
+            server.kill()
+            server.wait(5)
+        wan.close()
+    assert _leftovers(wan.tag) == []
