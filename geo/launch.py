@@ -422,11 +422,19 @@ def aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, Any
     for r in ranks:
         for key, nbytes in r["link_bytes"].items():
             link_bytes[key] = link_bytes.get(key, 0) + nbytes
+    data_link_bytes: dict[str, int] = {}
+    for r in ranks:
+        for key, nbytes in r.get("data_bytes", {}).items():
+            data_link_bytes[key] = data_link_bytes.get(key, 0) + nbytes
+    priced: dict[tuple[str, str], int] = {}
+    for key, nbytes in [*link_bytes.items(), *data_link_bytes.items()]:
+        pair = tuple(key.split("->", 1))
+        priced[pair] = priced.get(pair, 0) + nbytes  # type: ignore[index]
     wall_s = max(r["wall_s"] for r in ranks)
     per_region: dict[str, int] = {}
     for r in ranks:
         per_region[r["region"]] = per_region.get(r["region"], 0) + 1
-    cost = geo_cost_usd(config, {name: n * wall_s for name, n in per_region.items()}, {tuple(k.split("->", 1)): v for k, v in link_bytes.items()})  # type: ignore[misc]
+    cost = geo_cost_usd(config, {name: n * wall_s for name, n in per_region.items()}, priced)
     n = min(len(r["losses"]) for r in ranks)
     curve = tuple(sum(r["losses"][i] for r in ranks) / world for i in range(n))
     return GeoResult(
@@ -448,6 +456,8 @@ def aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, Any
         compute_usd=cost.compute_usd,
         egress_usd=cost.egress_usd,
         total_usd=cost.total_usd,
+        data_link_bytes=data_link_bytes,
+        staleness=tuple(x for r in ranks for x in r.get("staleness", [])),
         rank_results=tuple(ranks),
     )
 

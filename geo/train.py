@@ -545,8 +545,11 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
     launcher. The process group comes from torchrun's rendezvous (``env://``); the regions of the
     ranks are gathered (each agent names its region), so the communicator follows whatever world the
     elastic rendezvous formed. Global rank 0 saves ``ckpt.pt`` every ``checkpoint_every`` steps
-    (its parameters, the step); every worker of a new attempt loads it, and rank 0 appends what the
-    restart cost to ``events.jsonl`` (steps reached before it minus the step resumed from).
+    (its parameters, the step, the world); every worker of a new attempt loads it, and rank 0
+    appends what the restart cost to ``events.jsonl`` (steps reached before it minus the step
+    resumed from). ``cnn-jpeg``: each rank also keeps its loaders' positions per checkpoint step
+    (``data-r<rank>-s<step>.pt``), restored when the world is the one that saved them (a changed
+    world re-partitions the region's shards, so its loaders start afresh).
     """
     import hashlib
     import pickle
@@ -556,7 +559,7 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
     import torch.distributed as dist
     import torch.nn.functional as F
 
-    from delibench.geo.strategies import make_strategy
+    from delibench.geo.task import make_run_strategy
 
     out = Path(job_dir)
     job = pickle.loads((out / "job.pkl").read_bytes())
@@ -566,34 +569,39 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
     torch.set_num_threads(1)
     (out / f"pid-r{place.rank}").write_text(f"{os.getpid()} {region}")
     dist.init_process_group("gloo", init_method="env://", rank=place.rank, world_size=place.world_size, timeout=timedelta(seconds=60))
+    data: Any = None
     try:
         names: list[Any] = [None] * place.world_size
         dist.all_gather_object(names, region)
         comm = GeoComm.from_regions(names, config if job["links"] == "model" else None)
-        model = _model(spec)
+        data = _TaskData(spec, comm, place.rank)
+        model = _model(spec, data.classes)
         params = list(model.parameters())
         start = 0
         ckpt = out / "ckpt.pt"
+        world = {"world_size": place.world_size, "regions": list(names)}
         if ckpt.exists():
             state = torch.load(ckpt)
             torch.nn.utils.vector_to_parameters(state["params"], params)
             start = int(state["step"])
+            saved = out / f"data-r{place.rank}-s{start}.pt"
+            if data.batches is not None and state.get("world") == world and saved.exists():
+                data.batches.load_state_dict(torch.load(saved, weights_only=False))
         progress = out / "progress.json"
         if place.rank == 0 and progress.exists():
             reached = json.loads(progress.read_text())["step"]
             event = {"t": time.time(), "world_size": place.world_size, "regions": sorted(set(names)), "resumed_at": start, "reached": reached, "lost_steps": max(0, reached - start)}
             with (out / "events.jsonl").open("a") as f:
                 f.write(json.dumps(event) + "\n")
-        strategy = make_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness)
+        strategy = make_run_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness, momentum=spec.momentum)
         step_time_s = config.region(region).accelerators.step_time_s * spec.step_time_scale
-        teacher = _teacher(spec)
         losses: list[float] = []
         compute_s = 0.0
         dist.barrier()
         t_start = time.perf_counter()
         for step in range(start, spec.steps):
             t0 = time.perf_counter()
-            x, y = _samples(spec, teacher, spec.batch_size, spec.seed * 1_000_003 + place.rank * 100_003 + step)
+            x, y = data.batch(step)
             loss = F.cross_entropy(model(x), y)
             model.zero_grad(set_to_none=False)
             loss.backward()
@@ -603,21 +611,22 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
                 time.sleep(pad_s)
             compute_s += time.perf_counter() - t0
             strategy.step()
-            if place.rank == 0:
-                done = step + 1
-                if every and done % every == 0 and done < spec.steps:
+            done = step + 1
+            if every and done % every == 0 and done < spec.steps:
+                if data.batches is not None:
                     buf = __import__("io").BytesIO()
-                    torch.save({"step": done, "params": torch.nn.utils.parameters_to_vector(params).detach().clone()}, buf)
+                    torch.save(data.batches.state_dict(), buf)
+                    _atomic_write(out / f"data-r{place.rank}-s{done}.pt", buf.getvalue())
+                if place.rank == 0:
+                    buf = __import__("io").BytesIO()
+                    torch.save({"step": done, "world": world, "params": torch.nn.utils.parameters_to_vector(params).detach().clone()}, buf)
                     _atomic_write(ckpt, buf.getvalue())
+            if place.rank == 0:
                 _atomic_write(progress, json.dumps({"step": done, "world_size": place.world_size}).encode())
         strategy.finish()
         wall_s = time.perf_counter() - t_start
         vec = torch.nn.utils.parameters_to_vector(params).detach()
-        with torch.no_grad():
-            vx, vy = _samples(spec, teacher, spec.val_samples, spec.seed + 104_729)
-            logits = model(vx)
-            val_loss = float(F.cross_entropy(logits, vy))
-            val_accuracy = float((logits.argmax(dim=1) == vy).float().mean())
+        val_loss, val_accuracy = data.evaluate(model)
         if place.rank == 0 and spec.params_path:
             torch.save(vec.clone(), spec.params_path)
         ledger = comm.ledger
@@ -637,6 +646,7 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
             "cross_region_collectives": ledger.cross_region_collectives,
             "staleness": list(getattr(strategy, "staleness", [])),
             "losses": losses,
+            "data_bytes": data.data_bytes(),
             "val_loss": val_loss,
             "val_accuracy": val_accuracy,
             "param_count": vec.numel(),
@@ -645,4 +655,6 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
         _atomic_write(out / f"rank{place.rank}.json", json.dumps(result).encode())
         dist.barrier()
     finally:
+        if data is not None:
+            data.close()
         dist.destroy_process_group()
