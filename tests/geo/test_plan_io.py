@@ -101,7 +101,7 @@ def test_geo_run_without_regions_or_plan_exits_2(capsys: pytest.CaptureFixture[s
 
 
 def test_geo_plan_out_then_run_plan_hands_over_the_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    from delibench.geo import train
+    from delibench.geo import launch
 
     out = tmp_path / "plan.yaml"
     args = ["geo", "plan", "--regions", str(EXAMPLE), "--epochs", "90", "--sync", "asgd-ga", "--sync-period", "16", "--deadline", "45min", "--out", str(out)]
@@ -109,15 +109,17 @@ def test_geo_plan_out_then_run_plan_hands_over_the_settings(tmp_path: Path, monk
     capsys.readouterr()
     seen: dict[str, Any] = {}
 
-    class _Result:
+    class _Launched:
+        events = ()
+
         def to_dict(self) -> dict[str, Any]:
             return {"ok": True}
 
-    def fake_run(config: Any, spec: Any, *, timeout_s: float) -> _Result:
+    def fake_launch(config: Any, spec: Any, **_kw: Any) -> _Launched:
         seen["spec"], seen["config"] = spec, config
-        return _Result()
+        return _Launched()
 
-    monkeypatch.setattr(train, "run_geo", fake_run)
+    monkeypatch.setattr(launch, "launch_local", fake_launch)
     assert main(["geo", "run", "--plan", str(out), "--steps", "7", "--json"]) == 0
     assert json.loads(capsys.readouterr().out) == {"ok": True}
     plan = load_plan(out)
