@@ -52,10 +52,17 @@ def test_tune_stores_resumes_and_exports_a_config_that_runs(dataset: str, tmp_pa
     db = tmp_path / "studies.db"
     args = ["tune", "--data", dataset, *COMMON, "--storage", f"sqlite:///{db}", "--model-start", "1", "--results-dir", str(tmp_path / "results")]
     assert main([*args, "--trials", "2", "--json"]) == 0
-    doc = json.loads(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    doc = json.loads(captured.out)
     name = doc["study_name"]
     assert name.startswith("deli-") and doc["counts"]["total"] == 2
-    assert doc["trials"][0]["source"] == "model"
+    # The model proposes the first trial, unless it says why it is not trusted here (e.g. a host
+    # busy with other work while probed: the sampler then explores from the first trial).
+    if "model: not trusted here" in captured.err:
+        assert doc["trials"][0]["source"] != "model"
+    else:
+        assert "model: proposes the first 1 trial(s)" in captured.err
+        assert doc["trials"][0]["source"] == "model"
     # Predicted and measured wait sit side by side for every complete trial.
     for t in doc["trials"]:
         if t["state"] == "COMPLETE":
