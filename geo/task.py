@@ -270,7 +270,7 @@ class _NoExchange:
         return NoExchange(sgd, params, comm, sync_initial=False, average_region_gradients=True)
 
 
-def _wrong_sign(comm: Any, params: list[Any], sgd: Any, accum: int, staleness: int) -> Any:
+def _wrong_sign(comm: Any, params: list[Any], sgd: Any, accum: int, staleness: int | None) -> Any:
     """Control: ASGD-GA applying the other regions' updates with the wrong sign."""
     import torch
 
@@ -335,7 +335,7 @@ def make_run_strategy(
     if name == "no-exchange":
         return _NoExchange.build(comm, params, sgd)
     if name == "asgd-ga-wrong-sign":
-        return _wrong_sign(comm, params, sgd, accum, 1 if staleness is None else staleness)
+        return _wrong_sign(comm, params, sgd, accum, staleness)
     raise UsageError(f"unknown sync strategy {name!r}", hint=f"choose one of {', '.join(RUN_STRATEGIES)}")
 
 

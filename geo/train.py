@@ -66,6 +66,9 @@ class GeoRunSpec:
         momentum: SGD momentum (kept local by every strategy).
         region_steps: ``(region, steps)`` overriding ``steps`` for a region's workers (``asgd-ga``
             only, whose regions step at their own pace: e.g. equal emulated time for every region).
+        time_budget_s: ``asgd-ga`` only: every worker stops stepping once this much training time
+            (from the start barrier, evaluation left out) has passed, or at its step count; regions
+            then train for the same time at their own pace.
     """
 
     strategy: str
@@ -90,6 +93,7 @@ class GeoRunSpec:
     eval_every: int = 0
     momentum: float = 0.0
     region_steps: tuple[tuple[str, int], ...] = ()
+    time_budget_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.strategy not in RUN_STRATEGIES:
@@ -105,7 +109,7 @@ class GeoRunSpec:
                 raise UsageError("--task cnn-jpeg needs a held-out split (val_url)")
         if self.eval_every < 0 or not 0 <= self.momentum < 1:
             raise UsageError("eval_every must be >= 0 and momentum in [0, 1)")
-        if self.region_steps and self.strategy not in ("asgd-ga", "no-exchange", "asgd-ga-wrong-sign"):
+        if (self.region_steps or self.time_budget_s is not None) and self.strategy not in ("asgd-ga", "no-exchange", "asgd-ga-wrong-sign"):
             raise UsageError("per-region steps need a strategy that lets regions step at their own pace (asgd-ga)")
         for name, value in (("steps", self.steps), ("period", self.period), ("accum", self.accum), ("batch_size", self.batch_size), ("hidden", self.hidden)):
             if value < 1:
@@ -321,6 +325,8 @@ def _train(rank: int, comm: GeoComm, config: RegionsConfig, spec: GeoRunSpec) ->
         dist.barrier()
         t_start = time.perf_counter()
         for step in range(dict(spec.region_steps).get(comm.region, spec.steps)):
+            if spec.time_budget_s is not None and time.perf_counter() - t_start - eval_s >= spec.time_budget_s:
+                break
             t0 = time.perf_counter()
             x, y = data.batch(step)
             loss = F.cross_entropy(model(x), y)

@@ -93,6 +93,8 @@ def test_run_spec_checks_the_task(shards) -> None:
         GeoRunSpec(strategy="ma", workers=workers, task="cnn-jpeg", data=shards.local_sources()[:2], val_url=shards.held_out)
     with pytest.raises(UsageError, match="own pace"):
         GeoRunSpec(strategy="ma", workers=workers, region_steps=(("us-east", 5),))
+    with pytest.raises(UsageError, match="own pace"):
+        GeoRunSpec(strategy="allreduce", workers=workers, time_budget_s=5.0)
     spec = GeoRunSpec(strategy="diloco", workers=workers, task="cnn-jpeg", data=shards.local_sources(), val_url=shards.held_out, staleness=None)
     assert spec.staleness is None and "diloco" in RUN_STRATEGIES
 
