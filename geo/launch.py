@@ -36,16 +36,15 @@ import sys
 import tempfile
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from delibench.errors import RuntimeFailure, UsageError
-from delibench.geo.cost import geo_cost_usd
 from delibench.geo.links import LINK_MODES, NAMESPACE_EMULATION, NamespaceWan, RegionHost, namespace_support
 from delibench.geo.regions import RegionsConfig
 from delibench.geo.sync import EMULATION
-from delibench.geo.train import GeoResult, GeoRunSpec
+from delibench.geo.train import GeoResult, GeoRunSpec, aggregate_ranks
 
 __all__ = ["LaunchResult", "LocalJob", "RDZV_PORT", "launch_local", "region_commands", "resolve_links", "torchrun_argv", "write_job"]
 
@@ -415,51 +414,13 @@ def aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, Any
     """One :class:`GeoResult` from the final attempt's rank reports (the workers that finished the run).
 
     Cross-region bytes are the communicator's exact count (the payload); in namespace mode the
-    router's IP bytes are in :attr:`LaunchResult.wire_bytes`.
+    router's IP bytes are in :attr:`LaunchResult.wire_bytes`. The workers billed are those of
+    the final attempt (an elastic run may have lost or gained regions).
     """
-    world = len(ranks)
-    link_bytes: dict[str, int] = {}
+    workers: dict[str, int] = {}
     for r in ranks:
-        for key, nbytes in r["link_bytes"].items():
-            link_bytes[key] = link_bytes.get(key, 0) + nbytes
-    data_link_bytes: dict[str, int] = {}
-    for r in ranks:
-        for key, nbytes in r.get("data_bytes", {}).items():
-            data_link_bytes[key] = data_link_bytes.get(key, 0) + nbytes
-    priced: dict[tuple[str, str], int] = {}
-    for key, nbytes in [*link_bytes.items(), *data_link_bytes.items()]:
-        pair = tuple(key.split("->", 1))
-        priced[pair] = priced.get(pair, 0) + nbytes  # type: ignore[index]
-    wall_s = max(r["wall_s"] for r in ranks)
-    per_region: dict[str, int] = {}
-    for r in ranks:
-        per_region[r["region"]] = per_region.get(r["region"], 0) + 1
-    cost = geo_cost_usd(config, {name: n * wall_s for name, n in per_region.items()}, priced)
-    n = min(len(r["losses"]) for r in ranks)
-    curve = tuple(sum(r["losses"][i] for r in ranks) / world for i in range(n))
-    return GeoResult(
-        strategy=spec.strategy,
-        spec={k: v for k, v in asdict(spec).items() if k != "params_path"},
-        emulation=emulation,
-        world_size=world,
-        param_count=ranks[0]["param_count"],
-        wall_s=wall_s,
-        sync_s_mean=sum(r["sync_s"] for r in ranks) / world,
-        wan_wait_s_mean=sum(r["wan_wait_s"] for r in ranks) / world,
-        compute_s_mean=sum(r["compute_s"] for r in ranks) / world,
-        cross_region_bytes=sum(r["cross_region_bytes"] for r in ranks),
-        link_bytes=link_bytes,
-        cross_region_collectives=max(r["cross_region_collectives"] for r in ranks),
-        loss_curve=curve,
-        val_loss=ranks[0]["val_loss"],
-        val_accuracy=ranks[0]["val_accuracy"],
-        compute_usd=cost.compute_usd,
-        egress_usd=cost.egress_usd,
-        total_usd=cost.total_usd,
-        data_link_bytes=data_link_bytes,
-        staleness=tuple(x for r in ranks for x in r.get("staleness", [])),
-        rank_results=tuple(ranks),
-    )
+        workers[r["region"]] = workers.get(r["region"], 0) + 1
+    return aggregate_ranks(config, spec, ranks, emulation=emulation, workers=workers)
 
 
 def launch_local(

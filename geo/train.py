@@ -461,10 +461,24 @@ def run_geo(config: RegionsConfig, spec: GeoRunSpec, *, timeout_s: float = 600.0
         finally:
             _stop(procs)
         ranks = [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
-    return _aggregate(config, spec, ranks)
+    return aggregate_ranks(config, spec, ranks)
 
 
-def _aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, Any]]) -> GeoResult:
+def aggregate_ranks(
+    config: RegionsConfig,
+    spec: GeoRunSpec,
+    ranks: list[dict[str, Any]],
+    *,
+    emulation: str = EMULATION,
+    workers: dict[str, int] | None = None,
+) -> GeoResult:
+    """One :class:`GeoResult` from every rank's report; the torchrun launcher's too.
+
+    Args:
+        emulation: How the WAN was emulated (the communication model, or namespaces + tbf).
+        workers: Workers per region that are billed (default: the spec's; an elastic run passes
+            the workers of its final attempt).
+    """
     world = len(ranks)
     link_bytes: dict[str, int] = {}
     for r in ranks:
@@ -479,7 +493,8 @@ def _aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, An
         pair = tuple(key.split("->", 1))
         priced[pair] = priced.get(pair, 0) + nbytes  # type: ignore[index]
     wall_s = max(r["wall_s"] for r in ranks)
-    cost = geo_cost_usd(config, {name: n * wall_s for name, n in spec.workers}, priced)
+    billed = workers if workers is not None else dict(spec.workers)
+    cost = geo_cost_usd(config, {name: n * wall_s for name, n in billed.items()}, priced)
     rates: dict[str, list[float]] = {}
     for r in ranks:
         if r.get("steps_s"):
@@ -492,7 +507,7 @@ def _aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, An
             **{k: v for k, v in asdict(spec).items() if k not in ("params_path", "data", "val_storage_options")},
             "data": [d.public() for d in spec.data],
         },
-        emulation=EMULATION,
+        emulation=emulation,
         world_size=world,
         param_count=ranks[0]["param_count"],
         wall_s=wall_s,

@@ -52,7 +52,7 @@ LOCAL = {"a0": ("a", "local"), "b0": ("b", "local")}
 def test_plan_and_run_bill_through_the_same_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """The planner's compute cost goes through billed_accelerator_s; the run's cost through geo_cost_usd.
 
-    The run (geo/train.py ``_aggregate``) bills every worker for its wall time: for hourly regions
+    The run (geo/train.py ``aggregate_ranks``) bills every worker for its wall time: for hourly regions
     that is exactly ``billed_accelerator_s('hourly', RegionUsage(n, wall, busy))``.
     """
     from delibench.geo import train
@@ -70,13 +70,13 @@ def test_plan_and_run_bill_through_the_same_rule(monkeypatch: pytest.MonkeyPatch
         {"wall_s": 10.0 if i else 12.0, "compute_s": 2.0, "sync_s": 1.0, "wan_wait_s": 0.5, "cross_region_bytes": 0, "link_bytes": {}, "cross_region_collectives": 1, "losses": [1.0, 0.5], "val_loss": 0.4, "val_accuracy": 0.9, "param_count": 10}
         for i in range(4)
     ]
-    result = train._aggregate(config, spec, ranks)
+    result = train.aggregate_ranks(config, spec, ranks)
     expected = geo_cost_usd(config, {"a": RegionUsage(2, 12.0, 4.0), "b": RegionUsage(2, 12.0, 4.0)}, {}).compute_usd
     assert result.compute_usd == pytest.approx(expected)  # 2*12*0.001 + 2*12*0.002 = 0.072
     assert expected == pytest.approx(0.072)
 
 
-@pytest.mark.xfail(reason="geo/train.py _aggregate passes n * wall_s, not RegionUsage: per_second regions are billed wall time", strict=False)
+@pytest.mark.xfail(reason="geo/train.py aggregate_ranks passes n * wall_s, not RegionUsage: per_second regions are billed wall time", strict=False)
 def test_run_bills_serverless_regions_for_busy_seconds() -> None:
     from delibench.geo import train
 
@@ -85,7 +85,7 @@ def test_run_bills_serverless_regions_for_busy_seconds() -> None:
     config = parse_regions(raw)
     spec = train.GeoRunSpec(strategy="ma", workers=(("a", 1),), steps=1)
     ranks = [{"wall_s": 10.0, "compute_s": 2.0, "sync_s": 0.0, "wan_wait_s": 0.0, "cross_region_bytes": 0, "link_bytes": {}, "cross_region_collectives": 0, "losses": [1.0], "val_loss": 1.0, "val_accuracy": 0.5, "param_count": 1}]
-    assert train._aggregate(config, spec, ranks).compute_usd == pytest.approx(2.0 * 0.001)
+    assert train.aggregate_ranks(config, spec, ranks).compute_usd == pytest.approx(2.0 * 0.001)
 
 
 # -- link prices, rounds, time -------------------------------------------------------------------
