@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from delibench.errors import RuntimeFailure, UsageError
-from delibench.geo.cost import geo_cost_usd
+from delibench.geo.cost import RegionUsage, geo_cost_usd
 from delibench.geo.regions import RegionsConfig
 from delibench.geo.sync import EMULATION, GeoComm, Topology
 from delibench.geo.task import RUN_STRATEGIES, TASKS, DataSource
@@ -494,7 +494,12 @@ def aggregate_ranks(
         priced[pair] = priced.get(pair, 0) + nbytes  # type: ignore[index]
     wall_s = max(r["wall_s"] for r in ranks)
     billed = workers if workers is not None else dict(spec.workers)
-    cost = geo_cost_usd(config, {name: n * wall_s for name, n in billed.items()}, priced)
+    busy: dict[str, float] = {}
+    for r in ranks:
+        busy[r["region"]] = busy.get(r["region"], 0.0) + float(r["compute_s"])
+    # The planner's billing rule (geo/cost.py billed_accelerator_s): hourly regions pay every
+    # rented worker's wall time, per-second (serverless) regions only the seconds computed.
+    cost = geo_cost_usd(config, {name: RegionUsage(n, wall_s, busy.get(name, 0.0)) for name, n in billed.items()}, priced)
     rates: dict[str, list[float]] = {}
     for r in ranks:
         if r.get("steps_s"):

@@ -52,8 +52,9 @@ LOCAL = {"a0": ("a", "local"), "b0": ("b", "local")}
 def test_plan_and_run_bill_through_the_same_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     """The planner's compute cost goes through billed_accelerator_s; the run's cost through geo_cost_usd.
 
-    The run (geo/train.py ``aggregate_ranks``) bills every worker for its wall time: for hourly regions
-    that is exactly ``billed_accelerator_s('hourly', RegionUsage(n, wall, busy))``.
+    The run (geo/train.py ``aggregate_ranks``) bills each region through
+    ``billed_accelerator_s`` with ``RegionUsage(workers, wall, busy)``: hourly regions pay every
+    worker's wall time.
     """
     from delibench.geo import train
 
@@ -67,7 +68,7 @@ def test_plan_and_run_bill_through_the_same_rule(monkeypatch: pytest.MonkeyPatch
     assert train.geo_cost_usd is geo_cost.geo_cost_usd
     spec = train.GeoRunSpec(strategy="ma", workers=(("a", 2), ("b", 2)), steps=2)
     ranks = [
-        {"wall_s": 10.0 if i else 12.0, "compute_s": 2.0, "sync_s": 1.0, "wan_wait_s": 0.5, "cross_region_bytes": 0, "link_bytes": {}, "cross_region_collectives": 1, "losses": [1.0, 0.5], "val_loss": 0.4, "val_accuracy": 0.9, "param_count": 10}
+        {"region": "ab"[i // 2], "wall_s": 10.0 if i else 12.0, "compute_s": 2.0, "sync_s": 1.0, "wan_wait_s": 0.5, "cross_region_bytes": 0, "link_bytes": {}, "cross_region_collectives": 1, "losses": [1.0, 0.5], "val_loss": 0.4, "val_accuracy": 0.9, "param_count": 10}
         for i in range(4)
     ]
     result = train.aggregate_ranks(config, spec, ranks)
@@ -76,7 +77,6 @@ def test_plan_and_run_bill_through_the_same_rule(monkeypatch: pytest.MonkeyPatch
     assert expected == pytest.approx(0.072)
 
 
-@pytest.mark.xfail(reason="geo/train.py aggregate_ranks passes n * wall_s, not RegionUsage: per_second regions are billed wall time", strict=False)
 def test_run_bills_serverless_regions_for_busy_seconds() -> None:
     from delibench.geo import train
 
@@ -84,7 +84,7 @@ def test_run_bills_serverless_regions_for_busy_seconds() -> None:
     raw["regions"]["a"]["accelerators"]["billing"] = "per_second"
     config = parse_regions(raw)
     spec = train.GeoRunSpec(strategy="ma", workers=(("a", 1),), steps=1)
-    ranks = [{"wall_s": 10.0, "compute_s": 2.0, "sync_s": 0.0, "wan_wait_s": 0.0, "cross_region_bytes": 0, "link_bytes": {}, "cross_region_collectives": 0, "losses": [1.0], "val_loss": 1.0, "val_accuracy": 0.5, "param_count": 1}]
+    ranks = [{"region": "a", "wall_s": 10.0, "compute_s": 2.0, "sync_s": 0.0, "wan_wait_s": 0.0, "cross_region_bytes": 0, "link_bytes": {}, "cross_region_collectives": 0, "losses": [1.0], "val_loss": 1.0, "val_accuracy": 0.5, "param_count": 1}]
     assert train.aggregate_ranks(config, spec, ranks).compute_usd == pytest.approx(2.0 * 0.001)
 
 
