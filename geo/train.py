@@ -304,11 +304,26 @@ class _TaskData:
             self.batches.close()
 
 
+def _local_step(model: Any, data: Any, step: int, step_time_s: float) -> tuple[float, float]:
+    """One local step on an emulated accelerator: forward and backward, lasting at least the region's
+    step time; returns (loss, seconds). The strategy's ``step()`` follows it."""
+    import torch.nn.functional as F  # heavy: torch is imported by the workers only
+
+    t0 = time.perf_counter()
+    x, y = data.batch(step)
+    loss = F.cross_entropy(model(x), y)
+    model.zero_grad(set_to_none=False)
+    loss.backward()
+    pad_s = step_time_s - (time.perf_counter() - t0)
+    if pad_s > 0:
+        time.sleep(pad_s)
+    return float(loss.detach()), time.perf_counter() - t0
+
+
 def _train(rank: int, comm: GeoComm, config: RegionsConfig, spec: GeoRunSpec) -> dict[str, Any]:
     """Train ``spec.steps`` steps under the strategy on this rank's data; what the rank measured."""
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
     from delibench.geo.task import make_run_strategy
 
@@ -327,17 +342,9 @@ def _train(rank: int, comm: GeoComm, config: RegionsConfig, spec: GeoRunSpec) ->
         for step in range(dict(spec.region_steps).get(comm.region, spec.steps)):
             if spec.time_budget_s is not None and time.perf_counter() - t_start - eval_s >= spec.time_budget_s:
                 break
-            t0 = time.perf_counter()
-            x, y = data.batch(step)
-            loss = F.cross_entropy(model(x), y)
-            model.zero_grad(set_to_none=False)
-            loss.backward()
-            losses.append(float(loss.detach()))
-            # Emulated accelerator: the step lasts at least the region's step time.
-            pad_s = step_time_s - (time.perf_counter() - t0)
-            if pad_s > 0:
-                time.sleep(pad_s)
-            compute_s += time.perf_counter() - t0
+            loss_value, step_s = _local_step(model, data, step, step_time_s)
+            losses.append(loss_value)
+            compute_s += step_s
             strategy.step()
             step_end_s.append(round(time.perf_counter() - t_start - eval_s, 4))
             if rank == 0 and spec.eval_every and (step + 1) % spec.eval_every == 0:
@@ -382,7 +389,6 @@ def _worker(rank: int, world: int, port: int, config: RegionsConfig, spec: GeoRu
     try:
         import torch
         import torch.distributed as dist
-        import torch.nn.functional as F
 
         from delibench.geo.strategies import make_strategy
 
@@ -583,7 +589,6 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
 
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
 
     from delibench.geo.task import make_run_strategy
 
@@ -626,16 +631,9 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
         dist.barrier()
         t_start = time.perf_counter()
         for step in range(start, spec.steps):
-            t0 = time.perf_counter()
-            x, y = data.batch(step)
-            loss = F.cross_entropy(model(x), y)
-            model.zero_grad(set_to_none=False)
-            loss.backward()
-            losses.append(float(loss.detach()))
-            pad_s = step_time_s - (time.perf_counter() - t0)
-            if pad_s > 0:
-                time.sleep(pad_s)
-            compute_s += time.perf_counter() - t0
+            loss_value, step_s = _local_step(model, data, step, step_time_s)
+            losses.append(loss_value)
+            compute_s += step_s
             strategy.step()
             done = step + 1
             if every and done % every == 0 and done < spec.steps:
