@@ -47,6 +47,7 @@ from typing import Any
 
 from delibench.errors import UsageError
 from delibench.units import parse_bytes, parse_duration
+from delibench.yamlfile import check_keys, read_yaml
 
 __all__ = [
     "BILLING_RULES",
@@ -80,14 +81,6 @@ BILLING_RULES = ("hourly", "per_second")
 #: Storage price of a copied shard where the region names no provider the price sheet knows and no
 #: ``storage_usd_per_gb_month``: S3 Standard, us-east-1 (reports/prices.yaml, retrieved 2026-11-23).
 DEFAULT_STORAGE_USD_PER_GB_MONTH = 0.023
-
-
-def _check_keys(where: str, data: Mapping[str, Any], allowed: tuple[str, ...]) -> None:
-    for key in data:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(allowed)}"
-            raise UsageError(f"unknown key {key!r} in {where}", hint=hint)
 
 
 def _positive(where: str, name: str, value: float, *, allow_zero: bool = False) -> None:
@@ -343,9 +336,27 @@ def _number(where: str, value: Any) -> float:
     return float(value)
 
 
+def _entries(raw: Any, where: str, name: str, keys: tuple[str, ...], *, within: str = "") -> list[tuple[str, Mapping[str, Any]]]:
+    """The mappings of the optional list ``<name>s`` at ``where``, each with where it stands (``<within> <name> #i``).
+
+    Raises:
+        UsageError: ``raw`` is not a list, an entry is not a mapping or has a key not in ``keys``.
+    """
+    entries = raw or []
+    if not isinstance(entries, list):
+        raise UsageError(f"{where}: {name}s must be a list")
+    out = []
+    for i, body in enumerate(entries):
+        at = f"{within} {name} #{i}".lstrip()
+        body = _mapping(at, body)
+        check_keys(body, keys, at)
+        out.append((at, body))
+    return out
+
+
 def _accelerators(where: str, raw: Any) -> Accelerators:
     data = _mapping(where, raw)
-    _check_keys(where, data, _ACCEL_KEYS)
+    check_keys(data, _ACCEL_KEYS, where)
     profile = data.get("profile")
     if "step_time_s" in data and profile is not None:
         raise UsageError(f"{where}: give step_time_s or profile, not both")
@@ -380,22 +391,17 @@ def parse_regions(raw: Any, source: str = "<memory>") -> RegionsConfig:
     """
     try:
         doc = _mapping(source, raw)
-        _check_keys(source, doc, ("regions", "links"))
+        check_keys(doc, ("regions", "links"), source)
         regions_raw = _mapping(f"{source}: regions", _require(source, doc, "regions"))
         regions = []
         for name, body in regions_raw.items():
             where = f"region {name!r}"
             body = _mapping(where, body)
-            _check_keys(where, body, _REGION_KEYS)
-            shards = []
-            shards_raw = body.get("shards") or []
-            if not isinstance(shards_raw, list):
-                raise UsageError(f"{where}: shards must be a list")
-            for i, shard in enumerate(shards_raw):
-                swhere = f"{where} shard #{i}"
-                shard = _mapping(swhere, shard)
-                _check_keys(swhere, shard, _SHARD_KEYS)
-                shards.append(Shard(name=str(_require(swhere, shard, "name")), size_bytes=parse_bytes(_require(swhere, shard, "size_bytes"))))
+            check_keys(body, _REGION_KEYS, where)
+            shards = [
+                Shard(name=str(_require(swhere, shard, "name")), size_bytes=parse_bytes(_require(swhere, shard, "size_bytes")))
+                for swhere, shard in _entries(body.get("shards"), where, "shard", _SHARD_KEYS, within=where)
+            ]
             data_url = body.get("data_url")
             provider = body.get("provider")
             optional = {
@@ -412,13 +418,7 @@ def parse_regions(raw: Any, source: str = "<memory>") -> RegionsConfig:
                 )
             )
         links = []
-        links_raw = doc.get("links") or []
-        if not isinstance(links_raw, list):
-            raise UsageError(f"{source}: links must be a list")
-        for i, body in enumerate(links_raw):
-            where = f"link #{i}"
-            body = _mapping(where, body)
-            _check_keys(where, body, _LINK_KEYS)
+        for where, body in _entries(doc.get("links"), source, "link", _LINK_KEYS):
             between = _require(where, body, "between")
             if not isinstance(between, list) or len(between) != 2:
                 raise UsageError(f"{where}: between must be a list of two region names")
@@ -455,17 +455,5 @@ def load_regions(path: str | Path) -> RegionsConfig:
     Raises:
         UsageError: The file is missing, not YAML, or not a valid regions file (one line naming it).
     """
-    import yaml
-
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise UsageError(f"cannot read regions file {p}: {exc.strerror or exc}", hint="see geo/example-regions.yaml") from None
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"regions file {p} is not valid YAML{where}") from None
-    return parse_regions(raw, source=str(p))
+    return parse_regions(read_yaml(p, "regions file", hint="see geo/example-regions.yaml"), source=str(p))

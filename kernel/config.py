@@ -26,13 +26,13 @@ A config file is a mapping with these keys (all optional; command-line flags ove
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from delibench.errors import UsageError
 from delibench.records import LoaderSpec
+from delibench.yamlfile import check_keys, read_yaml
 
 __all__ = ["CONFIG_KEYS", "load_config", "parse_loader_arg"]
 
@@ -54,14 +54,6 @@ CONFIG_KEYS = (
 )
 
 
-def _check_keys(doc: Mapping[str, Any], allowed: tuple[str, ...], origin: str) -> None:
-    for key in doc:
-        if key not in allowed:
-            close = difflib.get_close_matches(str(key), allowed, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else f"allowed keys: {', '.join(allowed)}"
-            raise UsageError(f"{origin}: unknown key {key!r}", hint=hint)
-
-
 def loader_spec_from_mapping(doc: Mapping[str, Any], origin: str) -> LoaderSpec:
     """Build a LoaderSpec from ``{kind: deli, label: ..., <options>...}``."""
     if not isinstance(doc, Mapping) or "kind" not in doc:
@@ -76,20 +68,9 @@ def load_config(path: str | Path) -> dict[str, Any]:
     Raises:
         UsageError: Missing or unreadable file, invalid YAML, unknown keys.
     """
-    import yaml
-
     p = Path(path)
-    try:
-        text = p.read_text()
-    except OSError as exc:
-        raise UsageError(f"cannot read config {str(p)!r}: {exc.strerror or exc}") from exc
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{p}: invalid YAML: {str(exc).splitlines()[0]}") from exc
-    if not isinstance(doc, dict):
-        raise UsageError(f"{p}: a config must be a mapping of keys to values")
-    _check_keys(doc, CONFIG_KEYS, str(p))
+    doc = read_yaml(p, "config", invalid="invalid YAML")
+    check_keys(doc, CONFIG_KEYS, str(p))
     if "loader" in doc:
         doc["loader"] = loader_spec_from_mapping(doc["loader"], f"{p}: loader")
     if "loaders" in doc:

@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any
 
 from delibench.errors import UsageError
+from delibench.yamlfile import expect_mapping, parse_yaml, read_yaml
 
 __all__ = [
     "EGRESS_CLASSES",
@@ -205,8 +206,7 @@ def _entry(cls: type, key: str, raw: Any, *, where: str, extra: dict[str, Any]) 
 
 def _parse(raw: Any, *, where: str) -> dict[str, Any]:
     """Validate one sheet document into ``{section: {key: record}}`` plus top-level values."""
-    if not isinstance(raw, Mapping):
-        raise UsageError(f"{where}: a price sheet must be a YAML mapping, got {type(raw).__name__}")
+    raw = expect_mapping(raw, where, "price sheet")
     unknown = set(raw) - _TOP_KEYS
     if unknown:
         raise UsageError(f"{where}: unknown section(s) {sorted(unknown)}", hint=f"sections are {', '.join(sorted(_TOP_KEYS))}")
@@ -236,17 +236,6 @@ def _parse(raw: Any, *, where: str) -> dict[str, Any]:
             egress[key] = _entry(EgressPrice, key, v, where=where, extra=extra)
     out["egress"] = egress
     return out
-
-
-def _read_yaml(path: Path, text: str) -> Any:
-    import yaml
-
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{path}: not valid YAML{at}: {getattr(exc, 'problem', None) or exc}") from None
 
 
 def _build(parts: list[tuple[str, dict[str, Any]]]) -> PriceSheet:
@@ -280,7 +269,8 @@ def _build(parts: list[tuple[str, dict[str, Any]]]) -> PriceSheet:
 
 def _shipped() -> tuple[str, dict[str, Any]]:
     text = resources.files("delibench.reports").joinpath("prices.yaml").read_text(encoding="utf-8")
-    return "delibench/reports/prices.yaml", _parse(_read_yaml(Path("prices.yaml"), text), where="delibench/reports/prices.yaml")
+    where = "delibench/reports/prices.yaml"
+    return where, _parse(parse_yaml(text, where), where=where)
 
 
 def default_sheet() -> PriceSheet:
@@ -301,12 +291,7 @@ def load_sheet(*paths: str | Path, base: bool = True) -> PriceSheet:
     parts = [_shipped()] if base else []
     for raw_path in paths:
         path = Path(raw_path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as exc:
-            raise UsageError(f"{path}: cannot read price sheet: {exc.strerror or exc}") from None
-        doc = _read_yaml(path, text)
-        parsed = _parse(doc, where=str(path))
+        parsed = _parse(read_yaml(path, "price sheet"), where=str(path))
         parsed.setdefault("id", path.stem)
         parts.append((str(path), parsed))
     return _build(parts)
