@@ -16,21 +16,15 @@ link in front of the same server (the bench measures several profiles over one s
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import subprocess
-import sys
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from delibench.errors import RuntimeFailure
 from delibench.manifest import Manifest
 from delibench.records import RunSpec
 from delibench.testbed.profiles import LinkProfile, get_profile
-from delibench.testbed.testbed import Testbed, endpoint_storage_options
+from delibench.testbed.testbed import LinkProcess, Testbed, endpoint_storage_options
 
 __all__ = ["Lab", "LabDataset", "Route"]
 
@@ -79,7 +73,7 @@ class Lab:
     def __init__(self, testbed: Testbed, workdir: Path) -> None:
         self.testbed = testbed
         self.workdir = workdir
-        self._links: dict[tuple[str, str], tuple[subprocess.Popen[bytes], IO[bytes], Route]] = {}
+        self._links: dict[tuple[str, str], tuple[LinkProcess, Route]] = {}
 
     @classmethod
     def start(
@@ -170,49 +164,21 @@ class Lab:
         """A route through another link emulator (its own process) in front of the same server, started on first use.
 
         Raises:
-            RuntimeFailure: The emulator did not start (the message names its log).
+            RuntimeFailure: The emulator did not start (the message carries the tail of its log).
         """
-        import socket
-
-        from delibench.testbed.servers import free_ports
-
         profile = get_profile(profile)
         key = (protocol, profile.name)
         if key not in self._links:
-            port = free_ports(1)[0]
             upstream = self.testbed.state.endpoint(protocol, direct=True).split("//", 1)[1]
-            log = open(self.workdir / f"link-{profile.name.replace('+', '_')}.log", "wb")  # noqa: SIM115 - owned by the process
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "delibench.testbed.link", "--upstream", upstream,
-                 "--profile-json", json.dumps(dataclasses.asdict(profile)), "--listen-port", str(port)],
-                stdout=log, stderr=subprocess.STDOUT,
-            )
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        proc.kill()
-                        proc.wait(5)
-                        log.close()
-                        raise RuntimeFailure(f"link emulator for {profile.name!r} did not start (see {log.name})") from None
-                    time.sleep(0.1)
-            self._links[key] = (proc, log, Route(protocol, f"http://127.0.0.1:{port}", profile, proc.pid))
-        return self._links[key][2]
+            proc = LinkProcess(self.workdir, upstream, profile, name=f"link-{profile.name.replace('+', '_')}")
+            proc.start(timeout_s=30)
+            self._links[key] = (proc, Route(protocol, proc.endpoint_url, profile, proc.pid))
+        return self._links[key][1]
 
     def stop(self) -> None:
         """Stop the extra link emulators and the testbed."""
-        for proc, _, _ in self._links.values():
-            proc.terminate()
-        for proc, log, _ in self._links.values():
-            try:
-                proc.wait(5)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-            log.close()
+        for proc, _ in self._links.values():
+            proc.stop()
         self._links.clear()
         self.testbed.stop()
 

@@ -11,12 +11,13 @@ Example:
 from delibench.testbed.link import LinkEmulator, LinkStats
 from delibench.testbed.profiles import PROFILES, LinkProfile, get_profile, profile_names, with_overrides
 from delibench.testbed.servers import GcsEmulator, SeaweedServer
-from delibench.testbed.testbed import Testbed, TestbedState, read_state, stop_detached, testbed_status
+from delibench.testbed.testbed import LinkProcess, Testbed, TestbedState, read_state, stop_detached, testbed_status
 
 __all__ = [
     "PROFILES",
     "GcsEmulator",
     "LinkEmulator",
+    "LinkProcess",
     "LinkProfile",
     "LinkStats",
     "SeaweedServer",

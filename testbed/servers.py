@@ -158,10 +158,6 @@ class ManagedProcess:
         """Unix sockets the server leaves behind (``stop`` removes them; a detached testbed records them)."""
         return []
 
-    def _socket_files(self) -> list[Path]:
-        # NOTE: kept for callers of the old private name (testbed.py); use socket_files().
-        return self.socket_files()
-
     def start(self, timeout_s: float = 30.0) -> None:
         """Start the server and wait until it answers.
 

@@ -36,6 +36,7 @@ __all__ = [
     "DEFAULT_DIR",
     "SERVICES",
     "STATE_FILE",
+    "LinkProcess",
     "ProcessRecord",
     "ProcessStatus",
     "Testbed",
@@ -163,21 +164,35 @@ def endpoint_storage_options(protocol: str, endpoint_url: str) -> dict[str, Any]
     return {**options, "key": _DUMMY_AWS["AWS_ACCESS_KEY_ID"], "secret": _DUMMY_AWS["AWS_SECRET_ACCESS_KEY"]}
 
 
-class _LinkProcess(ManagedProcess):
-    """``python -m delibench.testbed.link`` as a detached process (for ``testbed up``)."""
+class LinkProcess(ManagedProcess):
+    """The link emulator (``python -m delibench.testbed.link``) as its own process, in front of ``upstream``.
 
-    def __init__(self, data_dir: Path, name: str, upstream: str, profile: LinkProfile, port: int) -> None:
+    Its own process (and session), so its CPU work never takes a measured process's GIL: ``testbed up``
+    runs one per service, and the lab one per extra profile. Start and stop it as any
+    :class:`~delibench.testbed.servers.ManagedProcess`; its log is ``<data_dir>/<name>.log``.
+
+    Args:
+        data_dir: Directory for its log.
+        upstream: ``host:port`` of the server it forwards to.
+        profile: The link it emulates.
+        name: Its name (and its log's); ``link`` unless given.
+        port: Listen port on 127.0.0.1; a free one when not given.
+    """
+
+    def __init__(self, data_dir: str | os.PathLike[str], upstream: str, profile: LinkProfile, *, name: str = "link", port: int | None = None) -> None:
         super().__init__(data_dir)
         self.name = name
         self.upstream = upstream
         self.profile = profile
-        self.port = port
+        self.port = port or free_ports(1)[0]
 
     @property
     def endpoint_url(self) -> str:
+        """Where clients connect (through the emulated link)."""
         return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
+        """``python -m delibench.testbed.link`` with the upstream, the profile and the port."""
         return [
             sys.executable,
             "-m",
@@ -191,6 +206,7 @@ class _LinkProcess(ManagedProcess):
         ]
 
     def healthy(self) -> bool:
+        """True when the emulator accepts a connection."""
         with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
             return True
         return False
@@ -206,7 +222,7 @@ def _validate_services(services: str | tuple[str, ...] | list[str]) -> tuple[str
     return tuple(dict.fromkeys(items))
 
 
-def _record(proc: ManagedProcess, sockets: list[Path]) -> ProcessRecord:
+def _record(proc: ManagedProcess) -> ProcessRecord:
     import psutil
 
     assert proc.pid is not None
@@ -215,7 +231,7 @@ def _record(proc: ManagedProcess, sockets: list[Path]) -> ProcessRecord:
         pid=proc.pid,
         create_time=psutil.Process(proc.pid).create_time(),
         log_path=str(proc.log_path),
-        sockets=tuple(str(s) for s in sockets),
+        sockets=tuple(str(s) for s in proc.socket_files()),
     )
 
 
@@ -331,16 +347,16 @@ class Testbed:
                 owned.append(server)
                 server.start(timeout_s=timeout_s)
                 if detached:
-                    records.append(_record(server, server._socket_files()))
+                    records.append(_record(server))
                 direct = server.endpoint_url
                 shaped = direct
                 if link_profile.shaped:
                     upstream_port = int(direct.rsplit(":", 1)[1])
                     if detached:
-                        link_proc = _LinkProcess(root, f"link-{service}", f"127.0.0.1:{upstream_port}", link_profile, free_ports(1)[0])
+                        link_proc = LinkProcess(root, f"127.0.0.1:{upstream_port}", link_profile, name=f"link-{service}")
                         owned.append(link_proc)
                         link_proc.start(timeout_s=30)
-                        records.append(_record(link_proc, []))
+                        records.append(_record(link_proc))
                         shaped = link_proc.endpoint_url
                     else:
                         link = LinkEmulator("127.0.0.1", upstream_port, link_profile, seed=seed).start()
