@@ -27,6 +27,7 @@ from delibench.errors import RuntimeFailure
 __all__ = [
     "GcsEmulator",
     "ManagedProcess",
+    "OnePortProcess",
     "SeaweedServer",
     "free_ports",
     "gcs_binary",
@@ -230,6 +231,19 @@ class ManagedProcess:
         self.stop()
 
 
+class OnePortProcess(ManagedProcess):
+    """A managed process that listens on one port of 127.0.0.1 (a free one unless given)."""
+
+    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None) -> None:
+        super().__init__(data_dir)
+        self.port = port or free_ports(1)[0]
+
+    @property
+    def endpoint_url(self) -> str:
+        """Where clients connect: ``http://127.0.0.1:<port>``."""
+        return f"http://127.0.0.1:{self.port}"
+
+
 class SeaweedServer(ManagedProcess):
     """A SeaweedFS ``weed server`` with its S3 gateway on 127.0.0.1.
 
@@ -314,8 +328,10 @@ class SeaweedServer(ManagedProcess):
         return _http_ok(self.endpoint_url + "/")
 
 
-class GcsEmulator(ManagedProcess):
+class GcsEmulator(OnePortProcess):
     """fake-gcs-server (filesystem backend under ``data_dir``) on 127.0.0.1.
+
+    Its ``endpoint_url`` is the value of ``STORAGE_EMULATOR_HOST``.
 
     Args:
         data_dir: Directory for its objects and log.
@@ -323,15 +339,6 @@ class GcsEmulator(ManagedProcess):
     """
 
     name = "fake-gcs-server"
-
-    def __init__(self, data_dir: str | os.PathLike[str], port: int | None = None) -> None:
-        super().__init__(data_dir)
-        self.port = port or free_ports(1)[0]
-
-    @property
-    def endpoint_url(self) -> str:
-        """The emulator's base URL (the value of ``STORAGE_EMULATOR_HOST``)."""
-        return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         """fake-gcs-server over plain HTTP with a filesystem backend."""

@@ -30,7 +30,7 @@ from delibench.errors import RuntimeFailure, UsageError
 from delibench.storage import GCS_BUCKET_TYPE_PROBE, gcs_emulator_options, s3_endpoint_options
 from delibench.testbed.link import LinkEmulator
 from delibench.testbed.profiles import LinkProfile, get_profile
-from delibench.testbed.servers import GcsEmulator, ManagedProcess, SeaweedServer, free_ports, terminate_group
+from delibench.testbed.servers import GcsEmulator, ManagedProcess, OnePortProcess, SeaweedServer, terminate_group
 
 __all__ = [
     "DEFAULT_DIR",
@@ -164,7 +164,7 @@ def endpoint_storage_options(protocol: str, endpoint_url: str) -> dict[str, Any]
     return {**options, "key": _DUMMY_AWS["AWS_ACCESS_KEY_ID"], "secret": _DUMMY_AWS["AWS_SECRET_ACCESS_KEY"]}
 
 
-class LinkProcess(ManagedProcess):
+class LinkProcess(OnePortProcess):
     """The link emulator (``python -m delibench.testbed.link``) as its own process, in front of ``upstream``.
 
     Its own process (and session), so its CPU work never takes a measured process's GIL: ``testbed up``
@@ -180,16 +180,10 @@ class LinkProcess(ManagedProcess):
     """
 
     def __init__(self, data_dir: str | os.PathLike[str], upstream: str, profile: LinkProfile, *, name: str = "link", port: int | None = None) -> None:
-        super().__init__(data_dir)
+        super().__init__(data_dir, port)
         self.name = name
         self.upstream = upstream
         self.profile = profile
-        self.port = port or free_ports(1)[0]
-
-    @property
-    def endpoint_url(self) -> str:
-        """Where clients connect (through the emulated link)."""
-        return f"http://127.0.0.1:{self.port}"
 
     def command(self) -> list[str]:
         """``python -m delibench.testbed.link`` with the upstream, the profile and the port."""

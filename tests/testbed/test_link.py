@@ -11,6 +11,7 @@ import http.client
 import os
 import time
 import uuid
+from typing import Any
 
 import pytest
 
@@ -23,19 +24,20 @@ SMALL = b"s" * 1000
 BIG_BYTES = 8_000_000
 
 
+def _client(endpoint_url: str, **kwargs: Any) -> Any:
+    """A botocore S3 client for ``endpoint_url`` with dummy keys (SeaweedFS accepts any)."""
+    import botocore.session
+
+    return botocore.session.get_session().create_client(
+        "s3", endpoint_url=endpoint_url, aws_access_key_id="x", aws_secret_access_key="y", region_name="us-east-1", **kwargs
+    )
+
+
 @pytest.fixture(scope="module")
 def objects(s3_server) -> dict[str, bytes]:
     """A bucket with a small and a large object, reachable anonymously at ``/<bucket>/<key>``."""
-    import botocore.session
-
     bucket = f"link-{uuid.uuid4().hex[:10]}"
-    client = botocore.session.get_session().create_client(
-        "s3",
-        endpoint_url=s3_server.endpoint_url,
-        aws_access_key_id="x",
-        aws_secret_access_key="y",
-        region_name="us-east-1",
-    )
+    client = _client(s3_server.endpoint_url)
     client.create_bucket(Bucket=bucket)
     big = os.urandom(BIG_BYTES)
     client.put_object(Bucket=bucket, Key="small", Body=SMALL)
@@ -155,20 +157,12 @@ def test_error_rate_answers_503_without_forwarding(s3_server, objects) -> None:
 
 
 def test_error_through_botocore_is_a_slowdown(s3_server, objects) -> None:
-    import botocore.session
     import botocore.config
     import botocore.exceptions
 
     bucket, key = _path(objects, "small").strip("/").split("/")
     with _link(s3_server, LinkProfile("err", error_rate=1.0)) as link:
-        client = botocore.session.get_session().create_client(
-            "s3",
-            endpoint_url=link.endpoint_url,
-            aws_access_key_id="x",
-            aws_secret_access_key="y",
-            region_name="us-east-1",
-            config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}),
-        )
+        client = _client(link.endpoint_url, config=botocore.config.Config(retries={"max_attempts": 1, "mode": "standard"}))
         with pytest.raises(botocore.exceptions.ClientError) as info:
             client.get_object(Bucket=bucket, Key=key)
         assert info.value.response["Error"]["Code"] == "SlowDown"
