@@ -53,6 +53,13 @@ BAD_FILES = {
         "no link between a and b",
     ),
     "not-yaml": ("regions: [a: {\n", "not valid YAML"),
+    "not-a-mapping": ("- a\n", "a regions file must be a YAML mapping, got list"),
+    "shards-not-a-list": ("regions:\n  a: {accelerators: {count: 1, usd_per_hour: 1, step_time_s: 1}, shards: x}\n", "region 'a': shards must be a list"),
+    "shard-unknown-key": (
+        "regions:\n  a: {accelerators: {count: 1, usd_per_hour: 1, step_time_s: 1}, shards: [{name: s, size: 1}]}\n",
+        "region 'a' shard #0: unknown key 'size'",
+    ),
+    "links-not-a-list": ("regions:\n  a: {accelerators: {count: 1, usd_per_hour: 1, step_time_s: 1}}\nlinks: x\n", "links must be a list"),
     "negative-price": ("regions:\n  a: {accelerators: {count: 1, usd_per_hour: -1, step_time_s: 1}}\n", "usd_per_hour must be >= 0"),
     "unknown-region-in-link": (
         "regions:\n  a: {accelerators: {count: 1, usd_per_hour: 1, step_time_s: 1}}\n"
