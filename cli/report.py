@@ -58,7 +58,12 @@ def report_cmd(
     )
     if "-" not in report.written.values():
         # Nothing went to stdout: show the table there (results on stdout, notes on stderr).
-        console.print(to_rich(report.table, compact=console.width < 160, caption=False))
+        compact = console.width < 160
+        console.print(to_rich(report.table, compact=compact, caption=False))
+        if compact:  # the error column does not fit: each failed run's reason on a line of its own
+            for row in report.table.rows:
+                if row.get("error"):
+                    console.print(f"{row['loader']} {row['status']}: {row['error']}", soft_wrap=True, highlight=False, markup=False)
         # The summary stays on one line (soft wrap) so scripts can grep it, hyperfine style.
         console.print(report.summary, soft_wrap=True, highlight=False, markup=False)
     for kind, where in report.written.items():

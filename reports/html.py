@@ -168,7 +168,7 @@ def render_html(
         f"<title>{escape(title)}</title><style>{_CSS}</style></head><body>"
         f"<h1>{escape(title)}</h1><div class=meta>{len(records)} run(s) &middot; generated {generated} by delibench {escape(__version__)}</div>"
         f'<p class=summary id="summary">{escape(table.summary)}</p>'
-        f"<h2>Results</h2>{_table(summary_rows, [c.title for c in table.columns], numeric)}"
+        f"<h2>Results</h2>{_table(summary_rows, [c.title.replace(chr(10), ' ') for c in table.columns], numeric)}"
         "<p class=meta>Data wait = time blocked waiting for the next batch over step time, warm-up steps excluded; "
         "accelerator utilisation = 1 - data wait.</p>"
         f"<h2>Issues</h2>{_issues(records)}"

@@ -18,11 +18,13 @@ __all__ = [
     "COLUMNS",
     "COMPACT_KEYS",
     "Column",
+    "OPTIONAL_KEYS",
     "SummaryTable",
     "format_fraction",
     "format_usd",
     "records_csv",
     "run_label",
+    "run_status",
     "summary_sentence",
     "summary_table",
     "to_csv",
@@ -94,11 +96,13 @@ def _num(fmt: str) -> Callable[[Any], str]:
 COLUMNS: tuple[Column, ...] = (
     Column("loader", "loader", numeric=False),
     Column("data_wait_fraction", "data wait", format_fraction),
+    Column("slowest_rank_wait_fraction", "slowest\nrank wait", format_fraction),
     Column("wait_time_reduction", "wait cut", lambda v: "-" if v is None else f"{v:.1%}"),
     Column("accelerator_utilization", "accel. util.", format_fraction),
     Column("throughput_samples_per_s", "samples/s", _num(",.0f")),
     Column("epoch_time_s_mean", "epoch time", lambda v: "-" if v is None else format_duration(v)),
     Column("wait_s_p90", "wait p90", lambda v: "-" if v is None else format_duration(v)),
+    Column("slowest_rank_wait_s_p90", "slowest\nrank p90", lambda v: "-" if v is None else format_duration(v)),
     Column("time_to_first_batch_s", "first batch", lambda v: "-" if v is None else format_duration(v)),
     Column("requests_count", "GETs", _num(",d")),
     Column("bytes_read_remote", "remote bytes", lambda v: "-" if v is None else format_bytes(v)),
@@ -107,7 +111,12 @@ COLUMNS: tuple[Column, ...] = (
     Column("usd_per_epoch", "$/epoch", format_usd),
     Column("idle_accelerator_usd", "idle $ (run)", format_usd),
     Column("status", "status", numeric=False),
+    Column("error", "error", lambda v: "" if v is None else str(v), numeric=False),
 )
+
+#: Columns a table shows only when some run has a value for them: the slowest rank's wait per aligned
+#: step exists only for runs of more than one rank, the error only for failed runs.
+OPTIONAL_KEYS = ("slowest_rank_wait_fraction", "slowest_rank_wait_s_p90", "error")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,19 +169,35 @@ def _baseline(records: Sequence[RunRecord]) -> RunRecord | None:
     return bucket if bucket is not None else max(records, key=lambda r: r.metrics.data_wait_fraction)
 
 
+def run_status(record: RunRecord) -> str:
+    """What the table's status column says: ``failed`` / ``interrupted`` (the run did not finish; a
+    failed record's ``error`` says why), else ``invalid`` when a validity check failed, else ``complete``."""
+    if record.status != "complete":
+        return record.status
+    return "complete" if record.valid else "invalid"
+
+
+def _multi_rank(record: RunRecord) -> bool:
+    return record.spec.world_size > 1 or len(record.metrics.ranks) > 1
+
+
 def _row(record: RunRecord, cost: CostEstimate | None, baseline: RunRecord | None = None) -> dict[str, Any]:
     m, s = record.metrics, record.loader_stats
-    status = record.status if record.valid else "invalid"
+    multi = _multi_rank(record)
     return {
         "loader": run_label(record),
         "run_id": record.run_id,
         "data_wait_fraction": m.data_wait_fraction,
+        # NOTE: the job's data wait under synchronous data parallelism: at each aligned step every
+        # rank waits for the slowest one (RunMetrics.slowest_rank_wait_*); one rank has no such figure.
+        "slowest_rank_wait_fraction": m.slowest_rank_wait_fraction if multi else None,
         "wait_s_per_epoch": wait_s_per_epoch(record),
         "wait_time_reduction": wait_time_reduction(record, baseline) if baseline is not None and baseline is not record else None,
         "accelerator_utilization": m.accelerator_utilization,
         "throughput_samples_per_s": m.throughput_samples_per_s,
         "epoch_time_s_mean": m.epoch_time_s_mean,
         "wait_s_p90": m.wait_s_p90,
+        "slowest_rank_wait_s_p90": m.slowest_rank_wait_s_p90 if multi else None,
         "time_to_first_batch_s": m.time_to_first_batch_s,
         "requests_count": s.requests_count,
         "bytes_read_remote": s.bytes_read_remote,
@@ -180,7 +205,8 @@ def _row(record: RunRecord, cost: CostEstimate | None, baseline: RunRecord | Non
         "miss_rate": s.miss_rate,  # samples not ready when their batch was requested (LoaderStats.miss_rate)
         "usd_per_epoch": cost.usd_per_epoch if cost else None,
         "idle_accelerator_usd": cost.idle_accelerator_usd if cost else None,
-        "status": status,
+        "status": run_status(record),
+        "error": record.error,
     }
 
 
@@ -244,15 +270,24 @@ def summary_table(records: Sequence[RunRecord], costs: Sequence[CostEstimate | N
         raise ValueError("records and costs must have the same length")
     baseline = _baseline(records)
     rows = tuple(_row(r, c, baseline) for r, c in zip(records, costs))
-    return SummaryTable(COLUMNS, rows, summary_sentence(records, costs))
+    columns = tuple(c for c in COLUMNS if c.key not in OPTIONAL_KEYS or any(row.get(c.key) is not None for row in rows))
+    return SummaryTable(columns, rows, summary_sentence(records, costs))
 
 
-#: Columns that fit an 80-column terminal.
-COMPACT_KEYS = ("loader", "data_wait_fraction", "throughput_samples_per_s", "wait_s_p90", "requests_count", "cache_hit_rate", "usd_per_epoch", "status")
+#: Columns that fit an 80-column terminal (the slowest rank's only where the table has it; a failed
+#: run's error does not fit: the commands print it below the table).
+COMPACT_KEYS = (
+    "loader", "data_wait_fraction", "slowest_rank_wait_fraction", "throughput_samples_per_s", "wait_s_p90",
+    "requests_count", "cache_hit_rate", "usd_per_epoch", "status",
+)
 
 
 def to_rich(table: SummaryTable, *, compact: bool = False, caption: bool = True) -> Any:
-    """A ``rich.table.Table``; ``compact`` keeps :data:`COMPACT_KEYS` only; ``caption`` adds the summary sentence."""
+    """A ``rich.table.Table``; ``compact`` keeps :data:`COMPACT_KEYS` only; ``caption`` adds the summary sentence.
+
+    The table has the slowest rank's columns only when a run had more than one rank, and the error
+    column only when a run failed (:data:`OPTIONAL_KEYS`).
+    """
     from rich.table import Table
 
     keys = COMPACT_KEYS
@@ -266,7 +301,11 @@ def to_rich(table: SummaryTable, *, compact: bool = False, caption: bool = True)
     out = Table(title="delibench results", caption=table.summary if caption else None, caption_justify="left")
     for col in columns:
         widest = max((len(col.fmt(row.get(col.key))) for row in table.rows), default=0)
-        out.add_column(col.title, justify="right" if col.numeric else "left", no_wrap=col.numeric, min_width=min(widest, 16) if col.key == "loader" else None, overflow="fold")
+        # NOTE: a figure or status never folds (its width is the column's minimum); a compact table
+        # puts the words of a header wider than its figures on lines of their own instead.
+        title = col.title.replace(" ", "\n") if compact and len(col.title) > widest else col.title
+        least = None if col.key == "error" else min(widest, 16) if col.key == "loader" else widest
+        out.add_column(title, justify="right" if col.numeric else "left", min_width=least, overflow="fold")
     for row in table.rows:
         out.add_row(*(col.fmt(row.get(col.key)) for col in columns))
     return out

@@ -130,3 +130,24 @@ def test_build_report_api_returns_model(tmp_path, loader_trio) -> None:
     assert report.summary in stdout.getvalue()
     assert all(r.cost == c for r, c in zip(report.records, report.costs))
     assert report.savings is not None and report.savings.best_label.startswith("deli")
+
+
+def test_a_failed_run_is_reported_failed_with_its_reason(capsys, tmp_path, loader_trio) -> None:
+    import dataclasses
+
+    from delibench.records import Issue
+
+    failed = dataclasses.replace(
+        loader_trio[1], status="failed", error="rank 1: RuntimeError: CUDA out of memory",
+        issues=(Issue("invalid", "failed", "the run failed: rank 1: RuntimeError: CUDA out of memory"),),
+    )
+    store = ResultStore(tmp_path / "results")
+    for record in (loader_trio[0], failed):
+        store.write(record)
+    code, out, err = _run(capsys, str(store.root), "--md", str(tmp_path / "r.md"))
+    assert code == ExitCode.OK, err
+    assert "invalid" not in out
+    # the compact table (a test's console is narrow) says failed; the reason follows it on its own line
+    assert [line for line in out.splitlines() if line.startswith("deli(") and line.endswith(" failed: rank 1: RuntimeError: CUDA out of memory")]
+    md = (tmp_path / "r.md").read_text()
+    assert "| failed | rank 1: RuntimeError: CUDA out of memory |" in md

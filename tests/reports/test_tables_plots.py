@@ -6,6 +6,7 @@ import csv
 import dataclasses
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -151,3 +152,117 @@ def test_figures_draw_only_when_data_exists(priced, make_record) -> None:
     assert plots.plot_cost_breakdown([bare], [None]) is None
     single = parse_study(dict(_study_doc(), objective_names=["w"], directions=["minimize"], trials=[{"number": 0, "values": [0.2]}]))
     assert plots.plot_pareto(single) is None and plots.plot_tuning_history(single) is not None
+
+
+# --------------------------------------------------------------------------- slowest rank; failed runs
+
+
+def _whole_figures(table, text: str, compact: bool) -> bool:
+    """Every figure of the rendered columns stands whole on one line of ``text`` (none folded at the terminal's width)."""
+    from delibench.reports.tables import COMPACT_KEYS
+
+    keys = {c.key for c in table.columns}
+    if compact:  # a comparison's wait cut takes the p90's place
+        cut = any(row.get("wait_time_reduction") is not None for row in table.rows)
+        keys = set(COMPACT_KEYS) - {"wait_s_p90"} | {"wait_time_reduction"} if cut else set(COMPACT_KEYS)
+        if all(row["status"] == "complete" for row in table.rows):
+            keys.discard("status")
+    shown = [c for c in table.columns if c.key != "error" and c.key in keys]
+    lines = text.splitlines()
+    for row in table.rows:
+        cells = [c.fmt(row.get(c.key)) for c in shown if c.fmt(row.get(c.key)) not in ("-", "")]
+        if not any(all(f" {v} " in line for v in cells) for line in lines):
+            return False
+    return True
+
+
+def _two_rank_record(make_record):
+    """A 2-rank record whose figures come from ``summarize`` over a timeline where the ranks are slow at different steps."""
+    from delibench.measure import summarize
+
+    base = make_record("deli", wait_s=0.01, seed=4)
+    steps = [
+        dataclasses.replace(s, rank=rank, wait_s=s.wait_s + (0.2 if s.step % 2 == rank else 0.0))
+        for rank in (0, 1) for s in base.timeline
+    ]
+    metrics = summarize(steps, warmup_steps=base.spec.warmup_steps, world_size=2, bytes_per_sample=110_000)
+    spec = dataclasses.replace(base.spec, world_size=2)
+    return dataclasses.replace(base, spec=spec, metrics=metrics, timeline=tuple(steps))
+
+
+def test_the_slowest_rank_wait_stands_beside_the_per_rank_figures_only_for_more_than_one_rank(make_record) -> None:
+    from rich.console import Console
+
+    single = make_record("bucket", wait_s=0.06, seed=1)
+    multi = _two_rank_record(make_record)
+    m = multi.metrics
+    # each rank waits 0.2 s on every other step, the job on every step: the job's figure is the larger one
+    assert m.slowest_rank_wait_fraction > m.data_wait_fraction
+
+    alone = summary_table([single])
+    assert "slowest_rank_wait_fraction" not in [c.key for c in alone.columns]
+    table = summary_table([single, multi])
+    keys = [c.key for c in table.columns]
+    assert keys.index("slowest_rank_wait_fraction") == keys.index("data_wait_fraction") + 1
+    assert keys.index("slowest_rank_wait_s_p90") == keys.index("wait_s_p90") + 1
+    assert table.rows[0]["slowest_rank_wait_fraction"] is None  # one rank: no such figure
+    assert table.rows[1]["slowest_rank_wait_fraction"] == m.slowest_rank_wait_fraction
+    assert table.rows[1]["slowest_rank_wait_s_p90"] == m.slowest_rank_wait_s_p90
+
+    rows = list(csv.DictReader(io.StringIO(to_csv(table))))
+    assert rows[0]["slowest_rank_wait_fraction"] == "" and float(rows[1]["slowest_rank_wait_fraction"]) == m.slowest_rank_wait_fraction
+    assert json.loads(to_json(table))["rows"][1]["slowest_rank_wait_s_p90"] == m.slowest_rank_wait_s_p90
+    md = to_markdown(table).splitlines()
+    assert "| data wait | slowest rank wait |" in md[0] and f"| {m.slowest_rank_wait_fraction:.2f} |" in md[3]
+    for width, compact in ((200, False), (80, True)):
+        console = Console(record=True, width=width)
+        console.print(to_rich(table, compact=compact, caption=False))
+        text = console.export_text()
+        assert "slowest" in text and f"{m.slowest_rank_wait_fraction:.2f}" in text
+        assert _whole_figures(table, text, compact)
+
+    # the per-run CSV export (every schema column) carries the same figures, and the checked-in schema names them
+    from delibench.reports.schema import csv_columns
+
+    schema = json.loads((Path(__file__).parents[2] / "schema" / "run-record.v1.json").read_text())
+    for name in ("slowest_rank_wait_s", "slowest_rank_wait_fraction", "slowest_rank_wait_s_p90", "aligned_steps"):
+        assert f"metrics.{name}" in csv_columns() and name in schema["$defs"]["RunMetrics"]["properties"]
+    (row,) = csv.DictReader(io.StringIO(records_csv([multi])))
+    assert float(row["metrics.slowest_rank_wait_fraction"]) == m.slowest_rank_wait_fraction
+
+
+def test_the_html_report_lists_the_slowest_rank_wait_of_a_multi_rank_run(make_record, tmp_path) -> None:
+    from delibench.reports import build_report
+
+    multi = _two_rank_record(make_record)
+    report = build_report([make_record("bucket", wait_s=0.06, seed=1), multi], html=tmp_path / "r.html")
+    page = (tmp_path / "r.html").read_text()
+    results = page.split("<h2>Results</h2>", 1)[1].split("<h2>", 1)[0]
+    assert "slowest rank wait" in results and "slowest rank p90" in results
+    assert f">{multi.metrics.slowest_rank_wait_fraction:.2f}<" in results
+    assert report.table.rows[1]["slowest_rank_wait_fraction"] == multi.metrics.slowest_rank_wait_fraction
+
+
+def test_failed_and_interrupted_runs_are_not_called_invalid(make_record) -> None:
+    from rich.console import Console
+
+    invalid = make_record("bucket", seed=1, issues=(Issue("invalid", "partial-read", "epoch 0 read 40 of 480 samples"),))
+    failed = dataclasses.replace(
+        make_record("deli", seed=2, issues=(Issue("invalid", "failed", "the run failed: GET s3://bench/imgs/k7 failed for good"),)),
+        status="failed", error="GET s3://bench/imgs/k7 failed for good",
+    )
+    stopped = dataclasses.replace(make_record("disk", seed=3, issues=(Issue("invalid", "interrupted", "stopped"),)), status="interrupted")
+    table = summary_table([invalid, failed, stopped])
+    assert [r["status"] for r in table.rows] == ["invalid", "failed", "interrupted"]
+    assert [r["error"] for r in table.rows] == [None, "GET s3://bench/imgs/k7 failed for good", None]
+    assert "error" in [c.key for c in table.columns]
+    assert "error" not in [c.key for c in summary_table([invalid]).columns]
+    (row,) = [r for r in csv.DictReader(io.StringIO(to_csv(table))) if r["status"] == "failed"]
+    assert row["error"] == "GET s3://bench/imgs/k7 failed for good"
+    narrow = Console(record=True, width=80)
+    narrow.print(to_rich(table, compact=True, caption=False))
+    text = narrow.export_text()
+    assert "failed" in text and "interrupted" in text and _whole_figures(table, text, True)
+    wide = Console(record=True, width=220)
+    wide.print(to_rich(table))
+    assert "GET s3://bench/imgs/k7 failed for good" in wide.export_text()
