@@ -17,15 +17,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from delibench.app.lab import Lab, Route
 from delibench.errors import UsageError
-from delibench.geo.task import DataSource, RegionShards, make_region_shards
+from delibench.geo.task import DataSource, RegionShards, copy_dataset, make_region_shards
 
-__all__ = ["GeoLab", "ShardCopy"]
+__all__ = ["GeoLab", "ShardCopy", "bucket_sources"]
 
 
 @dataclass(frozen=True)
@@ -88,22 +88,13 @@ class GeoLab:
 
     def copy_shard(self, home: str, reader: str) -> ShardCopy:
         """Copy ``home``'s shard into ``reader``'s bucket once: read across the cross-region link, written there; timed and counted."""
-        from delibench.manifest import read_manifest, write_manifest
-        from delibench.storage import resolve
-
         if home == reader:
             raise UsageError("copy_shard: the shard is already in that region")
-        src = self.urls[home]
         dst = self.lab.make_bucket(f"geo-{reader}") + f"/copy-of-{home}"
         t0 = time.perf_counter()
-        manifest = read_manifest(src, self.storage_options(home, reader))
-        loc = resolve(src, self.storage_options(home, reader))
-        blobs = loc.filesystem().cat([loc.child(s.key) for s in manifest.samples])
-        out = resolve(dst, self.lab.route(direct=True).storage_options)
-        out.filesystem().pipe({out.child(s.key): blobs[loc.child(s.key)] for s in manifest.samples})
-        write_manifest(replace(manifest), dst, self.lab.route(direct=True).storage_options)
+        nbytes = copy_dataset(self.urls[home], self.storage_options(home, reader), dst, self.lab.route(direct=True).storage_options)
         seconds = time.perf_counter() - t0
-        copy = ShardCopy(f"{home}-shard", home, reader, dst, sum(len(b) for b in blobs.values()), seconds)
+        copy = ShardCopy(f"{home}-shard", home, reader, dst, nbytes, seconds)
         self.copies.append(copy)
         return copy
 
@@ -135,3 +126,39 @@ class GeoLab:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def bucket_sources(
+    config: Any, reading: Mapping[str, tuple[str, str]], options: Mapping[str, Mapping[str, Any]]
+) -> tuple[tuple[DataSource, ...], tuple[ShardCopy, ...]]:
+    """The data sources of a run on the regions file's own buckets (each region's ``data_url``), and the copies made.
+
+    Args:
+        config: The regions file.
+        reading: Home region -> ``(reader, mode)``: who reads its data and how (``local``,
+            ``stream`` across the link every epoch, or ``copy``: copied once, before the run, to
+            ``<reader's data_url>-copy-of-<home>`` in the reader's bucket, then read there).
+        options: Region -> fsspec options reaching its ``data_url`` (the CLI builds them from the
+            environment), also used to write a copy into that region's bucket.
+
+    Raises:
+        UsageError: A region that stores or (for a copy) receives data has no ``data_url``.
+    """
+    def url_of(region: str, why: str) -> str:
+        url = config.region(region).data_url
+        if not url:
+            raise UsageError(f"--task cnn-jpeg: region {region} has no data_url in {config.source} ({why})", hint="give each region the URL of its shard (a dataset with a delibench manifest)")
+        return str(url)
+
+    sources, copies = [], []
+    for home, (reader, mode) in reading.items():
+        src = url_of(home, "it stores a shard the run reads")
+        if mode == "copy" and reader != home:
+            dst = url_of(reader, f"the plan copies {home}'s shard into its bucket").rstrip("/") + f"-copy-of-{home}"
+            t0 = time.perf_counter()
+            nbytes = copy_dataset(src, options.get(home), dst, options.get(reader))
+            copies.append(ShardCopy(f"{home}-shard", home, reader, dst, nbytes, time.perf_counter() - t0))
+            sources.append(DataSource(f"{home}-shard", reader, reader, dst, dict(options.get(reader) or {})))
+        else:
+            sources.append(DataSource(f"{home}-shard", home, reader, src, dict(options.get(home) or {})))
+    return tuple(sources), tuple(copies)

@@ -52,15 +52,21 @@ def _fmt_bytes(n: float) -> str:
 @geo_app.command("run")
 def run_cmd(
     regions: Optional[str] = typer.Option(None, "--regions", help=_REGIONS_HELP + " With --plan: default the plan's regions_file."),
-    plan: Optional[str] = typer.Option(None, "--plan", help="Run a plan written by 'geo plan --out': its strategy, period, staleness, workers per region, batch and steps."),
-    sync: str = typer.Option("allreduce", "--sync", help="allreduce | asgd-ga | ma."),
-    period: int = typer.Option(8, "--period", help="ma: average models every H steps. Default 8."),
+    plan: Optional[str] = typer.Option(None, "--plan", help="Run a plan written by 'geo plan --out': its strategy, period, staleness, workers per region, batch, steps and data placement (which region reads each shard; copy-mode shards are copied first)."),
+    task: Optional[str] = typer.Option(None, "--task", help="mlp (synthetic samples, fast) | cnn-jpeg (a small CNN on JPEG images each region reads from its data_url through deli). Default mlp (cnn-jpeg with --testbed)."),
+    val_url: Optional[str] = typer.Option(None, "--val-url", help="cnn-jpeg: the held-out split (a dataset with a delibench manifest) rank 0 evaluates on."),
+    testbed: bool = typer.Option(False, "--testbed", help="cnn-jpeg on this machine, no cloud account: one local bucket per region behind its link profile (same-region / cross-region), class-skewed shards and a held-out split generated."),
+    samples_per_region: int = typer.Option(400, "--samples-per-region", help="--testbed: images in each region's shard. Default 400."),
+    sync: str = typer.Option("allreduce", "--sync", help="allreduce | asgd-ga | ma | diloco."),
+    period: int = typer.Option(8, "--period", help="ma/diloco: average models every H steps. Default 8."),
     accum: int = typer.Option(4, "--accum", help="asgd-ga: accumulate K steps per exchange. Default 4."),
     staleness: int = typer.Option(1, "--staleness", help="asgd-ga: apply an exchange S rounds after sending it. Default 1."),
     steps: Optional[int] = typer.Option(None, "--steps", help="Training steps per worker. Default 100 (with --plan: the plan's)."),
     workers_per_region: Optional[str] = typer.Option(None, "--workers-per-region", help="'2' for every region or 'us-east=2,eu-west=1'. Default 1 each."),
-    hidden: int = typer.Option(64, "--hidden", help="MLP hidden width (sets bytes per sync). Default 64."),
-    lr: float = typer.Option(0.3, "--lr", help="SGD learning rate. Default 0.3."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Samples per worker per step. Default 32 (cnn-jpeg 16; with --plan: the plan's)."),
+    hidden: Optional[int] = typer.Option(None, "--hidden", help="mlp: hidden width (sets bytes per sync). Default 64 (with --plan: sized to the plan's model bytes)."),
+    lr: Optional[float] = typer.Option(None, "--lr", help="SGD learning rate. Default 0.3 (cnn-jpeg 0.1)."),
+    eval_every: int = typer.Option(0, "--eval-every", help="Rank 0 evaluates on the held-out set every N steps (0: at the end only)."),
     step_time_scale: float = typer.Option(1.0, "--step-time-scale", help="Multiply the regions' step_time_s (0 = no compute padding). Default 1."),
     seed: int = typer.Option(0, "--seed", help="Seed of model, data and held-out set."),
     timeout_s: float = typer.Option(600.0, "--timeout", help="Stop every worker after this many seconds. Default 600."),
@@ -71,7 +77,7 @@ def run_cmd(
     max_restarts: int = typer.Option(3, "--max-restarts", help="torchrun --max-restarts per region. Default 3."),
     min_regions: Optional[int] = typer.Option(None, "--min-regions", help="Elastic: go on with at least this many regions (torchrun --nnodes MIN:...). Default: all that start."),
     max_regions: Optional[int] = typer.Option(None, "--max-regions", help="Elastic: admit up to this many regions, joining later with the printed command (--nnodes ...:MAX)."),
-    job_dir: Optional[str] = typer.Option(None, "--job-dir", help="Keep the job's files here (job file, checkpoints, events, logs). Default: a temporary folder."),
+    job_dir: Optional[str] = typer.Option(None, "--job-dir", help="Keep the job's files here (job file, checkpoints, events, logs; --testbed: its data). Default: a temporary folder."),
     print_commands: bool = typer.Option(False, "--print-commands", help="Print the torchrun command of every region's host (for a multi-machine run) and exit; --hosts sets the addresses."),
     hosts: Optional[str] = typer.Option(None, "--hosts", help="With --print-commands: region=ADDRESS[/IFNAME],... (default: 127.0.0.1/lo)."),
 ) -> None:
@@ -82,50 +88,195 @@ def run_cmd(
     runs as root) each region lives in a network namespace and cross-region bytes cross a kernel
     rate limit plus a delay line; --links model keeps the communication-level model (each exchange
     waits rtt/2 + chunk/bandwidth per ring step from the regions file). The result names the mode.
-    A killed worker is restarted by torchrun and every worker resumes from the last checkpoint.
+    A killed worker is restarted by torchrun and every worker resumes from the last checkpoint
+    (cnn-jpeg: with its loaders' positions). Every byte crossing regions is counted and priced.
+    Example: delibench geo run --regions geo/example-regions.yaml --sync ma --period 8
 
-    Cross-region traffic crosses an emulated WAN (communication-level: each cross-region exchange
-    waits rtt/2 + chunk/bandwidth per ring step from the regions file), and every byte crossing
-    regions is counted. Example: delibench geo run --regions geo/example-regions.yaml --sync ma --period 8
+    --task cnn-jpeg trains a small CNN on JPEG images: each region's workers read the region's
+    data_url (from the regions file) through deli, with storage options from the environment as
+    'delibench run' does; --val-url is the held-out split. --testbed needs no cloud account: it
+    starts a local bucket per region behind its link profile, generates class-skewed shards and a
+    held-out split, and trains on them. Example:
+    delibench geo run --regions geo/example-regions.yaml --testbed --sync ma --period 4 --steps 40 --step-time-scale 0.1
 
     With --plan plan.yaml (from 'geo plan --out') the plan sets the strategy, period, staleness,
-    workers per region, per-worker batch and steps; --sync/--period/--accum/--staleness/
-    --workers-per-region are then ignored. Example: delibench geo run --plan plan.yaml --steps 200
+    workers per region, per-worker batch, steps and (cnn-jpeg) the data placement: which region
+    reads each region's shard, streamed or first copied into the reader's bucket (bytes and egress
+    counted); --sync/--period/--accum/--staleness/--workers-per-region are then ignored. The end
+    prints predicted vs measured time and cost. Example:
+    delibench geo run --plan plan.yaml --task cnn-jpeg --testbed --steps 200
     """
+    import contextlib
+
+    from delibench.geo.task import TASKS
+
+    plan_doc = None
     if plan is not None:
-        config, spec = _planned_spec(plan, regions, steps=steps, hidden=hidden, lr=lr, step_time_scale=step_time_scale, seed=seed)
-        sync = spec.strategy
+        from delibench.geo.plan_io import plan_reading
+
+        plan_doc, config = _load_plan(plan, regions)
+        workers = tuple(plan_doc.placement.workers.items())
+        reading = plan_reading(plan_doc)
+        if steps is not None and steps < 1:
+            raise UsageError(f"--steps must be >= 1, got {steps}")
     else:
         if regions is None:
             raise UsageError("--regions is required (or --plan)", hint="e.g. --regions geo/example-regions.yaml")
-        config = _load(regions)
-        spec = _spec(sync, config, workers_per_region, steps=100 if steps is None else steps, period=period, accum=accum, staleness=staleness, hidden=hidden, lr=lr, step_time_scale=step_time_scale, seed=seed)
-    if print_commands:
-        _print_commands(config, spec, hosts, job_dir=job_dir, max_restarts=max_restarts, min_regions=min_regions, max_regions=max_regions, checkpoint_every=checkpoint_every)
-        return
-    from delibench.geo import launch as geo_launch
-    from delibench.units import parse_duration
+        from delibench.geo.train import parse_workers
 
-    mode, why = geo_launch.resolve_links(links)
+        config = _load(regions)
+        workers = parse_workers(workers_per_region, config)
+        reading = {name: (name, "local") for name, _ in workers}
+    task = task or ("cnn-jpeg" if testbed else "mlp")
+    if task not in TASKS:
+        raise UsageError(f"unknown --task {task!r}", hint=f"choose one of {', '.join(TASKS)}")
+    if task == "mlp" and (testbed or val_url):
+        raise UsageError(f"{'--testbed' if testbed else '--val-url'} is for --task cnn-jpeg (the mlp task makes its own samples)")
+    if testbed and (val_url or print_commands):
+        raise UsageError(f"--testbed makes its own data on this machine: leave out {'--val-url' if val_url else '--print-commands'}")
+    if samples_per_region < 1:
+        raise UsageError(f"--samples-per-region must be >= 1, got {samples_per_region}")
+    cnn = task == "cnn-jpeg"
+    run: dict[str, Any] = {"task": task, "lr": lr if lr is not None else (0.1 if cnn else 0.3), "step_time_scale": step_time_scale, "seed": seed, "eval_every": eval_every, "hidden": hidden}
+    if plan_doc is None:
+        run.update(strategy=sync, workers=workers, steps=100 if steps is None else steps, period=period, accum=accum, staleness=staleness)
+        run["batch_size"] = batch_size or (16 if cnn else 32)
+        run["hidden"] = hidden or 64
+    else:
+        run["batch_size"] = batch_size
     import signal
 
-    # SIGTERM unwinds like Ctrl-C, so the agents (sessions of their own), their workers and the namespaces are removed.
+    # SIGTERM unwinds like Ctrl-C, so the agents (sessions of their own), their workers, the testbed and the namespaces are removed.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
-    label = "namespaces + tbf + delay line" if mode == "namespace" else "communication-level model" + (f" ({why})" if why else "")
-    err_console.print(f"[dim]geo run: {sync} on {spec.topology.world_size} workers in {len(spec.workers)} regions under torchrun; links: {label} ...[/]")
-    launched = geo_launch.launch_local(
-        config, spec, links=mode, checkpoint_every=checkpoint_every, max_restarts=max_restarts, base_env=dict(os.environ),
-        job_dir=job_dir, jitter_s=parse_duration(jitter) if jitter else 0.0, timeout_s=timeout_s, min_regions=min_regions, max_regions=max_regions,
-    )  # fmt: skip
+    with contextlib.ExitStack() as stack:
+        copies: tuple[Any, ...] = ()
+        if cnn:
+            copies = _cnn_data(stack, config, reading, run, testbed=testbed, val_url=val_url, job_dir=job_dir, samples_per_region=samples_per_region, seed=seed)
+        spec = _run_spec(config, plan_doc, steps, run)
+        if print_commands:
+            _print_commands(config, spec, hosts, job_dir=job_dir, max_restarts=max_restarts, min_regions=min_regions, max_regions=max_regions, checkpoint_every=checkpoint_every)
+            return
+        from delibench.geo import launch as geo_launch
+        from delibench.units import parse_duration
+
+        mode, why = geo_launch.resolve_links(links)
+        label = "namespaces + tbf + delay line" if mode == "namespace" else "communication-level model" + (f" ({why})" if why else "")
+        err_console.print(f"[dim]geo run: {spec.strategy} ({task}) on {spec.topology.world_size} workers in {len(spec.workers)} regions under torchrun; links: {label} ...[/]")
+        launched = geo_launch.launch_local(
+            config, spec, links=mode, checkpoint_every=checkpoint_every, max_restarts=max_restarts, base_env=dict(os.environ), job_dir=job_dir,
+            jitter_s=parse_duration(jitter) if jitter else 0.0, timeout_s=timeout_s, min_regions=min_regions, max_regions=max_regions,
+            copied={f"{c.home}->{c.reader}": c.nbytes for c in copies},
+        )  # fmt: skip
     for event in launched.events:
         err_console.print(f"restart: world {event['world_size']} ({', '.join(event['regions'])}), resumed at step {event['resumed_at']} of {event['reached']} reached: lost {event['lost_steps']} steps")
+    rows = None
+    if plan_doc is not None:
+        from delibench.geo.plan_io import plan_vs_measured
+
+        rows = plan_vs_measured(plan_doc, launched.result, copy_s=sum(c.seconds for c in copies))
     if json_out:
-        print_json(launched.to_dict())
+        doc = launched.to_dict()
+        doc["copies"] = [{"shard": c.shard, "home": c.home, "reader": c.reader, "url": c.url, "bytes": c.nbytes, "seconds": c.seconds} for c in copies]
+        if rows is not None:
+            doc["plan_vs_measured"] = {name: {"predicted": p, "measured": m} for name, p, m in rows}
+        print_json(doc)
         return
     _print_results([launched.result])
     console.print(f"links: {launched.links}; {launched.result.emulation}")
     if launched.wire_bytes:
         console.print("bytes on the wire (IP, per link): " + ", ".join(f"{k} {_fmt_bytes(v)}" for k, v in launched.wire_bytes.items()))
+    for c in copies:
+        console.print(f"copied {c.shard} from {c.home} into {c.reader}'s bucket before the run: {_fmt_bytes(c.nbytes)} in {c.seconds:.2f} s")
+    if rows is not None and plan_doc is not None:
+        _print_plan_vs_measured(plan_doc, rows, launched.result)
+
+
+def _load_plan(plan_path: str, regions: Optional[str]) -> tuple[Any, Any]:
+    """Load and check a plan file and its regions file."""
+    from delibench.geo.plan_io import check_plan_regions, load_plan, regions_digest
+
+    plan = load_plan(plan_path)
+    path = regions or plan.regions_file
+    if not path:
+        raise UsageError(f"{plan_path}: the plan names no regions file", hint="pass --regions")
+    if not Path(path).exists() and not Path(path).is_absolute() and (Path(plan_path).parent / path).exists():
+        path = str(Path(plan_path).parent / path)
+    config = _load(path)
+    check_plan_regions(plan, config, digest=regions_digest(path), source=plan_path)
+    return plan, config
+
+
+def _run_spec(config: Any, plan: Any, steps: Optional[int], run: dict[str, Any]) -> Any:
+    """The GeoRunSpec: from the plan (its settings, then the run's) or from the flags."""
+    if plan is not None:
+        from delibench.geo.plan_io import plan_to_run_settings
+
+        return plan_to_run_settings(plan, steps=steps, **run)
+    from delibench.geo.train import GeoRunSpec
+
+    return GeoRunSpec(**run)
+
+
+def _cnn_data(
+    stack: Any, config: Any, reading: dict[str, tuple[str, str]], run: dict[str, Any], *, testbed: bool, val_url: Optional[str], job_dir: Optional[str], samples_per_region: int, seed: int
+) -> tuple[Any, ...]:
+    """Fill ``run`` with the cnn-jpeg data (testbed buckets, or the regions' data_url buckets); copy the plan's copy-mode shards first; the copies made."""
+    from delibench.geo.task import check_sources
+
+    if testbed:
+        import tempfile
+
+        from delibench.app.geo_lab import GeoLab
+
+        work = Path(job_dir, "testbed") if job_dir else Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="delibench-geo-testbed-")))
+        names = [r.name for r in config.regions if r.name in reading or any(reader == r.name for reader, _ in reading.values())]
+        err_console.print(f"[dim]geo run --testbed: generating {samples_per_region} images per region and starting a bucket per region ({', '.join(names)}) behind same-region/cross-region links ...[/]")
+        lab = stack.enter_context(GeoLab.start(work, names, samples_per_region=samples_per_region, seed=seed))
+        data = lab.sources(reading, copy_up_front=True)
+        copies = tuple(lab.copies)
+        val, val_options = lab.shards.held_out, None
+    else:
+        from delibench.app.geo_lab import bucket_sources
+        from delibench.cli import environment
+
+        if not val_url:
+            raise UsageError("--task cnn-jpeg needs a held-out split (--val-url URL)", hint="a dataset with a delibench manifest; or use --testbed, which makes one")
+        options = {r.name: environment.storage_options_for(r.data_url) for r in config.regions if r.data_url}
+        val, val_options = val_url, environment.storage_options_for(val_url)
+        check_sources([], val, val_options)
+        data, copies = bucket_sources(config, reading, options)
+    check_sources(data, val, val_options)
+    run.update(data=data, val_url=val, val_storage_options=val_options)
+    return copies
+
+
+def _print_plan_vs_measured(plan: Any, rows: list[tuple[str, float, float]], result: Any) -> None:
+    from rich.table import Table
+
+    from delibench.units import format_duration
+
+    table = Table(title="geo run --plan: predicted (geo plan's model) vs measured")
+    for col in ("figure", "predicted", "measured", "measured / predicted"):
+        table.add_column(col, justify="left" if col == "figure" else "right")
+    for name, predicted, measured in rows:
+        if name == "time_s":
+            shown = (format_duration(predicted), format_duration(measured))
+        elif name.endswith("_usd"):
+            shown = (f"{predicted:.6f}", f"{measured:.6f}")
+        elif name.endswith("bytes") or name.endswith("_across"):
+            shown = (_fmt_bytes(predicted), _fmt_bytes(measured))
+        else:
+            shown = (f"{predicted:.0f}", f"{measured:.0f}")
+        table.add_row(name, *shown, f"{measured / predicted:.2f}" if predicted else "-")
+    console.print(table)
+    time_p, time_m = rows[0][1], rows[0][2]
+    cost_p, cost_m = rows[-1][1], rows[-1][2]
+    console.print(f"predicted {format_duration(time_p)} and ${cost_p:.6f}; measured {format_duration(time_m)} and ${cost_m:.6f}")
+    if plan.deadline_s is not None:
+        console.print(f"deadline {format_duration(plan.deadline_s)}: {'met' if time_m <= plan.deadline_s else 'missed'}")
+    model_bytes = result.param_count * 4
+    if model_bytes != plan.workload.model_bytes:
+        console.print(f"note: the plan's model is {_fmt_bytes(plan.workload.model_bytes)}, this run's {_fmt_bytes(model_bytes)} (the {result.spec['task']} model); sync bytes scale with it", markup=False)
 
 
 def _print_commands(
@@ -186,23 +337,6 @@ def worker_cmd(
     # NOTE: skip interpreter teardown: a gloo worker under torchrun aborts there now and then
     # (PyTorch 2.14, see tests/geo/test_strategies_readme.py), which torchrun would take for a failure.
     os._exit(code)
-
-
-def _planned_spec(plan_path: str, regions: Optional[str], *, steps: Optional[int], **run: Any) -> tuple[Any, Any]:
-    """Load and check a plan file and its regions file; the GeoRunSpec that runs it."""
-    from delibench.geo.plan_io import check_plan_regions, load_plan, plan_to_run_settings, regions_digest
-
-    plan = load_plan(plan_path)
-    path = regions or plan.regions_file
-    if not path:
-        raise UsageError(f"{plan_path}: the plan names no regions file", hint="pass --regions")
-    if not Path(path).exists() and not Path(path).is_absolute() and (Path(plan_path).parent / path).exists():
-        path = str(Path(plan_path).parent / path)
-    config = _load(path)
-    check_plan_regions(plan, config, digest=regions_digest(path), source=plan_path)
-    if steps is not None and steps < 1:
-        raise UsageError(f"--steps must be >= 1, got {steps}")
-    return config, plan_to_run_settings(plan, steps=steps, **run)
 
 
 def _print_results(results: list[Any]) -> None:
@@ -289,7 +423,7 @@ def _parse_budget(text: str) -> float:
 @geo_app.command("plan")
 def plan_cmd(
     regions: str = typer.Option(..., "--regions", help=_REGIONS_HELP),
-    workload: str = typer.Option("resnet50", "--workload", help="resnet50 | bert-base | mlp (sizes the data per step and the model sync)."),
+    workload: str = typer.Option("resnet50", "--workload", help="resnet50 | bert-base | mlp | cnn-jpeg (sizes the data per step and the model sync; cnn-jpeg: geo run --task cnn-jpeg)."),
     deadline: Optional[str] = typer.Option(None, "--deadline", help="Finish within this time, e.g. 10h, 90min."),
     budget: Optional[str] = typer.Option(None, "--budget", help="Spend at most this, e.g. 500USD."),
     objective: str = typer.Option("cost", "--objective", help="cost (default) or time."),

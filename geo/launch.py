@@ -207,6 +207,8 @@ class LocalJob:
             folder when omitted, removed by :meth:`close`).
         jitter_s: Namespace mode: uniform jitter on every packet's one-way delay.
         log: Receives the agents' merged output lines (``None``: discarded).
+        copied: ``"home->reader"`` -> bytes of shards copied between buckets before the run
+            (a plan's ``copy`` mode), priced with the run's data bytes.
     """
 
     config: RegionsConfig
@@ -220,6 +222,7 @@ class LocalJob:
     job_dir: str | None = None
     jitter_s: float = 0.0
     log: Any = None
+    copied: dict[str, int] = field(default_factory=dict)
     run_id: str = field(default_factory=lambda: "geo-" + uuid.uuid4().hex[:8])
     wan: NamespaceWan | None = None
     hosts: dict[str, RegionHost] = field(default_factory=dict)
@@ -378,7 +381,7 @@ class LocalJob:
         events_path = out / "events.jsonl"
         events = tuple(json.loads(line) for line in events_path.read_text().splitlines()) if events_path.exists() else ()
         wire = self.wan.link_bytes() if self.wan is not None else {}
-        result = aggregate(self.config, self.spec, ranks, emulation=NAMESPACE_EMULATION if self.links == "namespace" else EMULATION, wire_bytes=wire)
+        result = aggregate(self.config, self.spec, ranks, emulation=NAMESPACE_EMULATION if self.links == "namespace" else EMULATION, wire_bytes=wire, copied=self.copied)
         return LaunchResult(result=result, links=self.links, events=events, wire_bytes=wire, ranks=tuple(ranks), commands=format_commands(self.commands()))
 
     def close(self) -> None:
@@ -410,7 +413,9 @@ class LocalJob:
         self.close()
 
 
-def aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, Any]], *, emulation: str, wire_bytes: dict[str, int] | None = None) -> GeoResult:
+def aggregate(
+    config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, Any]], *, emulation: str, wire_bytes: dict[str, int] | None = None, copied: dict[str, int] | None = None
+) -> GeoResult:
     """One :class:`GeoResult` from the final attempt's rank reports (the workers that finished the run).
 
     Cross-region bytes are the communicator's exact count (the payload); in namespace mode the
@@ -420,7 +425,7 @@ def aggregate(config: RegionsConfig, spec: GeoRunSpec, ranks: list[dict[str, Any
     workers: dict[str, int] = {}
     for r in ranks:
         workers[r["region"]] = workers.get(r["region"], 0) + 1
-    return aggregate_ranks(config, spec, ranks, emulation=emulation, workers=workers)
+    return aggregate_ranks(config, spec, ranks, emulation=emulation, workers=workers, copied=copied)
 
 
 def launch_local(
@@ -436,16 +441,18 @@ def launch_local(
     timeout_s: float = 600.0,
     min_regions: int | None = None,
     max_regions: int | None = None,
+    copied: dict[str, int] | None = None,
 ) -> LaunchResult:
     """Run ``spec`` on this machine under torchrun (one agent per region) and return the result.
 
     ``links``: ``auto`` (namespaces with real bytes where this process may create them, else the
-    communication-level model), ``namespace`` or ``model``.
+    communication-level model), ``namespace`` or ``model``. ``copied``: bytes copied between
+    buckets before the run, per ``"home->reader"`` (priced with the run's data).
     """
     mode, _ = resolve_links(links)
     job = LocalJob(
         config, spec, links=mode, checkpoint_every=checkpoint_every, max_restarts=max_restarts, base_env=dict(base_env or {}), job_dir=job_dir,
-        jitter_s=jitter_s, min_regions=min_regions, max_regions=max_regions,
+        jitter_s=jitter_s, min_regions=min_regions, max_regions=max_regions, copied=dict(copied or {}),
     )  # fmt: skip
     with job:
         return job.wait(timeout_s)

@@ -43,6 +43,9 @@ __all__ = [
     "GeoPlan",
     "check_plan_regions",
     "load_plan",
+    "mlp_hidden_for",
+    "plan_reading",
+    "plan_vs_measured",
     "plan_from_dict",
     "plan_to_dict",
     "plan_to_run_settings",
@@ -315,8 +318,11 @@ def plan_to_run_settings(plan: GeoPlan, *, steps: int | None = None, **overrides
     workers per region (regions-file order is kept from the plan) and the per-worker batch; the
     steps per worker are the plan's unless ``steps`` is given (a plan of many epochs is thousands
     of steps). ``overrides`` pass the run-only settings (``hidden``, ``lr``, ``seed``,
-    ``step_time_scale``, ...). Data placement and copy/stream modes have no GeoRunSpec field yet
-    (the run trains on synthetic samples).
+    ``step_time_scale``, ``task``, ``data``, ``val_url``, ...): the data placement is executed by
+    the caller, which builds ``data`` from :func:`plan_reading` (copying ``copy``-mode shards first).
+    ``batch_size`` overrides the plan's per-worker batch when given. The ``mlp`` task's hidden
+    width is sized so that its model is the plan's ``model_bytes`` (:func:`mlp_hidden_for`) unless
+    ``hidden`` is given; the ``cnn-jpeg`` model has a fixed size.
     """
     from delibench.geo.train import GeoRunSpec
 
@@ -333,5 +339,61 @@ def plan_to_run_settings(plan: GeoPlan, *, steps: int | None = None, **overrides
     elif sync.strategy == "asgd-ga":
         kwargs["accum"] = sync.period
         kwargs["staleness"] = sync.staleness
-    kwargs.update(overrides)
+    if overrides.get("hidden") is None and overrides.get("task", "mlp") == "mlp":
+        kwargs["hidden"] = mlp_hidden_for(plan.workload.model_bytes)
+    kwargs.update({k: v for k, v in overrides.items() if v is not None or k not in ("batch_size", "hidden")})
     return GeoRunSpec(**kwargs)
+
+
+def mlp_hidden_for(model_bytes: int, *, input_dim: int = 32, classes: int = 4) -> int:
+    """The hidden width whose ``mlp`` task model (fp32) is closest to ``model_bytes``: the plan's sync size.
+
+    Parameters of the MLP: ``h^2 + (input_dim + classes + 2) h + classes``.
+    """
+    import math
+
+    params = max(0.0, model_bytes / 4 - classes)
+    b = input_dim + classes + 2
+    return max(1, round((-b + math.sqrt(b * b + 4 * params)) / 2))
+
+
+def plan_reading(plan: GeoPlan) -> dict[str, tuple[str, str]]:
+    """The plan's data placement as the run executes it: home region -> ``(reader, mode)``.
+
+    A run reads a region's data (its ``data_url``, or its testbed bucket) as one shard, so every
+    shard stored in a region must go to one reader with one mode.
+
+    Raises:
+        UsageError: The plan splits one region's shards between readers or modes.
+    """
+    out: dict[str, tuple[str, str]] = {}
+    for d in plan.placement.data:
+        got = out.setdefault(d.home, (d.reader, d.mode))
+        if got != (d.reader, d.mode):
+            raise UsageError(
+                f"the plan reads {d.home}'s shards in more than one way ({got[1]} in {got[0]}, {d.mode} in {d.reader})",
+                hint="geo run reads each region's data as one shard: give the region one shard in the regions file",
+            )
+    return out
+
+
+def plan_vs_measured(plan: GeoPlan, result: Any, *, copy_s: float = 0.0) -> list[tuple[str, float, float]]:
+    """``(figure, predicted, measured)`` rows for a run of ``plan``: time (copies up front + training), steps, bytes, cost.
+
+    ``result`` is the run's :class:`~delibench.geo.train.GeoResult`; ``copy_s`` the seconds spent
+    copying ``copy``-mode shards before training (the planner overlaps that read with the first
+    epoch; the run does it first).
+    """
+    p = plan.placement
+    measured_steps = max((len(r["losses"]) + int(r.get("start_step", 0)) for r in result.rank_results), default=0)
+    sync_bytes = sum(result.link_bytes.values())
+    data_bytes = sum(n for key, n in result.data_link_bytes.items() if key.split("->")[0] != key.split("->")[-1])
+    return [
+        ("time_s", p.time_s, copy_s + result.wall_s),
+        ("steps", float(p.steps), float(measured_steps)),
+        ("sync_bytes", float(p.sync_bytes), float(sync_bytes)),
+        ("data_bytes_across", float(p.data_bytes), float(data_bytes)),
+        ("compute_usd", p.compute_usd, result.compute_usd),
+        ("egress_usd", p.data_egress_usd + p.sync_egress_usd, result.egress_usd),
+        ("total_usd", p.total_usd, result.total_usd),
+    ]

@@ -116,6 +116,8 @@ WORKLOADS: dict[str, PlanWorkload] = {
     "resnet50": PlanWorkload("resnet50", sample_bytes=110_000, batch_size=256, model_bytes=102_228_128),
     "bert-base": PlanWorkload("bert-base", sample_bytes=2_048, batch_size=256, model_bytes=438_000_000),
     "mlp": PlanWorkload("mlp", sample_bytes=128, batch_size=32, model_bytes=27_168),
+    # geo run --task cnn-jpeg: 16x16 synthetic JPEGs (~800 bytes), the 3,962-parameter CNN of geo/task.py.
+    "cnn-jpeg": PlanWorkload("cnn-jpeg", sample_bytes=800, batch_size=16, model_bytes=15_848),
 }
 
 

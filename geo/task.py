@@ -40,7 +40,9 @@ __all__ = [
     "LOSS_TOLERANCE",
     "RegionBatches",
     "cnn_model",
+    "check_sources",
     "cnn_transform",
+    "copy_dataset",
     "evaluate",
     "load_held_out",
     "RegionShards",
@@ -460,3 +462,44 @@ def sources_from_regions(config: Any, regions: tuple[str, ...] | list[str], stor
             raise UsageError(f"--task cnn-jpeg: region {name} has no data_url in {config.source}", hint="give each region the URL of its shard (a dataset with a delibench manifest)")
         out.append(DataSource(f"{name}-shard", name, name, url, dict(storage_options or {})))
     return tuple(out)
+
+
+def copy_dataset(src_url: str, src_options: Mapping[str, Any] | None, dst_url: str, dst_options: Mapping[str, Any] | None) -> int:
+    """Copy a dataset (every sample its manifest lists, then the manifest) from ``src_url`` to ``dst_url``; the sample bytes copied.
+
+    A plan's ``copy`` mode: the shard crosses the link once, into a bucket of the reading region.
+    """
+    from dataclasses import replace
+
+    from delibench.manifest import read_manifest, write_manifest
+    from delibench.storage import resolve
+
+    src_opts, dst_opts = dict(src_options or {}), dict(dst_options or {})
+    manifest = read_manifest(src_url, src_opts)
+    src = resolve(src_url, src_opts)
+    blobs = src.filesystem().cat([src.child(s.key) for s in manifest.samples])
+    dst = resolve(dst_url, dst_opts)
+    dst.filesystem().pipe({dst.child(s.key): blobs[src.child(s.key)] for s in manifest.samples})
+    write_manifest(replace(manifest), dst_url, dst_opts)
+    return sum(len(b) for b in blobs.values())
+
+
+def check_sources(sources: tuple[DataSource, ...] | list[DataSource], val_url: str | None, val_options: Mapping[str, Any] | None = None) -> None:
+    """Read every source's manifest and the held-out split's before a run starts, so a wrong URL fails in one line.
+
+    Raises:
+        UsageError: No dataset (manifest) at a URL, or no held-out split given.
+        RuntimeFailure: A store that cannot be reached or read (the message names the region).
+    """
+    from delibench.errors import DelibenchError, RuntimeFailure
+    from delibench.manifest import read_manifest
+
+    if not val_url:
+        raise UsageError("--task cnn-jpeg needs a held-out split (--val-url URL)", hint="a dataset with a delibench manifest; or use --testbed, which makes one")
+    checks = [(f"shard {s.shard} (stored in {s.home}, read in {s.reader})", s.url, s.storage_options) for s in sources]
+    for where, url, opts in [*checks, ("the held-out split (--val-url)", val_url, val_options)]:
+        try:
+            read_manifest(url, dict(opts or {}))
+        except DelibenchError as exc:
+            kind = UsageError if isinstance(exc, UsageError) else RuntimeFailure
+            raise kind(f"{where}: {exc.message}", hint=exc.hint) from None

@@ -10,24 +10,22 @@ as in DLIO), so regions with slower or faster accelerators behave as they would.
 with plain SGD wrapped in the public strategy object of :mod:`delibench.geo.strategies` (the same
 objects a user adds to a DDP loop); the WAN emulation comes from :mod:`delibench.geo.sync`.
 
-Processes are started from a ``forkserver`` that preloads torch (``spawn`` where there is none);
-they are daemonic, so they die with the parent, talk over
-127.0.0.1 on a free port, and are terminated, then killed, if any fails or the run times out.
+Every run is a torchrun job (:mod:`delibench.geo.launch`): ``geo run``, ``geo compare`` and
+:func:`run_geo` start one agent per region, whose workers run :func:`run_worker`; one loop
+(:func:`_train_loop`) trains every rank, whichever command started it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import socket
-import tempfile
 import time
-import traceback
+import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from delibench.errors import RuntimeFailure, UsageError
+from delibench.errors import UsageError
 from delibench.geo.cost import RegionUsage, geo_cost_usd
 from delibench.geo.regions import RegionsConfig
 from delibench.geo.sync import EMULATION, GeoComm, Topology
@@ -151,6 +149,8 @@ class GeoResult:
         region_step_rate: Region -> its workers' mean training steps per second, up to their
             last step (before the final sync).
         staleness: ``asgd-ga``: rounds behind of every update applied, over all region leaders.
+        copied_bytes: ``"home->reader"`` -> bytes of shards copied into the reader's bucket before
+            the run (a plan's ``copy`` mode); also in ``data_link_bytes`` and priced as egress.
     """
 
     strategy: str
@@ -175,6 +175,7 @@ class GeoResult:
     evals: tuple[tuple[int, float, float, float], ...] = ()
     region_step_rate: dict[str, float] = field(default_factory=dict)
     staleness: tuple[int, ...] = ()
+    copied_bytes: dict[str, int] = field(default_factory=dict)
     rank_results: tuple[dict[str, Any], ...] = field(default=(), repr=False)
 
     def to_dict(self) -> dict[str, Any]:
@@ -218,12 +219,6 @@ def parse_workers(text: str | None, config: RegionsConfig) -> tuple[tuple[str, i
     return tuple(out)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _teacher(spec: GeoRunSpec) -> tuple[Any, Any]:
     import torch
 
@@ -264,6 +259,7 @@ class _TaskData:
     def __init__(self, spec: GeoRunSpec, comm: GeoComm, rank: int) -> None:
         self.spec, self.rank = spec, rank
         self.batches: Any = None
+        self.digests: list[int] = []  # cnn-jpeg: CRC-32 of each batch's labels (which samples came, in order)
         if spec.task == "cnn-jpeg":
             from delibench.geo.task import RegionBatches, load_held_out
 
@@ -279,7 +275,9 @@ class _TaskData:
 
     def batch(self, step: int) -> tuple[Any, Any]:
         if self.batches is not None:
-            return self.batches.next()
+            x, y = self.batches.next()
+            self.digests.append(zlib.crc32(y.numpy().tobytes()))
+            return x, y
         return _samples(self.spec, self.teacher, self.spec.batch_size, self.spec.seed * 1_000_003 + self.rank * 100_003 + step)
 
     def evaluate(self, model: Any) -> tuple[float, float]:
@@ -320,154 +318,105 @@ def _local_step(model: Any, data: Any, step: int, step_time_s: float) -> tuple[f
     return float(loss.detach()), time.perf_counter() - t0
 
 
-def _train(rank: int, comm: GeoComm, config: RegionsConfig, spec: GeoRunSpec) -> dict[str, Any]:
-    """Train ``spec.steps`` steps under the strategy on this rank's data; what the rank measured."""
+def _train_loop(
+    rank: int,
+    comm: GeoComm,
+    config: RegionsConfig,
+    spec: GeoRunSpec,
+    data: _TaskData,
+    model: Any,
+    strategy: Any,
+    *,
+    start: int = 0,
+    after_step: Any = None,
+) -> dict[str, Any]:
+    """The training loop of every geo run (the in-process one and the torchrun worker): what the rank measured.
+
+    Trains from step ``start`` to the region's step count (``spec.region_steps``, else
+    ``spec.steps``), stopping early once ``spec.time_budget_s`` of training time (from the start
+    barrier, evaluation left out) has passed; rank 0 evaluates every ``spec.eval_every`` steps.
+    ``after_step(done, last)`` runs after each step's strategy update (the worker checkpoints there).
+    """
+    import hashlib
+
     import torch
     import torch.distributed as dist
 
-    from delibench.geo.task import make_run_strategy
-
-    data = _TaskData(spec, comm, rank)
-    try:
-        model = _model(spec, data.classes)
-        params = list(model.parameters())
-        strategy = make_run_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness, momentum=spec.momentum)
-        step_time_s = config.region(comm.region).accelerators.step_time_s * spec.step_time_scale
-        losses: list[float] = []
-        step_end_s: list[float] = []
-        evals: list[list[float]] = []
-        compute_s = eval_s = 0.0
-        dist.barrier()
-        t_start = time.perf_counter()
-        for step in range(dict(spec.region_steps).get(comm.region, spec.steps)):
-            if spec.time_budget_s is not None and time.perf_counter() - t_start - eval_s >= spec.time_budget_s:
-                break
-            loss_value, step_s = _local_step(model, data, step, step_time_s)
-            losses.append(loss_value)
-            compute_s += step_s
-            strategy.step()
-            step_end_s.append(round(time.perf_counter() - t_start - eval_s, 4))
-            if rank == 0 and spec.eval_every and (step + 1) % spec.eval_every == 0:
-                t_eval = time.perf_counter()
-                val_loss, val_accuracy = data.evaluate(model)
-                eval_s += time.perf_counter() - t_eval
-                evals.append([step + 1, time.perf_counter() - t_start - eval_s, val_loss, val_accuracy])
-        steps_s = time.perf_counter() - t_start - eval_s
-        strategy.finish()
-        wall_s = time.perf_counter() - t_start - eval_s
-        val_loss, val_accuracy = data.evaluate(model)
-        if rank == 0 and spec.params_path:
-            torch.save(torch.nn.utils.parameters_to_vector(params).detach().clone(), spec.params_path)
-        ledger = comm.ledger
-        return {
-            "rank": rank,
-            "region": comm.region,
-            "wall_s": wall_s,
-            "steps_s": steps_s,
-            "compute_s": compute_s,
-            "sync_s": ledger.sync_s,
-            "wan_wait_s": ledger.wan_wait_s,
-            "cross_region_bytes": ledger.cross_region_bytes,
-            "link_bytes": ledger.link_bytes,
-            "cross_region_collectives": ledger.cross_region_collectives,
-            "staleness": list(getattr(strategy, "staleness", [])),  # asgd-ga: rounds behind, per applied update
-            "losses": losses,
-            "step_end_s": step_end_s,
-            "evals": evals,
-            "data_bytes": data.data_bytes(),
-            "data_wait_s": data.batches.wait_s if data.batches is not None else 0.0,
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "param_count": sum(p.numel() for p in params),
-        }
-    finally:
-        data.close()
-
-
-def _worker(rank: int, world: int, port: int, config: RegionsConfig, spec: GeoRunSpec, out_dir: str) -> None:
-    """One rank: join the group, train ``spec.steps`` steps under the strategy, write ``rank<N>.json``."""
-    try:
-        import torch
-        import torch.distributed as dist
-
-        from delibench.geo.strategies import make_strategy
-
-        torch.set_num_threads(1)
-        # NOTE: gloo binds to the address the hostname resolves to; pin it to loopback where it exists.
-        if os.path.exists("/sys/class/net/lo"):
-            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-        from datetime import timedelta
-
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=timedelta(seconds=120))
-        try:
-            comm = GeoComm(spec.topology, config, rank)
-            result = _train(rank, comm, config, spec)
-            Path(out_dir, f"rank{rank}.json").write_text(json.dumps(result))
-        finally:
-            dist.destroy_process_group()
-    except BaseException:
-        Path(out_dir, f"rank{rank}.error").write_text(traceback.format_exc())
-        raise
-
-
-def _stop(procs: list[Any]) -> None:
-    """Terminate, then kill, every process still alive; reap them all."""
-    for p in procs:
-        if p.is_alive():
-            p.terminate()
-    deadline = time.monotonic() + 3.0
-    for p in procs:
-        p.join(max(0.0, deadline - time.monotonic()))
-        if p.is_alive():
-            p.kill()
-            p.join(2.0)
+    params = list(model.parameters())
+    step_time_s = config.region(comm.region).accelerators.step_time_s * spec.step_time_scale
+    last = dict(spec.region_steps).get(comm.region, spec.steps)
+    losses: list[float] = []
+    step_end_s: list[float] = []
+    evals: list[list[float]] = []
+    compute_s = eval_s = 0.0
+    dist.barrier()
+    t_start = time.perf_counter()
+    for step in range(start, last):
+        if spec.time_budget_s is not None and time.perf_counter() - t_start - eval_s >= spec.time_budget_s:
+            break
+        loss_value, step_s = _local_step(model, data, step, step_time_s)
+        losses.append(loss_value)
+        compute_s += step_s
+        strategy.step()
+        step_end_s.append(round(time.perf_counter() - t_start - eval_s, 4))
+        if rank == 0 and spec.eval_every and (step + 1) % spec.eval_every == 0:
+            t_eval = time.perf_counter()
+            val_loss, val_accuracy = data.evaluate(model)
+            eval_s += time.perf_counter() - t_eval
+            evals.append([step + 1, time.perf_counter() - t_start - eval_s, val_loss, val_accuracy])
+        if after_step is not None:
+            after_step(step + 1, last)
+    steps_s = time.perf_counter() - t_start - eval_s
+    strategy.finish()
+    wall_s = time.perf_counter() - t_start - eval_s
+    vec = torch.nn.utils.parameters_to_vector(params).detach()
+    val_loss, val_accuracy = data.evaluate(model)
+    if rank == 0 and spec.params_path:
+        torch.save(vec.clone(), spec.params_path)
+    ledger = comm.ledger
+    return {
+        "rank": rank,
+        "region": comm.region,
+        "start_step": start,
+        "steps_done": len(losses),
+        "wall_s": wall_s,
+        "steps_s": steps_s,
+        "compute_s": compute_s,
+        "sync_s": ledger.sync_s,
+        "wan_wait_s": ledger.wan_wait_s,
+        "cross_region_bytes": ledger.cross_region_bytes,
+        "link_bytes": ledger.link_bytes,
+        "cross_region_collectives": ledger.cross_region_collectives,
+        "staleness": list(getattr(strategy, "staleness", [])),  # asgd-ga: rounds behind, per applied update
+        "losses": losses,
+        "step_end_s": step_end_s,
+        "evals": evals,
+        "data_bytes": data.data_bytes(),
+        "data_wait_s": data.batches.wait_s if data.batches is not None else 0.0,
+        "batch_digests": list(data.digests),
+        "val_loss": val_loss,
+        "val_accuracy": val_accuracy,
+        "param_count": vec.numel(),
+        "params_sha256": hashlib.sha256(vec.numpy().tobytes()).hexdigest(),
+    }
 
 
 def run_geo(config: RegionsConfig, spec: GeoRunSpec, *, timeout_s: float = 600.0) -> GeoResult:
-    """Train with one process per worker and return the aggregated measurements.
+    """Train ``spec`` on this machine and return the aggregated measurements (the Python entry point).
+
+    The run is a torchrun job like ``geo run``'s (:func:`delibench.geo.launch.launch_local`: one
+    agent per region over loopback, the communication-level WAN model), without checkpoints or
+    restarts: a failed worker fails the run.
 
     Raises:
-        RuntimeFailure: A worker failed (its last traceback line is in the message) or the run
-            exceeded ``timeout_s``; every worker is stopped either way.
+        RuntimeFailure: A worker failed (the agent's last error line is in the message) or the run
+            exceeded ``timeout_s``; every agent and worker is stopped either way.
     """
-    import multiprocessing as mp
+    from delibench.geo.launch import launch_local
 
     for name, _ in spec.workers:
         config.region(name)
-    topology = spec.topology
-    world = topology.world_size
-    if "forkserver" in mp.get_all_start_methods():
-        # A forkserver imports torch once and forks every later worker from that clean process:
-        # far faster than spawn (each spawned worker re-imports torch) and, unlike fork, safe when
-        # the caller has already run torch ops (OpenMP pools and gloo state do not survive fork).
-        ctx = mp.get_context("forkserver")
-        ctx.set_forkserver_preload(["torch", "torch.distributed", "delibench.geo.train", "delibench.geo.strategies"])
-    else:
-        ctx = mp.get_context("spawn")
-    with tempfile.TemporaryDirectory(prefix="delibench-geo-") as out_dir:
-        port = _free_port()
-        procs = [ctx.Process(target=_worker, args=(rank, world, port, config, spec, out_dir), daemon=True, name=f"geo-rank{rank}") for rank in range(world)]
-        try:
-            for p in procs:
-                p.start()
-            deadline = time.monotonic() + timeout_s
-            while True:
-                codes = [p.exitcode for p in procs]
-                failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
-                if failed:
-                    rank = failed[0]
-                    err = Path(out_dir, f"rank{rank}.error")
-                    last = err.read_text().strip().splitlines()[-1] if err.exists() else f"exit code {codes[rank]}"
-                    raise RuntimeFailure(f"geo worker rank {rank} failed: {last}", hint="re-run with --debug for details")
-                if all(c == 0 for c in codes):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeFailure(f"geo run exceeded its {timeout_s:.0f} s timeout; workers stopped")
-                time.sleep(0.05)
-        finally:
-            _stop(procs)
-        ranks = [json.loads(Path(out_dir, f"rank{r}.json").read_text()) for r in range(world)]
-    return aggregate_ranks(config, spec, ranks)
+    return launch_local(config, spec, links="model", checkpoint_every=0, max_restarts=0, timeout_s=timeout_s).result
 
 
 def aggregate_ranks(
@@ -477,20 +426,22 @@ def aggregate_ranks(
     *,
     emulation: str = EMULATION,
     workers: dict[str, int] | None = None,
+    copied: dict[str, int] | None = None,
 ) -> GeoResult:
-    """One :class:`GeoResult` from every rank's report; the torchrun launcher's too.
+    """One :class:`GeoResult` from every rank's report (the final attempt's ranks of a torchrun job).
 
     Args:
         emulation: How the WAN was emulated (the communication model, or namespaces + tbf).
         workers: Workers per region that are billed (default: the spec's; an elastic run passes
             the workers of its final attempt).
+        copied: ``"home->reader"`` -> bytes copied between buckets before the run (priced as data).
     """
     world = len(ranks)
     link_bytes: dict[str, int] = {}
     for r in ranks:
         for key, nbytes in r["link_bytes"].items():
             link_bytes[key] = link_bytes.get(key, 0) + nbytes
-    data_link_bytes: dict[str, int] = {}
+    data_link_bytes: dict[str, int] = dict(copied or {})
     for r in ranks:
         for key, nbytes in r.get("data_bytes", {}).items():
             data_link_bytes[key] = data_link_bytes.get(key, 0) + nbytes
@@ -538,6 +489,7 @@ def aggregate_ranks(
         evals=tuple(tuple(e) for e in ranks[0].get("evals", [])),  # type: ignore[misc]
         region_step_rate={name: sum(v) / len(v) for name, v in rates.items()},
         staleness=tuple(x for r in ranks for x in r.get("staleness", [])),
+        copied_bytes=dict(copied or {}),
         rank_results=tuple(ranks),
     )
 
@@ -583,7 +535,7 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
     (``data-r<rank>-s<step>.pt``), restored when the world is the one that saved them (a changed
     world re-partitions the region's shards, so its loaders start afresh).
     """
-    import hashlib
+    import io
     import pickle
     from datetime import timedelta
 
@@ -625,57 +577,21 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
             with (out / "events.jsonl").open("a") as f:
                 f.write(json.dumps(event) + "\n")
         strategy = make_run_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness, momentum=spec.momentum)
-        step_time_s = config.region(region).accelerators.step_time_s * spec.step_time_scale
-        losses: list[float] = []
-        compute_s = 0.0
-        dist.barrier()
-        t_start = time.perf_counter()
-        for step in range(start, spec.steps):
-            loss_value, step_s = _local_step(model, data, step, step_time_s)
-            losses.append(loss_value)
-            compute_s += step_s
-            strategy.step()
-            done = step + 1
-            if every and done % every == 0 and done < spec.steps:
+
+        def checkpoint(done: int, last: int) -> None:
+            if every and done % every == 0 and done < last:
                 if data.batches is not None:
-                    buf = __import__("io").BytesIO()
+                    buf = io.BytesIO()
                     torch.save(data.batches.state_dict(), buf)
                     _atomic_write(out / f"data-r{place.rank}-s{done}.pt", buf.getvalue())
                 if place.rank == 0:
-                    buf = __import__("io").BytesIO()
+                    buf = io.BytesIO()
                     torch.save({"step": done, "world": world, "params": torch.nn.utils.parameters_to_vector(params).detach().clone()}, buf)
                     _atomic_write(ckpt, buf.getvalue())
-            if place.rank == 0:
+            if every and place.rank == 0:  # progress: what a restart reports as reached (no restart resumes without checkpoints)
                 _atomic_write(progress, json.dumps({"step": done, "world_size": place.world_size}).encode())
-        strategy.finish()
-        wall_s = time.perf_counter() - t_start
-        vec = torch.nn.utils.parameters_to_vector(params).detach()
-        val_loss, val_accuracy = data.evaluate(model)
-        if place.rank == 0 and spec.params_path:
-            torch.save(vec.clone(), spec.params_path)
-        ledger = comm.ledger
-        result = {
-            "rank": place.rank,
-            "world_size": place.world_size,
-            "region": region,
-            "regions": names,
-            "start_step": start,
-            "steps_done": spec.steps - start,
-            "wall_s": wall_s,
-            "compute_s": compute_s,
-            "sync_s": ledger.sync_s,
-            "wan_wait_s": ledger.wan_wait_s,
-            "cross_region_bytes": ledger.cross_region_bytes,
-            "link_bytes": ledger.link_bytes,
-            "cross_region_collectives": ledger.cross_region_collectives,
-            "staleness": list(getattr(strategy, "staleness", [])),
-            "losses": losses,
-            "data_bytes": data.data_bytes(),
-            "val_loss": val_loss,
-            "val_accuracy": val_accuracy,
-            "param_count": vec.numel(),
-            "params_sha256": hashlib.sha256(vec.numpy().tobytes()).hexdigest(),
-        }
+
+        result = {"world_size": place.world_size, "regions": names, **_train_loop(place.rank, comm, config, spec, data, model, strategy, start=start, after_step=checkpoint)}
         _atomic_write(out / f"rank{place.rank}.json", json.dumps(result).encode())
         dist.barrier()
     finally:

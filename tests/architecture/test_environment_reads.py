@@ -21,8 +21,6 @@ ALLOWED = {
         "the user's config folder by the XDG base-directory convention, as botocore finds ~/.aws/config",
     ("testbed/servers.py", "os.environ.items() if not k.startswith"):
         "the server subprocess inherits the environment minus the AWS_*/emulator variables meant for clients",
-    ("geo/train.py", 'os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")'):
-        "the closed geo demo's own launcher; replaced by torchrun in the geo issue",
 }
 
 

@@ -71,3 +71,18 @@ def test_geo_run_under_torchrun_ends_with_identical_parameters(tmp_path: Path) -
     assert got.result.cross_region_collectives == 3
     assert "communication-level" in got.result.emulation
     assert "--rdzv-backend c10d" in got.commands and json.loads(json.dumps(got.to_dict()))["links"] == "model"
+
+
+@pytest.mark.slow
+def test_torchrun_worker_honours_region_steps_and_the_time_budget(tmp_path: Path) -> None:
+    """The worker trains through the one loop (train._train_loop): region b stops at its own step count,
+    region a (asked for 10,000 steps of 20 ms) at the time budget."""
+    budget_s = 0.5
+    spec = GeoRunSpec(strategy="asgd-ga", accum=2, staleness=None, workers=(("a", 1), ("b", 1)), steps=10_000, region_steps=(("b", 4),), time_budget_s=budget_s)
+    with LocalJob(REGIONS, spec, links="model", checkpoint_every=0, job_dir=str(tmp_path)) as job:
+        got = job.wait(90)
+    done = {r["region"]: r["steps_done"] for r in got.ranks}
+    assert done["b"] == 4
+    assert 1 <= done["a"] <= budget_s / 0.020 + 1  # 20 ms steps: at most the budget's worth, then one more
+    a = next(r for r in got.ranks if r["region"] == "a")
+    assert a["steps_s"] >= budget_s and a["step_end_s"][-2] < budget_s

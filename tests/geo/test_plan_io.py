@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -111,6 +112,7 @@ def test_geo_plan_out_then_run_plan_hands_over_the_settings(tmp_path: Path, monk
 
     class _Launched:
         events = ()
+        result = SimpleNamespace(rank_results=({"losses": [0.0] * 7},), link_bytes={}, data_link_bytes={}, wall_s=1.0, compute_usd=0.0, egress_usd=0.0, total_usd=0.0)
 
         def to_dict(self) -> dict[str, Any]:
             return {"ok": True}
@@ -121,7 +123,8 @@ def test_geo_plan_out_then_run_plan_hands_over_the_settings(tmp_path: Path, monk
 
     monkeypatch.setattr(launch, "launch_local", fake_launch)
     assert main(["geo", "run", "--plan", str(out), "--steps", "7", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out) == {"ok": True}
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["ok"] is True and doc["plan_vs_measured"]["steps"] == {"predicted": load_plan(out).placement.steps, "measured": 7}
     plan = load_plan(out)
     spec = seen["spec"]
     assert (spec.strategy, spec.accum, spec.steps) == ("asgd-ga", 16, 7)
