@@ -7,7 +7,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -18,15 +18,14 @@ from delibench.loaders.cache import ByteBudgetCache, policy_names
 from delibench.loaders.handoff import BatchFeed, FeedDataset
 from delibench.loaders.pipeline import BytesBatchDataset, batches_of, context_order, parse_options, percentiles
 from delibench.loaders.prefetch import DecodePipeline, EpochPrefetcher
-from delibench.loaders.sampler import next_use, rank_sample_count
+from delibench.loaders.resume import STATE_VERSION, ResumableEpochs
+from delibench.loaders.sampler import next_use
 from delibench.loaders.source import ReliabilityOptions, SampleSource
 from delibench.manifest import checksum
 from delibench.records import LoaderStats
 
 __all__ = ["STATE_VERSION", "DeliLoader", "DeliOptions"]
 
-#: Version of the dict :meth:`DeliLoader.state_dict` returns (see there for its fields).
-STATE_VERSION = 1
 
 #: Least time between two points of the cache occupancy timeline.
 _TIMELINE_STEP_S = 0.01
@@ -115,6 +114,10 @@ class DeliOptions(ReliabilityOptions):
             and cache (``cache_size`` per rank). None (the default): ``node`` when more than one
             rank runs on the node (``LoaderContext.local_world_size``) and the options allow it
             (memory tier, not whole shards), else ``rank``.
+        node_deadline_s: ``scope=node``: most seconds a rank waits for its node service to start
+            or to have a batch ready before a clear error naming the batch and the samples it
+            waits for (a bucket that stopped answering, a stuck rank holding the arena); the
+            ``"30s"`` form is parsed as ``retry_deadline_s``. Default 120.
     """
 
     cache_size: int | None = field(default=None, metadata={"unit": "bytes"})
@@ -133,11 +136,15 @@ class DeliOptions(ReliabilityOptions):
     lean_http: bool = True
     source: str | None = None
     scope: str | None = None
+    node_deadline_s: float = field(default=120.0, metadata={"unit": "seconds"})
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.scope not in (None, "node", "rank"):
             raise UsageError(f"unknown scope {self.scope!r}", hint="use 'node' (one cache per machine) or 'rank' (one per rank)")
+        deadline = self.node_deadline_s
+        if isinstance(deadline, bool) or not isinstance(deadline, (int, float)) or not deadline > 0:
+            raise UsageError(f"node_deadline_s must be a number of seconds > 0, got {deadline!r}", hint="e.g. 120 or, as a loader option, 2min")
         for name in ("cache_size", "disk_cache_size"):
             value = getattr(self, name)
             if value is None and name == "cache_size":
@@ -213,7 +220,7 @@ class DeliOptions(ReliabilityOptions):
         return self.window_depth if trigger is None else trigger[1] - 1 + trigger[0]
 
 
-class DeliLoader:
+class DeliLoader(ResumableEpochs):
     """Cached-prefetch loader: the fetcher runs in the loader's process, DataLoader workers only decode.
 
     Design: the sampler order of the epoch is known, so an :class:`EpochPrefetcher` walks it
@@ -454,89 +461,7 @@ class DeliLoader:
             self._lead_count += prefetcher.lead_count
             self._unused_hits += prefetcher.pending_hits()
 
-    # -- resumable iteration --------------------------------------------------------------------
-
-    def _samples_per_epoch(self, world_size: int | None = None) -> int:
-        world = self.ctx.world_size if world_size is None else world_size
-        return rank_sample_count(len(self.ctx.manifest), world, self.ctx.drop_last)
-
-    def _identity(self) -> dict[str, Any]:
-        """The fields of a saved state that must equal this loader's for the same order to follow."""
-        return {
-            "dataset_id": self.ctx.manifest.dataset_id,
-            "num_samples": len(self.ctx.manifest),
-            "seed": self.ctx.seed,
-            "order": self.ctx.order,
-            "exchange_fraction": self.ctx.exchange_fraction,
-            "drop_last": self.ctx.drop_last,
-        }
-
-    def state_dict(self) -> dict[str, Any]:
-        """Where this rank's iteration stands, as a plain, versioned dict (JSON- and torch.save-able).
-
-        Same contract as torchdata's ``StatefulDataLoader.state_dict``: it describes the batches
-        already yielded (taken in the loop body, it counts the batch just received), and
-        :meth:`load_state_dict` on a new loader makes the next ``iter_epoch`` of that epoch
-        deliver exactly the samples not yet delivered, in the uninterrupted order. Fields
-        (version 1):
-
-        * ``version``: 1.
-        * ``epoch``: the epoch to resume; ``samples_yielded``: how many samples of this rank's
-          order of that epoch were handed on (the position to resume at; torchdata's
-          ``_num_yielded`` counts batches, this counts samples so a resume may change the batch
-          size); ``batches_yielded``: batches yielded in that epoch (informative). A finished
-          epoch is saved as the next one at 0 (torchdata's ``_iterator_finished``).
-        * ``samples_per_epoch``: this rank's samples per epoch; ``batch_size``.
-        * What fixes the order and must match on load: ``dataset_id`` and ``num_samples`` (the
-          manifest), ``seed``, ``order``, ``exchange_fraction``, ``drop_last``, ``world_size`` and
-          ``rank``.
-        """
-        epoch, handed, batches = self._resume if self._resume is not None else self._position
-        if handed >= self._samples_per_epoch():
-            epoch, handed, batches = epoch + 1, 0, 0
-        return {
-            "version": STATE_VERSION,
-            "epoch": epoch,
-            "samples_yielded": handed,
-            "batches_yielded": batches,
-            "samples_per_epoch": self._samples_per_epoch(),
-            "batch_size": self.ctx.batch_size,
-            "world_size": self.ctx.world_size,
-            "rank": self.ctx.rank,
-            **self._identity(),
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """Resume from ``state`` (a :meth:`state_dict`): the next ``iter_epoch(state["epoch"])``
-        starts at the first sample not yet delivered.
-
-        World size: a state saved mid-epoch resumes only at the same world size and rank (the
-        rest of a DistributedSampler epoch is defined per rank; re-dealing it over another
-        number of ranks is what Mosaic Streaming calls elastic determinism, and deli does not
-        offer it). A state saved at an epoch boundary (``samples_yielded`` 0) resumes at any
-        world size: that epoch is dealt afresh over the new ranks, each sample once.
-
-        Raises:
-            UsageError: One line naming what is wrong: not a state dict, an unknown version, a
-                missing or ill-typed field, or a field that does not match this loader (another
-                dataset, seed, order, or a mid-epoch world size or rank).
-        """
-        epoch, handed, batches = _check_state(state, self._identity(), self.ctx.world_size, self.ctx.rank,
-                                              self._samples_per_epoch)
-        if handed >= self._samples_per_epoch():
-            epoch, handed, batches = epoch + 1, 0, 0
-        self._resume = (epoch, handed, batches)
-
-    def _take_resume(self, epoch: int) -> tuple[int, int]:
-        """Where ``epoch`` starts: ``(samples, batches)`` already delivered by a loaded state, else 0."""
-        resume = self._resume
-        if resume is None:
-            return 0, 0
-        if resume[0] != epoch:
-            raise UsageError(f"the loaded loader state resumes epoch {resume[0]}, but epoch {epoch} was asked for",
-                             hint=f"iterate epoch {resume[0]} next (state_dict()['epoch']); deli_loader does this itself")
-        self._resume = None
-        return resume[1], resume[2]
+    # -- resumable iteration: state_dict / load_state_dict come from ResumableEpochs ----------------
 
     def _warm_start_from_disk(self, epoch: int, start: int) -> None:
         """Adopt the samples a previous process left in ``cache_dir`` (it was killed before its
@@ -661,44 +586,3 @@ def _disk_file_name(key: int) -> str:
     warm-starts from a tier a killed process left behind, so a change there fails that test.
     """
     return hashlib.sha1(repr(key).encode()).hexdigest() + ".bin"
-
-
-_STATE_INTS = ("epoch", "samples_yielded", "batches_yielded", "world_size", "rank", "num_samples", "seed")
-
-
-def _check_state(
-    state: Any, identity: dict[str, Any], world_size: int, rank: int, per_epoch: Any
-) -> tuple[int, int, int]:
-    """``(epoch, samples_yielded, batches_yielded)`` of a saved loader state, checked against this loader.
-
-    Raises:
-        UsageError: One line naming the first thing that is wrong or does not match.
-    """
-    if not isinstance(state, Mapping):
-        raise UsageError(f"loader state must be the dict state_dict() returned, got {type(state).__name__}")
-    if state.get("version") != STATE_VERSION:
-        raise UsageError(f"loader state version {state.get('version')!r} is not supported (this delibench reads version {STATE_VERSION})",
-                         hint="the state was saved by another delibench, or is not a deli loader state")
-    for name in (*_STATE_INTS, *identity):
-        if name not in state:
-            raise UsageError(f"loader state lacks {name!r}", hint="save it with state_dict() and load the whole dict")
-    for name in _STATE_INTS:
-        value = state[name]
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise UsageError(f"loader state field {name!r} must be a whole number >= 0, got {value!r}")
-    for name, mine in identity.items():
-        if state[name] != mine:
-            raise UsageError(f"loader state does not match this loader: {name} was {state[name]!r} when saved, is {mine!r} now",
-                             hint="resume with the dataset, seed and order options the state was saved with")
-    epoch, handed, batches = state["epoch"], state["samples_yielded"], state["batches_yielded"]
-    saved_world, saved_rank = state["world_size"], state["rank"]
-    if saved_rank >= saved_world:
-        raise UsageError(f"loader state is corrupt: rank {saved_rank} is outside its world size {saved_world}")
-    if handed and (saved_world, saved_rank) != (world_size, rank):
-        raise UsageError(
-            f"loader state was saved mid-epoch {epoch} at world size {saved_world} rank {saved_rank}; this job is world size {world_size} rank {rank}",
-            hint="a mid-epoch state resumes only on the same ranks; restart at the same world size, or from a state saved at an epoch boundary",
-        )
-    if handed > per_epoch(saved_world):
-        raise UsageError(f"loader state is corrupt: samples_yielded {handed} exceeds the {per_epoch(saved_world)} samples of a rank's epoch")
-    return epoch, handed, batches

@@ -15,6 +15,14 @@ which:
 * caches them within ``cache_size`` bytes *per node*, evicting with Belady over the union of the
   local ranks' future accesses (the node's ranks interleaved in lockstep, the clock
   ``tuning/scale.py`` replays; LRU and FIFO still available);
+* counts a **hit** for every lookup that needs no GET: the sample was cached, or another rank's
+  window holds it (in flight, or fetched and not handed out yet). A rank looks a sample up when it
+  enters its window (:func:`service_window` samples ahead of its next batch), and a sample held by a
+  window is outside the cache's budget until its batch is handed out (then it is offered to the
+  cache): the node holds the cache plus the windows, and the arena has room for both. So the hit
+  rate a user sees is that of the cache *and* the windows, and the figure to check it against is
+  :func:`delibench.tuning.scale.replay_node_cache` with ``window=service_window(...)``, which replays
+  exactly this (with ``window=0`` it is the cache alone, a few points lower);
 * keeps every byte in one shared-memory arena (``/dev/shm/<prefix>-arena``) cut into fixed-size
   blocks, so a sample of any size fits wherever blocks are free (no fragmentation), and answers
   each decode worker's request for its batch with the blocks' offsets. The worker copies the bytes
@@ -53,17 +61,22 @@ from delibench.loaders.base import Batch, LoaderContext
 from delibench.loaders.cache import make_policy
 from delibench.loaders.pipeline import BytesBatchDataset, WorkerResult, batches_of, parse_options, percentiles
 from delibench.loaders.prefetch import DecodePipeline
-from delibench.loaders.sampler import epoch_order, rank_sample_count
+from delibench.loaders.resume import ResumableEpochs
+from delibench.loaders.sampler import epoch_order
 from delibench.loaders.source import FetchMeter
 from delibench.manifest import Manifest
 from delibench.records import LoaderStats
 
-__all__ = ["SEGMENT_PREFIX", "NodeConfig", "NodeDeliLoader", "leftover_segments", "node_prefix", "wants_node_scope"]
+__all__ = ["SEGMENT_PREFIX", "NodeConfig", "NodeDeliLoader", "leftover_segments", "node_prefix", "service_window", "wants_node_scope"]
 
 #: Every name the node service gives a shared-memory segment or socket starts with this.
 SEGMENT_PREFIX = "delibench-node-"
-#: Seconds a rank waits for its node service to answer (start-up, a batch) before a clear error.
+#: Seconds a rank waits for its node service to answer (start-up, a batch) before a clear error
+#: (``DeliOptions.node_deadline_s``'s default).
 DEFAULT_DEADLINE_S = 120.0
+#: How much longer than the deadline a rank waits for the service's own answer to a request, so
+#: that the service's error (which names the batch and its samples) arrives before the rank gives up.
+_ANSWER_MARGIN_S = 5.0
 #: How often the service looks whether its starter is still alive.
 _WATCH_S = 0.25
 _OK, _FETCH_ERROR, _FAILURE, _STALE = "ok", "fetch-error", "failure", "stale"
@@ -82,6 +95,12 @@ def wants_node_scope(options: Any, ctx: LoaderContext) -> bool:
     if options.scope is None:
         return ctx.local_world_size > 1 and options.cache_tier == "memory" and options.source != "shards"
     return False
+
+
+def service_window(options: Any, batch_size: int) -> int:
+    """Samples the node service looks up ahead of each local rank's next batch: the prefetch bound
+    (``prefetch_depth``, default 256), at least two batches."""
+    return max(options.prefetch_bound, 2 * batch_size)
 
 
 def node_prefix(ctx: LoaderContext, seq: int) -> str:
@@ -219,7 +238,7 @@ class NodeService:
         blocks_of = [max(1, -(-s // self.block)) for s in sizes]
         dataset_blocks = sum(blocks_of)
         max_blocks = max(blocks_of, default=1)
-        self.depth = max(opts.prefetch_bound, 2 * config.batch_size)
+        self.depth = service_window(opts, config.batch_size)
         budget = opts.cache_size_bytes
         if budget is None:  # cache_items
             cache_blocks = min(dataset_blocks, (opts.cache_items or 0) * max_blocks)
@@ -481,7 +500,7 @@ class NodeService:
                 if all(p in rk.slots and rk.slots[p].state != _FETCHING for p in range(lo, hi)):
                     break
                 if time.monotonic() > deadline:
-                    return _FAILURE, f"node service: batch {b} of local rank {index} not ready after {self.config.deadline_s:g} s"
+                    return _FAILURE, self._not_ready(rk, b, lo, hi)
                 self.cond.wait(0.5)
             items: list[tuple[int, list[tuple[int, int]]]] = []
             lease: list[_Entry] = []
@@ -523,6 +542,15 @@ class NodeService:
                 pass  # the next epoch's orders are not known yet: its walk starts when the rank opens it
         return _OK, (lease_id, items)
 
+    def _not_ready(self, rk: _Rank, b: int, lo: int, hi: int) -> str:
+        """The error of batch ``b`` (positions ``lo:hi``) still not ready at the deadline: which samples it waits for."""
+        waiting = [p for p in range(lo, hi) if p not in rk.slots or rk.slots[p].state == _FETCHING]
+        in_flight = sum(1 for p in waiting if p in rk.slots)
+        first = self.config.manifest.samples[rk.order[waiting[0]]].key if waiting else "-"
+        return (f"node service: batch {b} of epoch {rk.epoch} of local rank {rk.index} not ready after {self.config.deadline_s:g} s "
+                f"(node_deadline_s): {len(waiting)} of its {hi - lo} samples missing ({in_flight} GETs in flight, "
+                f"{len(waiting) - in_flight} not started), first {first}")
+
     def release(self, index: int, lease_id: int) -> None:
         with self.cond:
             for e in self.ranks[index].leases.pop(lease_id, []):
@@ -560,7 +588,7 @@ class NodeService:
                 "node_requests": meter.requests_count, "node_bytes": meter.bytes_read, "fetches": misses,
                 "fetched_bytes": sum(r.bytes_read for r in self.ranks),
                 "cache_bytes": self.cache_bytes, "cache_peak": self.cache_peak, "evictions": self.evictions,
-                "arena_bytes": self.capacity, "arena_peak_bytes": self.peak_blocks * self.block, "block": self.block,
+                "arena_bytes": self.capacity, "arena_peak_bytes": self.peak_blocks * self.block, "block": self.block, "window": self.depth,
                 "retries": meter.retries_count, "hedges": meter.hedges_count, "errors": meter.errors_count,
                 "latencies": percentiles(list(meter.latencies_s)),
             }
@@ -769,8 +797,8 @@ class NodeLink:
         return self._conn
 
     def _recv(self, conn: Connection) -> Any:
-        if not conn.poll(self.deadline_s):
-            raise RuntimeFailure(f"the node service did not answer within {self.deadline_s:g} s")
+        if not conn.poll(self.deadline_s + _ANSWER_MARGIN_S):
+            raise RuntimeFailure(f"the node service did not answer within {self.deadline_s + _ANSWER_MARGIN_S:g} s")
         return conn.recv()
 
     def call(self, *msg: Any) -> Any:
@@ -844,7 +872,7 @@ class NodeFeedDataset:
         return WorkerResult(None)
 
 
-class NodeDeliLoader:
+class NodeDeliLoader(ResumableEpochs):
     """``deli`` with ``scope=node``: this rank's side of the node service (see the module docstring).
 
     Same contract as :class:`~delibench.loaders.deli.DeliLoader` (``iter_epoch``, ``stats``,
@@ -855,7 +883,7 @@ class NodeDeliLoader:
 
     name: ClassVar[str] = "deli"
 
-    def __init__(self, ctx: LoaderContext, options: Any, *, deadline_s: float = DEFAULT_DEADLINE_S) -> None:
+    def __init__(self, ctx: LoaderContext, options: Any) -> None:
         if options.cache_tier != "memory":
             raise UsageError("deli scope=node keeps its cache in shared memory: cache_tier=disk is for scope=rank",
                              hint="drop cache_tier/cache_dir, or add scope=rank")
@@ -866,7 +894,7 @@ class NodeDeliLoader:
                              hint="run under torchrun or delibench run --nproc, or use scope=rank")
         self.ctx = ctx
         self.options = options
-        self.deadline_s = deadline_s
+        self.deadline_s = deadline_s = float(options.node_deadline_s)
         self.prefix = node_prefix(ctx, next(_SEQ.setdefault((ctx.job_id, ctx.node_rank, ctx.local_rank), itertools.count())))
         authkey = hashlib.sha256(f"{self.prefix}|{ctx.job_id}|{os.getuid()}".encode()).digest()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -982,45 +1010,7 @@ class NodeDeliLoader:
         except RuntimeFailure:
             pass
 
-    # -- state ---------------------------------------------------------------------------------------
-
-    def _identity(self) -> dict[str, Any]:
-        return {
-            "dataset_id": self.ctx.manifest.dataset_id, "num_samples": len(self.ctx.manifest), "seed": self.ctx.seed,
-            "order": self.ctx.order, "exchange_fraction": self.ctx.exchange_fraction, "drop_last": self.ctx.drop_last,
-        }
-
-    def _per_epoch(self, world: int | None = None) -> int:
-        return rank_sample_count(len(self.ctx.manifest), self.ctx.world_size if world is None else world, self.ctx.drop_last)
-
-    def state_dict(self) -> dict[str, Any]:
-        """As :meth:`DeliLoader.state_dict <delibench.loaders.deli.DeliLoader.state_dict>` (version 1)."""
-        from delibench.loaders.deli import STATE_VERSION
-
-        epoch, handed, batches = self._resume if self._resume is not None else self._position
-        if handed >= self._per_epoch():
-            epoch, handed, batches = epoch + 1, 0, 0
-        return {"version": STATE_VERSION, "epoch": epoch, "samples_yielded": handed, "batches_yielded": batches,
-                "samples_per_epoch": self._per_epoch(), "batch_size": self.ctx.batch_size, "world_size": self.ctx.world_size,
-                "rank": self.ctx.rank, **self._identity()}
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        """As :meth:`DeliLoader.load_state_dict <delibench.loaders.deli.DeliLoader.load_state_dict>`."""
-        from delibench.loaders.deli import _check_state
-
-        epoch, handed, batches = _check_state(state, self._identity(), self.ctx.world_size, self.ctx.rank, self._per_epoch)
-        if handed >= self._per_epoch():
-            epoch, handed, batches = epoch + 1, 0, 0
-        self._resume = (epoch, handed, batches)
-
-    def _take_resume(self, epoch: int) -> tuple[int, int]:
-        resume = self._resume
-        if resume is None:
-            return 0, 0
-        if resume[0] != epoch:
-            raise UsageError(f"the loaded loader state resumes epoch {resume[0]}, but epoch {epoch} was asked for")
-        self._resume = None
-        return resume[1], resume[2]
+    # -- state: state_dict / load_state_dict come from ResumableEpochs (as DeliLoader's) -------------
 
     # -- metrics -------------------------------------------------------------------------------------
 

@@ -160,11 +160,16 @@ def test_two_jobs_on_one_node_do_not_collide(corpus: Corpus) -> None:
 
 
 def test_belady_hit_rate_is_the_simulators_over_the_union(even_corpus: Corpus) -> None:
-    """A cache of 30 % of the dataset: the service's hit rate within 2 points of the replay of the
-    node's interleaved union (``tuning/scale.py``'s node scope)."""
+    """A cache of 30 % of the dataset, 4 ranks: the service's hit rate (lookups that needed no GET)
+    within 2 points of the simulator's Belady replay of the node's union with each rank's window
+    (``tuning.scale.replay_node_cache(window=service_window(...))``, what the service does). The
+    cache-only replay (window 0) is 5 points lower here: the windows let the cache keep
+    (ranks - 1) x batch size more samples at each epoch's end, so this test tells the two apart."""
+    from delibench.loaders.deli import DeliOptions
+    from delibench.loaders.node import service_window
     from delibench.tuning.scale import replay_node_cache
 
-    n, world, epochs = len(even_corpus.manifest), 2, 3
+    n, world, epochs, batch = len(even_corpus.manifest), 4, 3, 5
     budget = int(0.3 * n * 1000)
     loaders = _job(even_corpus, world, world, epochs=epochs, cache_size=budget, prefetch_depth=10)
     try:
@@ -174,13 +179,73 @@ def test_belady_hit_rate_is_the_simulators_over_the_union(even_corpus: Corpus) -
         stats = [loader.stats() for loader in loaders]
         hits, misses = sum(s.cache_hits for s in stats), sum(s.cache_misses for s in stats)
         measured = hits / (hits + misses)
+        assert loaders[0].node_stats()["node"]["window"] == service_window(DeliOptions(prefetch_depth=10), batch) == 10
         orders = [[epoch_order(n, e, 7, r, world) for e in range(epochs + 1)] for r in range(world)]
-        sim_misses, lookups = replay_node_cache(orders, 1000, budget, "belady")
-        simulated = 1 - sum(sim_misses) / sum(lookups)
+
+        def replay(window: int, batch_size: int) -> float:
+            sim_misses, lookups = replay_node_cache(orders, 1000, budget, "belady", window=window, batch_size=batch_size)
+            return 1 - sum(sim_misses) / sum(lookups)
+
+        simulated, cache_only = replay(10, batch), replay(0, 1)
         assert abs(measured - simulated) <= 0.02, (measured, simulated)
+        assert simulated - cache_only > 0.04, (simulated, cache_only)  # the window matters at this size
         assert max(s.cache_peak_bytes for s in stats) <= budget
     finally:
         _close(loaders)
+
+
+def test_a_batch_that_never_comes_is_a_clear_error_within_the_deadline(corpus: Corpus) -> None:
+    """The bucket accepts connections and never answers: with node_deadline_s=2 the rank fails after
+    about 2 s naming the batch and a sample it waits for, exits 1, and leaves no service and no segment."""
+    import json
+    import socket
+
+    hole = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def swallow() -> None:  # accept and read, never answer
+        hole.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conn, _ = hole.accept()
+                held.append(conn)
+            except OSError:
+                continue
+
+    threading.Thread(target=swallow, daemon=True).start()
+    options = {"key": "k", "secret": "s", "client_kwargs": {"endpoint_url": f"http://127.0.0.1:{hole.getsockname()[1]}"},
+               "config_kwargs": {"s3": {"addressing_style": "path"}}}
+    script = textwrap.dedent(f"""
+        import json, sys, time
+        from delibench.loaders.deli import DeliLoader
+        from delibench.loaders.testing import Corpus, make_context
+        from delibench.manifest import read_manifest
+        ctx = make_context(Corpus("s3://black-hole/data", read_manifest({corpus.url!r})), job_id="deadline", num_workers=0,
+                           storage_options=json.loads(sys.argv[1]))
+        with DeliLoader(ctx, scope="node", node_deadline_s="2s", retries=0) as loader:
+            print("service", loader._proc.pid, flush=True)
+            t0 = time.perf_counter()
+            try:
+                for batch in loader.iter_epoch(0):
+                    pass
+            finally:
+                print("failed after", round(time.perf_counter() - t0, 1), flush=True)
+    """)
+    try:
+        proc = subprocess.run([sys.executable, "-c", script, json.dumps(options)], capture_output=True, text=True, timeout=90)
+    finally:
+        stop.set()
+        hole.close()
+        for conn in held:
+            conn.close()
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    first = corpus.manifest.samples[epoch_order(len(corpus.manifest), 0, 7, 0, 1)[0]].key
+    assert "batch 0 of epoch 0 of local rank 0 not ready after 2 s" in proc.stderr and first in proc.stderr, proc.stderr[-2000:]
+    service_pid = int(proc.stdout.split("service", 1)[1].split()[0])
+    waited = float(proc.stdout.split("failed after", 1)[1].split()[0])
+    assert 2.0 <= waited < 10.0, proc.stdout  # the deadline (a loaded host adds seconds), not the client's 60 s read timeout
+    assert not psutil.pid_exists(service_pid) or psutil.Process(service_pid).status() == psutil.STATUS_ZOMBIE
 
 
 def test_a_killed_service_is_a_clear_error_and_leaves_no_segment(corpus: Corpus) -> None:
@@ -244,8 +309,10 @@ def test_scope_option() -> None:
         DeliLoader(make_context(corpus, rank=0, world_size=2, local_rank=0, local_world_size=2))
 
 
-def test_resume_mid_epoch(corpus: Corpus) -> None:
-    first = _job(corpus, 1, 1, epochs=2, scope="node", cache_size="1MiB")[0]
+@pytest.mark.parametrize("saved_by,resumed_by", [("node", "node"), ("rank", "node"), ("node", "rank")])
+def test_resume_mid_epoch(corpus: Corpus, saved_by: str, resumed_by: str) -> None:
+    """One resume logic (loaders/resume.py) serves both scopes: a state either saves resumes in either."""
+    first = _job(corpus, 1, 1, epochs=2, scope=saved_by, cache_size="1MiB")[0]
     try:
         it = first.iter_epoch(0)
         seen = [int(i) for i in next(it).indices] + [int(i) for i in next(it).indices]
@@ -253,10 +320,12 @@ def test_resume_mid_epoch(corpus: Corpus) -> None:
         it.close()
     finally:
         first.close()
-    second = _job(corpus, 1, 1, epochs=2, scope="node", cache_size="1MiB")[0]
+    second = _job(corpus, 1, 1, epochs=2, scope=resumed_by, cache_size="1MiB")[0]
     try:
+        assert isinstance(first, NodeDeliLoader) == (saved_by == "node") and isinstance(second, NodeDeliLoader) == (resumed_by == "node")
         second.load_state_dict(state)
         rest = [int(i) for b in second.iter_epoch(0) for i in b.indices]
         assert seen + rest == epoch_order(len(corpus.manifest), 0, 7, 0, 1)
+        assert second.state_dict()["epoch"] == 1 and second.state_dict()["samples_yielded"] == 0
     finally:
         second.close()
