@@ -123,3 +123,20 @@ def test_cli_prints_a_labelled_prediction_and_json(capsys):
     assert doc["job"]["world_size"] == 4
     assert {(c["scope"], c["order"]) for c in doc["cells"]} == {(s, o) for s in ("rank", "node") for o in ("shuffle", "locality")}
     assert main(["scale", "--nodes", "2", "--gpus-per-node", "2", "--samples", "800", "--sample-bytes", "lots", "--cache-size", "1GiB"]) == 2
+
+
+def test_a_window_changes_nothing_for_one_rank_and_adds_the_other_ranks_last_batches_for_several():
+    """One rank: nothing it looks up early is wanted by anyone else, so the windowed replay equals the
+    cache-only one. Two ranks in lockstep, 30 % cache: at each epoch's end rank 0's look-ahead into the
+    next epoch settles its hits, and the cache keeps rank 1's last batch on top: one batch per epoch."""
+    from delibench.loaders.sampler import epoch_order
+
+    one = [[epoch_order(300, e, 0, 0, 1) for e in range(4)]]
+    assert replay_node_cache(one, KB, 100 * KB, window=40, batch_size=8) == replay_node_cache(one, KB, 100 * KB)
+    two = [[epoch_order(400, e, 0, r, 2) for e in range(4)] for r in range(2)]
+    plain, _ = replay_node_cache(two, KB, 120 * KB)
+    windowed, lookups = replay_node_cache(two, KB, 120 * KB, window=40, batch_size=8)
+    assert plain == [400, 280, 280] and lookups == [400, 400, 400]
+    assert windowed == [400, 272, 272]
+    with pytest.raises(UsageError, match="window"):
+        replay_node_cache(one, KB, 100 * KB, window=-1)
