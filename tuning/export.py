@@ -30,7 +30,7 @@ from __future__ import annotations
 import math
 import statistics
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ from delibench.tuning.tuner import (
     noise_sd,
     rank_configs,
 )
+from delibench.yamlfile import read_yaml
 
 __all__ = [
     "TRIALS_SCHEMA",
@@ -335,16 +336,12 @@ def read_best_config(path: str | Path) -> tuple[TuneConfig, dict[str, Any]]:
     """Read a ``best.yaml`` back: the loader configuration and the other top-level keys.
 
     Raises:
-        UsageError: Missing file, bad YAML, or no valid ``loader`` section.
+        UsageError: One line naming the file: it cannot be read, is not valid YAML, is not a
+            mapping, or has no ``loader:`` mapping.
     """
-    try:
-        doc = yaml.safe_load(Path(path).read_text())
-    except OSError as exc:
-        raise UsageError(f"cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{path} is not valid YAML: {exc}") from exc
-    if not isinstance(doc, dict) or not isinstance(doc.get("loader"), dict):
-        raise UsageError(f"{path} has no 'loader:' mapping")
+    doc = read_yaml(path, "tuned config")
+    if not isinstance(doc.get("loader"), Mapping):
+        raise UsageError(f"{path}: no 'loader:' mapping")
     rest = {k: v for k, v in doc.items() if k != "loader"}
     config = TuneConfig.from_mapping(doc["loader"])
     if "num_workers" in rest and config.num_workers is None:

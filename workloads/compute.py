@@ -22,6 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 from delibench.errors import UsageError
 from delibench.records import ComputeSpec
 from delibench.units import parse_duration
+from delibench.yamlfile import check_keys, expect_mapping, parse_yaml, read_yaml
 
 __all__ = [
     "Compute",
@@ -415,6 +416,9 @@ class GpuProfile:
         }
 
 
+#: What a profiles file is called in its error messages.
+_WHAT = "profiles file"
+
 _PROFILE_FIELDS = {"workload", "accelerator", "batch_size", "samples_per_s", "step_time_s", "precision", "source", "approximate"}
 
 
@@ -424,22 +428,14 @@ def default_profiles_path() -> Path:
     return Path(base) / "delibench" / "profiles.yaml"
 
 
-def _read_profile_file(text: str, origin: str) -> dict[str, GpuProfile]:
-    import yaml
-
-    try:
-        doc = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise UsageError(f"{origin}: not valid YAML ({str(exc).splitlines()[0]})") from exc
-    if not isinstance(doc, Mapping) or not isinstance(doc.get("profiles", {}), Mapping):
-        raise UsageError(f"{origin}: expected a mapping with a 'profiles:' section")
+def _profiles_in(doc: Mapping[str, Any], origin: str) -> dict[str, GpuProfile]:
+    """The profiles of a profiles file's mapping (``origin`` names the file in every message)."""
+    section = expect_mapping(doc.get("profiles", {}), origin, "'profiles:' section")
     out: dict[str, GpuProfile] = {}
-    for name, entry in (doc.get("profiles") or {}).items():
-        if not isinstance(entry, Mapping):
-            raise UsageError(f"{origin}: profile {name!r} must be a mapping")
-        unknown = set(entry) - _PROFILE_FIELDS
-        if unknown:
-            raise UsageError(f"{origin}: profile {name!r} has unknown key(s) {sorted(unknown)}", hint=f"known keys: {', '.join(sorted(_PROFILE_FIELDS))}")
+    for name, entry in section.items():
+        where = f"{origin}: profile {name!r}"
+        entry = expect_mapping(entry, where, "profile")
+        check_keys(entry, sorted(_PROFILE_FIELDS), where)
         try:
             batch = int(entry["batch_size"])
             if "samples_per_s" in entry:
@@ -474,7 +470,8 @@ def load_profiles(path: str | os.PathLike[str] | None = None) -> dict[str, GpuPr
         UsageError: ``path`` does not exist, or a file is malformed.
     """
     shipped = resources.files("delibench.workloads").joinpath("gpu_profiles.yaml").read_text(encoding="utf-8")
-    profiles = _read_profile_file(shipped, "gpu_profiles.yaml (shipped)")
+    origin = "gpu_profiles.yaml (shipped)"
+    profiles = _profiles_in(expect_mapping(parse_yaml(shipped, origin) or {}, origin, _WHAT), origin)
     candidates: list[tuple[Path, bool]] = [(default_profiles_path(), False)]
     if path is not None:
         candidates.append((Path(path), True))
@@ -483,7 +480,7 @@ def load_profiles(path: str | os.PathLike[str] | None = None) -> dict[str, GpuPr
             if required:
                 raise UsageError(f"profiles file not found: {file}", hint="write one with 'delibench calibrate --profiles FILE'")
             continue
-        profiles.update(_read_profile_file(file.read_text(encoding="utf-8"), str(file)))
+        profiles.update(_profiles_in(read_yaml(file, _WHAT), str(file)))
     return profiles
 
 
@@ -498,8 +495,8 @@ def save_profile(profile: GpuProfile, path: str | os.PathLike[str] | None = None
     file = Path(path) if path is not None else default_profiles_path()
     doc: dict[str, Any] = {"version": 1, "profiles": {}}
     if file.is_file():
-        loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-        _read_profile_file(file.read_text(encoding="utf-8"), str(file))  # refuse to merge into a broken file
+        loaded = read_yaml(file, _WHAT)
+        _profiles_in(loaded, str(file))  # refuse to merge into a broken file
         doc.update(loaded)
         doc["profiles"] = dict(loaded.get("profiles") or {})
     doc["profiles"][profile.name] = profile.to_yaml_dict()
