@@ -17,17 +17,18 @@ from delibench.errors import UsageError
 from delibench.loaders.cache import ByteBudgetCache
 from delibench.loaders.sampler import epoch_order, next_use
 
-__all__ = ["CacheSimulator", "SimResult", "next_uses", "simulate_hit_rate"]
+__all__ = ["CacheSimulator", "SimResult", "SizedBlob", "next_uses", "simulate_hit_rate"]
 
 
-class _Blob(bytes):
+class SizedBlob(bytes):
     """An empty ``bytes`` that reports the size of the sample it stands for.
 
     ``ByteBudgetCache`` only reads ``len(data)``; allocating real buffers for every simulated miss
-    would cost as much memory as the cache being simulated.
+    would cost as much memory as the cache being simulated. Every replay of the cache (this
+    simulator, ``tuning.scale``'s node replay) offers it these.
     """
 
-    def __new__(cls, size: int) -> _Blob:
+    def __new__(cls, size: int) -> SizedBlob:
         obj = super().__new__(cls, b"")
         obj.size = size  # type: ignore[attr-defined]
         return obj
@@ -170,7 +171,7 @@ class CacheSimulator:
         hits_per_epoch = [0] * self.epochs
         lookups_per_epoch = [0] * self.epochs
         evictions = peak = 0
-        blobs: dict[int, _Blob] = {}
+        blobs: dict[int, SizedBlob] = {}
         for r in self.ranks:
             cache = ByteBudgetCache(cache_size_bytes, eviction, capacity_items=cache_items)
             hits_before = 0
@@ -180,7 +181,7 @@ class CacheSimulator:
                         size = self.sizes[idx]
                         blob = blobs.get(size)
                         if blob is None:
-                            blob = blobs[size] = _Blob(size)
+                            blob = blobs[size] = SizedBlob(size)
                         cache.put(idx, blob, nxt)
                 # NOTE: hits come from the cache's own counters, not from a second bookkeeping.
                 hits_now = cache.stats().hits
