@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import random
 import statistics
-import subprocess
 import sys
 import time
 import zlib
@@ -219,22 +218,14 @@ def _worker(url: str, study: str, mode: str, n_trials: int, rendezvous: Path, ou
 
 
 def _run_processes(url: str, study: str, mode: str, n_trials: int, tmp_path: Path) -> list[dict]:
+    from tests.tuning.processes import run_together
+
     rendezvous = tmp_path / f"rendezvous-{mode}"
     rendezvous.mkdir()
-    procs = [
-        subprocess.Popen([sys.executable, __file__, url, study, mode, str(n_trials), str(rendezvous), str(tmp_path / f"{mode}{i}.json")],
-                         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        for i in range(PROCESSES)
-    ]
-    try:
-        outputs = [p.communicate(timeout=100)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, output in zip(procs, outputs):
-        assert p.returncode == 0, output
+    run_together(
+        [[__file__, url, study, mode, str(n_trials), str(rendezvous), str(tmp_path / f"{mode}{i}.json")] for i in range(PROCESSES)],
+        cwd=tmp_path, timeout_s=100,
+    )
     return [json.loads((tmp_path / f"{mode}{i}.json").read_text()) for i in range(PROCESSES)]
 
 

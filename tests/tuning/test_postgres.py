@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -95,28 +94,18 @@ def _worker(url: str, study: str, n_trials: int, rendezvous: Path, total: int, o
 def test_tune_processes_share_one_postgres_study(postgres_server, tmp_path: Path) -> None:
     import optuna
 
+    from tests.tuning.processes import run_together
+
     url = postgres_server.url("shared_study", password=PASSWORD)  # trust auth: the password is only carried
     study = "fp-0123456789ab"  # what Fingerprint.study_name gives every VM of one environment
     rendezvous = tmp_path / "rendezvous"
     rendezvous.mkdir()
     total = PROCESSES * TRIALS_EACH
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, url, study, str(TRIALS_EACH), str(rendezvous), str(total), str(tmp_path / f"proc{i}.json")],
-            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        )
-        for i in range(PROCESSES)
-    ]
-    try:
-        outputs = [p.communicate(timeout=90)[0] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
-    for p, output in zip(procs, outputs):
-        assert p.returncode == 0, output
-        assert PASSWORD not in output
+    outputs = run_together(
+        [[__file__, url, study, str(TRIALS_EACH), str(rendezvous), str(total), str(tmp_path / f"proc{i}.json")] for i in range(PROCESSES)],
+        cwd=tmp_path, timeout_s=90,
+    )
+    assert all(PASSWORD not in output for output in outputs)
 
     loaded = optuna.load_study(study_name=study, storage=url)
     trials = loaded.get_trials(deepcopy=False)

@@ -14,8 +14,9 @@ from delibench.loaders.sampler import epoch_order
 from delibench.tuning.simulator import CacheSimulator, simulate_hit_rate
 
 
-def brute_lru(orders: list[list[int]], sizes: list[int], capacity: int) -> list[int]:
-    """Hits per epoch of a textbook LRU cache with a byte budget."""
+def brute_queue(orders: list[list[int]], sizes: list[int] | None, capacity: int, *, renew: bool) -> list[int]:
+    """Hits per epoch of a textbook queue cache with a byte budget (``sizes=None``: items of size 1,
+    ``capacity`` slots): LRU when a hit ``renew``s its item, FIFO when it does not."""
     cache: OrderedDict[int, int] = OrderedDict()
     used = 0
     hits = []
@@ -24,17 +25,23 @@ def brute_lru(orders: list[list[int]], sizes: list[int], capacity: int) -> list[
         for idx in order:
             if idx in cache:
                 h += 1
-                cache.move_to_end(idx)
+                if renew:
+                    cache.move_to_end(idx)
                 continue
-            if sizes[idx] > capacity:
+            size = 1 if sizes is None else sizes[idx]
+            if size > capacity:
                 continue
-            while used + sizes[idx] > capacity:
-                _, size = cache.popitem(last=False)
-                used -= size
-            cache[idx] = sizes[idx]
-            used += sizes[idx]
+            while used + size > capacity:
+                used -= cache.popitem(last=False)[1]
+            cache[idx] = size
+            used += size
         hits.append(h)
     return hits
+
+
+def brute_lru(orders: list[list[int]], sizes: list[int], capacity: int) -> list[int]:
+    """Hits per epoch of a textbook LRU cache with a byte budget."""
+    return brute_queue(orders, sizes, capacity, renew=True)
 
 
 def brute_belady(orders: list[list[int]], slots: int) -> list[int]:
@@ -69,21 +76,7 @@ def brute_belady(orders: list[list[int]], slots: int) -> list[int]:
 
 def brute_fifo(orders: list[list[int]], slots: int) -> list[int]:
     """Hits per epoch of a textbook FIFO cache of ``slots`` items (a hit does not renew an item)."""
-    cache: OrderedDict[int, None] = OrderedDict()
-    hits = []
-    for order in orders:
-        h = 0
-        for idx in order:
-            if idx in cache:
-                h += 1
-                continue
-            if slots == 0:
-                continue
-            if len(cache) >= slots:
-                cache.popitem(last=False)
-            cache[idx] = None
-        hits.append(h)
-    return hits
+    return brute_queue(orders, None, slots, renew=False)
 
 
 def orders_for(n: int, epochs: int, seed: int, rank: int = 0, world: int = 1, limit: int | None = None) -> list[list[int]]:
