@@ -151,18 +151,11 @@ def gcs_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerHandl
 @pytest.fixture
 def gcs_bucket(gcs_server: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A new bucket on ``gcs_server``; ``STORAGE_EMULATOR_HOST`` is set; yields ``"gs://<bucket>"``."""
-    import json
-    import urllib.request
+    # NOTE: the testbed's own bucket creation (testbed up, the lab); private there until testbed.py exports it.
+    from delibench.testbed.testbed import _create_gcs_bucket
 
     name = _unique_bucket("test")
-    request = urllib.request.Request(
-        f"{gcs_server.endpoint_url}/storage/v1/b?project=delibench",
-        data=json.dumps({"name": name}).encode(),
-        headers={"Content-Type": "application/json"},
-        method="POST",
-    )
-    with urllib.request.urlopen(request, timeout=10) as resp:
-        resp.read()
+    _create_gcs_bucket(gcs_server.endpoint_url, name)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server.endpoint_url)
     monkeypatch.setenv(*GCS_BUCKET_TYPE_PROBE)
     _clear_fsspec_caches()

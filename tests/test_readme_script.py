@@ -17,18 +17,14 @@ from typing import Any
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.readme_snippets import readme_python_block
+
 SECTION = "### The loader in your own training script"
 
 
 def readme_script() -> str:
     """The first ``python`` block of the README section (the complete training script)."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index(SECTION) :]
-    section = section[: section.index("\n## ")]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "no python block in the README section"
-    return match.group(1)
+    return readme_python_block(SECTION)
 
 
 def _substitute(script: str, old: str, new: str) -> str:
