@@ -26,6 +26,15 @@ construction, as DDP does.
   local; the outer momentum is identical on every rank (it sees the same averaged pseudo-gradient).
 * :class:`AllReduceGradients`: the synchronous baseline (gradients averaged over all ranks every step).
 
+**Checkpoints.** Every strategy has ``state_dict()`` / ``load_state_dict()`` in the shape of
+``torch.optim.Optimizer``'s (the wrapped optimizer's state nested under ``optim``, the strategy's
+own counters, anchors, outer optimizer and compression state beside it, a ``version``): save it
+with the model's ``state_dict()`` on every rank (ranks of model averaging differ between averages),
+and on restart build model, optimizer and strategy as before, then load both. A restored run
+continues as the uninterrupted one would (exactly, for the synchronous strategies and for
+ASGD-GA with ``max_staleness=0``); :class:`AsyncGradientAccumulation` says what its checkpoint
+holds of the updates in flight.
+
 Compression of what crosses regions (:class:`Compression`) reuses PyTorch's DDP communication hooks
 (``fp16_compress_hook``, ``bf16_compress_hook``, ``powerSGD_hook`` with ``PowerSGDState``) on one
 flat bucket per exchange; the asynchronous strategy, whose exchange is point-to-point rather than an
@@ -76,6 +85,8 @@ __all__ = [
 ]
 
 COMPRESSIONS = ("none", "fp16", "bf16", "powersgd")
+#: The version of the dicts the strategies' ``state_dict()`` returns (``load_state_dict`` refuses others).
+STATE_VERSION = 1
 
 
 def _param_list(params: Any) -> list[torch.nn.Parameter]:
@@ -150,6 +161,59 @@ class Compression:
             raise UsageError(f"unknown compression {kind!r}", hint=f"choose one of {', '.join(COMPRESSIONS)}")
         self.kind, self.rank, self.start_iter, self.min_compression_rate = kind, rank, start_iter, min_compression_rate
         self._powersgd: Any = None
+        self._restored: dict[str, Any] | None = None  # a loaded PowerSGD state, applied when PowerSGD starts
+
+    def state_dict(self) -> dict[str, Any]:
+        """``kind`` and, for PowerSGD, its state: exchanges done, error feedback, warm-start factors, random state."""
+        state = self._powersgd
+        if state is None:
+            return {"kind": self.kind, "powersgd": self._restored}
+        _, keys, pos, has_gauss, gauss = state.rng.get_state()
+        return {
+            "kind": self.kind,
+            "powersgd": {
+                "iter": int(state.iter),
+                "error": {int(k): v.detach().clone() for k, v in state.error_dict.items()},
+                "p_memory": {int(k): v.detach().clone() for k, v in state.p_memory_dict.items()},
+                "q_memory": {int(k): v.detach().clone() for k, v in state.q_memory_dict.items()},
+                "rng": [torch.from_numpy(keys.astype("int64")), int(pos), int(has_gauss), float(gauss)],
+                "numel_before": int(state.total_numel_before_compression),
+                "numel_after": int(state.total_numel_after_compression),
+            },
+        }
+
+    def check_state(self, state: Any) -> str | None:
+        """What is wrong with ``state`` (from :meth:`state_dict`) for this compression, or ``None``."""
+        if not isinstance(state, dict) or "kind" not in state or "powersgd" not in state:
+            return "corrupt state: 'compression' is not a Compression state_dict()"
+        if state["kind"] != self.kind:
+            return f"the state was saved with compression {state['kind']!r}, this strategy uses {self.kind!r}"
+        saved = state["powersgd"]
+        keys = ("iter", "error", "p_memory", "q_memory", "rng", "numel_before", "numel_after")
+        if saved is not None and (self.kind != "powersgd" or not isinstance(saved, dict) or any(k not in saved for k in keys)):
+            return "corrupt state: its PowerSGD state is incomplete"
+        return None
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume from :meth:`state_dict` (checked with :meth:`check_state`)."""
+        self._restored = state["powersgd"]
+        if self._powersgd is not None and self._restored is not None:
+            self._restore_powersgd()
+
+    def _restore_powersgd(self) -> None:
+        import numpy as np
+
+        saved, state = self._restored, self._powersgd
+        assert saved is not None
+        state.iter = int(saved["iter"])
+        state.error_dict = {int(k): v.clone() for k, v in saved["error"].items()}
+        state.p_memory_dict = {int(k): v.clone() for k, v in saved["p_memory"].items()}
+        state.q_memory_dict = {int(k): v.clone() for k, v in saved["q_memory"].items()}
+        keys, pos, has_gauss, gauss = saved["rng"]
+        state.rng.set_state(("MT19937", np.asarray(keys.numpy(), dtype=np.uint32), int(pos), int(has_gauss), float(gauss)))
+        state.total_numel_before_compression = int(saved["numel_before"])
+        state.total_numel_after_compression = int(saved["numel_after"])
+        self._restored = None
 
     @staticmethod
     def of(value: Compression | str | None) -> Compression:
@@ -183,6 +247,8 @@ class Compression:
                 start_powerSGD_iter=self.start_iter,
                 min_compression_rate=self.min_compression_rate,
             )
+            if self._restored is not None:
+                self._restore_powersgd()
         state = self._powersgd
         vanilla = state.iter < state.start_powerSGD_iter
         flat.copy_(powerSGD_hook.powerSGD_hook(state, bucket).wait()).mul_(size)
@@ -239,11 +305,91 @@ class _GeoOptimizer(torch.optim.Optimizer):
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         raise UsageError(f"{type(self).__name__}: add parameter groups to the inner optimizer before wrapping it")
 
+    #: The strategy's own keys in its state (besides the common ones and the inner optimizer's).
+    _STATE_KEYS: tuple[str, ...] = ()
+
     def state_dict(self) -> dict[str, Any]:
-        return {"optim": self.optim.state_dict()}
+        """This rank's state, to ``torch.save`` beside the model's ``state_dict()`` at a checkpoint.
+
+        A plain dict (tensors, numbers, strings, lists; ``torch.load(..., weights_only=True)`` reads
+        it): ``version`` (:data:`STATE_VERSION`), ``strategy`` (the class name), ``shapes`` (of the
+        parameters it steps), ``optim`` (the wrapped optimizer's ``state_dict()``, momentum and Adam
+        moments included) and the strategy's own fields (counters, anchors, outer optimizer,
+        compression state). The parameters themselves are the model's: save ``model.state_dict()``.
+        """
+        state: dict[str, Any] = {
+            "version": STATE_VERSION,
+            "strategy": type(self).__name__,
+            "shapes": [list(shape) for shape in self._shapes],
+            "optim": self.optim.state_dict(),
+        }
+        state.update(self._own_state())
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optim.load_state_dict(state_dict["optim"])
+        """Resume from :meth:`state_dict` (this rank's own; the same strategy on the same model).
+
+        Build the model, the optimizer and the strategy as for a fresh run, then load the model's
+        parameters and this state: construction broadcasts rank 0's parameters (``sync_initial``),
+        so load the model after it. Nothing is changed unless the whole state is valid.
+
+        Raises:
+            UsageError: Not a strategy state, another strategy's or another version's, or one for
+                parameters of other shapes (the message names which).
+        """
+        self._check_state(state_dict)
+        self._load_state(state_dict)
+
+    def _own_state(self) -> dict[str, Any]:
+        return {}
+
+    def _check_own(self, state: dict[str, Any]) -> None:
+        """Raise :func:`_bad_state` when the strategy's own fields do not fit (mutates nothing)."""
+
+    def _load_own(self, state: dict[str, Any]) -> None:
+        """Restore the strategy's own fields (``state`` already checked)."""
+
+    def _check_tensor(self, value: Any, key: str, shape: tuple[int, ...], dtype: torch.dtype) -> None:
+        if not isinstance(value, torch.Tensor) or tuple(value.shape) != tuple(shape) or value.dtype != dtype:
+            raise self._bad(f"corrupt state: {key!r} is not a {dtype} tensor of shape {tuple(shape)}")
+
+    def _bad(self, problem: str) -> UsageError:
+        return UsageError(f"{type(self).__name__}.load_state_dict: {problem}", hint="load the state_dict() this strategy saved, built on the same model")
+
+    def _check_state(self, state: Any) -> None:
+        name = type(self).__name__
+        if not isinstance(state, dict):
+            raise self._bad(f"expected the dict state_dict() returns, got {type(state).__name__}")
+        if "version" not in state or "strategy" not in state:
+            raise self._bad("not a geo strategy state (no 'version' or 'strategy' key)")
+        version = state["version"]
+        if version != STATE_VERSION:
+            newer = isinstance(version, int) and version > STATE_VERSION
+            raise self._bad(f"state version {version!r} {'is newer than' if newer else 'is not'} the version this delibench reads ({STATE_VERSION})")
+        if state["strategy"] != name:
+            raise self._bad(f"the state is {state['strategy']}'s, not {name}'s")
+        missing = [key for key in ("shapes", "optim", *self._STATE_KEYS) if key not in state]
+        if missing:
+            raise self._bad(f"corrupt state: no {', '.join(repr(k) for k in missing)}")
+        shapes = [list(shape) for shape in self._shapes]
+        if state["shapes"] != shapes:
+            saved = state["shapes"]
+            count = sum(int(torch.Size(s).numel()) for s in saved) if isinstance(saved, list) and all(isinstance(s, list) for s in saved) else "?"
+            raise self._bad(f"the state is for {len(saved) if isinstance(saved, list) else '?'} parameter tensors of {count} elements, this strategy steps {len(shapes)} of {self.numel}")
+        optim = state["optim"]
+        groups = optim.get("param_groups") if isinstance(optim, dict) else None
+        if not isinstance(groups, list) or "state" not in optim or not all(isinstance(g, dict) and isinstance(g.get("params"), list) for g in groups):
+            raise self._bad("corrupt state: 'optim' is not an optimizer state_dict()")
+        if [len(g["params"]) for g in groups] != [len(g["params"]) for g in self.optim.param_groups]:
+            raise self._bad(f"the inner optimizer's parameter groups differ ({[len(g['params']) for g in groups]} parameters saved, {[len(g['params']) for g in self.optim.param_groups]} here)")
+        self._check_own(state)
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        try:
+            self.optim.load_state_dict(state["optim"])
+        except (ValueError, KeyError, TypeError) as exc:  # checked above; what torch still refuses
+            raise self._bad(f"the inner optimizer refused its state: {exc}".replace("\n", " ")) from exc
+        self._load_own(state)
 
     @torch.no_grad()
     def _broadcast_initial(self) -> None:
@@ -319,6 +465,25 @@ class _PeriodicAverage(_GeoOptimizer):
         self.syncs = 0
         self._samples = 0.0
 
+    _STATE_KEYS = ("steps", "syncs", "samples", "compression")
+
+    def _own_state(self) -> dict[str, Any]:
+        return {"steps": self.steps, "syncs": self.syncs, "samples": self._samples, "compression": self.compression.state_dict()}
+
+    def _check_own(self, state: dict[str, Any]) -> None:
+        for key in ("steps", "syncs"):
+            if not isinstance(state[key], int) or state[key] < 0:
+                raise self._bad(f"corrupt state: {key!r} is {state[key]!r}")
+        if not isinstance(state["samples"], (int, float)):
+            raise self._bad(f"corrupt state: 'samples' is {state['samples']!r}")
+        problem = self.compression.check_state(state["compression"])
+        if problem:
+            raise self._bad(problem)
+
+    def _load_own(self, state: dict[str, Any]) -> None:
+        self.steps, self.syncs, self._samples = int(state["steps"]), int(state["syncs"]), float(state["samples"])
+        self.compression.load_state_dict(state["compression"])
+
     def _count(self, samples: float | None) -> bool:
         self.steps += 1
         self._samples += 1.0 if samples is None else float(samples)
@@ -390,6 +555,19 @@ class ModelAveraging(_PeriodicAverage):
         super().__init__(optimizer, params, group, period=period, compression=compression, weighting=weighting, sync_initial=sync_initial, average_region_gradients=average_region_gradients)
         self.optimizer_state = optimizer_state
         self._anchor = _flat(self.params).clone()
+
+    _STATE_KEYS = (*_PeriodicAverage._STATE_KEYS, "anchor")
+
+    def _own_state(self) -> dict[str, Any]:
+        return {**super()._own_state(), "anchor": self._anchor.clone()}
+
+    def _check_own(self, state: dict[str, Any]) -> None:
+        super()._check_own(state)
+        self._check_tensor(state["anchor"], "anchor", (self.numel,), self._anchor.dtype)
+
+    def _load_own(self, state: dict[str, Any]) -> None:
+        super()._load_own(state)
+        self._anchor = state["anchor"].clone()
 
     def step(self, closure: Callable[[], Any] | None = None, *, samples: float | None = None) -> Any:  # type: ignore[override]
         loss = self._inner_step(closure)
@@ -479,13 +657,26 @@ class DiLoCo(_PeriodicAverage):
         for p, op in zip(self.params, self.outer_params, strict=True):
             p.data.copy_(op)
 
-    def state_dict(self) -> dict[str, Any]:
-        return {"optim": self.optim.state_dict(), "outer": self.outer_optimizer.state_dict(), "outer_params": [p.detach().clone() for p in self.outer_params]}
+    _STATE_KEYS = (*_PeriodicAverage._STATE_KEYS, "outer", "outer_params")
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.optim.load_state_dict(state_dict["optim"])
-        self.outer_optimizer.load_state_dict(state_dict["outer"])
-        for op, saved in zip(self.outer_params, state_dict["outer_params"], strict=True):
+    def _own_state(self) -> dict[str, Any]:
+        return {**super()._own_state(), "outer": self.outer_optimizer.state_dict(), "outer_params": [p.detach().clone() for p in self.outer_params]}
+
+    def _check_own(self, state: dict[str, Any]) -> None:
+        super()._check_own(state)
+        outer, saved = state["outer"], state["outer_params"]
+        groups = outer.get("param_groups") if isinstance(outer, dict) else None
+        if not isinstance(groups, list) or "state" not in outer or [len(g.get("params", ())) for g in groups] != [len(self.outer_params)]:
+            raise self._bad("corrupt state: 'outer' is not the outer SGD's state_dict()")
+        if not isinstance(saved, list) or len(saved) != len(self.outer_params):
+            raise self._bad(f"corrupt state: 'outer_params' is not a list of {len(self.outer_params)} tensors")
+        for i, (op, value) in enumerate(zip(self.outer_params, saved, strict=True)):
+            self._check_tensor(value, f"outer_params[{i}]", tuple(op.shape), op.dtype)
+
+    def _load_own(self, state: dict[str, Any]) -> None:
+        super()._load_own(state)
+        self.outer_optimizer.load_state_dict(state["outer"])
+        for op, saved in zip(self.outer_params, state["outer_params"], strict=True):
             op.data.copy_(saved)
 
     def finish(self) -> None:
@@ -523,6 +714,7 @@ class _PeerLinks:
         self._cond = threading.Condition()
         self._inbox: dict[int, list[tuple[int, torch.Tensor]]] = {i: [] for i in self.peers}
         self._taken = {i: 0 for i in self.peers}
+        self._skip = {i: 0 for i in self.peers}  # rounds <= this are dropped on arrival (see restore)
         self._done: dict[int, int | None] = {i: None for i in self.peers}
         self._error: BaseException | None = None
         self._queues: dict[int, queue.Queue[tuple[torch.Tensor, torch.Tensor | None]]] = {i: queue.Queue() for i in self.peers}
@@ -571,8 +763,9 @@ class _PeerLinks:
                 if delay > 0:  # the emulated WAN: not before departure + rtt/2 + bytes/bandwidth
                     time.sleep(delay)
                 with self._cond:
-                    self._inbox[peer].append((int(round_), payload))
-                    self._cond.notify_all()
+                    if int(round_) > self._skip[peer]:  # else: re-sent after a restore, already applied
+                        self._inbox[peer].append((int(round_), payload))
+                        self._cond.notify_all()
         except BaseException as exc:  # noqa: BLE001 - handed to the training thread
             self._fail(exc)
 
@@ -611,17 +804,8 @@ class _PeerLinks:
         limit. Returns ``[(peer, round, update)]`` and the seconds waited.
         """
         t0 = time.perf_counter()
-        deadline = time.monotonic() + self.timeout_s
         with self._cond:
-            while True:
-                if self._error is not None:
-                    raise RuntimeFailure(f"geo update exchange failed: {self._error}") from self._error
-                if self._ready(need):
-                    break
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise RuntimeFailure(f"no update from another region within {self.timeout_s:.0f} s", hint="a region stopped or its link is down")
-                self._cond.wait(timeout=min(left, 1.0))
+            self._wait_locked(need)
             out = []
             for peer in self.peers:
                 inbox = self._inbox[peer]  # in round order: one FIFO link per peer
@@ -630,6 +814,43 @@ class _PeerLinks:
                 self._taken[peer] += n
                 self._inbox[peer] = inbox[n:]
         return out, time.perf_counter() - t0
+
+    def _wait_locked(self, need: int | None) -> None:
+        """Wait (holding ``_cond``) until every peer's rounds up to ``need`` are in (see :meth:`take`)."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            if self._error is not None:
+                raise RuntimeFailure(f"geo update exchange failed: {self._error}") from self._error
+            if self._ready(need):
+                return
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise RuntimeFailure(f"no update from another region within {self.timeout_s:.0f} s", hint="a region stopped or its link is down")
+            self._cond.wait(timeout=min(left, 1.0))
+
+    def snapshot(self, upto: int) -> tuple[dict[int, int], dict[int, list[tuple[int, torch.Tensor]]], float]:
+        """Wait until every peer's rounds up to ``upto`` are in; then, without taking anything, return
+        per peer the rounds taken so far, the arrived rounds ``<= upto`` not taken yet, and the seconds waited."""
+        t0 = time.perf_counter()
+        with self._cond:
+            self._wait_locked(upto)
+            taken = dict(self._taken)
+            pending = {peer: [(round_, payload.clone()) for round_, payload in self._inbox[peer] if round_ <= upto] for peer in self.peers}
+        return taken, pending, time.perf_counter() - t0
+
+    def restore(self, taken: dict[int, int], pending: dict[int, list[tuple[int, torch.Tensor]]], own_round: int) -> None:
+        """Resume from a :meth:`snapshot` taken at round ``own_round`` (every peer resumes at that round too).
+
+        A peer sends its rounds after ``own_round`` again: the ones already taken before the snapshot
+        are dropped on arrival (also any that arrived before this call), so none is applied twice.
+        """
+        with self._cond:
+            for peer in self.peers:
+                self._taken[peer] = taken[peer]
+                self._skip[peer] = max(taken[peer], own_round)
+                early = [(round_, payload) for round_, payload in self._inbox[peer] if round_ > self._skip[peer]]
+                self._inbox[peer] = list(pending[peer]) + early
+            self._cond.notify_all()
 
     def close(self, final_round: int) -> None:
         """Tell every peer that no update follows round ``final_round``."""
@@ -655,6 +876,27 @@ class AsyncGradientAccumulation(_GeoOptimizer):
     one waits for the next boundary), so no update is applied more than S rounds from the round the
     region is in. ``staleness`` lists, per applied update, how many rounds behind it was (0 for
     one from a region ahead), on region leaders.
+
+    **Checkpoints.** ``state_dict()`` is collective: every rank calls it at the same step ``k`` (as a
+    loop that checkpoints every N steps does). It describes the cut at this region's last round
+    boundary, round ``r = k // accum``: the model of record (float64), the optimizer, the
+    ``k - r * accum`` local steps since (their change is in the model's parameters, saved with the
+    model), and per other region how many of its rounds have been applied and which of its rounds
+    ``<= r`` have arrived but are not applied yet. Before it returns, the leader waits until every
+    other region's rounds ``<= r`` have arrived: updates in flight are *recorded*, not drained
+    (applied). Every update made before the cut is so in the checkpoint of each region exactly
+    once, applied or pending; an update made after it (round ``> r``, made after its region's own
+    ``state_dict()`` at step ``k``) is in none, and after a restart its region, resumed at step
+    ``k``, makes it again and sends it. A receiving region drops a re-sent round it had already
+    applied (possible only in a narrow race at the boundary; then it keeps the copy it applied,
+    the same update when training is deterministic). So a restore neither loses an update nor
+    applies one twice. Why record rather than drain: applying the pending updates inside
+    ``state_dict()`` would change what the run applies at every checkpoint, so a run that
+    checkpoints would train differently from one that does not; recording only adds a wait (a
+    region ahead waits once per checkpoint for the others to finish round ``r``, as ``S=0``
+    would) and with ``max_staleness=0`` a restored run equals an uninterrupted one.
+    ``load_state_dict()`` is collective too: every rank loads its region's state from the same
+    step (any rank of the region's; they are equal), and a mismatch fails every rank at once.
 
     Args:
         optimizer: The inner (local) optimizer; its state stays local.
@@ -702,6 +944,130 @@ class AsyncGradientAccumulation(_GeoOptimizer):
         self.waited_s = 0.0
         self._links = _PeerLinks(self.comm, self.numel, self._wire, timeout_s) if self.comm.cross_region else None
         self._finished = False
+
+    _STATE_KEYS = ("accum", "round", "local_steps", "model_of_record", "regions", "region", "applied", "pending", "staleness", "waited_s", "compression")
+
+    @torch.no_grad()
+    def state_dict(self) -> dict[str, Any]:
+        """This region's state at the cut described under "Checkpoints" (collective: every rank, at the same step).
+
+        Waits until every other region's rounds up to this region's ``round`` have arrived; every
+        rank of a region returns the same state.
+        """
+        return super().state_dict()
+
+    def _own_state(self) -> dict[str, Any]:
+        comm, regions = self.comm, self.comm.topology.regions
+        applied: dict[str, int] = {}
+        pending: list[dict[str, Any]] = []
+        if self._links is not None:
+            peers = self._links.peers
+            header = torch.zeros(2 * len(peers), dtype=torch.float64)
+            stack = torch.empty(0, self.numel, dtype=torch.float32)
+            if comm.is_leader:
+                taken, arrived, waited = self._links.snapshot(self.round)
+                self.waited_s += waited
+                comm.ledger.sync_s += waited
+                for i, peer in enumerate(peers):
+                    header[i], header[len(peers) + i] = taken[peer], len(arrived[peer])
+                updates = [payload for peer in peers for _, payload in arrived[peer]]
+                if updates:
+                    stack = torch.stack(updates).to(torch.float32)  # exact for fp16/bf16; gloo broadcasts float32
+            comm.region_broadcast_(header)  # every rank of the region holds the region's state
+            counts = [int(n) for n in header[len(peers) :].tolist()]
+            if sum(counts) and not comm.is_leader:
+                stack = torch.empty(sum(counts), self.numel, dtype=torch.float32)
+            if sum(counts):
+                comm.region_broadcast_(stack)
+            row = 0
+            for i, peer in enumerate(peers):
+                applied[regions[peer]] = int(header[i])
+                for j in range(counts[i]):
+                    pending.append({"region": regions[peer], "round": applied[regions[peer]] + 1 + j, "update": stack[row].to(self._wire).clone()})
+                    row += 1
+        return {
+            "accum": self.accum,
+            "round": self.round,
+            "local_steps": self.local_steps,
+            "model_of_record": self._start64.clone(),
+            "regions": list(regions),
+            "region": comm.region,
+            "applied": applied,
+            "pending": pending,
+            "staleness": torch.tensor(self.staleness, dtype=torch.int64),
+            "waited_s": float(self.waited_s),
+            "compression": self.compression.state_dict(),
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume this region from its :meth:`state_dict` (collective: every rank, before its first step).
+
+        Every rank must load a state saved at the same step (the same checkpoint); if one rank's
+        state does not fit, every rank raises instead of waiting for it.
+
+        Raises:
+            UsageError: As :meth:`_GeoOptimizer.load_state_dict`, or another region's state, or
+                the ranks' states are from different steps.
+        """
+        problem: UsageError | None = None
+        try:
+            self._check_state(state_dict)
+        except UsageError as exc:
+            problem = exc
+        step = 0 if problem else state_dict["round"] * self.accum + state_dict["local_steps"]
+        flags = torch.tensor([1.0 if problem else 0.0, step, -step], dtype=torch.float64)
+        dist.all_reduce(flags, op=dist.ReduceOp.MAX)  # over every rank: GeoComm's topology is the world
+        if problem is not None:
+            raise problem
+        if flags[0] > 0:
+            raise self._bad("another rank's state does not fit (its error says why); nothing was loaded")
+        if flags[1] != -flags[2]:
+            raise self._bad(f"the ranks' states are from different steps ({int(-flags[2])} to {int(flags[1])}): load every rank's state from the same checkpoint")
+        self._load_state(state_dict)
+
+    def _check_own(self, state: dict[str, Any]) -> None:
+        if self._finished:
+            raise self._bad("the strategy has finished: build a new one to load a state into")
+        if state["accum"] != self.accum:
+            raise self._bad(f"the state is for accum={state['accum']!r}, this strategy has accum={self.accum}")
+        round_, local = state["round"], state["local_steps"]
+        if not isinstance(round_, int) or round_ < 0 or not isinstance(local, int) or not 0 <= local < self.accum:
+            raise self._bad(f"corrupt state: round {round_!r}, local_steps {local!r}")
+        regions = list(self.comm.topology.regions)
+        if state["regions"] != regions:
+            raise self._bad(f"the state is for regions {state['regions']!r}, this job has {regions!r}")
+        if state["region"] != self.comm.region:
+            raise self._bad(f"the state is region {state['region']!r}'s, this rank is in {self.comm.region!r}")
+        self._check_tensor(state["model_of_record"], "model_of_record", (self.numel,), torch.float64)
+        problem = self.compression.check_state(state["compression"])
+        if problem:
+            raise self._bad(problem)
+        peers = [regions[i] for i in self._links.peers] if self._links is not None else []
+        applied, pending = state["applied"], state["pending"]
+        if not isinstance(applied, dict) or sorted(applied) != sorted(peers) or not all(isinstance(n, int) and n >= 0 for n in applied.values()):
+            raise self._bad(f"corrupt state: 'applied' does not count the rounds of {peers or 'no other region'}")
+        expect = dict(applied)
+        for entry in pending if isinstance(pending, list) else [None]:
+            if not isinstance(entry, dict) or entry.get("region") not in expect or entry.get("round") != expect[entry["region"]] + 1 or entry["round"] > round_:
+                raise self._bad("corrupt state: 'pending' is not the consecutive rounds after 'applied' up to 'round'")
+            expect[entry["region"]] += 1
+            self._check_tensor(entry.get("update"), "pending update", (self.numel,), self._wire)
+        if not isinstance(state["staleness"], torch.Tensor) or not isinstance(state["waited_s"], (int, float)):
+            raise self._bad("corrupt state: 'staleness' or 'waited_s'")
+
+    def _load_own(self, state: dict[str, Any]) -> None:
+        self.round, self.local_steps = int(state["round"]), int(state["local_steps"])
+        self._start64 = state["model_of_record"].clone()
+        self._start32 = self._start64.to(self._start32.dtype)
+        self.staleness = [int(x) for x in state["staleness"].tolist()]
+        self.waited_s = float(state["waited_s"])
+        if self._links is not None:
+            index = {name: i for i, name in enumerate(self.comm.topology.regions)}
+            taken = {index[name]: n for name, n in state["applied"].items()}
+            pending: dict[int, list[tuple[int, torch.Tensor]]] = {peer: [] for peer in self._links.peers}
+            for entry in state["pending"]:
+                pending[index[entry["region"]]].append((int(entry["round"]), entry["update"].clone()))
+            self._links.restore(taken, pending, self.round)
 
     @property
     def max_staleness_seen(self) -> int:

@@ -1,5 +1,7 @@
 """The README's "Geo strategies in your own DDP script" runs as written under torchrun (3 CPU ranks, 2 regions).
 
+Its checkpoint line writes each rank's strategy state, which ``torch.load(weights_only=True)`` reads.
+
 The script ends in ``os._exit(0)``: a plain 3-rank gloo DDP script under torchrun, without
 delibench, died with "terminate called without an active exception" (SIGABRT) at interpreter exit
 in 2 of 12 runs here (PyTorch 2.14, CPU), after all its work was done.
@@ -36,6 +38,8 @@ vec = torch.nn.utils.parameters_to_vector(net.parameters()).detach()
 every = [torch.empty_like(vec) for _ in range(dist.get_world_size())]
 dist.all_gather(every, vec)
 assert all(torch.equal(v, vec) for v in every), "ranks differ after finish()"
+saved = torch.load(f"ckpt-rank{dist.get_rank()}.pt", weights_only=True)["opt"]  # the README's checkpoint
+assert saved["strategy"] == type(opt).__name__ and saved["version"] == 1, sorted(saved)
 if dist.get_rank() == 0:
     print("identical on", dist.get_world_size(), "ranks; bytes across regions", comm.ledger.cross_region_bytes)
 dist.destroy_process_group()
