@@ -204,7 +204,8 @@ class Compression:
         import numpy as np
 
         saved, state = self._restored, self._powersgd
-        assert saved is not None
+        if saved is None or state is None:
+            return
         state.iter = int(saved["iter"])
         state.error_dict = {int(k): v.clone() for k, v in saved["error"].items()}
         state.p_memory_dict = {int(k): v.clone() for k, v in saved["p_memory"].items()}
