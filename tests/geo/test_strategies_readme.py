@@ -10,16 +10,16 @@ in 2 of 12 runs here (PyTorch 2.14, CPU), after all its work was done.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests.readme_snippets import readme_python_block
+
 pytestmark = pytest.mark.slow
 
-REPO = Path(__file__).resolve().parents[2]
 SECTION = "### Geo strategies in your own DDP script"
 
 PREAMBLE = """
@@ -48,18 +48,9 @@ os._exit(0)  # PyTorch 2.14: a gloo DDP script under torchrun aborts at interpre
 """
 
 
-def readme_script() -> str:
-    text = (REPO / "README.md").read_text()
-    section = text[text.index(SECTION) :]
-    section = section[: section.index("\n## ")]
-    match = re.search(r"```python\n(.*?)```", section, re.S)
-    assert match, "no python block in the README section"
-    return match.group(1)
-
-
 @pytest.mark.parametrize("variant", ["diloco", "asgd-ga"])
 def test_readme_geo_script_runs_under_torchrun(tmp_path: Path, variant: str) -> None:
-    script = readme_script()
+    script = readme_python_block(SECTION)
     regions = '["us-east"] * 4 + ["eu-west"] * 2'
     assert script.count(regions) == 1, "the README script no longer names its regions this way"
     script = script.replace(regions, '["us-east"] * 2 + ["eu-west"]')  # 3 ranks on a small machine
