@@ -410,6 +410,203 @@ def _attach_record_paths(exc: BaseException, paths: Sequence[str]) -> None:
         pass
 
 
+#: Seconds rank 0 waits, after another rank failed, for the reports of the ranks that stopped with it
+#: (they come at once: a rank blocked in a collective with the failed rank is released when that
+#: rank's process ends); only a rank stuck elsewhere or dead makes rank 0 wait this out.
+FAILURE_REPORT_TIMEOUT_S = 30.0
+
+#: Calls of :func:`compare` in this process: names the store keys of each call's failure reports
+#: (every rank of a job calls it equally often).
+_compare_calls = 0
+
+
+def _raised_in_step(exc: BaseException, compute: Any) -> bool:
+    """Whether ``exc`` came out of the compute's step, sync or stop vote (its traceback passes through them).
+
+    There the loop has not voted to stop (it votes before each step), so the other ranks may be
+    blocked in a collective of that step (DDP's all-reduce) that this rank will never join; a loader
+    error comes before the vote, which the loop then pays, and leaves the process group usable.
+    """
+    codes = set()
+    for name in ("step", "sync", "agree_stop"):
+        code = getattr(getattr(type(compute), name, None), "__code__", None)
+        if code is not None:
+            codes.add(code)
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code in codes:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+class _FailureReports:
+    """The ranks' results after a rank failed in its step, through the job's c10d store, not the group.
+
+    A rank that raised inside its step (a CUDA OOM) leaves the others blocked in a collective of
+    that step, DDP's all-reduce, which it will never join; they are released, with gloo's or NCCL's
+    "connection closed by peer" error, only when its process ends (aborting or destroying the group
+    does not close its connections while the process lives: checked with torch 2.14 and gloo). So
+    no rank uses the group again: each writes its results to the store the ranks met through
+    (``store.set``) and leaves with a one-line error; rank 0 reads what the others wrote and records
+    it. When rank 0 itself failed first, the others are still blocked (until rank 0's process ends),
+    so it records what is there without waiting; when another rank failed first, rank 0 waits (at
+    most :data:`FAILURE_REPORT_TIMEOUT_S`) for the ranks that stopped with it.
+
+    Args:
+        info: This rank.
+        call: Number of this :func:`compare` call in the process (names the keys).
+    """
+
+    def __init__(self, info: RankInfo, call: int) -> None:
+        import torch.distributed as dist
+        from torch.distributed import distributed_c10d as c10d
+
+        self.info = info
+        self.store: Any = None
+        try:
+            if dist.is_initialized():
+                self.store = dist.PrefixStore(f"delibench/session/{call}/", c10d._get_default_store())
+        except Exception:  # noqa: BLE001 - no store: this rank reports only to itself
+            self.store = None
+
+    def exchange(self, per_loader: list[dict[str, Any]], error: str) -> tuple[list[Any], tuple[int, str] | None, list[int]]:
+        """Send this rank's results; on rank 0 collect every rank's.
+
+        Returns:
+            ``(gathered, root, missing)``: on rank 0 every rank's per-loader results in rank order
+            (None where nothing came), elsewhere only this rank's; ``(rank, error line)`` of the
+            first rank that failed (by wall clock) among the reports; the ranks that sent nothing.
+        """
+        import datetime
+        import pickle
+        import time
+
+        mine = {"per_loader": per_loader, "error": error, "failed_at": time.time()}
+        reports = {self.info.rank: mine}
+        missing: list[int] = []
+        try:
+            if self.store is not None:
+                self.store.set(f"rank{self.info.rank}", pickle.dumps(mine))
+        except Exception:  # noqa: BLE001 - the store is gone (rank 0 hosted it and ended)
+            self.store = None
+        if self.info.is_main:
+            others = [r for r in range(self.info.world_size) if r != self.info.rank]
+            present = [r for r in others if self._has(r)]
+            # another rank failed first: the ranks blocked with rank 0 report at once; else wait for nobody
+            wait_s = FAILURE_REPORT_TIMEOUT_S if present else 0.0
+            deadline = time.monotonic() + wait_s
+            for r in others:
+                try:
+                    if r not in present:
+                        self.store.wait([f"rank{r}"], datetime.timedelta(seconds=max(0.01, deadline - time.monotonic())))
+                    reports[r] = pickle.loads(self.store.get(f"rank{r}"))
+                except Exception:  # noqa: BLE001 - blocked, dead or no store: recorded as missing
+                    missing.append(r)
+        first = min(reports.items(), key=lambda kv: kv[1]["failed_at"])
+        root = (first[0], first[1]["error"])
+        if not self.info.is_main:
+            return [per_loader], root, missing
+        return [reports[r]["per_loader"] if r in reports else None for r in range(self.info.world_size)], root, missing
+
+    def _has(self, rank: int) -> bool:
+        try:
+            return self.store is not None and bool(self.store.check([f"rank{rank}"]))
+        except Exception:  # noqa: BLE001
+            return False
+
+
+def _records_of(
+    prepared: Sequence[_Prepared],
+    gathered: Sequence[Any],
+    info: RankInfo,
+    *,
+    stopped: bool,
+    failure: BaseException | None,
+    root: tuple[int, str] | None,
+    missing: Sequence[int],
+    started: _dt.datetime,
+    with_diagnosis: bool,
+    price: bool,
+) -> list[RunRecord]:
+    """One record per loader from every rank's results (``None`` for a rank that sent nothing).
+
+    A failed record's error names the rank that failed first (``root``) before the ranks that
+    stopped with it, and the ranks that sent nothing.
+    """
+    records: list[RunRecord] = []
+    for i, p in enumerate(prepared):
+        results = [g[i] for g in gathered if g is not None]
+        errors = [(r["rank"], r["error"]) for r in results if r.get("error")]
+        if root is not None:
+            errors.sort(key=lambda e: e[0] != root[0])  # stable: the first to fail leads
+        lines = [f"rank {rk}: {e}" if info.world_size > 1 else e for rk, e in errors]
+        lines += [f"rank {m}: sent nothing within {FAILURE_REPORT_TIMEOUT_S:g} s (dead or stuck)" for m in missing]
+        if root is not None and not any(rk == root[0] for rk, _ in errors):
+            lines.insert(0, f"rank {root[0]}: {root[1]}")
+        failed = failure is not None or bool(lines)
+        diagnosis = None
+        if with_diagnosis and not stopped and not failed and results[0]["steps"]:
+            from delibench.measure import summarize
+
+            own = results[info.rank]["steps"]
+            fraction = summarize(own, warmup_steps=min(effective_warmup_steps(p.spec, own), len(own) - 1)).data_wait_fraction
+            diagnosis = diagnose(p, fraction, info)
+        if (stopped or failed) and not any(r["steps"] for r in results):
+            continue  # stopped before this loader's first step: nothing to report for it
+        records.append(
+            _record(p, results, info, stopped=stopped or failed, started=started, diagnosis=diagnosis, price=price,
+                    error="; ".join(lines) if lines else None)
+        )
+    return records
+
+
+def _finish(
+    records: list[RunRecord],
+    gathered: Sequence[Any],
+    info: RankInfo,
+    *,
+    failure: Exception | None,
+    broken: Exception | None,
+    root: tuple[int, str] | None,
+    write: bool,
+    results_dir: str | None,
+) -> list[RunRecord]:
+    """Write the records (rank 0), then return them or raise what stopped the run.
+
+    One rank: the loader's own exception. Several: a ``RuntimeFailure`` naming the rank that failed
+    first. Either carries the written paths in ``record_paths``.
+    """
+    other = [f"rank {r['rank']}: {r['error']}" for g in gathered if g is not None for r in g if r.get("error")]
+    first = f"rank {root[0]}: {root[1]}" if root else other[0] if other else None
+    distributed = info.world_size > 1
+    if failure is not None and not records and not distributed:
+        raise failure
+    if not records:
+        if first or failure or broken:
+            where = first or f"rank {info.rank}: {_error_line(failure or broken)}"  # type: ignore[arg-type]
+            raise RuntimeFailure(f"the run failed on {where}", hint="nothing was measured before it, no result written") from (failure or broken)
+        raise _StoppedBeforeFirstStep("the run was stopped before its first step finished: nothing was measured, no result written")
+    written: list[str] = []
+    if write and info.is_main:
+        from delibench.reports.store import ResultStore
+
+        store = ResultStore(results_dir) if results_dir else ResultStore()
+        for i, rec in enumerate(records):
+            path = store.write(rec)
+            written.append(str(path))
+            records[i] = dataclasses.replace(rec, steps_path=str(path.with_suffix("")) + ".steps.csv")
+    if failure is not None and not distributed:
+        _attach_record_paths(failure, written)
+        raise failure
+    if first or failure or broken:
+        where = first or f"rank {info.rank}: {_error_line(failure or broken)}"  # type: ignore[arg-type]
+        error = RuntimeFailure(f"the run failed on {where}")
+        _attach_record_paths(error, written)
+        raise error from (failure or broken)
+    return records
+
+
 def compare(
     specs: Sequence[RunSpec],
     *,
@@ -456,6 +653,11 @@ def compare(
         raise UsageError(f"two loaders share a name: {labels}", hint="label them, e.g. --loader deli@small:cache_size=1GiB")
     info = rank or current_rank_info()
     created = init_from_env(info)
+    reports: _FailureReports | None = None
+    if info.world_size > 1:
+        global _compare_calls
+        _compare_calls += 1
+        reports = _FailureReports(info, _compare_calls)
     started = _dt.datetime.now(_dt.timezone.utc)
     manifests = dict(manifests or {})
     prepared: list[_Prepared] = []
@@ -469,6 +671,7 @@ def compare(
         gpu = [GpuUtilizationSampler(p.spec, info) for p in prepared]
         stopped = False
         failure: Exception | None = None
+        in_step = False  # the failure came out of a step: the group cannot be used (see _FailureReports)
         from delibench.workloads.loop import measure_loader
 
         epochs = max(s.epochs for s in specs)
@@ -496,6 +699,7 @@ def compare(
                 )
             except Exception as exc:  # noqa: BLE001 - re-raised below, once what was measured is recorded
                 failure = exc
+                in_step = reports is not None and _raised_in_step(exc, p.compute)
                 acc["gpu"] = gpu[i].mean()
                 acc["steps"].extend(_failed_epoch_steps(measured, first=epoch == 0, time_offset_s=acc["offset_s"]))
                 if epoch == 0 and measured:
@@ -522,51 +726,26 @@ def compare(
             # here rather than on whichever thread runs an event loop when the collector fires (s3fs
             # then schedules the close on the wrong loop: "Task exception was never retrieved").
             gc.collect()
-        diagnoses: list[Diagnosis | None] = [None] * len(specs)
-        gathered = all_gather_objects(per_loader, info)
-        records: list[RunRecord] = []
-        for i, p in enumerate(prepared):
-            results = [g[i] for g in gathered]
-            errors = [f"rank {r['rank']}: {r['error']}" if info.world_size > 1 else r["error"] for r in results if r.get("error")]
-            failed = failure is not None or any(errors)
-            if with_diagnosis and not stopped and not failed and results[0]["steps"]:
-                from delibench.measure import summarize
-
-                own = results[info.rank]["steps"]
-                fraction = summarize(own, warmup_steps=min(effective_warmup_steps(p.spec, own), len(own) - 1)).data_wait_fraction
-                diagnoses[i] = diagnose(p, fraction, info)
-            if (stopped or failed) and not any(r["steps"] for r in results):
-                continue  # stopped before this loader's first step: nothing to report for it
-            records.append(
-                _record(p, results, info, stopped=stopped or failed, started=started, diagnosis=diagnoses[i], price=price,
-                        error="; ".join(errors) if errors else None)
-            )
-        if failure is not None and not records:
-            raise failure
-        other = [f"rank {r['rank']}: {r['error']}" for g in gathered for r in g if r.get("error")]
-        if not records:
-            if other:
-                raise RuntimeFailure(f"the run failed on {other[0]}", hint="nothing was measured before it, no result written")
-            raise _StoppedBeforeFirstStep(
-                "the run was stopped before its first step finished: nothing was measured, no result written"
-            )
-        written: list[str] = []
-        if write and info.is_main:
-            from delibench.reports.store import ResultStore
-
-            store = ResultStore(results_dir) if results_dir else ResultStore()
-            for i, rec in enumerate(records):
-                path = store.write(rec)
-                written.append(str(path))
-                records[i] = dataclasses.replace(rec, steps_path=str(path.with_suffix("")) + ".steps.csv")
-        if failure is not None:
-            _attach_record_paths(failure, written)
-            raise failure
-        if other:
-            error = RuntimeFailure(f"the run failed on {other[0]}")
-            _attach_record_paths(error, written)
-            raise error
-        return records
+        root: tuple[int, str] | None = None
+        missing: list[int] = []
+        broken: Exception | None = None  # a collective failed under this rank (another rank left the job)
+        if reports is None:
+            gathered = all_gather_objects(per_loader, info)
+        else:
+            if failure is None or not in_step:  # the group is usable: every rank joins the gather
+                try:
+                    gathered = all_gather_objects(per_loader, info)
+                except Exception as exc:  # noqa: BLE001 - another rank failed in its step and ended
+                    broken = exc
+            if in_step or broken is not None:
+                own = next((a["error"] for a in per_loader if a["error"]), None) or _error_line(broken)  # type: ignore[arg-type]
+                gathered, root, missing = reports.exchange(per_loader, own)
+                if not info.is_main:
+                    # Rank 0 records every rank's report; this rank leaves, which releases any rank still blocked with it.
+                    raise RuntimeFailure(f"rank {info.rank} stopped: {own}") from (failure or broken)
+        records = _records_of(prepared, gathered, info, stopped=stopped, failure=failure or broken, root=root, missing=missing,
+                              started=started, with_diagnosis=with_diagnosis, price=price)
+        return _finish(records, gathered, info, failure=failure, broken=broken, root=root, write=write, results_dir=results_dir)
     finally:
         for p in prepared:
             p.loader.close()

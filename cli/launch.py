@@ -21,7 +21,7 @@ from delibench.errors import ExitCode
 __all__ = ["RANK_GRACE_S", "launch_local"]
 
 
-#: Seconds the other ranks get to finish after rank 0 exited non-zero before they are killed.
+#: Seconds the other ranks get to finish after a rank exited non-zero (not by a signal) before they are killed.
 RANK_GRACE_S = 10.0
 
 
@@ -51,8 +51,9 @@ def launch_local(nproc: int, argv: list[str], timeout_s: float | None = None) ->
     Each rank runs in its own process group, so a terminal's Ctrl-C reaches only this launcher,
     which forwards SIGINT/SIGTERM to every rank exactly once per signal: the ranks then stop after
     their step in flight and rank 0 saves the partial results (a second Ctrl-C stops them at once).
-    If a rank fails, the others would wait for it in a collective until gloo's 30-minute timeout, so
-    they (and their DataLoader workers) are killed at once and the failing rank's code is returned.
+    If a rank is killed, the others would wait for it in a collective until gloo's 30-minute timeout, so
+    they (and their DataLoader workers) are killed at once and the failing rank's code is returned; a
+    rank that exits with an error leaves the others :data:`RANK_GRACE_S` (rank 0 records the failed run).
 
     Args:
         nproc: Ranks to start.
@@ -99,8 +100,11 @@ def launch_local(nproc: int, argv: list[str], timeout_s: float | None = None) ->
             if failed and failed_at is None:
                 failed_at = time.perf_counter()
             # NOTE: rank 0 also exits non-zero after a complete run (3 invalid, 4 threshold): the
-            # others are then past the last collective and get a grace period to finish.
-            crashed = failed and (failed[0][0] != 0 or failed[0][1] < 0)
+            # others are then past the last collective and get a grace period to finish. So does a
+            # rank that failed and said why (exit 1: the session sent its steps to rank 0 first):
+            # its exit releases the ranks blocked with it, and rank 0 then writes the record.
+            # Only a rank ended by a signal stops the others at once.
+            crashed = failed and failed[0][1] < 0
             if failed and not forwarded and (crashed or time.perf_counter() - failed_at > RANK_GRACE_S):
                 rank, code = failed[0]
                 sys.stderr.write(f"delibench: rank {rank} exited with code {code}; stopping the other ranks\n")
