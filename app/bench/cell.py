@@ -12,7 +12,17 @@ from typing import TYPE_CHECKING, Any
 
 from delibench.app.bench.bound import Bound, epoch_bounds, no_fetch_bounds
 from delibench.app.bench.figures import LoaderFigures, loader_figures, no_fetch_figures, pipeline_cpu_s_per_sample, score_figures
-from delibench.app.bench.matrix import BENCH_BUCKET, PEER_KINDS, PEER_VARIANTS, SIZES, SLICED, BenchOptions, Cell, expand_loaders
+from delibench.app.bench.matrix import (
+    BENCH_BUCKET,
+    PEER_KINDS,
+    PEER_VARIANTS,
+    SIZES,
+    SLICED,
+    BenchOptions,
+    Cell,
+    expand_loaders,
+    loader_of,
+)
 from delibench.app.bench.probes import CpuMeter, FetchCeiling, best_miss_rates, cpu_delta, deli_miss_rates, raw_fetch_ceiling
 from delibench.records import RunRecord, StepSample
 
@@ -110,7 +120,7 @@ def _install_error(kind: str) -> str | None:
 
 def run_cell(cell: Cell, options: BenchOptions, lab: Lab, log: Callable[[str], None]) -> CellResult:
     """Measure one cell on ``lab`` (its server; a link emulator per profile, started on first use)."""
-    from delibench.records import ComputeSpec, LoaderSpec, RunSpec
+    from delibench.records import ComputeSpec, RunSpec
     from delibench.app.session import compare, warm_decoder
     from delibench.testbed.profiles import with_overrides
     from delibench.workloads.loop import probe_decode_rate
@@ -166,19 +176,12 @@ def run_cell(cell: Cell, options: BenchOptions, lab: Lab, log: Callable[[str], N
         kinds.append("memory")
 
     def spec(name: str) -> RunSpec:
-        kind, label = name, None
-        opts: dict[str, Any] = {}
-        if name in PEER_VARIANTS:
-            kind, opts = PEER_VARIANTS[name].kind, dict(PEER_VARIANTS[name].options)
-            label = name if name != kind else None
-        if kind == "disk":
-            opts = {"path": str(local)}
-        elif kind == "deli":
-            opts = {"cache_size": cache_bytes, **options.deli_options}
+        loader = loader_of(name, cache_bytes=cache_bytes, deli_options=options.deli_options, local=local)
+        kind = loader.kind
         return link.spec(
             url,
             workload=options.workload,
-            loader=LoaderSpec(kind, opts, label=label),
+            loader=loader,
             compute=ComputeSpec("emulated", cell.step_time_s),
             batch_size=cell.batch_size,
             num_workers=options.num_workers,

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from delibench.errors import UsageError
+from delibench.records import LoaderSpec
 
 __all__ = [
+    "DELI_VARIANTS",
+    "loader_of",
     "BENCH_BUCKET",
     "PEER_VARIANTS",
     "SIZES",
@@ -88,6 +91,35 @@ PEER_VARIANTS: dict[str, PeerVariant] = {
     "mosaic-streaming": PeerVariant("mosaic-streaming", {}, "mosaic-streaming",
                                     "MDSWriter shards + StreamingDataset(remote, local, shuffle, batch_size)"),
 }
+
+#: delibench's own loader reading the same images from the dataset's tar shards (the bench writes
+#: every dataset as objects and as WebDataset shards, ``layout="both"``): each sample a ranged GET
+#: of its shard (``members``), or whole shards fetched and sliced (``shards``). Options added to deli's.
+DELI_VARIANTS: dict[str, dict[str, Any]] = {
+    "deli-members": {"source": "members"},
+    "deli-shards": {"source": "shards"},
+}
+
+
+def loader_of(name: str, *, cache_bytes: int, deli_options: dict[str, Any], local: Path) -> LoaderSpec:
+    """The LoaderSpec a bench loader name stands for: a peer variant, a deli variant or a registered kind.
+
+    deli and its variants get the cell's cache budget and the bench's deli options; ``disk`` reads
+    the local copy at ``local``.
+    """
+    kind, label = name, None
+    opts: dict[str, Any] = {}
+    if name in PEER_VARIANTS:
+        kind, opts = PEER_VARIANTS[name].kind, dict(PEER_VARIANTS[name].options)
+        label = name if name != kind else None
+    elif name in DELI_VARIANTS:
+        kind, label = "deli", name
+    if kind == "disk":
+        opts = {"path": str(local)}
+    elif kind == "deli":
+        opts = {"cache_size": cache_bytes, **deli_options, **DELI_VARIANTS.get(name, {})}
+    return LoaderSpec(kind, opts, label=label)
+
 
 #: Loaders that are peers (compared in the peer table), by registered kind.
 PEER_KINDS = frozenset({"fsspec-cache", *(v.kind for v in PEER_VARIANTS.values())})
@@ -169,7 +201,7 @@ class BenchOptions:
 
     workdir: Path = Path(".delibench/bench")
     cells: tuple[Cell, ...] = ()
-    loaders: tuple[str, ...] = ("disk", "bucket", "deli", "fsspec-cache", "s3torchconnector", "webdataset")
+    loaders: tuple[str, ...] = ("disk", "bucket", "deli", "deli-members", "deli-shards", "fsspec-cache", "s3torchconnector", "webdataset")
     epochs: int = 2
     num_workers: int = 2
     warmup_steps: int = 3
