@@ -176,18 +176,6 @@ class ScalePrediction:
         }
 
 
-class _Blob(bytes):
-    """Zero bytes that report ``size``: the cache only reads ``len``."""
-
-    def __new__(cls, size: int) -> _Blob:
-        obj = super().__new__(cls, b"")
-        obj.size = size  # type: ignore[attr-defined]
-        return obj
-
-    def __len__(self) -> int:
-        return self.size  # type: ignore[attr-defined,no-any-return]
-
-
 def replay_node_cache(
     orders_by_rank: Sequence[Sequence[Sequence[int]]],
     sample_bytes: int | Sequence[int],
