@@ -7,7 +7,9 @@ never looks complete. ``index`` serves users who bring their own ImageFolder-sty
 the tree once, reads each object to checksum it, and writes the manifest beside it. A prefix
 holding WebDataset tar shards and no ImageFolder tree is indexed as shards instead: each sample's
 shard, data offset and size (see :mod:`delibench.loaders.shards`), so a loader reads any sample
-by a ranged GET. ``push`` records the same offsets for a dataset with shards (read from the local
+by a ranged GET. A prefix holding both (``--layout both``) gets the manifest of the tree with the
+shards attached, each sample's shard and offset recorded, after checking that the two hold the
+same samples. ``push`` records the same offsets for a dataset with shards (read from the local
 tars' headers, no network).
 
 Uploads and reads run with bounded parallelism. S3 uploads go through one thread-safe botocore
@@ -28,7 +30,7 @@ import socket
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -252,8 +254,10 @@ def _list_images(fs: Any, loc: Location) -> list[tuple[str, int]]:
         raise _storage_error("listing", loc, exc) from exc
 
 
-def _manifest_from_listing(fs: Any, loc: Location, concurrency: int, progress: ProgressCallback | None) -> Manifest:
-    images = _list_images(fs, loc)
+def _manifest_from_listing(fs: Any, loc: Location, concurrency: int, progress: ProgressCallback | None,
+                           images: list[tuple[str, int]] | None = None) -> Manifest:
+    """The manifest of the ImageFolder tree at ``loc`` (``images``: its listing, when already made)."""
+    images = _list_images(fs, loc) if images is None else images
     if not images:
         raise UsageError(
             f"no images found under {loc.display_url}",
@@ -327,8 +331,6 @@ def _local_manifest(src: Path, concurrency: int) -> tuple[Manifest, list[str]]:
             )
     keys = [s.key for s in present] + [s.key for s in manifest.shards]
     if manifest.shards:
-        from dataclasses import replace
-
         from delibench.loaders.shards import add_member_index
 
         # Where each sample lies in its shard, so loaders can read members by range (local headers only).
@@ -461,8 +463,13 @@ def index(
     ``checksums`` every shard is read once to checksum its members; without, only the tar headers
     are read (ranged GETs that skip the data) and the samples are not verified when loaded.
 
+    A prefix with both (``data make --layout both``: the tree, and the same samples in tars beside
+    it) gets the tree's manifest with the shards attached: each sample's shard and data offset, as
+    ``push`` records them, so loaders read it as objects, members or whole shards. Each file must
+    be exactly one tar member of its size (and checksum, with ``checksums``), else nothing is written.
+
     Raises:
-        UsageError: Bad URL or no images found.
+        UsageError: Bad URL, no images found, or files and shards that do not hold the same samples.
         RuntimeFailure: Endpoint unreachable or a read failed.
     """
     _check_concurrency(concurrency)
@@ -471,25 +478,102 @@ def index(
     if loc.protocol == "file" and not Path(loc.path).is_dir():
         raise UsageError(f"directory not found: {loc.path}")
     fs = loc.filesystem()
-    if not _list_images(fs, loc):
-        from delibench.loaders.shards import index_tars, list_tars
+    try:  # one listing for both layouts
+        found = list_files(fs, loc, lambda key: _is_image(key) or _is_tar(key))
+    except Exception as exc:
+        raise _storage_error("listing", loc, exc) from exc
+    images = [item for item in found if _is_image(item[0])]
+    tars = [item for item in found if _is_tar(item[0])]
+    if tars and not images:
+        manifest = _index_shards(fs, loc, tars, concurrency, checksums, progress)
+    elif tars:
+        # Layout "both": the files and the shards of the same samples; report progress over both.
+        total = len(images) + len(tars)
+        files_bytes = [0]
 
-        try:
-            tars = list_tars(fs, loc)
-        except Exception as exc:
-            raise _storage_error("listing", loc, exc) from exc
-        if tars:
-            try:
-                manifest = index_tars(fs, loc, tars, concurrency=concurrency, checksums=checksums, progress=progress)
-            except DelibenchError:
-                raise
-            except Exception as exc:
-                raise _storage_error("reading tar shards of", loc, exc) from exc
-            write_manifest(manifest, url, storage_options)
-            return manifest
-    manifest = _manifest_from_listing(fs, loc, concurrency, progress)
+        def files_progress(done: int, _total: int, bytes_done: int) -> None:
+            files_bytes[0] = bytes_done
+            if progress is not None:
+                progress(done, total, bytes_done)
+
+        def shards_progress(done: int, _total: int, bytes_done: int) -> None:
+            if progress is not None:
+                progress(len(images) + done, total, files_bytes[0] + bytes_done)
+
+        listed = _manifest_from_listing(fs, loc, concurrency, files_progress, images)
+        in_tars = _index_shards(fs, loc, tars, concurrency, checksums, shards_progress)
+        manifest = _attach_shards(listed, in_tars, loc)
+    else:
+        manifest = _manifest_from_listing(fs, loc, concurrency, progress, images)
     write_manifest(manifest, url, storage_options)
     return manifest
+
+
+def _is_tar(key: str) -> bool:
+    return key.lower().endswith(".tar")
+
+
+def _index_shards(fs: Any, loc: Location, tars: list[tuple[str, int]], concurrency: int, checksums: bool,
+                  progress: ProgressCallback | None) -> Manifest:
+    from delibench.loaders.shards import index_tars
+
+    try:
+        return index_tars(fs, loc, tars, concurrency=concurrency, checksums=checksums, progress=progress)
+    except DelibenchError:
+        raise
+    except Exception as exc:
+        raise _storage_error("reading tar shards of", loc, exc) from exc
+
+
+def _attach_shards(listed: Manifest, in_tars: Manifest, loc: Location) -> Manifest:
+    """``listed`` (an ImageFolder tree's manifest) with the shards of ``in_tars`` and each sample's shard and offset.
+
+    A member matches the file whose key equals its name, else the one file with its base name
+    (``000123.jpg`` is ``class_003/000123.jpg``, as ``data make --layout both`` writes them). Every
+    file must be exactly one member of the same size, and of the same checksum when both are
+    known; labels stay the folders' (ImageFolder's numbering), whatever the ``.cls`` members say.
+
+    Raises:
+        UsageError: The files and the shards do not hold the same samples (one line naming the first difference).
+    """
+    hint = "the files and the tar shards must hold the same samples: regenerate them, or move the tars out of the prefix"
+    where = loc.display_url
+    by_key = {s.key: i for i, s in enumerate(listed.samples)}
+    by_name: dict[str, list[int]] = {}
+    for i, s in enumerate(listed.samples):
+        by_name.setdefault(s.key.rsplit("/", 1)[-1], []).append(i)
+    found: dict[int, tuple[int, int]] = {}
+    for member in in_tars.samples:
+        assert member.shard is not None and member.offset is not None
+        shard_key = in_tars.shards[member.shard].key
+        # index_tars prefixes a member's name with its shard's key when two shards hold that name.
+        name = member.key[len(shard_key) + 1 :] if member.key.startswith(shard_key + "/") else member.key
+        i = by_key.get(name)
+        if i is None:
+            candidates = by_name.get(name.rsplit("/", 1)[-1], [])
+            if len(candidates) > 1:
+                raise UsageError(f"{where}: member {name!r} of shard {shard_key} matches {len(candidates)} files "
+                                 f"({listed.samples[candidates[0]].key!r}, {listed.samples[candidates[1]].key!r}, ...)",
+                                 hint="name the members by their files' keys (class/000123.jpg) to tell them apart")
+            if not candidates:
+                raise UsageError(f"{where}: member {name!r} of shard {shard_key} has no file in the ImageFolder tree", hint=hint)
+            i = candidates[0]
+        sample = listed.samples[i]
+        if i in found:
+            raise UsageError(f"{where}: {sample.key!r} is in the tar shards twice "
+                             f"({in_tars.shards[found[i][0]].key} and {shard_key})", hint=hint)
+        if member.size_bytes != sample.size_bytes:
+            raise UsageError(f"{where}: {sample.key!r} is {sample.size_bytes} bytes but its member {name!r} of "
+                             f"{shard_key} is {member.size_bytes}", hint=hint)
+        if member.sha256 and sample.sha256 and member.sha256 != sample.sha256:
+            raise UsageError(f"{where}: {sample.key!r} and its member {name!r} of {shard_key} differ "
+                             f"(same size, different bytes)", hint=hint)
+        found[i] = (member.shard, member.offset)
+    missing = [s.key for i, s in enumerate(listed.samples) if i not in found]
+    if missing:
+        raise UsageError(f"{where}: {len(missing)} of {len(listed)} files are in no tar shard (first: {missing[0]!r})", hint=hint)
+    samples = tuple(replace(s, shard=found[i][0], offset=found[i][1]) for i, s in enumerate(listed.samples))
+    return replace(listed, samples=samples, shards=in_tars.shards)
 
 
 def info(url: str, *, storage_options: dict[str, Any] | None = None) -> DatasetInfo:
