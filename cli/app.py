@@ -7,10 +7,12 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from delibench import __version__
 from delibench.cli.output import err_console
 from delibench.cli.environment import as_flag_error
+from delibench.cli.helptext import reflow_app
 from delibench.errors import DelibenchError, ExitCode, SpecError
 
 __all__ = ["app", "main"]
@@ -77,6 +79,7 @@ for _name in _COMMAND_MODULES:
             raise
         continue
     _module.register(app)
+reflow_app(app)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,9 +99,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         if isinstance(exc, SpecError):
             exc = as_flag_error(exc)
-        err_console.print(f"[bold red]error:[/] {exc.message}", highlight=False, soft_wrap=True, markup=True)
+        err_console.print(f"[bold red]error:[/] {escape(exc.message)}", highlight=False, soft_wrap=True, markup=True)
         if exc.hint:
-            err_console.print(f"[dim]hint: {exc.hint}[/]", highlight=False, soft_wrap=True)
+            err_console.print(f"[dim]hint: {escape(exc.hint)}[/]", highlight=False, soft_wrap=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[yellow]interrupted[/]")
@@ -106,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         if os.environ.get("DELIBENCH_DEBUG"):
             raise
-        err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {exc}", highlight=False, soft_wrap=True)
+        err_console.print(f"[bold red]error:[/] unexpected {type(exc).__name__}: {escape(str(exc))}", highlight=False, soft_wrap=True)
         err_console.print("[dim]hint: re-run with --debug for the traceback, and report it[/]")
         return int(ExitCode.RUNTIME_ERROR)
     return 0

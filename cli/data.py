@@ -21,7 +21,7 @@ __all__ = ["data_app", "register"]
 data_app = typer.Typer(
     name="data",
     help=(
-        "Datasets: generate synthetic JPEGs, upload them with a manifest, index your own ImageFolder tree.\n\n"
+        "Datasets: generate synthetic JPEGs, upload them with a manifest, index your own ImageFolder tree or tar shards.\n\n"
         "Example: delibench data make ./imgs --samples 20000 && delibench data push ./imgs s3://my-bucket/imgs"
     ),
     no_args_is_help=True,
@@ -168,14 +168,17 @@ def push_cmd(
 
 @data_app.command("index")
 def index_cmd(
-    url: str = typer.Argument(..., help="Root of an ImageFolder tree: <root>/<class>/<image>.jpg (any fsspec URL or path)."),
+    url: str = typer.Argument(..., help="Root of an ImageFolder tree (<root>/<class>/<image>.jpg), of tar shards (*.tar), or of both holding the same samples (any fsspec URL or path)."),
     concurrency: int = typer.Option(16, "--concurrency", "-j", help="Reads in flight."),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
 ) -> None:
-    """Build the manifest of your own ImageFolder-style data by listing it once, and write it there.
+    """Build the manifest of your own data by listing it once, and write it there.
 
-    Every image is read once to checksum it. Class numbers follow the sorted folder names, as in
-    torchvision's ImageFolder.
+    An ImageFolder tree: every image is read once to checksum it; class numbers follow the sorted
+    folder names, as in torchvision's ImageFolder. Tar shards: only their headers are read, for each
+    member's offset. Both (the same samples as files and as shards, as `data make --layout both`
+    writes them): the manifest lists the files and each sample's shard and offset, so deli can read
+    either way; files and shards that disagree are refused with the first difference.
 
     Example: delibench data index s3://my-bucket/my-images
     """
