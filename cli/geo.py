@@ -259,7 +259,7 @@ def _print_plan_vs_measured(plan: Any, rows: list[tuple[str, float, float]], res
     for col in ("figure", "predicted", "measured", "measured / predicted"):
         table.add_column(col, justify="left" if col == "figure" else "right")
     for name, predicted, measured in rows:
-        if name == "time_s":
+        if name in ("time_s", "copy_s"):
             shown = (format_duration(predicted), format_duration(measured))
         elif name.endswith("_usd"):
             shown = (f"{predicted:.6f}", f"{measured:.6f}")
@@ -316,6 +316,7 @@ def worker_cmd(
     import signal
     import traceback
 
+    from delibench.errors import DelibenchError
     from delibench.geo.train import WorkerPlace, run_worker
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 <pid>`: every thread's stack into the agent's log
@@ -329,6 +330,9 @@ def worker_cmd(
     code = 0
     try:
         run_worker(job_dir, region, place)
+    except DelibenchError as exc:  # a user-facing failure (e.g. no usable checkpoint): one line, no traceback
+        print(f"geo worker {region} rank {place.rank}: error: {exc}", file=sys.stderr, flush=True)
+        code = int(exc.exit_code)
     except BaseException:
         traceback.print_exc()
         code = 1

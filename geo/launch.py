@@ -10,9 +10,10 @@ torchrun's variables and hands them to :func:`delibench.geo.train.run_worker`).
 Elasticity is torchrun's own: ``--nnodes MIN:MAX`` and ``--max-restarts``. When a worker dies, its
 agent restarts its node group and every agent re-forms the group; when an agent (a region) joins,
 the running agents see a node waiting and restart their workers into the larger world. Either way
-the workers of the new attempt load the last checkpoint (global rank 0 writes one every
-``checkpoint_every`` steps), so a failure costs at most one checkpoint interval of steps; each
-restart is logged with the steps it lost. (torchft, which keeps the healthy replicas stepping
+the workers of the new attempt load the last complete checkpoint (every rank writes its own model
+and strategy state every ``checkpoint_every`` steps; :func:`delibench.geo.train.run_worker` says
+what is restored when the world is the same and what when it changed), so a failure costs at most
+one checkpoint interval of steps; each restart is logged with the steps it lost. (torchft, which keeps the healthy replicas stepping
 instead of restarting them, would lose less, but it wants a lighthouse server and replica groups
 that do not map onto a region's plain DDP; the checkpoint interval bounds the loss here.)
 
@@ -129,7 +130,8 @@ def write_job(job_dir: str, config: RegionsConfig, spec: GeoRunSpec, *, checkpoi
 
     ``links``: ``model`` (the workers emulate the WAN), ``namespace`` or ``real`` (the network is
     real: nothing is injected, bytes are still counted). Every host of a multi-machine run needs
-    the file at the same path; restarts need the folder shared (rank 0 writes the checkpoint there).
+    the file at the same path; restarts need the folder shared (every rank writes its checkpoint
+    file under ``ckpt/`` there).
     """
     if links not in ("model", "namespace", "real"):
         raise UsageError(f"links must be model, namespace or real, got {links!r}")
@@ -196,7 +198,7 @@ class LocalJob:
         spec: What to train; ``spec.workers`` are the regions that start (more may join later,
             up to ``max_regions``).
         links: ``namespace`` or ``model`` (see :func:`resolve_links`).
-        checkpoint_every: Global rank 0 checkpoints every this many steps (0: never).
+        checkpoint_every: Every rank checkpoints its model and strategy state every this many steps (0: never).
         max_restarts: torchrun's ``--max-restarts`` per agent.
         max_regions: The rendezvous admits up to this many node groups (``--nnodes MIN:MAX``).
         min_regions: Training goes on with at least this many node groups (default: the regions
@@ -354,7 +356,12 @@ class LocalJob:
     def _tail(self, region: str) -> str:
         with contextlib.suppress(OSError):
             lines = [ln for ln in Path(str(self.job_dir), f"agent-{region}.log").read_text(errors="replace").splitlines() if ln.strip()]
-            errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+            # A worker's own one-line error first (``geo worker <region> rank <r>: error: ...``), then
+            # any error line but torchrun's pointer to its docs ("traceback : To enable traceback see ...errors.html").
+            worker = [ln for ln in lines if "geo worker" in ln and ": error: " in ln]
+            errors = [ln for ln in lines if ("Error" in ln or "error" in ln) and "errors.html" not in ln]
+            if worker:
+                return worker[-1][worker[-1].index("geo worker") :][:500]
             return (errors or lines or [""])[-1][-300:]
         return ""
 

@@ -31,7 +31,7 @@ from delibench.geo.regions import RegionsConfig
 from delibench.geo.sync import EMULATION, GeoComm, Topology
 from delibench.geo.task import RUN_STRATEGIES, TASKS, DataSource
 
-__all__ = ["GeoResult", "GeoRunSpec", "WorkerPlace", "parse_workers", "run_geo", "run_worker"]
+__all__ = ["CHECKPOINT_VERSION", "GeoResult", "GeoRunSpec", "WorkerPlace", "budget_left_s", "complete_checkpoints", "parse_workers", "run_geo", "run_worker"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -318,6 +318,19 @@ def _local_step(model: Any, data: Any, step: int, step_time_s: float) -> tuple[f
     return float(loss.detach()), time.perf_counter() - t0
 
 
+def budget_left_s(budget_s: float | None, carried_s: float, attempt_s: float) -> float | None:
+    """Training time left of a job's ``time_budget_s`` (None: no budget); at or below 0 the rank stops.
+
+    The budget is the job's, not the attempt's: ``carried_s`` is the training time the checkpoint
+    resumed from had reached (0 on a first attempt; evaluation and restarts left out), ``attempt_s``
+    this attempt's training time since its start barrier. Steps lost to a restart are trained again
+    and counted once.
+    """
+    if budget_s is None:
+        return None
+    return budget_s - carried_s - attempt_s
+
+
 def _train_loop(
     rank: int,
     comm: GeoComm,
@@ -328,14 +341,18 @@ def _train_loop(
     strategy: Any,
     *,
     start: int = 0,
+    carried_s: float = 0.0,
     after_step: Any = None,
 ) -> dict[str, Any]:
     """The training loop of every geo run (the in-process one and the torchrun worker): what the rank measured.
 
     Trains from step ``start`` to the region's step count (``spec.region_steps``, else
-    ``spec.steps``), stopping early once ``spec.time_budget_s`` of training time (from the start
-    barrier, evaluation left out) has passed; rank 0 evaluates every ``spec.eval_every`` steps.
-    ``after_step(done, last)`` runs after each step's strategy update (the worker checkpoints there).
+    ``spec.steps``), stopping early once ``spec.time_budget_s`` of training time has passed: the
+    job's, i.e. ``carried_s`` (training time of earlier attempts, up to the checkpoint resumed
+    from) plus this attempt's since its start barrier, evaluation left out (:func:`budget_left_s`).
+    A region stops at its leader's decision, so its ranks never disagree on the last step. Rank 0
+    evaluates every ``spec.eval_every`` steps. ``after_step(done, last, elapsed_s)`` runs after each
+    step's strategy update with the job's training time so far (the worker checkpoints there).
     """
     import hashlib
 
@@ -351,8 +368,14 @@ def _train_loop(
     compute_s = eval_s = 0.0
     dist.barrier()
     t_start = time.perf_counter()
+    shared_stop = spec.time_budget_s is not None and len(comm.region_ranks) > 1
     for step in range(start, last):
-        if spec.time_budget_s is not None and time.perf_counter() - t_start - eval_s >= spec.time_budget_s:
+        left = budget_left_s(spec.time_budget_s, carried_s, time.perf_counter() - t_start - eval_s)
+        if shared_stop:  # the leader's clock decides for the region (its ranks average gradients every step)
+            flag = torch.tensor([1.0 if left is not None and left <= 0 else 0.0])
+            comm.region_broadcast_(flag)
+            left = -1.0 if flag.item() else left
+        if left is not None and left <= 0:
             break
         loss_value, step_s = _local_step(model, data, step, step_time_s)
         losses.append(loss_value)
@@ -365,7 +388,7 @@ def _train_loop(
             eval_s += time.perf_counter() - t_eval
             evals.append([step + 1, time.perf_counter() - t_start - eval_s, val_loss, val_accuracy])
         if after_step is not None:
-            after_step(step + 1, last)
+            after_step(step + 1, last, carried_s + time.perf_counter() - t_start - eval_s)
     steps_s = time.perf_counter() - t_start - eval_s
     strategy.finish()
     wall_s = time.perf_counter() - t_start - eval_s
@@ -378,6 +401,7 @@ def _train_loop(
         "rank": rank,
         "region": comm.region,
         "start_step": start,
+        "carried_s": carried_s,
         "steps_done": len(losses),
         "wall_s": wall_s,
         "steps_s": steps_s,
@@ -517,9 +541,126 @@ class WorkerPlace:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
     os.replace(tmp, path)
+
+
+#: The version of the per-rank checkpoint files :func:`run_worker` writes (older or newer ones are skipped).
+CHECKPOINT_VERSION = 1
+
+
+def _checkpoint_file(job_dir: Path, step: int, rank: int, world_size: int) -> Path:
+    return job_dir / "ckpt" / f"s{step:08d}" / f"r{rank}-of-{world_size}.pt"
+
+
+def complete_checkpoints(job_dir: str | Path) -> list[tuple[int, int]]:
+    """``(step, world_size)`` of every complete checkpoint in ``job_dir/ckpt``, newest first.
+
+    A checkpoint step is complete when every rank of the world that saved it has written its file
+    (``ckpt/s<step>/r<rank>-of-<world>.pt``; each file is written to a temporary name and renamed,
+    so a file that exists is whole unless something outside damaged it).
+    """
+    root = Path(job_dir) / "ckpt"
+    out = []
+    for folder in root.glob("s*") if root.is_dir() else ():
+        if not folder.name[1:].isdigit():
+            continue
+        worlds: dict[int, set[int]] = {}
+        for f in folder.glob("r*-of-*.pt"):
+            rank, _, world = f.name[1:-3].partition("-of-")
+            if rank.isdigit() and world.isdigit():
+                worlds.setdefault(int(world), set()).add(int(rank))
+        for world, ranks in worlds.items():
+            if ranks == set(range(world)):
+                out.append((int(folder.name[1:]), world))
+    return sorted(out, reverse=True)
+
+
+def _prune_checkpoints(job_dir: Path, keep: int = 2) -> None:
+    """Remove checkpoint steps older than the ``keep``-th newest complete one (a fallback if the newest is damaged)."""
+    import shutil
+
+    complete = complete_checkpoints(job_dir)
+    if len(complete) < keep:
+        return
+    oldest_kept = complete[keep - 1][0]
+    for folder in (job_dir / "ckpt").glob("s*"):
+        if folder.name[1:].isdigit() and int(folder.name[1:]) < oldest_kept:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _read_checkpoint(path: Path, step: int, world: dict[str, Any]) -> dict[str, Any]:
+    """One rank's checkpoint file, checked; raises ``ValueError`` with a one-line reason."""
+    import torch
+
+    try:
+        state = torch.load(path, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged file raises (pickle, zip, EOF, torch)
+        raise ValueError(f"{path.parent.name}/{path.name} is unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''})") from None
+    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or state.get("step") != step:
+        raise ValueError(f"{path.parent.name}/{path.name} is not a version-{CHECKPOINT_VERSION} checkpoint of step {step}")
+    if state.get("world", {}).get("world_size") != world.get("world_size") or not isinstance(state.get("params"), torch.Tensor):
+        raise ValueError(f"{path.parent.name}/{path.name} is damaged (world or parameters)")
+    return state
+
+
+@dataclass
+class _Restore:
+    """What a new attempt resumes from (see :func:`run_worker`)."""
+
+    step: int = 0
+    mode: str = "none"  # none | exact | mean
+    params: Any = None
+    strategy: dict[str, Any] | None = None
+    data: dict[str, Any] | None = None
+    carried_s: float = 0.0
+    skipped: list[str] = field(default_factory=list)
+    saved_world: dict[str, Any] | None = None
+
+
+def _find_restore(out: Path, place: WorkerPlace, names: list[str]) -> _Restore:
+    """Choose, collectively, the newest complete checkpoint every rank can read, and this rank's part of it.
+
+    Same world (size and every rank's region): each rank its own file (``exact``). Another world:
+    every rank reads every saved rank's file and takes the mean of their parameters and the
+    largest training time (``mean``). A step whose file is damaged on any rank is skipped for all
+    (the reason kept); if checkpoints exist but none is usable, every rank raises one UsageError.
+    """
+    import torch
+    import torch.distributed as dist
+
+    found: list[Any] = [complete_checkpoints(out) if place.rank == 0 else None]
+    dist.broadcast_object_list(found, src=0)
+    candidates: list[tuple[int, int]] = found[0]
+    skipped: list[str] = []
+    for step, saved_size in candidates:
+        restore: _Restore | None = None
+        problem = ""
+        try:
+            if saved_size == place.world_size:
+                state = _read_checkpoint(_checkpoint_file(out, step, place.rank, saved_size), step, {"world_size": saved_size})
+            else:
+                state = None
+            if state is not None and state["world"].get("regions") == names:
+                restore = _Restore(step, "exact", state["params"], state["strategy"], state.get("data"), float(state["elapsed_s"]))
+            else:
+                states = [_read_checkpoint(_checkpoint_file(out, step, r, saved_size), step, {"world_size": saved_size}) for r in range(saved_size)]
+                params = torch.stack([s["params"].to(torch.float64) for s in states]).mean(dim=0).to(states[0]["params"].dtype)
+                restore = _Restore(step, "mean", params, None, None, max(float(s["elapsed_s"]) for s in states), saved_world=states[0]["world"])
+        except (ValueError, KeyError, TypeError, RuntimeError) as exc:  # RuntimeError: saved parameters of other shapes
+            problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        problems: list[Any] = [None] * place.world_size
+        dist.all_gather_object(problems, problem)
+        bad = [p for p in problems if p]
+        if not bad and restore is not None:
+            restore.skipped = skipped
+            return restore
+        skipped.extend(dict.fromkeys(bad))  # every rank's reason, once each
+    if candidates:
+        raise UsageError(f"no usable checkpoint in {out / 'ckpt'}: {'; '.join(skipped)[:400]}", hint="remove the damaged files (or the folder, to start afresh)")
+    return _Restore(skipped=skipped)
 
 
 def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
@@ -528,12 +669,31 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
     The job (regions, spec, link mode, checkpoint interval) is ``job_dir/job.pkl``, written by the
     launcher. The process group comes from torchrun's rendezvous (``env://``); the regions of the
     ranks are gathered (each agent names its region), so the communicator follows whatever world the
-    elastic rendezvous formed. Global rank 0 saves ``ckpt.pt`` every ``checkpoint_every`` steps
-    (its parameters, the step, the world); every worker of a new attempt loads it, and rank 0
-    appends what the restart cost to ``events.jsonl`` (steps reached before it minus the step
-    resumed from). ``cnn-jpeg``: each rank also keeps its loaders' positions per checkpoint step
-    (``data-r<rank>-s<step>.pt``), restored when the world is the one that saved them (a changed
-    world re-partitions the region's shards, so its loaders start afresh).
+    elastic rendezvous formed.
+
+    **Checkpoints.** Every ``checkpoint_every`` steps every rank writes its own file,
+    ``ckpt/s<step>/r<rank>-of-<world>.pt`` (written to a temporary name, then renamed): its
+    parameters, its strategy's ``state_dict()`` (inner optimizer state such as momentum, the
+    strategy's counters, anchors, DiLoCo's outer state, ASGD-GA's round and updates in flight;
+    collective, so every rank calls it at the same step), its ``cnn-jpeg`` loaders' positions and
+    the job's training time so far (so ``time_budget_s`` is the job's). A step is complete when
+    every rank's file is there; global rank 0 keeps the two newest complete steps. A new attempt
+    resumes from the newest complete step every rank can read (:func:`_find_restore`):
+
+    * the same world (as many ranks, every rank in the same region): every rank loads its own
+      parameters and strategy state (after building the strategy) and its loaders' positions, and
+      continues as the uninterrupted run would have from that step;
+    * another world (a region left or joined, another worker count): the saved ranks' files no
+      longer map onto the ranks, so every rank starts from the **mean of the saved ranks'
+      parameters** (what model averaging's next sync computes; for all-reduce every rank's are equal
+      anyway) with a fresh strategy and optimizer state (no momentum), loaders afresh (the region's
+      shards are partitioned anew), and the largest saved training time;
+    * a damaged file: that step is skipped on every rank and the previous complete one is tried;
+      none usable: a one-line error.
+
+    Rank 0 appends each restart to ``events.jsonl``: steps reached before it (``progress.json``),
+    the step resumed from, the steps lost, ``restore`` (``exact``, ``mean`` or ``none``), the
+    world saved and ``skipped`` checkpoints with why.
     """
     import io
     import pickle
@@ -560,38 +720,59 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
         data = _TaskData(spec, comm, place.rank)
         model = _model(spec, data.classes)
         params = list(model.parameters())
-        start = 0
-        ckpt = out / "ckpt.pt"
         world = {"world_size": place.world_size, "regions": list(names)}
-        if ckpt.exists():
-            state = torch.load(ckpt)
-            torch.nn.utils.vector_to_parameters(state["params"], params)
-            start = int(state["step"])
-            saved = out / f"data-r{place.rank}-s{start}.pt"
-            if data.batches is not None and state.get("world") == world and saved.exists():
-                data.batches.load_state_dict(torch.load(saved, weights_only=False))
+        restore = _find_restore(out, place, names)
+        start = restore.step
+
+        def build() -> Any:
+            return make_run_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness, momentum=spec.momentum)
+
+        with torch.no_grad():
+            if restore.mode == "exact":
+                # The strategy first, then the model, then its state (construction may broadcast rank 0's parameters).
+                strategy = build()
+                torch.nn.utils.vector_to_parameters(restore.params, params)
+                strategy.load_state_dict(restore.strategy)
+                if data.batches is not None and restore.data is not None:
+                    data.batches.load_state_dict(restore.data)
+            else:
+                # A fresh strategy starts from the parameters it is built on (ASGD-GA's model of record).
+                if restore.mode == "mean":
+                    torch.nn.utils.vector_to_parameters(restore.params, params)
+                strategy = build()
         progress = out / "progress.json"
         if place.rank == 0 and progress.exists():
             reached = json.loads(progress.read_text())["step"]
-            event = {"t": time.time(), "world_size": place.world_size, "regions": sorted(set(names)), "resumed_at": start, "reached": reached, "lost_steps": max(0, reached - start)}
+            event = {
+                "t": time.time(), "world_size": place.world_size, "regions": sorted(set(names)), "resumed_at": start, "reached": reached,
+                "lost_steps": max(0, reached - start), "restore": restore.mode, "carried_s": round(restore.carried_s, 4), "skipped": restore.skipped,
+            }  # fmt: skip
+            if restore.mode == "mean":
+                event["saved_world"] = restore.saved_world
+                event["rule"] = "world changed: mean of the saved ranks' parameters, fresh strategy and optimizer state, loaders afresh"
             with (out / "events.jsonl").open("a") as f:
                 f.write(json.dumps(event) + "\n")
-        strategy = make_run_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness, momentum=spec.momentum)
 
-        def checkpoint(done: int, last: int) -> None:
+        def checkpoint(done: int, last: int, elapsed_s: float) -> None:
             if every and done % every == 0 and done < last:
-                if data.batches is not None:
-                    buf = io.BytesIO()
-                    torch.save(data.batches.state_dict(), buf)
-                    _atomic_write(out / f"data-r{place.rank}-s{done}.pt", buf.getvalue())
+                state = {
+                    "version": CHECKPOINT_VERSION, "step": done, "rank": place.rank, "world": world, "elapsed_s": float(elapsed_s),
+                    "params": torch.nn.utils.parameters_to_vector(params).detach().clone(),
+                    "strategy": strategy.state_dict(),  # collective (ASGD-GA): every rank, this same step
+                    "data": data.batches.state_dict() if data.batches is not None else None,
+                }  # fmt: skip
+                buf = io.BytesIO()
+                torch.save(state, buf)
+                _atomic_write(_checkpoint_file(out, done, place.rank, place.world_size), buf.getvalue())
                 if place.rank == 0:
-                    buf = io.BytesIO()
-                    torch.save({"step": done, "world": world, "params": torch.nn.utils.parameters_to_vector(params).detach().clone()}, buf)
-                    _atomic_write(ckpt, buf.getvalue())
+                    _prune_checkpoints(out)
             if every and place.rank == 0:  # progress: what a restart reports as reached (no restart resumes without checkpoints)
                 _atomic_write(progress, json.dumps({"step": done, "world_size": place.world_size}).encode())
 
-        result = {"world_size": place.world_size, "regions": names, **_train_loop(place.rank, comm, config, spec, data, model, strategy, start=start, after_step=checkpoint)}
+        result = {
+            "world_size": place.world_size, "regions": names, "restore": restore.mode,
+            **_train_loop(place.rank, comm, config, spec, data, model, strategy, start=start, carried_s=restore.carried_s, after_step=checkpoint),
+        }  # fmt: skip
         _atomic_write(out / f"rank{place.rank}.json", json.dumps(result).encode())
         dist.barrier()
     finally:

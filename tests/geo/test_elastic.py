@@ -9,9 +9,11 @@ from __future__ import annotations
 import signal
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from delibench.errors import RuntimeFailure
 from delibench.geo.launch import LocalJob
 from delibench.geo.regions import parse_regions
 from delibench.geo.train import GeoRunSpec
@@ -53,6 +55,8 @@ def test_region_joining_mid_run_contributes_steps(tmp_path: Path) -> None:
         got = job.wait(120)
     assert [e["world_size"] for e in got.events] == [3]
     assert got.events[0]["lost_steps"] <= EVERY
+    # another world: the documented rule (mean of the saved ranks' parameters, fresh strategy state)
+    assert got.events[0]["restore"] == "mean" and got.events[0]["saved_world"]["regions"] == ["a", "b"]
     assert got.result.world_size == 3
     joined = [r for r in got.ranks if r["region"] == "c"]
     assert len(joined) == 1 and joined[0]["steps_done"] > 0
@@ -75,7 +79,7 @@ def test_region_leaving_mid_run_the_others_finish(tmp_path: Path) -> None:
         job.kill_region("b")
         got = job.wait(90)
     assert got.events and got.events[-1]["world_size"] == 1 and got.events[-1]["regions"] == ["a"]
-    assert got.events[-1]["lost_steps"] <= EVERY
+    assert got.events[-1]["lost_steps"] <= EVERY and got.events[-1]["restore"] == "mean"
     assert got.result.world_size == 1 and got.ranks[0]["start_step"] + got.ranks[0]["steps_done"] == spec.steps
 
 
@@ -108,3 +112,68 @@ def test_cnn_jpeg_worker_killed_resumes_its_loaders_from_the_checkpoint(tmp_path
         assert r["batch_digests"] == expected[resumed:], r["region"]
         assert r["batch_digests"] != expected[: spec.steps - resumed]  # not a loader started afresh
     assert len({r["params_sha256"] for r in got.ranks}) == 1
+
+
+# -- restore: every rank's own model and strategy state ------------------------------------------------
+# ma with momentum and period 3, checkpoints every 10 steps: at a checkpoint (10 % 3 = 1) the regions'
+# models differ (between averages) and each holds its own momentum, so only a restart that restores
+# every rank's own parameters and optimizer state ends where the uninterrupted run ends (bitwise: the
+# mlp task's batches depend on (seed, rank, step) only and 2-rank gloo sums are deterministic).
+RESTORE_SPEC = GeoRunSpec(strategy="ma", period=3, momentum=0.9, lr=0.1, workers=(("a", 1), ("b", 1)), steps=30)
+
+
+def _final_params(got: Any) -> set[str]:
+    return {r["params_sha256"] for r in got.ranks}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
+    """The restore spec run once without failures, with checkpoints (its job folder and result)."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    with LocalJob(REGIONS, RESTORE_SPEC, links="model", checkpoint_every=EVERY, job_dir=str(folder)) as job:
+        got = job.wait(90)
+    assert not got.events and len(_final_params(got)) == 1
+    return folder, got
+
+
+def test_sigkill_restart_restores_every_ranks_model_and_momentum(tmp_path: Path, uninterrupted: tuple[Path, Any]) -> None:
+    with LocalJob(REGIONS, RESTORE_SPEC, links="model", checkpoint_every=EVERY, job_dir=str(tmp_path)) as job:
+        job.wait_progress(15, timeout_s=60)
+        victim = next(rank for rank, (_, region) in job.worker_pids().items() if region == "b")
+        job.kill_worker(victim, signal.SIGKILL)
+        got = job.wait(90)
+    assert got.events, "no restart recorded"
+    event = got.events[-1]
+    print("restart:", event)
+    assert event["restore"] == "exact" and event["resumed_at"] in (10, 20) and event["skipped"] == []
+    assert {r["start_step"] for r in got.ranks} == {event["resumed_at"]} and {r["restore"] for r in got.ranks} == {"exact"}
+    assert _final_params(got) == _final_params(uninterrupted[1])  # the uninterrupted run's parameters, bitwise
+    assert all(r["carried_s"] > 0 for r in got.ranks)  # the training time before the checkpoint counts towards a budget
+
+
+def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, uninterrupted: tuple[Path, Any]) -> None:
+    """A restart finds the newest checkpoint damaged: it says so in events.jsonl and resumes from the one before."""
+    import shutil
+
+    from delibench.geo.train import complete_checkpoints
+
+    folder, whole = uninterrupted
+    shutil.copytree(folder / "ckpt", tmp_path / "ckpt")
+    shutil.copy(folder / "progress.json", tmp_path / "progress.json")  # as if the job had died after step 29
+    assert [s for s, _ in complete_checkpoints(tmp_path)] == [20, 10]  # rank 0 keeps the two newest complete steps
+    (tmp_path / "ckpt" / "s00000020" / "r1-of-2.pt").write_bytes(b"not a checkpoint")
+    with LocalJob(REGIONS, RESTORE_SPEC, links="model", checkpoint_every=EVERY, job_dir=str(tmp_path)) as job:
+        got = job.wait(90)
+    event = got.events[-1]
+    print("restart:", event)
+    assert event["resumed_at"] == 10 and event["restore"] == "exact"
+    assert len(event["skipped"]) == 1 and "s00000020/r1-of-2.pt is unreadable" in event["skipped"][0]
+    assert _final_params(got) == _final_params(whole)
+    # Every checkpoint damaged: the run fails with the worker's one line (no traceback reaches the user).
+    for f in (tmp_path / "ckpt").rglob("r0-of-2.pt"):
+        f.write_bytes(b"")
+    with pytest.raises(RuntimeFailure) as failed:
+        with LocalJob(REGIONS, RESTORE_SPEC, links="model", checkpoint_every=EVERY, job_dir=str(tmp_path), max_restarts=0) as job:
+            job.wait(90)
+    print(failed.value)
+    assert "error: no usable checkpoint in" in str(failed.value) and "Traceback" not in str(failed.value)

@@ -14,7 +14,7 @@ import torch
 
 from delibench.errors import RuntimeFailure
 from delibench.geo.regions import parse_regions
-from delibench.geo.train import GeoResult, GeoRunSpec, run_geo
+from delibench.geo.train import GeoResult, GeoRunSpec, budget_left_s, run_geo
 
 pytestmark = pytest.mark.slow
 
@@ -148,3 +148,14 @@ def test_cli_compare_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert base["strategy"] == "allreduce" and ma["strategy"] == "ma"
     assert ma["cross_region_bytes"] * 2 == base["cross_region_bytes"]
     assert len(base["loss_curve"]) == 8 and "communication-level" in base["emulation"]
+
+
+def test_time_budget_is_the_jobs_across_restarts() -> None:
+    """A 10 s budget: a first attempt has all of it; an attempt resumed from a checkpoint taken after
+    7 s of training has 3 s left, and stops once they are spent (not after another 10 s)."""
+    assert budget_left_s(None, 5.0, 100.0) is None  # no budget: never stops on time
+    assert budget_left_s(10.0, 0.0, 4.0) == pytest.approx(6.0)
+    assert budget_left_s(10.0, 7.0, 0.0) == pytest.approx(3.0)
+    assert budget_left_s(10.0, 7.0, 2.5) == pytest.approx(0.5)
+    left = budget_left_s(10.0, 7.0, 3.0)
+    assert left is not None and left <= 0  # spent: the rank stops here
