@@ -20,7 +20,9 @@ for a dataset of --samples objects of --sample-bytes each and --cache-size of ca
 
   * rank scope (deli today): each GPU's rank has its own cache of cache-size / gpus-per-node;
   * node scope: one cache per node shared by its ranks (a sample one local rank fetched is a hit
-    for the others).
+    for the others), replayed as deli's node service runs it: each rank looks its samples up a
+    window ahead of its next batch (--prefetch-depth, at least two batches of --batch-size), and
+    what the windows hold is a hit for every local rank too.
 
 It prints GETs per epoch, bytes from the bucket, hit rate and the request + egress dollars (price
 sheet) for each scope and order (--order shuffle: DistributedSampler; locality: each rank keeps its
@@ -50,7 +52,8 @@ def _print(doc: dict[str, Any]) -> None:
         f"= {job['world_size']} ranks; {job['samples']:,} samples x {format_bytes(job['sample_bytes'])} "
         f"= {format_bytes(job['dataset_bytes'])}; cache {format_bytes(job['cache_size'])} per node "
         f"(rank scope: {format_bytes(job['cache_size'] // job['gpus_per_node'])} per rank); "
-        f"{job['epochs']} epochs, eviction {job['eviction']}",
+        f"{job['epochs']} epochs, eviction {job['eviction']}; batch {job['batch_size']} per rank, "
+        f"node-scope window {job['window']} samples per rank",
         highlight=False,
     )
     t = Table(title="bucket traffic", title_justify="left")
@@ -92,6 +95,8 @@ def scale_cmd(
     order: Optional[list[str]] = typer.Option(None, "--order", help="shuffle | locality (repeatable). Default: both."),
     eviction: str = typer.Option("belady", "--eviction", help="Cache eviction: belady (deli's default), lru or fifo."),
     exchange_fraction: float = typer.Option(0.0, "--exchange-fraction", help="locality order: share of each rank's samples swapped per epoch, e.g. 0.1."),
+    batch_size: int = typer.Option(32, "--batch-size", "-b", help="Samples per batch per rank (deli's default 32), e.g. 256."),
+    prefetch_depth: Optional[int] = typer.Option(None, "--prefetch-depth", help="deli's prefetch_depth: node scope's window per rank is at least two batches. Default: deli's (256)."),
     simulate_nodes: int = typer.Option(1, "--simulate-nodes", help="Nodes replayed exactly (totals scale by nodes / this), e.g. 2."),
     provider: str = typer.Option("aws", "--provider", help="Cloud whose GET and egress prices apply: aws or gcp."),
     egress: str = typer.Option("cross-region", "--egress", help="Where the bucket is from the VMs: same-region | cross-region | internet."),
@@ -100,7 +105,7 @@ def scale_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the prediction as one JSON document on stdout, nothing else."),
 ) -> None:
     from delibench.reports.build import resolve_sheet
-    from delibench.tuning.scale import ScaleJob, predict_scale
+    from delibench.tuning.scale import ScaleJob, default_window, predict_scale
     from delibench.units import parse_bytes
 
     sizes: dict[str, int] = {}
@@ -109,6 +114,8 @@ def scale_cmd(
             sizes[flag] = parse_bytes(text)
         except UsageError as exc:
             raise UsageError(f"{flag} {text!r}: {exc.message}", hint="e.g. 110KB or 64GiB") from exc
+    if batch_size < 1 or (prefetch_depth is not None and prefetch_depth < 1):
+        raise UsageError(f"--batch-size and --prefetch-depth must be at least 1, got {batch_size} and {prefetch_depth}")
     if not 0.0 <= exchange_fraction <= 1.0:
         raise UsageError(f"--exchange-fraction must lie in [0, 1], got {exchange_fraction:g}")
     job = ScaleJob(
@@ -122,6 +129,8 @@ def scale_cmd(
         eviction=eviction,
         simulate_nodes=simulate_nodes,
         exchange_fraction=exchange_fraction,
+        batch_size=batch_size,
+        window=default_window(batch_size, prefetch_depth),
     )
     sheet = resolve_sheet(list(prices) if prices else None)
     prediction = predict_scale(job, orders=tuple(order) if order else ("shuffle", "locality"), provider=provider, egress_class=egress, sheet=sheet)

@@ -12,10 +12,14 @@ Belady by default, told the next epoch's order as the DELI loader is) for two ca
 * **node scope** (one cache per node shared by its ranks, DELI's and the node service's design):
   one cache of ``cache_size`` replays the union of the node's ranks' orders, interleaved sample by
   sample as ranks in lockstep request them; a sample any local rank fetched is a hit for the others.
-  :func:`replay_node_cache` can also replay each rank's prefetch window as the node service holds
-  it (``window``); the scale model replays the cache alone (``window=0``), which is lower by about
-  (ranks - 1) x batch size hits per node and epoch (what the windows let the cache keep at each
-  epoch's end): 4 x 500 samples, batch 32, 30 % cache: 0.200 vs 0.220.
+  :func:`replay_node_cache` replays each rank's prefetch window as the node service holds it
+  (``ScaleJob.window`` samples ahead of the rank's next batch of ``ScaleJob.batch_size``; by
+  default the service's own window for deli's default ``prefetch_depth``,
+  :func:`delibench.loaders.node.service_window`). The windows hold samples beside the cache, so
+  the node keeps about (ranks - 1) x batch size more hits per epoch than the cache alone
+  (``window=0``): 4 x 500 samples, batch 32, 30 % cache: 0.220 vs 0.200; the service measured 0.210.
+  Rank scope has no shared window (a rank's own window only looks its own samples up early), so
+  its replay is the cache alone.
 
 Every miss is one GET of ``sample_bytes`` from the bucket (deli never fetches a sample twice
 while it is cached), priced with :func:`delibench.reports.cost.request_usd` and
@@ -41,7 +45,7 @@ from delibench.errors import UsageError
 from delibench.loaders.sampler import ORDERS, epoch_order, rank_sample_count
 from delibench.tuning.simulator import CacheSimulator
 
-__all__ = ["SCOPES", "ScaleCell", "ScaleJob", "ScalePrediction", "predict_scale", "replay_node_cache"]
+__all__ = ["SCOPES", "ScaleCell", "ScaleJob", "ScalePrediction", "default_window", "predict_scale", "replay_node_cache"]
 
 #: Cache scopes compared.
 SCOPES = ("rank", "node")
@@ -62,6 +66,11 @@ class ScaleJob:
         eviction: Cache eviction policy (``belady``, ``lru``, ``fifo``).
         simulate_nodes: Nodes whose ranks are replayed exactly (see the module's scaling note).
         exchange_fraction: ``locality`` order: share of each rank's samples exchanged per epoch.
+        batch_size: Samples per batch per rank (the loader's default, 32): node scope hands a
+            batch out (and offers it to the cache) at once.
+        window: Node scope: samples each rank looks up ahead of its next batch (0: the cache
+            alone). None: the node service's window for deli's default options,
+            ``service_window(DeliOptions(), batch_size)`` (256 for batches up to 128).
     """
 
     nodes: int
@@ -74,9 +83,11 @@ class ScaleJob:
     eviction: str = "belady"
     simulate_nodes: int = 1
     exchange_fraction: float = 0.0
+    batch_size: int = 32
+    window: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("nodes", "gpus_per_node", "samples", "epochs", "simulate_nodes"):
+        for name in ("nodes", "gpus_per_node", "samples", "epochs", "simulate_nodes", "batch_size"):
             if getattr(self, name) < 1:
                 raise UsageError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")
         if self.sample_bytes < 0 or self.cache_size < 0:
@@ -85,6 +96,10 @@ class ScaleJob:
             raise UsageError(f"cannot simulate {self.simulate_nodes} nodes of {self.nodes}")
         if self.samples < self.world_size:
             raise UsageError(f"{self.samples} samples cannot feed {self.world_size} ranks", hint="give at least one sample per rank")
+        if self.window is None:
+            object.__setattr__(self, "window", default_window(self.batch_size))
+        elif self.window < 0:
+            raise UsageError(f"window must not be negative, got {self.window}", hint="0 replays the cache alone")
 
     @property
     def world_size(self) -> int:
@@ -174,6 +189,15 @@ class ScalePrediction:
             "prices": {"get_usd_per_1000": self.get_usd_per_1000, "egress_usd_per_gb": self.egress_usd_per_gb, "label": self.price_label},
             "cells": [c.to_dict() for c in self.cells],
         }
+
+
+def default_window(batch_size: int, prefetch_depth: int | None = None) -> int:
+    """The node service's window for deli's options with ``prefetch_depth`` (None: its default) and
+    ``batch_size`` (:func:`delibench.loaders.node.service_window`, the service's own rule)."""
+    from delibench.loaders.deli import DeliOptions
+    from delibench.loaders.node import service_window
+
+    return service_window(DeliOptions(prefetch_depth=prefetch_depth), batch_size)
 
 
 def replay_node_cache(
@@ -358,7 +382,8 @@ def predict_scale(
                     [epoch_order(job.samples, e, job.seed, r, world, order, job.exchange_fraction) for e in range(job.epochs + 1)]
                     for r in job.node_ranks(node)
                 ]
-                m, n = replay_node_cache(node_orders, job.sample_bytes, job.cache_size, job.eviction)
+                m, n = replay_node_cache(node_orders, job.sample_bytes, job.cache_size, job.eviction,
+                                         window=int(job.window or 0), batch_size=job.batch_size)
                 misses = [a + b for a, b in zip(misses, m)]
                 looks = [a + b for a, b in zip(looks, n)]
             per_epoch["node"] = misses

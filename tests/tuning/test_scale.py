@@ -140,3 +140,48 @@ def test_a_window_changes_nothing_for_one_rank_and_adds_the_other_ranks_last_bat
     assert windowed == [400, 272, 272]
     with pytest.raises(UsageError, match="window"):
         replay_node_cache(one, KB, 100 * KB, window=-1)
+
+
+def test_node_scope_replays_the_service_window_and_rank_scope_does_not():
+    """The job's window reaches the node replay (2 ranks in lockstep, 30 % cache: one batch more kept per
+    epoch, as test_a_window... counts by hand); rank scope, with no shared window, is the same either way;
+    the default window is the node service's own for deli's defaults (service_window, 256 at batch 32)."""
+    from delibench.loaders.deli import DeliOptions
+    from delibench.loaders.node import service_window
+
+    def cells(**kw: object) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        p = predict_scale(_job(samples=400, cache_size=120 * KB, seed=0, **kw), orders=("shuffle",))
+        return p.cell("node", "shuffle").gets_per_epoch, p.cell("rank", "shuffle").gets_per_epoch
+
+    windowed, rank_windowed = cells(batch_size=8, window=40)
+    alone, rank_alone = cells(batch_size=8, window=0)
+    assert windowed == (400, 272, 272) and alone == (400, 280, 280)
+    assert rank_windowed == rank_alone
+    assert _job().window == service_window(DeliOptions(), 32) == 256 and _job(batch_size=200).window == 400
+    with pytest.raises(UsageError, match="window"):
+        _job(window=-1)
+
+
+def test_node_scope_prediction_checked_against_the_measured_node_run():
+    """benchmarks/results/node-scope.txt, run node-30: 4 ranks, 2,000 samples (mean 49,416 B), node cache
+    29,649,594 B (30 %), batch 32, 3 epochs, shuffle: the service sent 4,738 GETs, hit rate 0.210. The
+    prediction with the service's window (uniform sizes) is within 2 % and 2 points of it."""
+    p = predict_scale(ScaleJob(nodes=1, gpus_per_node=4, samples=2000, sample_bytes=49416, cache_size=29649594, epochs=3),
+                      orders=("shuffle",), scopes=("node",))
+    node = p.cell("node", "shuffle")
+    assert p.job.window == 256
+    assert node.gets == pytest.approx(4738, rel=0.02) and abs(node.hit_rate - 0.210) <= 0.02, (node.gets, node.hit_rate)
+
+
+def test_cli_takes_batch_size_and_prefetch_depth_into_the_window(capsys):
+    from delibench.cli.app import main
+
+    args = ["scale", "--nodes", "1", "--gpus-per-node", "2", "--samples", "400", "--sample-bytes", "1KB", "--cache-size", "120KB",
+            "--epochs", "3", "--order", "shuffle", "--json"]
+    assert main([*args, "--batch-size", "8", "--prefetch-depth", "10"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["kind"] == "prediction" and (doc["job"]["batch_size"], doc["job"]["window"]) == (8, 16)  # two batches at least
+    assert main([*args, "--batch-size", "8", "--prefetch-depth", "40"]) == 0
+    node = next(c for c in json.loads(capsys.readouterr().out)["cells"] if c["scope"] == "node")
+    assert node["gets_per_epoch"] == [400, 272, 272]
+    assert main([*args, "--batch-size", "0"]) == 2
