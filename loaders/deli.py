@@ -111,9 +111,11 @@ class DeliOptions(ReliabilityOptions):
             one shared-memory cache of ``cache_size`` (per node), evicting with Belady over the
             union of their orders, and hands the bytes to every rank's decode workers through
             shared memory (:mod:`delibench.loaders.node`); ``rank``: each rank has its own fetcher
-            and cache (``cache_size`` per rank). None (the default): ``node`` when more than one
-            rank runs on the node (``LoaderContext.local_world_size``) and the options allow it
-            (memory tier, not whole shards), else ``rank``.
+            and cache (``cache_size`` per rank). Every ``source`` works in both; with
+            ``source=shards`` the service reads each whole shard at most once per node while its
+            shard buffer (``cache_size`` per node) holds it. None (the default): ``node`` when more
+            than one rank runs on the node (``LoaderContext.local_world_size``) and the cache is in
+            memory (``cache_tier=disk`` is rank scope's), else ``rank``.
         node_deadline_s: ``scope=node``: most seconds a rank waits for its node service to start
             or to have a batch ready before a clear error naming the batch and the samples it
             waits for (a bucket that stopped answering, a stuck rank holding the arena); the
@@ -194,6 +196,12 @@ class DeliOptions(ReliabilityOptions):
         return None if self.cache_items is not None else DEFAULT_CACHE_SIZE
 
     @property
+    def shard_buffer_bytes(self) -> int:
+        """``source=shards``: most bytes of whole shards kept between requests, on top of the cache:
+        as many as the cache budget (its default when ``cache_items`` sets the budget)."""
+        return DEFAULT_CACHE_SIZE if self.cache_size_bytes is None else self.cache_size_bytes
+
+    @property
     def prefetch_policy(self) -> str:
         """``window`` or ``threshold``: ``prefetch`` as given, else ``threshold`` when
         ``fetch_size`` or ``fetch_threshold`` is given, else ``window``."""
@@ -256,7 +264,7 @@ class DeliLoader(ResumableEpochs):
         if self.options.source == "shards":
             self.source: SampleSource = WholeShardSource(
                 ctx.dataset_url, read_from, ctx.storage_options, io_threads=self.options.concurrency, lean_http=self.options.lean_http,
-                buffer_bytes=DEFAULT_CACHE_SIZE if self.options.cache_size_bytes is None else self.options.cache_size_bytes, **self.options.source_kwargs())
+                buffer_bytes=self.options.shard_buffer_bytes, **self.options.source_kwargs())
         else:
             self.source = SampleSource(ctx.dataset_url, read_from if members else ctx.manifest, ctx.storage_options,
                                        io_threads=self.options.concurrency, lean_http=self.options.lean_http, members=members,

@@ -23,6 +23,12 @@ which:
   rate a user sees is that of the cache *and* the windows, and the figure to check it against is
   :func:`delibench.tuning.scale.replay_node_cache` with ``window=service_window(...)``, which replays
   exactly this (with ``window=0`` it is the cache alone, a few points lower);
+* reads whatever deli's ``source`` says: sample objects, tar-shard members (one ranged GET each)
+  or whole shards (``source=shards``: :class:`~delibench.loaders.shards.WholeShardSource` in the
+  service, the first sample wanted from a shard GETs all of it, and a buffer of recent shards of
+  ``cache_size`` bytes in the service's own memory, beside the arena, serves the shard's other
+  samples; so each shard is read at most once per node while buffered, and its GET is counted at
+  the rank whose walk sent it);
 * keeps every byte in one shared-memory arena (``/dev/shm/<prefix>-arena``) cut into fixed-size
   blocks, so a sample of any size fits wherever blocks are free (no fragmentation), and answers
   each decode worker's request for its batch with the blocks' offsets. The worker copies the bytes
@@ -89,11 +95,11 @@ _SEQ: dict[tuple[str, int, int], itertools.count[int]] = {}
 
 def wants_node_scope(options: Any, ctx: LoaderContext) -> bool:
     """Whether a deli loader with ``options`` uses the node service: ``scope=node``, or no scope given
-    and more than one rank on this node (unless the options need rank scope: a disk tier, whole shards)."""
+    and more than one rank on this node (unless the options need rank scope: a disk tier)."""
     if options.scope == "node":
         return True
     if options.scope is None:
-        return ctx.local_world_size > 1 and options.cache_tier == "memory" and options.source != "shards"
+        return ctx.local_world_size > 1 and options.cache_tier == "memory"
     return False
 
 
@@ -141,6 +147,8 @@ class NodeConfig:
     epochs: int | None
     parent_pid: int
     deadline_s: float = DEFAULT_DEADLINE_S
+    #: ``source=shards``: read whole shards (one GET per shard while buffered) and slice samples out.
+    whole_shards: bool = False
 
     @property
     def address(self) -> str:
@@ -270,10 +278,20 @@ class NodeService:
         self.leases = itertools.count(1)
         self.closing = False
         self.owner_left = False
-        self.source = SampleSource(
-            config.dataset_url, manifest, config.storage_options, io_threads=opts.concurrency * config.local_world_size,
-            lean_http=opts.lean_http, members=config.members, **opts.source_kwargs(),
-        )
+        if config.whole_shards:
+            from delibench.loaders.shards import WholeShardSource
+
+            self.source: SampleSource = WholeShardSource(
+                config.dataset_url, manifest, config.storage_options, io_threads=opts.concurrency * config.local_world_size,
+                lean_http=opts.lean_http, buffer_bytes=opts.shard_buffer_bytes, **opts.source_kwargs(),
+            )
+        else:
+            self.source = SampleSource(
+                config.dataset_url, manifest, config.storage_options, io_threads=opts.concurrency * config.local_world_size,
+                lean_http=opts.lean_http, members=config.members, **opts.source_kwargs(),
+            )
+        #: GETs counted where they happen: per sample missed, or (whole shards) per shard this walk read.
+        self.whole_shards = config.whole_shards
         self.loop = self.source.loop
         self.sem: asyncio.Semaphore | None = None
 
@@ -438,8 +456,9 @@ class NodeService:
                             self.entries[key] = e
                             rk.slots[pos] = e
                             rk.misses += 1
-                            rk.requests += 1
-                            rk.bytes_read += e.size
+                            if not self.whole_shards:
+                                rk.requests += 1
+                                rk.bytes_read += e.size
                             fetch = e
                             break
                 rk.wake.clear()
@@ -449,14 +468,20 @@ class NodeService:
                     pass
             if fetch is not None:
                 await sem.acquire()
-                asyncio.ensure_future(self._fetch(fetch, sem))
+                asyncio.ensure_future(self._fetch(fetch, sem, rk))
             with self.cond:
                 self.cond.notify_all()
             pos += 1
 
-    async def _fetch(self, e: _Entry, sem: asyncio.Semaphore) -> None:
+    async def _fetch(self, e: _Entry, sem: asyncio.Semaphore, rk: _Rank) -> None:
         try:
-            data = await self.source.fetch(e.key)
+            if self.whole_shards:
+                data, reads, nbytes = await self.source.fetch_counted(e.key)  # type: ignore[attr-defined]
+                with self.cond:
+                    rk.requests += reads
+                    rk.bytes_read += nbytes
+            else:
+                data = await self.source.fetch(e.key)
             error = None
         except FetchError as exc:
             data, error = None, (exc.key, exc.url, str(exc.cause))
@@ -887,8 +912,6 @@ class NodeDeliLoader(ResumableEpochs):
         if options.cache_tier != "memory":
             raise UsageError("deli scope=node keeps its cache in shared memory: cache_tier=disk is for scope=rank",
                              hint="drop cache_tier/cache_dir, or add scope=rank")
-        if options.source == "shards":
-            raise UsageError("deli scope=node reads objects or shard members, not whole shards", hint="use source=members, or scope=rank")
         if ctx.local_world_size > 1 and not ctx.job_id:
             raise UsageError("deli scope=node needs a job id shared by the node's ranks (LoaderContext.job_id)",
                              hint="run under torchrun or delibench run --nproc, or use scope=rank")
@@ -899,7 +922,7 @@ class NodeDeliLoader(ResumableEpochs):
         authkey = hashlib.sha256(f"{self.prefix}|{ctx.job_id}|{os.getuid()}".encode()).digest()
         self._proc: subprocess.Popen[bytes] | None = None
         self._closed = False
-        members = options.source == "members" or (options.source is None and not ctx.manifest.sample_objects)
+        members = options.source in ("members", "shards") or (options.source is None and not ctx.manifest.sample_objects)
         manifest = ctx.manifest
         if members:
             from delibench.loaders.shards import add_member_index
@@ -911,6 +934,7 @@ class NodeDeliLoader(ResumableEpochs):
             world_size=ctx.world_size, first_rank=ctx.rank - ctx.local_rank, local_world_size=ctx.local_world_size,
             order=ctx.order, exchange_fraction=ctx.exchange_fraction, drop_last=ctx.drop_last, batch_size=ctx.batch_size,
             num_workers=ctx.num_workers, epochs=ctx.epochs, parent_pid=os.getpid(), deadline_s=deadline_s,
+            whole_shards=options.source == "shards",
         )
         if ctx.local_rank == 0:
             self._start_service()

@@ -313,15 +313,27 @@ class WholeShardSource(SampleSource):
         Raises:
             FetchError: The shard could not be read, or the sample's bytes are wrong.
         """
+        return (await self.fetch_counted(index))[0]
+
+    async def fetch_counted(self, index: int) -> tuple[bytes, int, int]:
+        """Sample ``index``'s bytes as :meth:`fetch` gives them, with the whole-shard GETs this call
+        itself made and their bytes: ``(bytes, 0, 0)`` when the shard was buffered or another call's
+        GET was already reading it, ``(bytes, 1, shard size)`` when this call read the shard (the node
+        service counts each GET at the rank whose walk sent it).
+
+        Raises:
+            FetchError: The shard could not be read, or the sample's bytes are wrong.
+        """
         from delibench.loaders.source import _IntegrityError
 
         _ = self.fs
         entry = self.manifest.samples[index]
-        assert entry.shard is not None and entry.offset is not None
-        data = await self._shard(entry.shard, index)
+        if entry.shard is None or entry.offset is None:
+            raise self._failure(index, _IntegrityError("the manifest records no shard for this sample"))
+        data, read = await self._shard(entry.shard, index)
         piece = data[entry.offset : entry.offset + entry.size_bytes]
         try:
-            return self._check(index, piece)
+            return self._check(index, piece), int(read), len(data) if read else 0
         except _IntegrityError as exc:
             self._forget(entry.shard)
             raise self._failure(index, exc) from exc
@@ -343,14 +355,15 @@ class WholeShardSource(SampleSource):
         self._shards[shard] = data
         self._held += len(data)
 
-    async def _shard(self, shard: int, index: int) -> bytes:
+    async def _shard(self, shard: int, index: int) -> tuple[bytes, bool]:
+        """The shard's bytes, and whether this call read them (False: buffered, or another call's GET)."""
         data = self._shards.get(shard)
         if data is not None:
             self._shards.move_to_end(shard)
-            return data
+            return data, False
         pending = self._inflight.get(shard)
         if pending is not None:
-            return await asyncio.shield(pending)
+            return await asyncio.shield(pending), False
         future: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
         self._inflight[shard] = future
         try:
@@ -367,7 +380,7 @@ class WholeShardSource(SampleSource):
         self.shard_reads += 1
         self._remember(shard, data)
         future.set_result(data)
-        return data
+        return data, True
 
     async def _read_shard(self, shard: int, index: int) -> bytes:
         from delibench.loaders.source import _GaveUp, _IntegrityError

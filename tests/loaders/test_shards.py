@@ -4,6 +4,7 @@ to its tar member, one ranged GET per sample, locally and on SeaweedFS; the mani
 from __future__ import annotations
 
 import io
+import time
 import json
 import tarfile
 import uuid
@@ -50,6 +51,20 @@ def write_tars(root: Path, samples: int = 29, shards: int = 3, seed: int = 0) ->
                     tar.addfile(info, io.BytesIO(payload))
                 expected[f"{stems[i]}.jpg"] = (data, label)
     return expected
+
+
+def upload_tars(tmp_path: Path, s3_server: Any, **tars: int) -> tuple[dict[str, tuple[bytes, int]], str, dict[str, Any]]:
+    """:func:`write_tars` (``samples``, ``shards``, ``seed``) uploaded to a fresh SeaweedFS bucket:
+    ``(members written, the tars' URL, storage options)``."""
+    import s3fs
+
+    members = write_tars(tmp_path / "tars", **tars)
+    opts = {**_CREDS, "client_kwargs": {"endpoint_url": s3_server.endpoint_url}, "config_kwargs": {"s3": {"addressing_style": "path"}}}
+    bucket = f"shards-{uuid.uuid4().hex[:10]}"
+    fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
+    fs.mkdir(bucket)
+    fs.pipe({f"{bucket}/wds/{p.name}": p.read_bytes() for p in sorted((tmp_path / "tars").glob("*.tar"))})
+    return members, f"s3://{bucket}/wds", opts
 
 
 def expected_of(manifest: Manifest, members: dict[str, tuple[bytes, int]]) -> list[str]:
@@ -160,15 +175,7 @@ def test_manifest_v2_rows_round_trip_and_v1_still_reads(tmp_path: Path) -> None:
 @pytest.mark.parametrize("lean_http", [True, False], ids=["lean", "s3fs"])
 def test_deli_over_shards_on_seaweedfs_one_ranged_get_per_sample(tmp_path: Path, s3_server: Any, shaped_s3: Any,
                                                                  lean_http: bool) -> None:
-    import s3fs
-
-    members = write_tars(tmp_path / "tars", samples=23, shards=3, seed=1)
-    opts = {**_CREDS, "client_kwargs": {"endpoint_url": s3_server.endpoint_url}, "config_kwargs": {"s3": {"addressing_style": "path"}}}
-    bucket = f"shards-{uuid.uuid4().hex[:10]}"
-    fs = s3fs.S3FileSystem(**opts, skip_instance_cache=True)
-    fs.mkdir(bucket)
-    fs.pipe({f"{bucket}/wds/{p.name}": p.read_bytes() for p in sorted((tmp_path / "tars").glob("*.tar"))})
-    url = f"s3://{bucket}/wds"
+    members, url, opts = upload_tars(tmp_path, s3_server, samples=23, shards=3, seed=1)
     manifest = publish.index(url, storage_options=opts, checksums=False)  # headers only, by ranged GETs
     expected = expected_of(manifest, members)
     link = shaped_s3("local")
@@ -237,3 +244,73 @@ def test_every_loader_reads_a_shards_only_dataset_by_range(tmp_path: Path) -> No
     expected = [f"{s.sha256}:{s.label}" for s in manifest.samples]
     with BucketLoader(make_context(corpus, num_workers=1)) as loader:
         run_epochs(loader, 1, expected)
+
+
+@pytest.mark.s3
+@pytest.mark.parametrize("source", ["members", "shards"])
+def test_node_scope_serves_tar_shards_once_per_node_on_seaweedfs(tmp_path: Path, s3_server: Any, shaped_s3: Any,
+                                                                  source: str) -> None:
+    """World 2 on one node (no scope given: node scope, also for whole shards): the node service reads each member (ranged GET) or each
+    whole shard once for 2 epochs with a cache larger than the dataset, counted at the link and in the
+    ranks' stats; every rank gets its partition of every epoch in order, byte-identical to the tar
+    members written (not the manifest); nothing is left in ``/dev/shm``."""
+    import threading
+
+    from delibench.loaders.node import NodeDeliLoader, leftover_segments
+    from delibench.loaders.sampler import epoch_order
+
+    members, url, opts = upload_tars(tmp_path, s3_server, samples=29, shards=3, seed=4)
+    manifest = publish.index(url, storage_options=opts, checksums=False)
+    expected = expected_of(manifest, members)
+    link = shaped_s3("local")
+    routed = {**opts, "client_kwargs": {"endpoint_url": link.endpoint_url}}
+    corpus = Corpus(url, manifest)
+    segments = set(leftover_segments())
+    before = link.stats().requests
+    job, world, epochs = uuid.uuid4().hex, 2, 2
+    loaders = [DeliLoader(make_context(corpus, rank=r, world_size=world, local_rank=r, local_world_size=world, job_id=job,
+                                       epochs=epochs, num_workers=1, storage_options=routed),
+                          source=source, cache_size="1MiB", concurrency=4, prefetch_depth=6)  # scope: node by default
+               for r in range(world)]
+    got: dict[tuple[int, int], list[int]] = {}
+    errors: list[BaseException] = []
+
+    def rank(r: int) -> None:
+        try:
+            for e in range(epochs):
+                for batch in loaders[r].iter_epoch(e):
+                    idx = [int(i) for i in batch.indices]
+                    if list(batch.inputs) != [expected[i] for i in idx]:
+                        raise AssertionError(f"rank {r} epoch {e}: bytes differ from the tar members")
+                    got.setdefault((r, e), []).extend(idx)
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+
+    try:
+        assert all(isinstance(x, NodeDeliLoader) for x in loaders)
+        threads = [threading.Thread(target=rank, args=(r,)) for r in range(world)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not errors, errors[0]
+        for e in range(epochs):
+            for r in range(world):
+                assert got[(r, e)] == epoch_order(len(manifest), e, 7, r, world), (r, e)  # its partition, once, in order
+            assert set(got[(0, e)]) | set(got[(1, e)]) == set(range(len(manifest)))
+        stats = [x.stats() for x in loaders]
+    finally:
+        for x in reversed(loaders):
+            x.close()
+    sent = link.stats().requests - before
+    if source == "members":
+        reads, nbytes = len(members), sum(len(d) for d, _ in members.values())
+    else:
+        reads, nbytes = len(manifest.shards), sum(s.size_bytes for s in manifest.shards)
+    assert sum(s.requests_count for s in stats) == reads == sent
+    assert sum(s.bytes_read_remote for s in stats) == nbytes
+    assert sum(s.cache_misses for s in stats) == len(manifest)  # each sample looked up without a GET once cached
+    deadline = time.monotonic() + 10
+    while set(leftover_segments()) - segments and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not set(leftover_segments()) - segments
