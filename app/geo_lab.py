@@ -102,10 +102,10 @@ class GeoLab:
         """The data sources of a run: shard home -> ``(reader, mode)`` (default: every shard read at home).
 
         A remote shard (``stream`` or ``copy``) is read by the reader's deli loader across the
-        cross-region link; deli keeps it in its cache, so each sample crosses once (the planner's
-        ``copy``: read across during the first epoch, overlapped with training, and kept on the
-        reader's side). ``copy_up_front``: copy it into the reader's bucket before the run instead
-        (:meth:`copy_shard`) and read it there.
+        cross-region link; deli keeps it in its cache while it fits, so each sample then crosses
+        once. ``copy_up_front``: a ``copy``-mode shard is copied into the reader's bucket before the
+        run instead (:meth:`copy_shard`, timed) and read there: what ``geo run --plan`` does and
+        what the planner's ``copy`` models.
         """
         out = []
         for home, url in self.urls.items():

@@ -114,7 +114,7 @@ def _placement_dict(p: Placement, config: RegionsConfig | None) -> dict[str, Any
             accel = config.region(region).accelerators
             entry.update(type=accel.type, billing=accel.billing, usd_per_hour=accel.usd_per_hour, step_time_s=accel.step_time_s)
         workers.append(entry)
-    predicted = {key: getattr(p, key) for key in _PREDICTED}
+    predicted = {key: getattr(p, key) for key in (*_PREDICTED, "copy_time_s")}
     predicted["link_bytes"] = [{"src": src, "dst": dst, "bytes": nbytes} for (src, dst), nbytes in sorted(p.link_bytes.items())]
     return {
         "label": p.label,
@@ -133,7 +133,7 @@ def plan_to_dict(plan: GeoPlan, config: RegionsConfig | None = None) -> dict[str
         "version": PLAN_VERSION,
         "regions_file": plan.regions_file,
         "regions_sha256": plan.regions_sha256,
-        "workload": {"name": w.name, "sample_bytes": w.sample_bytes, "batch_size": w.batch_size, "model_bytes": w.model_bytes, "epochs": w.epochs},
+        "workload": {"name": w.name, "sample_bytes": w.sample_bytes, "batch_size": w.batch_size, "model_bytes": w.model_bytes, "epochs": w.epochs, "object_bytes": w.object_bytes},
         "objective": plan.objective,
         "deadline_s": plan.deadline_s,
         "budget_usd": plan.budget_usd,
@@ -218,8 +218,10 @@ def _placement(where: str, raw: Any) -> Placement:
                 _str(f"{where}.data[{i}].shard", d["shard"]), _str(f"{where}.data[{i}].home", d["home"]), reader, _int(f"{where}.data[{i}].size_bytes", d["size_bytes"], 1), _str(f"{where}.data[{i}].mode", d["mode"])
             )
         )
-    pred = _map(f"{where}.predicted", body["predicted"], (*_PREDICTED, "link_bytes"), _PREDICTED)
+    pred = _map(f"{where}.predicted", body["predicted"], (*_PREDICTED, "copy_time_s", "link_bytes"), _PREDICTED)
     values: dict[str, Any] = {}
+    if "copy_time_s" in pred:  # optional: plans written before the copy was modelled have none
+        values["copy_time_s"] = _float(f"{where}.predicted.copy_time_s", pred["copy_time_s"])
     for key in _PREDICTED:
         if key == "meets_deadline":
             if not isinstance(pred[key], bool):
@@ -249,8 +251,8 @@ def plan_from_dict(raw: Any, source: str = "<plan>") -> GeoPlan:
             raise UsageError(f"not a plan file (format {doc['format']!r}, expected {PLAN_FORMAT!r})")
         if doc["version"] != PLAN_VERSION:
             raise UsageError(f"plan version {doc['version']!r} is not supported (this delibench reads version {PLAN_VERSION})")
-        w = _map("workload", doc["workload"], ("name", "sample_bytes", "batch_size", "model_bytes", "epochs"), ("name", "sample_bytes", "batch_size", "model_bytes", "epochs"))
-        workload = PlanWorkload(_str("workload.name", w["name"]), w["sample_bytes"], w["batch_size"], w["model_bytes"], w["epochs"])
+        w = _map("workload", doc["workload"], ("name", "sample_bytes", "batch_size", "model_bytes", "epochs", "object_bytes"), ("name", "sample_bytes", "batch_size", "model_bytes", "epochs"))
+        workload = PlanWorkload(_str("workload.name", w["name"]), w["sample_bytes"], w["batch_size"], w["model_bytes"], w["epochs"], w.get("object_bytes", 0))
         objective = doc.get("objective", "cost")
         if objective not in ("cost", "time"):
             raise UsageError(f"objective must be cost or time, got {objective!r}")
@@ -381,15 +383,17 @@ def plan_vs_measured(plan: GeoPlan, result: Any, *, copy_s: float = 0.0) -> list
     """``(figure, predicted, measured)`` rows for a run of ``plan``: time (copies up front + training), steps, bytes, cost.
 
     ``result`` is the run's :class:`~delibench.geo.train.GeoResult`; ``copy_s`` the seconds spent
-    copying ``copy``-mode shards before training (the planner overlaps that read with the first
-    epoch; the run does it first).
+    copying ``copy``-mode shards before training (the planner's ``copy_time_s``, part of its
+    ``time_s``; a ``copy_s`` row when the plan copies).
     """
     p = plan.placement
     measured_steps = max((len(r["losses"]) + int(r.get("start_step", 0)) for r in result.rank_results), default=0)
     sync_bytes = sum(result.link_bytes.values())
     data_bytes = sum(n for key, n in result.data_link_bytes.items() if key.split("->")[0] != key.split("->")[-1])
+    copies = [("copy_s", p.copy_time_s, copy_s)] if any(d.mode == "copy" for d in p.data) else []
     return [
         ("time_s", p.time_s, copy_s + result.wall_s),
+        *copies,
         ("steps", float(p.steps), float(measured_steps)),
         ("sync_bytes", float(p.sync_bytes), float(sync_bytes)),
         ("data_bytes_across", float(p.data_bytes), float(data_bytes)),

@@ -22,15 +22,23 @@ With ``n_r`` workers in the active regions A (``N = sum n_r``) and ``S_r`` sampl
               exchange), t_round = max link M/bw when overlapped, plus one tail rtt/2 + M/bw
     compute   sigma * max_{r in A} tau_r                 (the slowest region paces a lockstep step)
     train     compute + Q t_round; asgd-ga with staleness >= 1 overlaps: max(compute, Q t_round) + tail
+    copy      before training, each copied shard in turn: (2 + o_s / C_copy) rtt + z_s / bw, with
+              o_s the shard's objects (``z_s`` over the workload's object size: a sample, or a tar
+              shard), two round trips for its manifest and C_copy
+              (:data:`COPY_CONCURRENCY`) GETs in flight: small objects are latency-bound
     links     every directed link carries its data (streamed shards E z_s, copied shards z_s once)
-              plus Q times its ring bytes, within T at its bandwidth
-    T         max(train, every link's bytes / bw)
+              plus Q times its ring bytes, within T at its bandwidth; streamed shards also pay
+              E o_s rtt / (C_stream n_r) of requests (deli's :data:`STREAM_CONCURRENCY` GETs in flight
+              per reading worker)
+    T         max(copy + train, every link's bytes / bw + its streamed requests)
 
 Data: a shard read in its home region is local; a remote one is either streamed every epoch
-(egress ``E z_s e``) or copied once (read across during the first epoch and kept in a bucket of the
-reader: egress ``z_s e`` once plus storage for T). Copying wins when ``(E - 1) e > s T / month``.
+(egress ``E z_s e``) or copied once before training into a bucket of the reader, as ``geo run
+--plan`` does (egress ``z_s e`` once plus storage for T; the copy's time adds to T). Copying wins on
+cost when ``(E - 1) e > s T / month``.
 
-Cost: accelerators by :func:`delibench.geo.cost.billed_accelerator_s` (``hourly``: ``n_r T``;
+Cost: accelerators by :func:`delibench.geo.cost.billed_accelerator_s` (``hourly``: ``n_r (T - copy)``,
+rented once the copies are done, as ``geo run --plan`` starts its workers after them;
 ``per_second``: busy ``n_r sigma tau_r``) + data egress + storage + sync egress (``Q`` times each
 ring link's bytes at its sender's price) — :func:`delibench.geo.cost.geo_cost_usd`, the same
 function ``geo run`` prices with.
@@ -60,7 +68,9 @@ from delibench.geo.regions import RegionsConfig
 from delibench.units import BYTES_PER_BILLED_GB
 
 __all__ = [
+    "COPY_CONCURRENCY",
     "DATA_MODES",
+    "STREAM_CONCURRENCY",
     "SYNC_STRATEGIES",
     "WORKLOADS",
     "DataPlacement",
@@ -68,9 +78,12 @@ __all__ = [
     "PlanWorkload",
     "SyncChoice",
     "baselines",
+    "copy_time_s",
     "evaluate",
     "get_workload",
     "plan_placement",
+    "shard_objects",
+    "stream_request_s",
 ]
 
 #: Strategies the planner models (the names ``geo run --sync`` takes).
@@ -81,6 +94,36 @@ DATA_MODES = ("local", "stream", "copy")
 
 #: Most worker combinations the planner enumerates.
 MAX_COMBINATIONS = 20_000
+
+#: GETs in flight while a shard is copied into the reader's bucket (``geo run --plan``'s copy,
+#: :func:`delibench.geo.task.copy_dataset`).
+COPY_CONCURRENCY = 16
+
+#: GETs in flight per reading worker when a shard is streamed (the deli loader's default ``concurrency``).
+STREAM_CONCURRENCY = 32
+
+
+def shard_objects(size_bytes: int, object_bytes: int) -> int:
+    """Data objects a shard of ``size_bytes`` is stored as, ``object_bytes`` each (a sample, or a tar shard of them)."""
+    return math.ceil(size_bytes / object_bytes - 1e-9)
+
+
+def copy_time_s(config: RegionsConfig, home: str, reader: str, size_bytes: int, object_bytes: int, *, concurrency: int = COPY_CONCURRENCY) -> float:
+    """Seconds to copy a shard from ``home``'s bucket into ``reader``'s: its requests and its bytes.
+
+    The manifest first (two round trips: its size, then its bytes), then every object is one GET
+    across the link (a round trip each, ``concurrency`` in flight), and the bytes cross at the
+    link's bandwidth: ``(2 + ceil(objects / concurrency)) * rtt + bytes / bandwidth``. Writing into
+    the reader's own bucket overlaps the reads and is left out, as is the stores' own time per
+    request (on a small loaded machine it is not: README, "Geo-distributed training").
+    """
+    link = config.link(home, reader)
+    return (2 + math.ceil(shard_objects(size_bytes, object_bytes) / concurrency)) * link.rtt_s + size_bytes / link.bandwidth_bytes_per_s
+
+
+def stream_request_s(config: RegionsConfig, home: str, reader: str, size_bytes: int, object_bytes: int, *, epochs: int, readers: int) -> float:
+    """Seconds of round trips to stream a shard every epoch: ``epochs * objects * rtt / (STREAM_CONCURRENCY * readers)``."""
+    return epochs * shard_objects(size_bytes, object_bytes) * config.link(home, reader).rtt_s / (STREAM_CONCURRENCY * max(1, readers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +136,8 @@ class PlanWorkload:
         batch_size: Samples per step per worker (the batch the regions' ``step_time_s`` refers to).
         model_bytes: Bytes of parameters exchanged per sync (fp32: 4 per parameter).
         epochs: Passes over the data.
+        object_bytes: Bytes per stored object when samples are packed into larger objects (tar
+            shards); 0: one object per sample. Copies and streams pay a round trip per object.
     """
 
     name: str
@@ -100,21 +145,34 @@ class PlanWorkload:
     batch_size: int
     model_bytes: int
     epochs: int = 1
+    object_bytes: int = 0
+
+    @property
+    def stored_object_bytes(self) -> int:
+        """Bytes per object in the bucket (``object_bytes``, else ``sample_bytes``)."""
+        return self.object_bytes or self.sample_bytes
 
     def __post_init__(self) -> None:
         for key in ("sample_bytes", "batch_size", "epochs"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"workload {self.name}: {key} must be a whole number >= 1, got {value!r}")
-        if isinstance(self.model_bytes, bool) or not isinstance(self.model_bytes, int) or self.model_bytes < 0:
-            raise UsageError(f"workload {self.name}: model_bytes must be a whole number >= 0, got {self.model_bytes!r}")
+        for key in ("model_bytes", "object_bytes"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UsageError(f"workload {self.name}: {key} must be a whole number >= 0, got {value!r}")
 
+
+#: The large workloads' data sits in ~100 MB tar shards (as WebDataset and Mosaic Streaming store
+#: ImageNet-scale data): a copy or stream of them pays few round trips. ``mlp`` and ``cnn-jpeg``
+#: (what ``geo run`` trains) store one object per sample, as ``delibench data make`` writes them.
+_TAR_SHARD_BYTES = 100_000_000
 
 #: Built-in workloads; sizes are the public figures (ResNet-50: 25.6 M fp32 parameters; ImageNet
 #: JPEGs average about 110 kB; BERT-base 110 M parameters on 512-token samples of ~2 kB).
 WORKLOADS: dict[str, PlanWorkload] = {
-    "resnet50": PlanWorkload("resnet50", sample_bytes=110_000, batch_size=256, model_bytes=102_228_128),
-    "bert-base": PlanWorkload("bert-base", sample_bytes=2_048, batch_size=256, model_bytes=438_000_000),
+    "resnet50": PlanWorkload("resnet50", sample_bytes=110_000, batch_size=256, model_bytes=102_228_128, object_bytes=_TAR_SHARD_BYTES),
+    "bert-base": PlanWorkload("bert-base", sample_bytes=2_048, batch_size=256, model_bytes=438_000_000, object_bytes=_TAR_SHARD_BYTES),
     "mlp": PlanWorkload("mlp", sample_bytes=128, batch_size=32, model_bytes=27_168),
     # geo run --task cnn-jpeg: 16x16 synthetic JPEGs (~800 bytes), the 3,962-parameter CNN of geo/task.py.
     "cnn-jpeg": PlanWorkload("cnn-jpeg", sample_bytes=800, batch_size=16, model_bytes=15_848),
@@ -205,6 +263,7 @@ class Placement:
         global_batch: Samples per sync round: workers x per-worker batch x period.
         time_s: Predicted job time.
         compute_time_s: ``steps * slowest step time``.
+        copy_time_s: Copying the ``copy``-mode shards before training (requests and bytes; part of ``time_s``).
         sync_time_s: Sync time on the critical path (0 where asgd-ga hides it behind compute).
         round_s: One round's ring time.
         compute_usd: Accelerators under the billing rule.
@@ -236,6 +295,7 @@ class Placement:
     data_bytes: int
     link_bytes: dict[tuple[str, str], int] = field(default_factory=dict)
     meets_deadline: bool = True
+    copy_time_s: float = 0.0
 
     @property
     def egress_usd(self) -> float:
@@ -341,15 +401,22 @@ def evaluate(
     compute_time_s = steps * tau_max
     sync_total_s = rounds * round_s
     train_s = (max(compute_time_s, sync_total_s) if sync.overlaps else compute_time_s + sync_total_s) + (tail_s if rounds else 0.0)
+    copy_s = sum(copy_time_s(config, d.home, d.reader, d.size_bytes, workload.stored_object_bytes) for d in placed if d.mode == "copy")
     data_link: dict[tuple[str, str], float] = {}
+    requests_s: dict[tuple[str, str], float] = {}
     for d in placed:
         if d.mode != "local":
             data_link[(d.home, d.reader)] = data_link.get((d.home, d.reader), 0.0) + d.size_bytes * (e if d.mode == "stream" else 1)
+        if d.mode == "stream":
+            extra = stream_request_s(config, d.home, d.reader, d.size_bytes, workload.stored_object_bytes, epochs=e, readers=workers[d.reader])
+            requests_s[(d.home, d.reader)] = requests_s.get((d.home, d.reader), 0.0) + extra
     sync_link = {k: rounds * v for k, v in ring_bytes.items()}
     link_bytes = {k: int(round(data_link.get(k, 0.0) + sync_link.get(k, 0))) for k in set(data_link) | set(sync_link)}
-    link_s = [nbytes / config.link(*k).bandwidth_bytes_per_s for k, nbytes in link_bytes.items()]
-    time_s = max([train_s, *link_s])
-    usage = {r: RegionUsage(workers[r], time_s, workers[r] * steps * config.region(r).accelerators.step_time_s) for r in active}
+    link_s = [nbytes / config.link(*k).bandwidth_bytes_per_s + requests_s.get(k, 0.0) for k, nbytes in link_bytes.items()]
+    time_s = max([copy_s + train_s, *link_s])
+    # The accelerators are rented from the start of training (as ``geo run --plan`` starts its
+    # workers after the copies); the copies' storage is paid for the whole time.
+    usage = {r: RegionUsage(workers[r], time_s - copy_s, workers[r] * steps * config.region(r).accelerators.step_time_s) for r in active}
     copies: dict[str, tuple[float, float]] = {}
     for d in placed:
         if d.mode == "copy":
@@ -368,6 +435,7 @@ def evaluate(
         time_s=time_s,
         compute_time_s=compute_time_s,
         sync_time_s=train_s - compute_time_s,
+        copy_time_s=copy_s,
         round_s=round_s,
         compute_usd=data_cost.compute_usd,
         data_egress_usd=data_cost.egress_usd,
@@ -439,18 +507,22 @@ def _solve_fixed_workers(
         prob += v[s, r] >= t - big_t * (1 - cv)
     for r in active:
         prob += sigma * (workers[r] * b) >= pulp.lpSum(e * z / beta * x[s, r] for s, _, z in shards)
+    copying = pulp.lpSum(copy_time_s(config, h, r, z, workload.stored_object_bytes) * c[s, r] for s, h, z in shards for r in active if (s, r) in c)
     if sync.overlaps:
-        prob += t >= sigma * tau_max + tail_s
-        prob += t >= q * round_s + tail_s
+        prob += t >= copying + sigma * tau_max + tail_s
+        prob += t >= copying + q * round_s + tail_s
     else:
-        prob += t >= sigma * tau_max + q * round_s + tail_s
+        prob += t >= copying + sigma * tau_max + q * round_s + tail_s
     pairs = {(h, r) for _, h, _ in shards for r in active if h != r} | set(ring_bytes)
     data_bytes = {}
     for h, r in pairs:
-        data_bytes[h, r] = pulp.lpSum(z * (e * (x[s, r] - c[s, r]) + c[s, r]) for s, hh, z in shards if hh == h and r in active and (s, r) in c)
-        prob += data_bytes[h, r] + q * ring_bytes.get((h, r), 0) <= config.link(h, r).bandwidth_bytes_per_s * t
+        remote = [(s, z) for s, hh, z in shards if hh == h and r in active and (s, r) in c]
+        data_bytes[h, r] = pulp.lpSum(z * (e * (x[s, r] - c[s, r]) + c[s, r]) for s, z in remote)
+        requests = pulp.lpSum(stream_request_s(config, h, r, z, workload.stored_object_bytes, epochs=e, readers=workers[r]) * (x[s, r] - c[s, r]) for s, z in remote)
+        bw = config.link(h, r).bandwidth_bytes_per_s
+        prob += data_bytes[h, r] + q * ring_bytes.get((h, r), 0) + bw * requests <= bw * t
     compute = pulp.lpSum(
-        (config.region(r).accelerators.usd_per_hour / 3600.0) * (workers[r] * t if config.region(r).accelerators.billing == "hourly" else workers[r] * tau[r] * sigma)
+        (config.region(r).accelerators.usd_per_hour / 3600.0) * (workers[r] * (t - copying) if config.region(r).accelerators.billing == "hourly" else workers[r] * tau[r] * sigma)
         for r in active
     )
     egress = pulp.lpSum(_usd_per_byte(config.egress_usd_per_gb(h, r)) * data_bytes[h, r] for h, r in pairs)
@@ -539,6 +611,7 @@ def plan_placement(
     big_t = 2 * (
         steps_max * (max(r.accelerators.step_time_s for r in config.regions) + slowest_round)
         + workload.epochs * total_bytes / min((lk.bandwidth_bytes_per_s for lk in config.links), default=math.inf)
+        + (workload.epochs + 1) * sum(shard_objects(z, workload.stored_object_bytes) for _, _, z in shards) * max((lk.rtt_s for lk in config.links), default=0.0)
     )
     if deadline_s is not None:
         big_t = min(big_t, deadline_s)

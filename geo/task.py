@@ -22,6 +22,7 @@ updates with the wrong sign).
 
 from __future__ import annotations
 
+import concurrent.futures
 import io
 import time
 from collections.abc import Iterator, Mapping
@@ -464,24 +465,46 @@ def sources_from_regions(config: Any, regions: tuple[str, ...] | list[str], stor
     return tuple(out)
 
 
-def copy_dataset(src_url: str, src_options: Mapping[str, Any] | None, dst_url: str, dst_options: Mapping[str, Any] | None) -> int:
+def copy_dataset(
+    src_url: str, src_options: Mapping[str, Any] | None, dst_url: str, dst_options: Mapping[str, Any] | None, *, concurrency: int | None = None
+) -> int:
     """Copy a dataset (every sample its manifest lists, then the manifest) from ``src_url`` to ``dst_url``; the sample bytes copied.
 
     A plan's ``copy`` mode: the shard crosses the link once, into a bucket of the reading region.
+    Small objects are latency-bound, so the reads go through deli's sample source: one GET per
+    object (the manifest knows every size: no HEAD first), ``concurrency`` in flight (default the
+    planner's :data:`~delibench.geo.planner.COPY_CONCURRENCY`, which its copy time assumes), with
+    its retries; each object is written into the reader's bucket as soon as it arrives, so the
+    writes overlap the other reads.
     """
     from dataclasses import replace
 
+    from delibench.geo.planner import COPY_CONCURRENCY
+    from delibench.loaders.source import SampleSource
     from delibench.manifest import read_manifest, write_manifest
     from delibench.storage import resolve
 
+    n = COPY_CONCURRENCY if concurrency is None else concurrency
+    if n < 1:
+        raise UsageError(f"copy concurrency must be >= 1, got {n}")
     src_opts, dst_opts = dict(src_options or {}), dict(dst_options or {})
     manifest = read_manifest(src_url, src_opts)
-    src = resolve(src_url, src_opts)
-    blobs = src.filesystem().cat([src.child(s.key) for s in manifest.samples])
+    source = SampleSource(src_url, manifest, src_opts, io_threads=n, members=False)
     dst = resolve(dst_url, dst_opts)
-    dst.filesystem().pipe({dst.child(s.key): blobs[src.child(s.key)] for s in manifest.samples})
+    fs = dst.filesystem()
+
+    def one(index: int) -> int:  # read across, then write at once: the writes overlap the other reads
+        blob = source.fetch_sync(index)
+        fs.pipe_file(dst.child(manifest.samples[index].key), blob)
+        return len(blob)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=n, thread_name_prefix="geo-copy") as pool:
+            nbytes = sum(pool.map(one, range(len(manifest.samples))))
+    finally:
+        source.close()
     write_manifest(replace(manifest), dst_url, dst_opts)
-    return sum(len(b) for b in blobs.values())
+    return nbytes
 
 
 def check_sources(sources: tuple[DataSource, ...] | list[DataSource], val_url: str | None, val_options: Mapping[str, Any] | None = None) -> None:

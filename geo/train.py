@@ -425,12 +425,13 @@ def _train_loop(
     }
 
 
-def run_geo(config: RegionsConfig, spec: GeoRunSpec, *, timeout_s: float = 600.0) -> GeoResult:
+def run_geo(config: RegionsConfig, spec: GeoRunSpec, *, timeout_s: float = 600.0, copied: dict[str, int] | None = None) -> GeoResult:
     """Train ``spec`` on this machine and return the aggregated measurements (the Python entry point).
 
     The run is a torchrun job like ``geo run``'s (:func:`delibench.geo.launch.launch_local`: one
     agent per region over loopback, the communication-level WAN model), without checkpoints or
-    restarts: a failed worker fails the run.
+    restarts: a failed worker fails the run. ``copied``: ``"home->reader"`` -> bytes copied between
+    buckets before the run (a plan's ``copy`` mode), priced with the run's data.
 
     Raises:
         RuntimeFailure: A worker failed (the agent's last error line is in the message) or the run
@@ -440,7 +441,7 @@ def run_geo(config: RegionsConfig, spec: GeoRunSpec, *, timeout_s: float = 600.0
 
     for name, _ in spec.workers:
         config.region(name)
-    return launch_local(config, spec, links="model", checkpoint_every=0, max_restarts=0, timeout_s=timeout_s).result
+    return launch_local(config, spec, links="model", checkpoint_every=0, max_restarts=0, timeout_s=timeout_s, copied=copied).result
 
 
 def aggregate_ranks(

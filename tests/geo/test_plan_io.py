@@ -18,7 +18,7 @@ from delibench.geo.regions import load_regions
 EXAMPLE = Path(__file__).resolve().parents[2] / "geo" / "example-regions.yaml"
 
 
-def _plan(sync: SyncChoice, epochs: int = 90, deadline_s: float | None = 2700) -> GeoPlan:
+def _plan(sync: SyncChoice, epochs: int = 90, deadline_s: float | None = 3000) -> GeoPlan:
     config = load_regions(EXAMPLE)
     wl = get_workload("resnet50", epochs=epochs)
     best = plan_placement(config, wl, sync=sync, deadline_s=deadline_s)
@@ -105,7 +105,7 @@ def test_geo_plan_out_then_run_plan_hands_over_the_settings(tmp_path: Path, monk
     from delibench.geo import launch
 
     out = tmp_path / "plan.yaml"
-    args = ["geo", "plan", "--regions", str(EXAMPLE), "--epochs", "90", "--sync", "asgd-ga", "--sync-period", "16", "--deadline", "45min", "--out", str(out)]
+    args = ["geo", "plan", "--regions", str(EXAMPLE), "--epochs", "90", "--sync", "asgd-ga", "--sync-period", "16", "--deadline", "50min", "--out", str(out)]
     assert main(args) == 0
     capsys.readouterr()
     seen: dict[str, Any] = {}
