@@ -29,13 +29,18 @@ REGIONS = parse_regions(
 EVERY = 10
 
 
-def test_killed_worker_costs_at_most_one_checkpoint_interval(tmp_path: Path) -> None:
-    spec = GeoRunSpec(strategy="ma", period=2, workers=(("a", 1), ("b", 1)), steps=50)
-    with LocalJob(REGIONS, spec, links="model", checkpoint_every=EVERY, job_dir=str(tmp_path)) as job:
-        job.wait_progress(25, timeout_s=60)
+def _sigkill_b_then_finish(spec: GeoRunSpec, job_dir: Path, at_step: int, *, timeout_s: float = 90) -> Any:
+    """Run ``spec`` (checkpoints every EVERY steps), SIGKILL region b's worker once ``at_step`` is reached, wait for the end."""
+    with LocalJob(REGIONS, spec, links="model", checkpoint_every=EVERY, job_dir=str(job_dir)) as job:
+        job.wait_progress(at_step, timeout_s=timeout_s)
         victim = next(rank for rank, (_, region) in job.worker_pids().items() if region == "b")
         job.kill_worker(victim, signal.SIGKILL)
-        got = job.wait(90)
+        return job.wait(timeout_s + 30)
+
+
+def test_killed_worker_costs_at_most_one_checkpoint_interval(tmp_path: Path) -> None:
+    spec = GeoRunSpec(strategy="ma", period=2, workers=(("a", 1), ("b", 1)), steps=50)
+    got = _sigkill_b_then_finish(spec, tmp_path, 25, timeout_s=60)
     assert got.events, "no restart recorded"
     event = got.events[0]
     print("restart:", event)
@@ -93,11 +98,7 @@ def test_cnn_jpeg_worker_killed_resumes_its_loaders_from_the_checkpoint(tmp_path
     shards = make_region_shards(tmp_path / "data", ("a", "b"), samples_per_region=64, held_out=40, seed=2)
     sources = shards.local_sources()
     spec = GeoRunSpec(strategy="ma", period=2, workers=(("a", 1), ("b", 1)), steps=30, batch_size=8, lr=0.1, task="cnn-jpeg", data=sources, val_url=shards.held_out)
-    with LocalJob(REGIONS, spec, links="model", checkpoint_every=EVERY, job_dir=str(tmp_path / "job")) as job:
-        job.wait_progress(15, timeout_s=90)
-        victim = next(rank for rank, (_, region) in job.worker_pids().items() if region == "b")
-        job.kill_worker(victim, signal.SIGKILL)
-        got = job.wait(120)
+    got = _sigkill_b_then_finish(spec, tmp_path / "job", 15)
     assert got.events and 0 <= got.events[0]["lost_steps"] <= EVERY
     resumed = got.events[-1]["resumed_at"]
     assert resumed >= 10 and resumed % EVERY == 0
@@ -137,11 +138,7 @@ def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
 
 def test_sigkill_restart_restores_every_ranks_model_and_momentum(tmp_path: Path, uninterrupted: tuple[Path, Any]) -> None:
-    with LocalJob(REGIONS, RESTORE_SPEC, links="model", checkpoint_every=EVERY, job_dir=str(tmp_path)) as job:
-        job.wait_progress(15, timeout_s=60)
-        victim = next(rank for rank, (_, region) in job.worker_pids().items() if region == "b")
-        job.kill_worker(victim, signal.SIGKILL)
-        got = job.wait(90)
+    got = _sigkill_b_then_finish(RESTORE_SPEC, tmp_path, 15, timeout_s=60)
     assert got.events, "no restart recorded"
     event = got.events[-1]
     print("restart:", event)
