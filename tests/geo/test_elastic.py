@@ -16,7 +16,7 @@ import pytest
 from delibench.errors import RuntimeFailure
 from delibench.geo.launch import LocalJob
 from delibench.geo.regions import parse_regions
-from delibench.geo.train import GeoRunSpec
+from delibench.geo.train import GeoRunSpec, run_geo
 
 pytestmark = pytest.mark.slow
 
@@ -146,6 +146,19 @@ def test_sigkill_restart_restores_every_ranks_model_and_momentum(tmp_path: Path,
     assert {r["start_step"] for r in got.ranks} == {event["resumed_at"]} and {r["restore"] for r in got.ranks} == {"exact"}
     assert _final_params(got) == _final_params(uninterrupted[1])  # the uninterrupted run's parameters, bitwise
     assert all(r["carried_s"] > 0 for r in got.ranks)  # the training time before the checkpoint counts towards a budget
+
+
+def test_sigkill_restart_of_asgd_ga_restores_rounds_and_updates_in_flight(tmp_path: Path) -> None:
+    """ASGD-GA (K=3, S=0: deterministic) with momentum, resumed mid-round: each region's model of
+    record, its round, the other region's updates recorded at the cut and its momentum come back, so
+    the run ends where the uninterrupted one does."""
+    spec = GeoRunSpec(strategy="asgd-ga", accum=3, staleness=0, momentum=0.9, lr=0.1, workers=(("a", 1), ("b", 1)), steps=30)
+    whole = run_geo(REGIONS, spec, timeout_s=90)
+    got = _sigkill_b_then_finish(spec, tmp_path, 15, timeout_s=60)
+    event = got.events[-1]
+    print("restart:", event)
+    assert event["restore"] == "exact" and event["resumed_at"] in (10, 20)
+    assert _final_params(got) == {r["params_sha256"] for r in whole.rank_results}
 
 
 def test_damaged_newest_checkpoint_falls_back_to_the_previous_one(tmp_path: Path, uninterrupted: tuple[Path, Any]) -> None:
