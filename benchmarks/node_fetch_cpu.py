@@ -2,6 +2,8 @@
 
     .venv/bin/python benchmarks/node_fetch_cpu.py                                   # 16 KB, 110 KB, 1 MB; --nproc 4 and 2
     .venv/bin/python benchmarks/node_fetch_cpu.py --sizes 110k --nproc 4 --out /tmp/nfc
+    .venv/bin/python benchmarks/node_fetch_cpu.py --sizes 110k --nproc 4 --fetch-processes 1,2 --no-no-verify-run \
+        --out benchmarks/results --name node-fetch-cpu-processes            # one loop vs two fetch processes
 
 The node service (``loaders/node.py``) fetches for every local rank on ONE asyncio event loop. The
 cross-region runs of ``node_scope.py`` are link-bound (service CPU 1.7-3.1 s over 65-106 s), so they
@@ -23,11 +25,14 @@ service's start-up (imports, manifest, arena) and the ranks' start-up and tear-d
 * fetch throughput: the loader's bytes and GETs (its own counts) over the fetch interval;
 * the service's CPU-seconds in the interval, per GB fetched and per 1,000 GETs, and as a fraction of
   one core; its whole-life CPU too (start-up included);
-* the server's and the whole box's CPU in the interval, so it is plain who had the 2 cores.
+* the server's and the whole box's CPU in the interval, so it is plain who had the 2 cores;
+* with ``--fetch-processes N`` (deli ``fetch_processes``, N > 1): the service's CPU is its main
+  process (table, cache, arena, the ranks' requests; the busiest thread is its event loop) plus its
+  N fetch processes (each its own loop doing the GETs); both are reported apart and summed.
 
-The summary fits ``service CPU = a x GETs + b x GB`` over the runs (least squares) and extrapolates
-(labelled as such) to the node demand at which one loop would need a whole core. Writes
-``--out``/node-fetch-cpu.{txt,json}.
+The summary fits ``service CPU = a x GETs + b x GB`` over the one-loop runs (least squares) and
+extrapolates (labelled as such) to the node demand at which one loop would need a whole core, and sets
+runs that differ only in ``--fetch-processes`` side by side. Writes ``--out``/``--name``.{txt,json}.
 """
 
 from __future__ import annotations
@@ -98,7 +103,8 @@ def _sample(root_pid: int, server_pid: int, stop: threading.Event, ticks: list[d
             try:
                 for p in root.children(recursive=True):
                     try:
-                        if "delibench.loaders.node" in " ".join(p.cmdline()):
+                        cmd = p.cmdline()
+                        if "delibench.loaders.node" in cmd and "--fetch" not in cmd:
                             svc["pid"], svc["proc"] = p.pid, p
                             break
                     except psutil.NoSuchProcess:
@@ -115,6 +121,22 @@ def _sample(root_pid: int, server_pid: int, stop: threading.Event, ticks: list[d
                 tick["threads"] = _threads(svc["pid"])
                 svc["last"] = tick["service"]
                 svc["last_threads"] = tick["threads"]
+                fetchers = svc.setdefault("fetchers", {})
+                for child in svc["proc"].children():
+                    if child.pid not in fetchers:
+                        try:
+                            if "--fetch" in child.cmdline():
+                                fetchers[child.pid] = child
+                        except psutil.NoSuchProcess:
+                            pass
+                cpu = svc.setdefault("fetcher_cpu", {})
+                for pid, child in fetchers.items():
+                    try:
+                        t = child.cpu_times()
+                        cpu[pid] = t.user + t.system
+                    except psutil.NoSuchProcess:
+                        pass
+                tick["fetchers"] = sum(cpu.values())
             except psutil.NoSuchProcess:
                 pass
         ticks.append(tick)
@@ -158,6 +180,9 @@ def main() -> None:
                              "fetch runs at the service's own pace) or a number (256 is deli's default: fetching gated by consumption)")
     parser.add_argument("--no-verify-run", action=argparse.BooleanOptionalAction, default=True,
                         help="one more run per size (largest --nproc) with deli verify=false: the sha256 check's share of the CPU")
+    parser.add_argument("--fetch-processes", default="1",
+                        help="comma-separated deli fetch_processes values to run side by side (1: the service's own loop GETs; N > 1: N fetch processes)")
+    parser.add_argument("--name", default="node-fetch-cpu", help="result file stem under --out")
     parser.add_argument("--samples-scale", type=float, default=1.0, help="multiply every size's sample count")
     parser.add_argument("--demand-gbps", type=float, default=2.2, help="node demand (GB/s) to extrapolate to")
     parser.add_argument("--demand-sample-kb", type=float, default=110.0, help="mean sample size of that demand")
@@ -178,6 +203,7 @@ def main() -> None:
     started = time.time()
     sizes = [s for s in args.sizes.split(",") if s]
     nprocs = [int(x) for x in args.nproc.split(",") if x]
+    fps = [x.strip() for x in args.fetch_processes.split(",") if x.strip()]
     with Lab.start(args.dir, profile="local", services=("s3",)) as lab:
         direct = lab.route("s3", direct=True)
         options = direct.storage_options
@@ -206,11 +232,12 @@ def main() -> None:
             for i in range(0, len(keys), 100):  # warm the store's page cache: no run pays for its cold disk
                 fs.cat(keys[i : i + 100])
             cache = f"{max(64 * 2**20, 2 * total) // 2**20}MiB"
-            for nproc, verify in [(p, True) for p in nprocs] + ([(max(nprocs), False)] if args.no_verify_run else []):
+            combos = [(p, True) for p in nprocs] + ([(max(nprocs), False)] if args.no_verify_run else [])
+            for nproc, verify, fp in [(p, v, f) for p, v in combos for f in fps]:
                 depth = -(-n // nproc) if args.prefetch_depth == "all" else int(args.prefetch_depth)
-                out_dir = args.dir / "results" / f"{size}-n{nproc}{'' if verify else '-noverify'}"
+                out_dir = args.dir / "results" / f"{size}-n{nproc}{'' if verify else '-noverify'}-fp{fp}"
                 cmd = [sys.executable, "-m", "delibench", "run", "--data", data.url,
-                       "--loader", f"deli:cache_size={cache},scope=node,concurrency={args.concurrency},prefetch_depth={depth}" + ("" if verify else ",verify=false"), "--workload", "mnist-cnn",
+                       "--loader", f"deli:cache_size={cache},scope=node,concurrency={args.concurrency},prefetch_depth={depth}" + f",fetch_processes={fp}" + ("" if verify else ",verify=false"), "--workload", "mnist-cnn",
                        "--compute", args.compute, "--batch-size", str(batch), "--num-workers", str(args.num_workers),
                        "--epochs", "1", "--warmup-steps", "1", "--nproc", str(nproc), "--json", "--no-diagnose", "--no-progress",
                        "--results-dir", str(out_dir)]
@@ -231,21 +258,27 @@ def main() -> None:
                 gets, nbytes = ls.get("requests_count") or 0, ls.get("bytes_read_remote") or 0
                 a, b = _interval(ticks)
                 dt = ticks[b]["t"] - ticks[a]["t"]
-                svc_cpu = _at(ticks, b, "service") - _at(ticks, a, "service")
+                main_cpu = _at(ticks, b, "service") - _at(ticks, a, "service")
+                fetch_cpu = _at(ticks, b, "fetchers") - _at(ticks, a, "fetchers")
+                svc_cpu = main_cpu + fetch_cpu
                 server_cpu = ticks[b]["server"] - ticks[a]["server"]
                 box_cpu = ticks[b]["box_busy"] - ticks[a]["box_busy"]
                 th_b = next((t["threads"] for t in reversed(ticks[: b + 1]) if "threads" in t), {})
                 th_a = next((t["threads"] for t in ticks[a:] if "threads" in t), {})
                 per_thread = sorted(((th_b.get(k, 0) - th_a.get(k, 0)) for k in th_b), reverse=True)
-                loop_share = per_thread[0] / svc_cpu if per_thread and svc_cpu > 0 else None
+                loop_share = per_thread[0] / main_cpu if per_thread and main_cpu > 0 else None
                 gb = nbytes / 1e9
                 row = {
-                    "size": size, "nproc": nproc, "verify": verify, "samples": n, "dataset_bytes": total, "mean_sample_bytes": total / n,
+                    "size": size, "nproc": nproc, "verify": verify, "fetch_processes": fp, "samples": n, "dataset_bytes": total, "mean_sample_bytes": total / n,
                     "batch_size": batch, "cache": cache, "prefetch_depth": depth, "gets": gets, "bytes": nbytes,
                     "fetch_interval_s": round(dt, 2), "samples_per_s": gets / dt, "mb_per_s": nbytes / 1e6 / dt,
                     "service_cpu_s": round(svc_cpu, 3), "service_cores": svc_cpu / dt,
                     "service_cpu_s_per_gb": svc_cpu / gb if gb else None, "service_cpu_s_per_1k_gets": svc_cpu / gets * 1000 if gets else None,
                     "service_busiest_thread_share": loop_share,
+                    "main_cpu_s": round(main_cpu, 3), "main_cores": main_cpu / dt, "main_cpu_s_per_gb": main_cpu / gb if gb else None,
+                    "main_loop_cpu_s": per_thread[0] if per_thread else None,
+                    "main_loop_cpu_s_per_gb": per_thread[0] / gb if per_thread and gb else None,
+                    "fetch_processes_cpu_s": round(fetch_cpu, 3), "fetch_processes_seen": len(svc.get("fetchers", {})),
                     "service_top_thread_cpu_s": [round(x, 3) for x in per_thread[:4]], "service_threads": len(th_b),
                     "service_cpu_s_whole_life": svc.get("last"),
                     "server_cpu_s": round(server_cpu, 3), "server_cores": server_cpu / dt,
@@ -257,7 +290,10 @@ def main() -> None:
                     "run_wall_s": m.get("wall_s"), "ticks": len(ticks),
                 }
                 runs.append(row)
-                say(f"{size:>4s} (mean {total / n / 1e3:6.1f} KB, {n} samples, {total / 1e6:.0f} MB) --nproc {nproc}{'' if verify else ' verify=false'}: "
+                fp_text = "" if fp == "1" else (f" fetch_processes={fp}: main {main_cpu:.2f} s = {row['main_cores']:.2f} core "
+                                                 f"({_f(row['main_cpu_s_per_gb'], 2)} s/GB, its loop thread {_f(row['main_loop_cpu_s_per_gb'], 2)} s/GB) "
+                                                 f"+ {row['fetch_processes_seen']} fetch processes {fetch_cpu:.2f} s;")
+                say(f"{size:>4s} (mean {total / n / 1e3:6.1f} KB, {n} samples, {total / 1e6:.0f} MB) --nproc {nproc}{'' if verify else ' verify=false'}{fp_text} "
                     f"{gets} GETs in a {dt:.1f} s fetch interval = {row['samples_per_s']:.0f} samples/s, {row['mb_per_s']:.1f} MB/s; "
                     f"service CPU {svc_cpu:.2f} s = {row['service_cores']:.2f} core ({_f(loop_share, 2)} of it on the busiest thread; top threads {', '.join(f'{x:.2f}' for x in per_thread[:3])} s), "
                     f"{_f(row['service_cpu_s_per_gb'], 2)} s/GB, {_f(row['service_cpu_s_per_1k_gets'], 3)} s/1k GETs "
@@ -267,8 +303,8 @@ def main() -> None:
                     f"run {wall:.0f} s")
     fit = _summary(runs, args, say)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "node-fetch-cpu.txt").write_text("\n".join(lines) + "\n")
-    (args.out / "node-fetch-cpu.json").write_text(json.dumps({
+    (args.out / f"{args.name}.txt").write_text("\n".join(lines) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps({
         "args": {k: str(v) for k, v in vars(args).items()}, "command": " ".join(sys.argv), "platform": platform.platform(),
         "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "elapsed_s": round(time.time() - started, 1),
         "runs": runs, "fit": fit,
@@ -280,10 +316,23 @@ def _summary(runs: list[dict[str, Any]], args: argparse.Namespace, say: Any) -> 
     say("summary:")
     fits = {}
     for verify in (True, False):
-        rows = [r for r in runs if r["gets"] and r["service_cpu_s"] > 0 and r["verify"] == verify]
+        rows = [r for r in runs if r["gets"] and r["service_cpu_s"] > 0 and r["verify"] == verify and r["fetch_processes"] == "1"]
         if rows:
             say(f"  {'deli default (verify=true: sha256 of every sample)' if verify else 'verify=false'}:")
             fits["verify" if verify else "no_verify"] = _fit(rows, args, say)
+    groups: dict[tuple[str, int, bool], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["size"], r["nproc"], r["verify"]), []).append(r)
+    for (size, nproc, verify), rows in groups.items():
+        if len({r["fetch_processes"] for r in rows}) < 2:
+            continue
+        say(f"  {size} --nproc {nproc}{'' if verify else ' verify=false'}, side by side:")
+        for r in rows:
+            loop = r["main_loop_cpu_s_per_gb"] if r["fetch_processes"] != "1" else (r["service_top_thread_cpu_s"] or [0])[0] / (r["bytes"] / 1e9)
+            say(f"    fetch_processes={r['fetch_processes']}: {r['mb_per_s']:.1f} MB/s ({r['samples_per_s']:.0f} GETs/s); service main process "
+                f"{_f(r['main_cpu_s_per_gb'], 2)} s/GB (its event loop thread {loop:.2f} s/GB) + fetch processes "
+                f"{r['fetch_processes_cpu_s'] / (r['bytes'] / 1e9):.2f} s/GB = {_f(r['service_cpu_s_per_gb'], 2)} s/GB in all; "
+                f"SeaweedFS {r['server_cores']:.2f} core, box {r['box_cores_busy']:.2f} cores busy")
     return fits
 
 

@@ -40,6 +40,38 @@ one node never meet. Lifecycle: the service ignores Ctrl-C (the ranks stop it), 
 starter is gone (polled), when every rank has left after the starter's ``close``, or on SIGTERM, and
 unlinks its arena on the way out; the starter's ``close`` also unlinks it, so a service killed with
 SIGKILL leaves nothing in ``/dev/shm`` either. A rank whose service vanished gets a clear error.
+
+**Fetch processes** (``fetch_processes``, issue 15). One event loop saturates one core at ~0.24 GB/s
+of 110 KB samples (~0.47 CPU-s per 1,000 GETs + 2.5 CPU-s per GB, most of it on the loop:
+``benchmarks/results/node-fetch-cpu.txt``); an 8-GPU ImageNet node wants ~2.2 GB/s. Threads would
+share the loop's GIL, so with ``fetch_processes=N > 1`` the service starts N fetch processes
+(``python -m delibench.loaders.node --fetch``), each with its own event loop and
+:class:`~delibench.loaders.source.SampleSource` (client, retries, hedging, sha256 check), and sends
+no GET itself. What stays in the service, and why:
+
+* the one table, cache, Belady policy and block allocation: one source of truth, no table shared
+  between processes and so no cross-process lock. Sizes are in the manifest, so the service
+  allocates a sample's blocks *before* its GET, exactly as with one loop, and hands the fetch
+  process a work item ``(request id, sample, block runs)`` over its own socket pair;
+* the accounting: a GET is counted at the rank whose walk sent it when the walk allocates it
+  (unchanged, so per-rank GET counts are exact whichever process sends it); the fetch processes'
+  own meters (attempts, retries, hedges, latencies) come back as deltas with each reply and are
+  added to the service's.
+
+A fetch process GETs (checking length and sha256 as the one loop does), writes the bytes straight
+into the mapped arena (``O_RDWR`` mapping of the service's segment: it creates and unlinks nothing)
+and replies ``done`` with the error, if any; the service then treats the sample as arrived (one reader
+thread per fetch process hands replies to the loop in batches). Work goes to the process with the
+fewest items in flight, within the same ``concurrency x local ranks`` bound. ``source=shards`` keeps
+its whole-shard path in the service (the shard buffer is the service's own memory, and slicing
+a buffered shard is a copy, not a GET): ``fetch_processes`` is ignored there. Lifecycle: a fetch
+process's only link is its socket to the service; when the service ends (close, SIGTERM, its starter
+gone, even SIGKILL) the socket reaches EOF and the fetch process exits, and the service also waits for
+(then kills) its fetch processes on the way out. A fetch process that dies makes every later batch
+fail with an error naming it (index, pid, signal or exit code), never a hang. ``auto`` takes a
+quarter of the node's CPUs (the ranks' decode workers need the rest: on the 2-core measurement the
+ranks held more CPU than the service) and at most two per local rank (8-GPU ImageNet is ~0.28 GB/s
+per rank, a bit more than one loop's measured ceiling), at least 1.
 """
 
 from __future__ import annotations
@@ -53,6 +85,7 @@ import os
 import pickle
 import select
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -73,7 +106,10 @@ from delibench.loaders.source import FetchMeter
 from delibench.manifest import Manifest
 from delibench.records import LoaderStats
 
-__all__ = ["SEGMENT_PREFIX", "NodeConfig", "NodeDeliLoader", "leftover_segments", "node_prefix", "service_window", "wants_node_scope"]
+__all__ = [
+    "SEGMENT_PREFIX", "NodeConfig", "NodeDeliLoader", "fetch_process_count", "leftover_segments", "node_prefix", "service_window",
+    "wants_node_scope",
+]
 
 #: Every name the node service gives a shared-memory segment or socket starts with this.
 SEGMENT_PREFIX = "delibench-node-"
@@ -107,6 +143,17 @@ def service_window(options: Any, batch_size: int) -> int:
     """Samples the node service looks up ahead of each local rank's next batch: the prefetch bound
     (``prefetch_depth``, default 256), at least two batches."""
     return max(options.prefetch_bound, 2 * batch_size)
+
+
+def fetch_process_count(value: int | str, local_world_size: int, cpus: int | None = None) -> int:
+    """How many fetch processes ``fetch_processes=value`` means on a node of ``cpus`` CPUs (default: this
+    process's) with ``local_world_size`` ranks: the number, or for ``auto`` a quarter of the CPUs, at
+    most two per local rank, at least 1 (see the module docstring)."""
+    if value != "auto":
+        return max(1, int(value))
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus // 4, 2 * local_world_size))
 
 
 def node_prefix(ctx: LoaderContext, seq: int) -> str:
@@ -176,6 +223,15 @@ class _Entry:
         self.error: tuple[str, str, str] | None = None
         self.refs = 0
         self.cached = False
+
+
+def _copy_into(arena: Any, runs: list[tuple[int, int]], data: bytes) -> None:
+    """Copy a sample's bytes into the arena's ``runs`` (``[(offset, length), ...]``)."""
+    mv = memoryview(data)
+    at = 0
+    for off, ln in runs:
+        arena[off : off + ln] = mv[at : at + ln]
+        at += ln
 
 
 def _runs(blocks: list[int], block: int, size: int) -> list[tuple[int, int]]:
@@ -294,6 +350,15 @@ class NodeService:
         self.whole_shards = config.whole_shards
         self.loop = self.source.loop
         self.sem: asyncio.Semaphore | None = None
+        #: Why the service cannot serve any more (a fetch process died); every later batch fails with it.
+        self.broken: str | None = None
+        count = 1 if config.whole_shards else fetch_process_count(opts.fetch_processes, config.local_world_size)
+        self.fetchers = _FetchProcesses(config, count, self.loop, self._fetcher_died) if count > 1 else None
+
+    def _fetcher_died(self, message: str) -> None:
+        with self.cond:
+            self.broken = message
+            self.cond.notify_all()
 
     # -- the plan: every local rank's order and the union's next uses ------------------------------
 
@@ -474,15 +539,18 @@ class NodeService:
             pos += 1
 
     async def _fetch(self, e: _Entry, sem: asyncio.Semaphore, rk: _Rank) -> None:
+        data: bytes | None = None
+        error: tuple[str, str, str] | None = None
         try:
-            if self.whole_shards:
+            if self.fetchers is not None:
+                error = await self.fetchers.fetch(e.key, e.runs)  # written into the arena by a fetch process
+            elif self.whole_shards:
                 data, reads, nbytes = await self.source.fetch_counted(e.key)  # type: ignore[attr-defined]
                 with self.cond:
                     rk.requests += reads
                     rk.bytes_read += nbytes
             else:
                 data = await self.source.fetch(e.key)
-            error = None
         except FetchError as exc:
             data, error = None, (exc.key, exc.url, str(exc.cause))
         except Exception as exc:  # noqa: BLE001 - handed to the ranks as a fetch error of this sample
@@ -490,11 +558,7 @@ class NodeService:
         finally:
             sem.release()
         if data is not None:
-            mv = memoryview(data)
-            at = 0
-            for off, ln in e.runs:
-                self.buf[off : off + ln] = mv[at : at + ln]
-                at += ln
+            _copy_into(self.buf, e.runs, data)
         with self.cond:
             if error is not None:
                 e.state, e.error = _FAILED, error
@@ -522,6 +586,8 @@ class NodeService:
             while True:
                 if not (rk.active and rk.token == token) or self.closing:
                     return _STALE, None
+                if self.broken is not None:
+                    return _FAILURE, self.broken
                 if all(p in rk.slots and rk.slots[p].state != _FETCHING for p in range(lo, hi)):
                     break
                 if time.monotonic() > deadline:
@@ -600,7 +666,7 @@ class NodeService:
     def stats(self, index: int) -> dict[str, Any]:
         """Rank ``index``'s share of the node's counters; local rank 0 also carries the node-wide ones
         (cache occupancy, evictions, retries), so a sum over ranks counts each GET once."""
-        meter = self.source.meter
+        meter = self.source.meter if self.fetchers is None else self.fetchers.meter_with(self.source.meter)
         with self.cond:
             rk = self.ranks[index]
             own = {
@@ -616,6 +682,7 @@ class NodeService:
                 "arena_bytes": self.capacity, "arena_peak_bytes": self.peak_blocks * self.block, "block": self.block, "window": self.depth,
                 "retries": meter.retries_count, "hedges": meter.hedges_count, "errors": meter.errors_count,
                 "latencies": percentiles(list(meter.latencies_s)),
+                "fetch_processes": [] if self.fetchers is None else self.fetchers.answered(),
             }
         return {"rank": own, "node": node}
 
@@ -632,10 +699,232 @@ class NodeService:
                 if rk.active:
                     self._close_walk(rk)
             self.cond.notify_all()
+        if self.fetchers is not None:
+            self.fetchers.close()
         try:
             self.source.close()
         except Exception:  # noqa: BLE001 - leaving anyway
             pass
+
+
+class _Fetcher:
+    """The service's side of one fetch process."""
+
+    __slots__ = ("conn", "done", "index", "pending", "proc")
+
+    def __init__(self, index: int, proc: subprocess.Popen[bytes], conn: Connection) -> None:
+        self.index = index
+        self.proc = proc
+        self.conn = conn
+        #: request id -> (its future, the sample)
+        self.pending: dict[int, tuple[asyncio.Future[tuple[str, str, str] | None], int]] = {}
+        self.done = 0  # work items it answered
+
+
+class _FetchProcesses:
+    """The node service's fetch processes (``fetch_processes > 1``): work items out, replies in.
+
+    :meth:`fetch` runs on the service's loop; one reader thread per process hands its replies back to
+    the loop in batches. See the module docstring for the design."""
+
+    def __init__(self, config: NodeConfig, count: int, loop: asyncio.AbstractEventLoop, on_death: Any) -> None:
+        self.config = config
+        self.count = count
+        self.loop = loop
+        self.on_death = on_death
+        self.meter = FetchMeter()
+        self.lock = threading.Lock()
+        self.ids = itertools.count(1)
+        self.fetchers: list[_Fetcher] = []
+        self.dead: str | None = None
+        self.closing = False
+        payload = pickle.dumps(config)
+        try:
+            for i in range(count):
+                mine, theirs = socket.socketpair()
+                try:
+                    proc = subprocess.Popen([sys.executable, "-m", "delibench.loaders.node", "--fetch", str(i), str(theirs.fileno())],
+                                            stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),))
+                finally:
+                    theirs.close()
+                self.fetchers.append(_Fetcher(i, proc, Connection(mine.detach())))
+            for f in self.fetchers:  # all started first: they import in parallel
+                assert f.proc.stdin is not None
+                f.proc.stdin.write(payload)
+                f.proc.stdin.close()
+            deadline = time.monotonic() + config.deadline_s
+            for f in self.fetchers:
+                try:
+                    if not f.conn.poll(max(0.0, deadline - time.monotonic())):
+                        raise RuntimeFailure(f"{self._name(f)} did not start within {config.deadline_s:g} s")
+                    kind, detail = f.conn.recv()
+                except (EOFError, OSError) as exc:
+                    raise RuntimeFailure(f"{self._name(f)} did not start ({self._how(f)})") from exc
+                if kind != "ready":
+                    raise RuntimeFailure(f"{self._name(f)} did not start: {detail}")
+        except BaseException:
+            self.close()
+            raise
+        for f in self.fetchers:
+            threading.Thread(target=self._read, args=(f,), daemon=True, name=f"delibench-node-fetch-{f.index}").start()
+
+    def _name(self, f: _Fetcher) -> str:
+        return f"node service: fetch process {f.index + 1} of {self.count} (pid {f.proc.pid})"
+
+    @staticmethod
+    def _how(f: _Fetcher) -> str:
+        try:
+            code = f.proc.wait(2)
+        except subprocess.TimeoutExpired:  # alive with its socket broken: it must not write into the arena again
+            f.proc.kill()
+            f.proc.wait()
+            return "its socket broke; killed"
+        if code < 0:
+            try:
+                return f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                return f"killed by signal {-code}"
+        return f"exit code {code}"
+
+    def _error(self, key: int, message: str) -> tuple[str, str, str]:
+        return self.config.manifest.samples[key].key, self.config.dataset_url, message
+
+    async def fetch(self, key: int, runs: list[tuple[int, int]]) -> tuple[str, str, str] | None:
+        """GET sample ``key`` into the arena's ``runs`` in a fetch process; None, or its ``(key, url, cause)``."""
+        if self.dead is not None:
+            return self._error(key, self.dead)
+        f = min(self.fetchers, key=lambda x: len(x.pending))
+        rid = next(self.ids)
+        fut: asyncio.Future[tuple[str, str, str] | None] = self.loop.create_future()
+        f.pending[rid] = (fut, key)
+        try:
+            f.conn.send(("get", rid, key, runs))
+        except OSError:
+            f.pending.pop(rid, None)
+            return self._error(key, self.dead or f"{self._name(f)} is gone")
+        return await fut
+
+    def _read(self, f: _Fetcher) -> None:
+        try:
+            while True:
+                replies = [f.conn.recv()]
+                while f.conn.poll(0):
+                    replies.append(f.conn.recv())
+                with self.lock:
+                    f.done += len(replies)
+                    for _, _, _, (requests, nbytes, errors, retries, hedges, latencies) in replies:
+                        m = self.meter
+                        m.requests_count += requests
+                        m.bytes_read += nbytes
+                        m.errors_count += errors
+                        m.retries_count += retries
+                        m.hedges_count += hedges
+                        m.latencies_s.extend(latencies)
+                self.loop.call_soon_threadsafe(self._done, f, replies)
+        except (EOFError, OSError):
+            pass
+        if not self.closing:
+            message = f"{self._name(f)} died ({self._how(f)}): its GETs are lost, this node can serve no more samples"
+            self.loop.call_soon_threadsafe(self._died, f, message)
+
+    def _done(self, f: _Fetcher, replies: list[Any]) -> None:
+        for _, rid, error, _ in replies:
+            fut, _ = f.pending.pop(rid, (None, 0))
+            if fut is not None and not fut.done():
+                fut.set_result(None if error is None else tuple(error))
+
+    def _died(self, f: _Fetcher, message: str) -> None:
+        if self.dead is None:
+            self.dead = message
+            self.on_death(message)
+        pending, f.pending = f.pending, {}
+        for fut, key in pending.values():
+            if not fut.done():
+                fut.set_result(self._error(key, message))
+
+    def answered(self) -> list[int]:
+        """Work items each fetch process answered so far."""
+        with self.lock:
+            return [f.done for f in self.fetchers]
+
+    def meter_with(self, own: FetchMeter) -> FetchMeter:
+        """The service's own meter plus what the fetch processes counted."""
+        total = FetchMeter()
+        total.merge(own)
+        with self.lock:
+            total.merge(self.meter)
+        return total
+
+    def close(self) -> None:
+        """Stop every fetch process (each also leaves on its own when its socket closes)."""
+        self.closing = True
+        for f in self.fetchers:
+            try:
+                f.conn.send(("stop",))
+            except OSError:
+                pass
+        for f in self.fetchers:
+            try:
+                f.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                f.proc.kill()
+                f.proc.wait()
+            try:
+                f.conn.close()
+            except OSError:
+                pass
+
+
+def _fetch_main(index: int, fd: int) -> None:
+    """A fetch process: GET the service's work items on its own loop, write the bytes into the arena, reply."""
+    from delibench.loaders.source import SampleSource
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # like the service: the ranks stop it
+    conn = Connection(fd)
+    try:
+        config: NodeConfig = pickle.load(sys.stdin.buffer)
+        opts = config.options
+        source = SampleSource(config.dataset_url, config.manifest, config.storage_options,
+                              io_threads=opts.concurrency * config.local_world_size, lean_http=opts.lean_http,
+                              members=config.members, **opts.source_kwargs())
+        arena = _Arena(config.arena_name, writable=True)
+        loop = source.loop
+    except Exception as exc:  # noqa: BLE001 - told to the service, which raises it
+        try:
+            conn.send(("error", repr(exc)))
+        except OSError:
+            pass
+        os._exit(1)
+    conn.send(("ready", os.getpid()))
+    samples = config.manifest.samples
+    meter = source.meter
+    sent = [0, 0, 0, 0, 0, 0]  # what the replies so far carried (on the loop only)
+
+    async def one(rid: int, key: int, runs: list[tuple[int, int]]) -> None:
+        error: tuple[str, str, str] | None = None
+        try:
+            arena.write(runs, await source.fetch(key))
+        except FetchError as exc:
+            error = (exc.key, exc.url, str(exc.cause))
+        except Exception as exc:  # noqa: BLE001 - handed to the ranks as a fetch error of this sample
+            error = (samples[key].key, config.dataset_url, repr(exc))
+        now = (meter.requests_count, meter.bytes_read, meter.errors_count, meter.retries_count, meter.hedges_count, len(meter.latencies_s))
+        counts = (*(a - b for a, b in zip(now[:5], sent[:5])), meter.latencies_s[sent[5]:])
+        sent[:] = now
+        try:
+            conn.send(("done", rid, error, counts))
+        except OSError:
+            pass  # the service is gone: the main thread reads EOF and leaves
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if msg[0] != "get":
+            break
+        asyncio.run_coroutine_threadsafe(one(msg[1], msg[2], msg[3]), loop)
+    os._exit(0)  # no waiting on the IO loop's threads
 
 
 def _unlink(name: str) -> None:
@@ -753,6 +1042,8 @@ def serve(config: NodeConfig, ready: Any) -> None:
 
 
 def _main() -> None:
+    if sys.argv[1:2] == ["--fetch"]:
+        _fetch_main(int(sys.argv[2]), int(sys.argv[3]))
     config = pickle.load(sys.stdin.buffer)
     out = os.fdopen(os.dup(sys.stdout.fileno()), "wb")
     serve(config, out)
@@ -765,14 +1056,17 @@ def _main() -> None:
 
 
 class _Arena:
-    """A worker's read-only view of the node's arena (mapped once per process)."""
+    """A worker's read-only view of the node's arena (mapped once per process); a fetch process's writable one."""
 
-    def __init__(self, name: str) -> None:
-        fd = os.open(os.path.join(_SHM_DIR, name), os.O_RDONLY)
+    def __init__(self, name: str, writable: bool = False) -> None:
+        fd = os.open(os.path.join(_SHM_DIR, name), os.O_RDWR if writable else os.O_RDONLY)
         try:
-            self.map = mmap.mmap(fd, 0, prot=mmap.PROT_READ)
+            self.map = mmap.mmap(fd, 0, prot=mmap.PROT_READ | (mmap.PROT_WRITE if writable else 0))
         finally:
             os.close(fd)
+
+    def write(self, runs: list[tuple[int, int]], data: bytes) -> None:
+        _copy_into(self.map, runs, data)
 
     def read(self, runs: list[tuple[int, int]]) -> bytes:
         if len(runs) == 1:

@@ -1,6 +1,7 @@
 """deli's node service (``scope=node``): exact partitions at world 2 and 4, one fetch per sample per
 node, Belady over the union as the simulator predicts it, two nodes, two jobs, a rank that leaves
-early, and a service or starter that dies (a clear error, nothing left in ``/dev/shm``).
+early, a service, starter or fetch process that dies (a clear error, nothing left in ``/dev/shm``), and
+``fetch_processes=2`` (GETs in two fetch processes, the table in the service) as exact as one loop.
 
 The ranks of a "node" run as loaders in this process (threads), each with its own local rank; the
 service they share is a real process started by local rank 0's loader.
@@ -102,6 +103,12 @@ def _check_exact(corpus: Corpus, got: dict[tuple[int, int], list[tuple[int, str]
 def _close(loaders: list[Any]) -> None:
     for loader in reversed(loaders):  # local rank 0 last: it waits for the others, then stops the service
         loader.close()
+
+
+def _fetch_processes(loader: Any) -> list[psutil.Process]:
+    """The fetch processes of the service that ``loader`` (local rank 0) started."""
+    service = psutil.Process(loader._proc.pid)
+    return [p for p in service.children() if "--fetch" in p.cmdline()]
 
 
 @pytest.mark.parametrize("world", [2, 4])
@@ -248,8 +255,11 @@ def test_a_batch_that_never_comes_is_a_clear_error_within_the_deadline(corpus: C
     assert not psutil.pid_exists(service_pid) or psutil.Process(service_pid).status() == psutil.STATUS_ZOMBIE
 
 
-def test_a_killed_service_is_a_clear_error_and_leaves_no_segment(corpus: Corpus) -> None:
-    loaders = _job(corpus, 2, 2, cache_size="1MiB")
+@pytest.mark.parametrize("fetch_processes", [1, 2])
+def test_a_killed_service_is_a_clear_error_and_leaves_no_segment(corpus: Corpus, fetch_processes: int) -> None:
+    loaders = _job(corpus, 2, 2, cache_size="1MiB", fetch_processes=fetch_processes)
+    fetchers = _fetch_processes(loaders[0])
+    assert len(fetchers) == (0 if fetch_processes == 1 else fetch_processes)
     try:
         it = loaders[1].iter_epoch(0)
         next(it)
@@ -261,6 +271,8 @@ def test_a_killed_service_is_a_clear_error_and_leaves_no_segment(corpus: Corpus)
                 pass
     finally:
         _close(loaders)
+    for p in fetchers:  # their socket to the service reached EOF: they left on their own
+        p.wait(10)
 
 
 def test_the_service_leaves_with_its_starter(corpus: Corpus, tmp_path) -> None:
@@ -329,3 +341,61 @@ def test_resume_mid_epoch(corpus: Corpus, saved_by: str, resumed_by: str) -> Non
         assert second.state_dict()["epoch"] == 1 and second.state_dict()["samples_yielded"] == 0
     finally:
         second.close()
+
+
+def test_fetch_processes_serve_every_partition_exactly_once_per_node(corpus: Corpus) -> None:
+    """fetch_processes=2 at world 2: both processes GET, every rank's partition exact and byte-identical,
+    one GET per sample per node (a cache bigger than the dataset), GET counts per rank summing to it."""
+    loaders = _job(corpus, 2, 2, epochs=2, cache_size="1MiB", fetch_processes=2)
+    try:
+        fetchers = _fetch_processes(loaders[0])
+        assert len(fetchers) == 2
+        got = _run(loaders, 2)
+        _check_exact(corpus, got, 2)
+        stats = [loader.stats() for loader in loaders]
+        assert sum(s.requests_count for s in stats) == len(corpus.manifest)
+        assert sum(s.bytes_read_remote for s in stats) == sum(e.size_bytes for e in corpus.manifest.samples)
+        assert sum(s.cache_misses for s in stats) == len(corpus.manifest)
+        node = loaders[0].node_stats()["node"]
+        assert node["node_requests"] == node["fetches"] == len(corpus.manifest)  # the fetch processes' own meters agree
+        assert sum(node["fetch_processes"]) == len(corpus.manifest) and min(node["fetch_processes"]) > 0, node["fetch_processes"]
+    finally:
+        _close(loaders)
+    for p in fetchers:
+        p.wait(10)  # gone with the service
+
+
+def test_a_killed_fetch_process_is_a_clear_error_and_leaves_nothing(corpus: Corpus) -> None:
+    """SIGKILL one of two fetch processes mid-epoch: the rank's next batch fails naming it (not a hang);
+    the service, both fetch processes and the arena are gone after close."""
+    loaders = _job(corpus, 2, 2, epochs=1, cache_size="1MiB", prefetch_depth=4, fetch_processes=2)
+    service = psutil.Process(loaders[0]._proc.pid)
+    fetchers = _fetch_processes(loaders[0])
+    try:
+        it = loaders[1].iter_epoch(0)
+        next(it)
+        victim = fetchers[1]
+        victim.send_signal(signal.SIGKILL)
+        victim.wait(10)  # reaped by the service, which then marks itself broken
+        time.sleep(0.2)
+        with pytest.raises(RuntimeFailure, match=rf"fetch process 2 of 2 \(pid {victim.pid}\) died \(killed by SIGKILL\)"):
+            for _ in it:
+                pass
+    finally:
+        _close(loaders)
+    service.wait(10)
+    for p in fetchers:  # both gone (the killed one reaped by the service, the other stopped by it)
+        p.wait(10)
+        assert not psutil.pid_exists(p.pid)
+
+
+def test_fetch_processes_option() -> None:
+    from delibench.loaders.deli import DeliOptions
+    from delibench.loaders.node import fetch_process_count
+
+    assert fetch_process_count(1, 8) == 1 and fetch_process_count(3, 8) == 3
+    assert fetch_process_count("auto", 8, cpus=2) == 1
+    assert fetch_process_count("auto", 8, cpus=96) == 16 and fetch_process_count("auto", 2, cpus=96) == 4
+    for bad in (0, -1, "many", True, 1.5):
+        with pytest.raises(UsageError, match="fetch_processes"):
+            DeliOptions(fetch_processes=bad)
