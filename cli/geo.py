@@ -435,6 +435,7 @@ def plan_cmd(
     sync: str = typer.Option("ma", "--sync", help="Cross-region sync of the plan: allreduce | ma | asgd-ga. Default ma."),
     sync_period: int = typer.Option(8, "--sync-period", help="Steps per sync round: H for ma, K for asgd-ga (allreduce: 1). Default 8."),
     staleness: int = typer.Option(1, "--staleness", help="asgd-ga: rounds an exchange may lag (0 = no overlap). Default 1."),
+    reader_cache: str = typer.Option("256MiB", "--reader-cache", help="deli cache of each worker reading a streamed shard: a shard whose samples fit crosses once, not every epoch (0 = no cache). Default 256MiB (geo run's)."),
     out: Optional[str] = typer.Option(None, "--out", help="Write the plan (versioned YAML) here, for 'geo run --plan'."),
     json_out: bool = typer.Option(False, "--json", help="Print the plan document (plan and baselines) as JSON on stdout."),
 ) -> None:
@@ -462,7 +463,11 @@ def plan_cmd(
         raise UsageError("--staleness must be >= 0")
     if epochs < 1:
         raise UsageError("--epochs must be >= 1")
-    wl = get_workload(workload, epochs=epochs)
+    from dataclasses import replace
+
+    from delibench.units import parse_bytes
+
+    wl = replace(get_workload(workload, epochs=epochs), reader_cache_bytes=parse_bytes(reader_cache))
     choice = SyncChoice(sync, sync_period, staleness)
     best = plan_placement(config, wl, sync=choice, objective=objective, deadline_s=deadline_s, budget_usd=budget_usd)
     bases = baselines(config, wl, best, deadline_s=deadline_s)

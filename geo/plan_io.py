@@ -6,7 +6,8 @@ A versioned YAML document (``format: delibench-geo-plan``, ``version: 1``)::
     version: 1
     regions_file: geo/example-regions.yaml
     regions_sha256: 3f1c...                  # the regions file the plan was made for
-    workload: {name: resnet50, sample_bytes: 110000, batch_size: 256, model_bytes: 102228128, epochs: 10}
+    workload: {name: resnet50, sample_bytes: 110000, batch_size: 256, model_bytes: 102228128, epochs: 10,
+               object_bytes: 100000000, reader_cache_bytes: 268435456}   # deli cache per reading worker
     objective: cost
     deadline_s: null
     budget_usd: null
@@ -14,7 +15,8 @@ A versioned YAML document (``format: delibench-geo-plan``, ``version: 1``)::
       label: plan
       sync: {strategy: ma, period: 64, staleness: 1}
       workers: [{region: us-east, count: 8, type: a100, billing: hourly}, ...]
-      data: [{shard: us-0, home: us-east, reader: us-east, size_bytes: 20000000000, mode: local}, ...]
+      data: [{shard: us-0, home: us-east, reader: us-east, size_bytes: 20000000000, mode: local, passes: 0.0}, ...]
+                                             # passes: times its bytes cross (a stream: 1 when deli's cache keeps it)
       predicted: {time_s: ..., steps: ..., rounds: ..., global_batch: ..., compute_usd: ..., ...}
     baselines: [...]
 
@@ -31,7 +33,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from delibench.errors import UsageError
-from delibench.geo.planner import DataPlacement, Placement, PlanWorkload, SyncChoice
+from delibench.geo.planner import READER_CACHE_BYTES, DataPlacement, Placement, PlanWorkload, SyncChoice
 from delibench.geo.regions import RegionsConfig
 
 if TYPE_CHECKING:
@@ -120,7 +122,7 @@ def _placement_dict(p: Placement, config: RegionsConfig | None) -> dict[str, Any
         "label": p.label,
         "sync": {"strategy": p.sync.strategy, "period": p.sync.period, "staleness": p.sync.staleness},
         "workers": workers,
-        "data": [{"shard": d.shard, "home": d.home, "reader": d.reader, "size_bytes": d.size_bytes, "mode": d.mode} for d in p.data],
+        "data": [{"shard": d.shard, "home": d.home, "reader": d.reader, "size_bytes": d.size_bytes, "mode": d.mode, "passes": d.passes} for d in p.data],
         "predicted": predicted,
     }
 
@@ -133,7 +135,7 @@ def plan_to_dict(plan: GeoPlan, config: RegionsConfig | None = None) -> dict[str
         "version": PLAN_VERSION,
         "regions_file": plan.regions_file,
         "regions_sha256": plan.regions_sha256,
-        "workload": {"name": w.name, "sample_bytes": w.sample_bytes, "batch_size": w.batch_size, "model_bytes": w.model_bytes, "epochs": w.epochs, "object_bytes": w.object_bytes},
+        "workload": {"name": w.name, "sample_bytes": w.sample_bytes, "batch_size": w.batch_size, "model_bytes": w.model_bytes, "epochs": w.epochs, "object_bytes": w.object_bytes, "reader_cache_bytes": w.reader_cache_bytes},
         "objective": plan.objective,
         "deadline_s": plan.deadline_s,
         "budget_usd": plan.budget_usd,
@@ -209,13 +211,14 @@ def _placement(where: str, raw: Any) -> Placement:
         raise UsageError(f"{where}.workers: no workers")
     data = []
     for i, entry in enumerate(_list(f"{where}.data", body["data"])):
-        d = _map(f"{where}.data[{i}]", entry, ("shard", "home", "reader", "size_bytes", "mode"), ("shard", "home", "reader", "size_bytes", "mode"))
+        d = _map(f"{where}.data[{i}]", entry, ("shard", "home", "reader", "size_bytes", "mode", "passes"), ("shard", "home", "reader", "size_bytes", "mode"))
         reader = _str(f"{where}.data[{i}].reader", d["reader"])
         if reader not in workers:
             raise UsageError(f"{where}.data[{i}]: shard read in {reader!r}, which has no workers in the plan")
         data.append(
             DataPlacement(
-                _str(f"{where}.data[{i}].shard", d["shard"]), _str(f"{where}.data[{i}].home", d["home"]), reader, _int(f"{where}.data[{i}].size_bytes", d["size_bytes"], 1), _str(f"{where}.data[{i}].mode", d["mode"])
+                _str(f"{where}.data[{i}].shard", d["shard"]), _str(f"{where}.data[{i}].home", d["home"]), reader, _int(f"{where}.data[{i}].size_bytes", d["size_bytes"], 1), _str(f"{where}.data[{i}].mode", d["mode"]),
+                _float(f"{where}.data[{i}].passes", d.get("passes", 0.0)) or 0.0,  # optional: plans written before the reader's cache was modelled
             )
         )
     pred = _map(f"{where}.predicted", body["predicted"], (*_PREDICTED, "copy_time_s", "link_bytes"), _PREDICTED)
@@ -251,8 +254,10 @@ def plan_from_dict(raw: Any, source: str = "<plan>") -> GeoPlan:
             raise UsageError(f"not a plan file (format {doc['format']!r}, expected {PLAN_FORMAT!r})")
         if doc["version"] != PLAN_VERSION:
             raise UsageError(f"plan version {doc['version']!r} is not supported (this delibench reads version {PLAN_VERSION})")
-        w = _map("workload", doc["workload"], ("name", "sample_bytes", "batch_size", "model_bytes", "epochs", "object_bytes"), ("name", "sample_bytes", "batch_size", "model_bytes", "epochs"))
-        workload = PlanWorkload(_str("workload.name", w["name"]), w["sample_bytes"], w["batch_size"], w["model_bytes"], w["epochs"], w.get("object_bytes", 0))
+        w = _map("workload", doc["workload"], ("name", "sample_bytes", "batch_size", "model_bytes", "epochs", "object_bytes", "reader_cache_bytes"), ("name", "sample_bytes", "batch_size", "model_bytes", "epochs"))
+        workload = PlanWorkload(
+            _str("workload.name", w["name"]), w["sample_bytes"], w["batch_size"], w["model_bytes"], w["epochs"], w.get("object_bytes", 0), w.get("reader_cache_bytes", READER_CACHE_BYTES)
+        )
         objective = doc.get("objective", "cost")
         if objective not in ("cost", "time"):
             raise UsageError(f"objective must be cost or time, got {objective!r}")

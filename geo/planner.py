@@ -26,16 +26,25 @@ With ``n_r`` workers in the active regions A (``N = sum n_r``) and ``S_r`` sampl
               o_s the shard's objects (``z_s`` over the workload's object size: a sample, or a tar
               shard), two round trips for its manifest and C_copy
               (:data:`COPY_CONCURRENCY`) GETs in flight: small objects are latency-bound
-    links     every directed link carries its data (streamed shards E z_s, copied shards z_s once)
+    links     every directed link carries its data (streamed shards p_sr z_s, copied shards z_s once)
               plus Q times its ring bytes, within T at its bandwidth; streamed shards also pay
-              E o_s rtt / (C_stream n_r) of requests (deli's :data:`STREAM_CONCURRENCY` GETs in flight
+              p_sr o_s rtt / (C_stream n_r) of requests (deli's :data:`STREAM_CONCURRENCY` GETs in flight
               per reading worker)
+    passes    p_sr (:func:`stream_passes`): how many times a streamed shard's bytes cross. The reader
+              reads it through deli, whose cache never fetches a sample twice while it holds it; each
+              of the n_r workers reads a fresh random 1/n_r of the shard every epoch (DistributedSampler's
+              order) and so, over E epochs, u = z_s (1 - (1 - 1/n_r)^E) distinct bytes. If u fits in a
+              worker's cache (``PlanWorkload.reader_cache_bytes``, per shard: ``geo run`` gives every
+              shard a deli loader of its own) each is fetched once: p_sr = n_r (1 - (1 - 1/n_r)^E)
+              (1 for one worker or one epoch); otherwise p_sr = E (conservatively every epoch: a cache
+              that keeps part of the shard saves part of a pass, not counted)
     T         max(copy + train, every link's bytes / bw + its streamed requests)
 
-Data: a shard read in its home region is local; a remote one is either streamed every epoch
-(egress ``E z_s e``) or copied once before training into a bucket of the reader, as ``geo run
---plan`` does (egress ``z_s e`` once plus storage for T; the copy's time adds to T). Copying wins on
-cost when ``(E - 1) e > s T / month``.
+Data: a shard read in its home region is local; a remote one is either streamed (egress ``p_sr z_s
+e``: every epoch unless deli's cache keeps it) or copied once before training into a bucket of the
+reader, as ``geo run --plan`` does (egress ``z_s e`` once plus storage for T; the copy's time adds
+to T). Copying wins on cost when ``(p_sr - 1) e > s T / month``: never for a shard the reader's cache
+holds with one reading worker (p = 1).
 
 Cost: accelerators by :func:`delibench.geo.cost.billed_accelerator_s` (``hourly``: ``n_r (T - copy)``,
 rented once the copies are done, as ``geo run --plan`` starts its workers after them;
@@ -70,6 +79,7 @@ from delibench.units import BYTES_PER_BILLED_GB
 __all__ = [
     "COPY_CONCURRENCY",
     "DATA_MODES",
+    "READER_CACHE_BYTES",
     "STREAM_CONCURRENCY",
     "SYNC_STRATEGIES",
     "WORKLOADS",
@@ -83,6 +93,7 @@ __all__ = [
     "get_workload",
     "plan_placement",
     "shard_objects",
+    "stream_passes",
     "stream_request_s",
 ]
 
@@ -101,6 +112,10 @@ COPY_CONCURRENCY = 16
 
 #: GETs in flight per reading worker when a shard is streamed (the deli loader's default ``concurrency``).
 STREAM_CONCURRENCY = 32
+
+#: Default deli cache of each reading worker, per streamed shard: what ``geo run`` gives every shard's
+#: loader (``cache_size="256MiB"`` in :class:`delibench.geo.task.RegionBatches`).
+READER_CACHE_BYTES = 256 * 2**20
 
 
 def shard_objects(size_bytes: int, object_bytes: int) -> int:
@@ -121,8 +136,21 @@ def copy_time_s(config: RegionsConfig, home: str, reader: str, size_bytes: int, 
     return (2 + math.ceil(shard_objects(size_bytes, object_bytes) / concurrency)) * link.rtt_s + size_bytes / link.bandwidth_bytes_per_s
 
 
-def stream_request_s(config: RegionsConfig, home: str, reader: str, size_bytes: int, object_bytes: int, *, epochs: int, readers: int) -> float:
-    """Seconds of round trips to stream a shard every epoch: ``epochs * objects * rtt / (STREAM_CONCURRENCY * readers)``."""
+def stream_passes(size_bytes: int, *, epochs: int, readers: int, cache_bytes: int) -> float:
+    """How many times a streamed shard's bytes cross its link over ``epochs`` (see the module docstring).
+
+    Each of ``readers`` workers visits a fresh random ``1/readers`` of the shard every epoch, so it
+    fetches ``u = size * (1 - (1 - 1/readers)^epochs)`` distinct bytes. When ``u`` fits in its deli
+    cache of ``cache_bytes`` every sample is fetched once: ``readers * (1 - (1 - 1/readers)^epochs)``
+    passes (1 with one worker or one epoch, at most ``epochs``); otherwise every epoch: ``epochs``.
+    """
+    n = max(1, readers)
+    seen = 1.0 - (1.0 - 1.0 / n) ** epochs
+    return n * seen if size_bytes * seen <= cache_bytes else float(epochs)
+
+
+def stream_request_s(config: RegionsConfig, home: str, reader: str, size_bytes: int, object_bytes: int, *, epochs: float, readers: int) -> float:
+    """Seconds of round trips to stream a shard ``epochs`` times (its passes): ``epochs * objects * rtt / (STREAM_CONCURRENCY * readers)``."""
     return epochs * shard_objects(size_bytes, object_bytes) * config.link(home, reader).rtt_s / (STREAM_CONCURRENCY * max(1, readers))
 
 
@@ -138,6 +166,9 @@ class PlanWorkload:
         epochs: Passes over the data.
         object_bytes: Bytes per stored object when samples are packed into larger objects (tar
             shards); 0: one object per sample. Copies and streams pay a round trip per object.
+        reader_cache_bytes: The deli cache of each worker reading a streamed shard (per shard);
+            a shard whose samples fit crosses once, not every epoch (:func:`stream_passes`).
+            Default :data:`READER_CACHE_BYTES`, what ``geo run`` gives each shard's loader; 0: no cache.
     """
 
     name: str
@@ -146,6 +177,7 @@ class PlanWorkload:
     model_bytes: int
     epochs: int = 1
     object_bytes: int = 0
+    reader_cache_bytes: int = READER_CACHE_BYTES
 
     @property
     def stored_object_bytes(self) -> int:
@@ -157,7 +189,7 @@ class PlanWorkload:
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise UsageError(f"workload {self.name}: {key} must be a whole number >= 1, got {value!r}")
-        for key in ("model_bytes", "object_bytes"):
+        for key in ("model_bytes", "object_bytes", "reader_cache_bytes"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise UsageError(f"workload {self.name}: {key} must be a whole number >= 0, got {value!r}")
@@ -233,7 +265,9 @@ class DataPlacement:
         home: Region that stores it.
         reader: Region whose workers train on it.
         size_bytes: Its size.
-        mode: ``local`` (reader == home), ``stream`` (read across every epoch) or ``copy`` (once).
+        mode: ``local`` (reader == home), ``stream`` (read across while training) or ``copy`` (once, before).
+        passes: How many times its bytes cross regions: 0 local, 1 copy, a stream's
+            :func:`stream_passes` (1 when the readers' deli caches keep it, else the epochs).
     """
 
     shard: str
@@ -241,12 +275,15 @@ class DataPlacement:
     reader: str
     size_bytes: int
     mode: str
+    passes: float = 0.0
 
     def __post_init__(self) -> None:
         if self.mode not in DATA_MODES:
             raise UsageError(f"shard {self.shard}: mode must be one of {', '.join(DATA_MODES)}, got {self.mode!r}")
         if (self.mode == "local") != (self.reader == self.home):
             raise UsageError(f"shard {self.shard}: mode 'local' exactly when the reader is the home region ({self.home})")
+        if not self.passes >= 0:
+            raise UsageError(f"shard {self.shard}: passes must be >= 0, got {self.passes!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +427,11 @@ def evaluate(
         config.region(reader)
         if workers.get(reader, 0) < 1:
             raise UsageError(f"shard {name!r} is read in {reader}, which has no workers")
-        placed.append(DataPlacement(name, home, reader, size, "local" if reader == home else mode))
+        mode = "local" if reader == home else mode
+        passes = 0.0 if mode == "local" else 1.0
+        if mode == "stream":
+            passes = stream_passes(size, epochs=workload.epochs, readers=workers[reader], cache_bytes=workload.reader_cache_bytes)
+        placed.append(DataPlacement(name, home, reader, size, mode, passes))
     e, b = workload.epochs, workload.batch_size
     samples = {r: sum(d.size_bytes for d in placed if d.reader == r) / workload.sample_bytes for r in active}
     steps = max(math.ceil(e * samples[r] / (workers[r] * b) - 1e-9) for r in active)
@@ -406,9 +447,9 @@ def evaluate(
     requests_s: dict[tuple[str, str], float] = {}
     for d in placed:
         if d.mode != "local":
-            data_link[(d.home, d.reader)] = data_link.get((d.home, d.reader), 0.0) + d.size_bytes * (e if d.mode == "stream" else 1)
+            data_link[(d.home, d.reader)] = data_link.get((d.home, d.reader), 0.0) + d.size_bytes * d.passes
         if d.mode == "stream":
-            extra = stream_request_s(config, d.home, d.reader, d.size_bytes, workload.stored_object_bytes, epochs=e, readers=workers[d.reader])
+            extra = stream_request_s(config, d.home, d.reader, d.size_bytes, workload.stored_object_bytes, epochs=d.passes, readers=workers[d.reader])
             requests_s[(d.home, d.reader)] = requests_s.get((d.home, d.reader), 0.0) + extra
     sync_link = {k: rounds * v for k, v in ring_bytes.items()}
     link_bytes = {k: int(round(data_link.get(k, 0.0) + sync_link.get(k, 0))) for k in set(data_link) | set(sync_link)}
@@ -517,8 +558,9 @@ def _solve_fixed_workers(
     data_bytes = {}
     for h, r in pairs:
         remote = [(s, z) for s, hh, z in shards if hh == h and r in active and (s, r) in c]
-        data_bytes[h, r] = pulp.lpSum(z * (e * (x[s, r] - c[s, r]) + c[s, r]) for s, z in remote)
-        requests = pulp.lpSum(stream_request_s(config, h, r, z, workload.stored_object_bytes, epochs=e, readers=workers[r]) * (x[s, r] - c[s, r]) for s, z in remote)
+        passes = {s: stream_passes(z, epochs=e, readers=workers[r], cache_bytes=workload.reader_cache_bytes) for s, z in remote}
+        data_bytes[h, r] = pulp.lpSum(z * (passes[s] * (x[s, r] - c[s, r]) + c[s, r]) for s, z in remote)
+        requests = pulp.lpSum(stream_request_s(config, h, r, z, workload.stored_object_bytes, epochs=passes[s], readers=workers[r]) * (x[s, r] - c[s, r]) for s, z in remote)
         bw = config.link(h, r).bandwidth_bytes_per_s
         prob += data_bytes[h, r] + q * ring_bytes.get((h, r), 0) + bw * requests <= bw * t
     compute = pulp.lpSum(
@@ -631,13 +673,29 @@ def plan_placement(
         solved = _solve_fixed_workers(config, workload, sync, workers, objective=objective, deadline_s=deadline_s, budget_usd=budget_usd, big_t=big_t)
         if solved is None:
             continue
+        def key_of(p: Placement) -> tuple[float, float]:
+            # Cents decide cost ties (a fraction of a step's rounding), then the faster placement wins.
+            return (round(p.total_usd, 2), p.time_s) if objective == "cost" else (p.time_s, p.total_usd)
+
+        def exact(p: Placement) -> tuple[float, float]:
+            return (p.total_usd, p.time_s) if objective == "cost" else (p.time_s, p.total_usd)
+
+        def admissible(p: Placement) -> bool:
+            return (deadline_s is None or p.meets_deadline) and (budget_usd is None or p.total_usd <= budget_usd * (1 + 1e-9))
+
         placement = evaluate(config, workload, workers, solved.data, sync, label="plan", deadline_s=deadline_s)
-        if deadline_s is not None and not placement.meets_deadline:
+        # The solver cannot tell stream from copy when they differ by less than its tolerance (a tiny
+        # shard the reader's cache keeps: the same egress, a fraction of a cent of storage, the copy's
+        # wait): try the other mode of each remote shard, by the program's own objective, exactly.
+        for shard, (reader, mode) in solved.data.items():
+            if mode in ("stream", "copy"):
+                flipped = {**{d.shard: (d.reader, d.mode) for d in placement.data}, shard: (reader, "copy" if mode == "stream" else "stream")}
+                other = evaluate(config, workload, workers, flipped, sync, label="plan", deadline_s=deadline_s)
+                if admissible(other) and (not admissible(placement) or exact(other) < exact(placement)):
+                    placement = other
+        if not admissible(placement):
             continue
-        if budget_usd is not None and placement.total_usd > budget_usd * (1 + 1e-9):
-            continue
-        # Cents decide cost ties (a fraction of a step's rounding), then the faster placement wins.
-        key = (round(placement.total_usd, 2), placement.time_s) if objective == "cost" else (placement.time_s, placement.total_usd)
+        key = key_of(placement)
         if best is None or key < best[0]:
             best = (key, placement)
     if best is None:

@@ -7,6 +7,7 @@ billed GB (2^30 bytes).
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -15,7 +16,7 @@ from delibench.cli.app import main
 from delibench.errors import UsageError
 from delibench.geo import cost as geo_cost
 from delibench.geo.cost import RegionUsage, billed_accelerator_s, geo_cost_usd
-from delibench.geo.planner import PlanWorkload, SyncChoice, baselines, evaluate, get_workload, plan_placement
+from delibench.geo.planner import READER_CACHE_BYTES, PlanWorkload, SyncChoice, baselines, evaluate, get_workload, plan_placement, stream_passes
 from delibench.geo.regions import load_regions, parse_regions
 
 GIB = 2**30
@@ -141,12 +142,22 @@ def test_rounds_from_the_batch_and_sync_inside_the_time() -> None:
 
 
 def test_unbalanced_data_takes_more_steps() -> None:
-    """a reads both shards with 2 workers, b none of them but 2 workers: a needs 2*200/(2*10) = 20 steps."""
+    """a reads both shards with 2 workers, b none of them but 2 workers: a needs 2*200/(2*10) = 20 steps.
+
+    b0 (100 MB) streamed into a's 2 workers for 2 epochs. Without a reader cache it crosses every
+    epoch: 2 x 100 MB. With the default 256 MiB deli cache per worker each worker sees a fresh
+    random half every epoch: 1 - (1/2)^2 = 3/4 of the shard (75 MB, fits) over the 2 epochs, each
+    sample fetched once: 2 x 75 MB = 150 MB, 1.5 passes.
+    """
     config = parse_regions(TWO)
-    p = evaluate(config, TWO_WL, {"a": 2, "b": 2}, {"a0": ("a", "local"), "b0": ("a", "stream")}, SyncChoice("ma", 4), label="u")
+    no_cache = replace(TWO_WL, reader_cache_bytes=0)
+    p = evaluate(config, no_cache, {"a": 2, "b": 2}, {"a0": ("a", "local"), "b0": ("a", "stream")}, SyncChoice("ma", 4), label="u")
     assert p.steps == 20 and p.rounds == 5
     assert p.data_bytes == 2 * 100_000_000  # b0 streamed twice from b to a, at b's (gcp) 0.12
     assert p.data_egress_usd == pytest.approx(2e8 / GIB * 0.12)
+    cached = evaluate(config, TWO_WL, {"a": 2, "b": 2}, {"a0": ("a", "local"), "b0": ("a", "stream")}, SyncChoice("ma", 4), label="u")
+    assert cached.data_bytes == 150_000_000 and [d.passes for d in cached.data] == [0.0, 1.5]
+    assert cached.data_egress_usd == pytest.approx(1.5e8 / GIB * 0.12)
 
 
 # -- copy once vs stream -------------------------------------------------------------------------
@@ -182,6 +193,41 @@ def test_copy_once_break_even(epochs: int, mode: str) -> None:
     assert best.total_usd == pytest.approx(min(stream.total_usd, copy.total_usd))
 
 
+def test_stream_passes_by_hand() -> None:
+    """Bytes a streamed shard moves, in shard sizes, when its readers' deli caches keep what they fetched.
+
+    A worker of n sees a fresh random 1/n of the shard each epoch: over E epochs 1 - (1 - 1/n)^E of it.
+    n=1, E=5: the whole shard once if it fits (cache 100 of 100 bytes), else 5 passes (99 bytes).
+    n=2, E=2: each worker 3/4 of it: 1.5 passes. n=4, E=1: 1 pass. n=3, E=3: 1 - 8/27 = 19/27
+    each, 3 x 19/27 = 19/9 passes; a cache of 70 bytes < 100 x 19/27 = 70.4: 3 passes.
+    """
+    assert stream_passes(100, epochs=5, readers=1, cache_bytes=100) == 1.0
+    assert stream_passes(100, epochs=5, readers=1, cache_bytes=99) == 5.0
+    assert stream_passes(100, epochs=2, readers=2, cache_bytes=75) == pytest.approx(1.5)
+    assert stream_passes(100, epochs=1, readers=4, cache_bytes=25) == pytest.approx(1.0)
+    assert stream_passes(100, epochs=3, readers=3, cache_bytes=71) == pytest.approx(19 / 9)
+    assert stream_passes(100, epochs=3, readers=3, cache_bytes=70) == 3.0
+    assert stream_passes(100, epochs=3, readers=1, cache_bytes=0) == 3.0
+
+
+def test_cache_that_holds_the_shard_makes_streaming_win() -> None:
+    """COPY's 10 GiB shard, 4 epochs (copying wins without a cache: 6.0 stream vs 5.5 copy, above).
+
+    With a 10 GiB deli cache on r's one worker the stream crosses once: egress $1.50, no storage;
+    the copy still pays $1.50 plus $4 of storage. Compute is the same 400 s at $0.001/s = $0.40:
+    stream $1.90, copy $5.90; the program streams and moves 10 GiB, not 40.
+    """
+    config = parse_regions(COPY)
+    wl = PlanWorkload("g", sample_bytes=GIB, batch_size=1, model_bytes=0, epochs=4, reader_cache_bytes=10 * GIB)
+    stream = evaluate(config, wl, {"r": 1}, {"s": ("r", "stream")}, SyncChoice("allreduce"), label="stream")
+    copy = evaluate(config, wl, {"r": 1}, {"s": ("r", "copy")}, SyncChoice("allreduce"), label="copy")
+    assert stream.data_bytes == 10 * GIB and stream.data[0].passes == 1.0
+    assert stream.total_usd == pytest.approx(1.9) and copy.total_usd == pytest.approx(5.9)
+    best = plan_placement(config, wl, sync=SyncChoice("allreduce"))
+    assert [d.mode for d in best.data] == ["stream"] and best.data_bytes == 10 * GIB
+    assert best.total_usd == pytest.approx(1.9)
+
+
 REQUESTS = {
     "regions": {
         "h": {"accelerators": {"count": 0, "usd_per_hour": 1.0, "step_time_s": 1.0}, "shards": [{"name": "s", "size_bytes": 1_000_000}]},
@@ -203,7 +249,7 @@ def test_copy_and_stream_pay_a_round_trip_per_object() -> None:
     from delibench.geo.planner import copy_time_s, shard_objects
 
     config = parse_regions(REQUESTS)
-    wl = PlanWorkload("small", sample_bytes=1000, batch_size=10, model_bytes=0, epochs=2)
+    wl = PlanWorkload("small", sample_bytes=1000, batch_size=10, model_bytes=0, epochs=2, reader_cache_bytes=0)  # no cache: every epoch
     assert shard_objects(1_000_000, 1000) == 1000
     assert copy_time_s(config, "h", "r", 1_000_000, 1000) == pytest.approx(7.5)
     copy = evaluate(config, wl, {"r": 1}, {"s": ("r", "copy")}, SyncChoice("allreduce"), label="copy")
@@ -216,6 +262,10 @@ def test_copy_and_stream_pay_a_round_trip_per_object() -> None:
     # Packed into 100 kB objects (tar shards), the same bytes copy in (2 + 1) * 0.1 + 1 = 1.3 s.
     packed = evaluate(config, PlanWorkload("small", 1000, 10, 0, 2, object_bytes=100_000), {"r": 1}, {"s": ("r", "copy")}, SyncChoice("allreduce"), label="p")
     assert packed.copy_time_s == pytest.approx(1.3) and packed.time_s == pytest.approx(3.3)
+    # Through deli's cache (the default 256 MiB per worker holds the 1 MB shard) the stream's bytes
+    # and requests are paid once: 1 MB / 1 MB/s = 1 s + 1000 * 0.1 / 32 = 3.125 s: 4.125 s.
+    cached = evaluate(config, replace(wl, reader_cache_bytes=READER_CACHE_BYTES), {"r": 1}, {"s": ("r", "stream")}, SyncChoice("allreduce"), label="c")
+    assert cached.data_bytes == 1_000_000 and cached.time_s == pytest.approx(4.125)
 
 
 # -- the program and the baselines ---------------------------------------------------------------
@@ -276,3 +326,26 @@ def test_three_region_sync_traffic_follows_the_strategy() -> None:
     assert len(ga.link_bytes) == 6 and set(ga.link_bytes.values()) == {300_000_000}
     # The sender pays: us-east -> eu-west at AWS's 0.09, eu-west -> us-east at GCP's 0.12, AWS to AWS 0.02.
     assert ga.sync_egress_usd == pytest.approx(3e8 / GIB * (0.09 + 0.12 + 0.02 + 0.02 + 0.12 + 0.09))
+
+
+def test_tiny_shard_the_cache_keeps_is_streamed_not_copied() -> None:
+    """A 76.8 kB shard (96 cnn-jpeg samples) in b, read by a's one worker for 2 epochs over 70 ms.
+
+    Its cache keeps it: streamed, it crosses once (76.8 kB, the copy's egress) with no storage and
+    no copy first ((2 + ceil(96/16)) x 0.07 = 0.56 s before training), so the plan streams (0.24 s
+    of training). With --reader-cache 0 it would cross twice: copying is cheaper by that egress.
+    The two differ by less than the solver's tolerance; the planner still picks by its objective.
+    """
+    acc = {"count": 1, "usd_per_hour": 1.0, "step_time_s": 0.01}
+    config = parse_regions(
+        {
+            "regions": {"a": {"accelerators": acc, "shards": [{"name": "a-0", "size_bytes": 76_800}]}, "b": {"accelerators": {**acc, "count": 0}, "shards": [{"name": "b-0", "size_bytes": 76_800}]}},
+            "links": [{"between": ["a", "b"], "rtt_s": 0.07, "bandwidth_bytes_per_s": 100e6, "egress_usd_per_gb": 0.02}],
+        }
+    )
+    wl = get_workload("cnn-jpeg", epochs=2)
+    cached = plan_placement(config, wl, sync=SyncChoice("allreduce"))
+    assert [(d.mode, d.passes) for d in cached.data] == [("local", 0.0), ("stream", 1.0)] and cached.data_bytes == 76_800
+    assert cached.time_s == pytest.approx(0.24)
+    uncached = plan_placement(config, replace(wl, reader_cache_bytes=0), sync=SyncChoice("allreduce"))
+    assert [d.mode for d in uncached.data] == ["local", "copy"] and uncached.copy_time_s == pytest.approx(0.56 + 76_800 / 100e6)
