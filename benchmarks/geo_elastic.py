@@ -25,8 +25,20 @@ measured here, which is the restart); rank 0 evaluates the final model on a held
     last checkpoint (another world: the saved ranks' mean model, fresh strategy state). Printed: the
     step it joined at, the steps lost to the re-rendezvous, the steps the new region contributed,
     its cross-region bytes, and the final held-out loss/accuracy against the same two regions
-    trained without the join. Its shard holds mostly classes the other two regions rarely see, so
-    the join should show in accuracy.
+    trained without the join, overall and on each region's own classes (rank 0's saved final
+    parameters on the held-out images of those classes). Its shard holds mostly classes the other
+    two regions rarely see (eu-west's 7-9), so the join shows in the accuracy on those. The step it
+    joins at is torchrun's timing (agent start, rendezvous), not a setting: 40-80 in runs so far.
+
+Settings (both parts, every run alike): MA H=4, batch 16, SGD lr 0.03 with momentum 0.9, seed 0; 200
+training images per region (skew 0.8), 200 held out (20 per class: a constant prediction scores 0.100).
+lr 0.1 (an effective step of 1.0 with momentum 0.9) was at the edge of stability for this CNN: the
+2-region run without the join (seed 0) diverged at step ~30 (training loss up to 2.7, then flat at
+~2.0, the entropy of the two shards' class prior: a dead network predicting one class, held-out
+accuracy 0.100 with or without the join), while the same 2 regions at seed 1 reached 0.27 and the
+3 regions oscillated (held-out 0.14-0.28 between evaluations). At lr 0.03 over 240 steps without
+elasticity (``run_geo``, eval every 10 steps): 2 regions 0.355 (seed 0) / 0.375 (seed 1), 3 regions
+0.445; no divergence.
 
     .venv/bin/python benchmarks/geo_elastic.py --json benchmarks/results/geo-elastic.json --txt benchmarks/results/geo-elastic.txt
 """
@@ -34,6 +46,7 @@ measured here, which is the restart); rank 0 evaluates the final model on a held
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -70,6 +83,7 @@ def _say(line: str) -> None:
 def _job(config: Any, spec: GeoRunSpec, folder: Path, args: argparse.Namespace, event: Any = None, **kw: Any) -> tuple[LaunchResult, float, dict[str, Any]]:
     """Run one job (``event(job)`` called while it runs); its result, end-to-end wall (agents started to all finished), and what ``event`` noted."""
     folder.mkdir(parents=True)
+    spec = dataclasses.replace(spec, params_path=str(folder / "final-params.pt"))  # rank 0 saves the final parameters there
     noted: dict[str, Any] = {}
     t0 = time.perf_counter()
     with LocalJob(config, spec, links="model", checkpoint_every=args.checkpoint_every, max_restarts=3, job_dir=str(folder), **kw) as job:
@@ -79,9 +93,27 @@ def _job(config: Any, spec: GeoRunSpec, folder: Path, args: argparse.Namespace, 
     return got, time.perf_counter() - t0, noted
 
 
-def _final(got: LaunchResult) -> dict[str, Any]:
+def _by_classes(params_file: Path, held_out: Any, classes_of: dict[str, tuple[int, ...]], seed: int) -> dict[str, float]:
+    """Held-out accuracy of the saved final parameters on each region's own classes (``region`` -> accuracy)."""
+    import torch
+
+    from delibench.geo.task import cnn_model
+
+    model = cnn_model(10, seed)
+    torch.nn.utils.vector_to_parameters(torch.load(params_file), model.parameters())
+    with torch.no_grad():
+        hit = model(held_out.inputs).argmax(dim=1) == held_out.labels
+    out = {}
+    for region, classes in classes_of.items():
+        mask = torch.isin(held_out.labels, torch.tensor(classes))
+        out[region] = float(hit[mask].float().mean())
+    return out
+
+
+def _final(got: LaunchResult, by_classes: dict[str, float] | None = None) -> dict[str, Any]:
     r = got.result
     return {
+        "val_accuracy_by_classes": by_classes,
         "val_loss": r.val_loss, "val_accuracy": r.val_accuracy, "world_size": r.world_size, "train_wall_s": r.wall_s, "cross_region_bytes": r.cross_region_bytes,
         "total_usd": r.total_usd, "identical_final_params": len({x["params_sha256"] for x in got.ranks}) == 1, "params_sha256": got.ranks[0]["params_sha256"],
         "ranks": [{k: x[k] for k in ("region", "start_step", "steps_done", "cross_region_bytes", "restore")} for x in got.ranks],
@@ -89,12 +121,17 @@ def _final(got: LaunchResult) -> dict[str, Any]:
 
 
 def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
-    from delibench.geo.task import make_region_shards
+    from delibench.geo.task import load_held_out, make_region_shards
 
     t_bench = time.perf_counter()
     work = Path(args.workdir)
     config = regions_config()
     shards = make_region_shards(work / "data", REGION_NAMES, samples_per_region=args.samples, held_out=args.held_out, skew=args.skew, seed=args.seed)
+    held_out = load_held_out(shards.held_out)
+
+    def by_classes(name: str) -> dict[str, float]:
+        return _by_classes(work / name / "final-params.pt", held_out, shards.classes_of, args.seed)
+
     common = dict(
         strategy="ma", period=args.period, batch_size=args.batch, lr=args.lr, momentum=args.momentum, task="cnn-jpeg",
         data=shards.local_sources(), val_url=shards.held_out, val_samples=args.held_out, seed=args.seed,
@@ -121,8 +158,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "kill": {**noted, "region": "us-west"},
         "event": event,
         "events": list(killed.events),
-        "uninterrupted": {"wall_s": whole_wall, **_final(whole)},
-        "killed": {"wall_s": killed_wall, **_final(killed)},
+        "uninterrupted": {"wall_s": whole_wall, **_final(whole, by_classes("a-uninterrupted"))},
+        "killed": {"wall_s": killed_wall, **_final(killed, by_classes("a-killed"))},
         "seconds_lost": killed_wall - whole_wall,
         # from the SIGKILL to rank 0 of the new attempt recording the restart (checkpoint loaded)
         "kill_to_resume_s": event["t"] - noted["killed_at_s"] if event else None,
@@ -153,8 +190,9 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         "agent_start_to_join_s": joined.events[0]["t"] - noted["agent_started_at_s"] if joined.events else None,
         "newcomer_steps": sum(x["steps_done"] for x in newcomer),
         "newcomer_cross_region_bytes": sum(x["cross_region_bytes"] for x in newcomer),
-        "without_join": {"wall_s": alone_wall, **_final(alone)},
-        "with_join": {"wall_s": joined_wall, **_final(joined)},
+        "classes_of": {k: list(v) for k, v in shards.classes_of.items()},
+        "without_join": {"wall_s": alone_wall, **_final(alone, by_classes("b-two-regions"))},
+        "with_join": {"wall_s": joined_wall, **_final(joined, by_classes("b-join"))},
     }
     out["bench_wall_s"] = time.perf_counter() - t_bench
     return out
@@ -192,9 +230,10 @@ def format_report(out: dict[str, Any]) -> str:
     lines += [
         f"  eu-west's agent took {b['agent_start_to_join_s']:.1f} s from starting to training in the new world (torch import, rendezvous, the running agents restarting theirs)",
         f"  eu-west joined at step {b['joined_at_step']} and contributed {b['newcomer_steps']} steps ({b['newcomer_cross_region_bytes'] / 1e6:.2f} MB exchanged cross-region)",
-        f"  {'run':<16}{'end-to-end wall':>16}{'val loss':>10}{'val acc':>9}{'world':>7}",
-        f"  {'without join':<16}{nj['wall_s']:>14.1f} s{nj['val_loss']:>10.3f}{nj['val_accuracy']:>9.3f}{nj['world_size']:>7}",
-        f"  {'with join':<16}{wj['wall_s']:>14.1f} s{wj['val_loss']:>10.3f}{wj['val_accuracy']:>9.3f}{wj['world_size']:>7}",
+        f"  held-out accuracy on each region's own classes ({', '.join(f'{r} {c[0]}-{c[-1]}' for r, c in b['classes_of'].items())}; {s['held_out'] // 10} images a class):",
+        f"  {'run':<16}{'end-to-end wall':>16}{'val loss':>10}{'val acc':>9}{'world':>7}" + "".join(f"{r:>9}" for r in b["classes_of"]),
+        f"  {'without join':<16}{nj['wall_s']:>14.1f} s{nj['val_loss']:>10.3f}{nj['val_accuracy']:>9.3f}{nj['world_size']:>7}" + "".join(f"{v:>9.3f}" for v in nj["val_accuracy_by_classes"].values()),
+        f"  {'with join':<16}{wj['wall_s']:>14.1f} s{wj['val_loss']:>10.3f}{wj['val_accuracy']:>9.3f}{wj['world_size']:>7}" + "".join(f"{v:>9.3f}" for v in wj["val_accuracy_by_classes"].values()),
         "",
         f"benchmark wall: {out['bench_wall_s']:.0f} s",
     ]
@@ -223,7 +262,7 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=10)
     parser.add_argument("--period", type=int, default=4, help="MA H")
     parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--lr", type=float, default=0.03, help="SGD lr (with --momentum 0.9; 0.1 diverged, see the docstring)")
     parser.add_argument("--momentum", type=float, default=0.9)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--timeout", type=float, default=240.0, help="per job")
