@@ -30,14 +30,14 @@ every ``--eval-every`` steps (evaluation time is left out of the clocks).
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 import tempfile
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from results_io import publish
 
 from delibench.geo.cost import geo_cost_usd
 from delibench.geo.planner import COPY_CONCURRENCY, PlanWorkload, SyncChoice, baselines, evaluate, plan_placement
@@ -250,15 +250,6 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def _finite(o: Any) -> Any:
-    """``o`` with NaN and infinities as None (strict JSON)."""
-    if isinstance(o, float):
-        return o if math.isfinite(o) else None
-    if isinstance(o, dict):
-        return {str(k): _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
 
 
 def format_report(out: dict[str, Any]) -> str:
@@ -358,13 +349,7 @@ def main() -> None:
         if args.workdir is None:
             args.workdir = tmp
         out = run_benchmark(args)
-    report = format_report(out)
-    command = "$ .venv/bin/python benchmarks/geo_bench.py " + " ".join(sys.argv[1:])
-    print(report)
-    if args.txt:
-        Path(args.txt).write_text(command + "\n\n" + report + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps(_finite({"command": command, **out}), indent=2, default=str) + "\n")
+    publish("geo_bench.py", format_report(out), out, txt=args.txt, json_path=args.json)
 
 
 if __name__ == "__main__":

@@ -47,13 +47,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from results_io import publish
 
 from delibench.geo.launch import LaunchResult, LocalJob
 from delibench.geo.regions import parse_regions
@@ -240,14 +241,6 @@ def format_report(out: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _finite(o: Any) -> Any:
-    if isinstance(o, float) and o != o:
-        return None
-    if isinstance(o, dict):
-        return {k: _finite(v) for k, v in o.items()}
-    if isinstance(o, (list, tuple)):
-        return [_finite(v) for v in o]
-    return o
 
 
 def main() -> None:
@@ -274,13 +267,7 @@ def main() -> None:
         if args.workdir is None:
             args.workdir = tmp
         out = run_benchmark(args)
-    report = format_report(out)
-    command = "$ .venv/bin/python benchmarks/geo_elastic.py " + " ".join(sys.argv[1:])
-    print(report)
-    if args.txt:
-        Path(args.txt).write_text(command + "\n\n" + report + "\n")
-    if args.json:
-        Path(args.json).write_text(json.dumps(_finite({"command": command, **out}), indent=2, default=str) + "\n")
+    publish("geo_elastic.py", format_report(out), out, txt=args.txt, json_path=args.json)
 
 
 if __name__ == "__main__":

@@ -114,7 +114,7 @@ COPY_CONCURRENCY = 16
 STREAM_CONCURRENCY = 32
 
 #: Default deli cache of each reading worker, per streamed shard: what ``geo run`` gives every shard's
-#: loader (``cache_size="256MiB"`` in :class:`delibench.geo.task.RegionBatches`).
+#: loader (:class:`delibench.geo.task.RegionBatches` uses this as its default ``cache_size``).
 READER_CACHE_BYTES = 256 * 2**20
 
 

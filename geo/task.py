@@ -175,9 +175,10 @@ class RegionBatches:
     ``state_dict``/``load_state_dict`` carry the loaders' positions through a checkpoint.
     """
 
-    def __init__(self, sources: list[DataSource], rank: int, world: int, *, batch_size: int, seed: int = 0, cache_size: str = "256MiB") -> None:
+    def __init__(self, sources: list[DataSource], rank: int, world: int, *, batch_size: int, seed: int = 0, cache_size: int | str | None = None) -> None:
         if not sources:
             raise UsageError("cnn-jpeg: this region reads no shard", hint="give every region with workers a data source")
+        from delibench.geo.planner import READER_CACHE_BYTES  # the cache the planner assumes a stream reader has
         from delibench.loaders.api import DeliIterable
         from delibench.loaders.base import LoaderContext
         from delibench.loaders.decode import ImageDecoder
@@ -204,7 +205,7 @@ class RegionBatches:
                 drop_last=True,
                 storage_options=opts,
             )
-            self.loaders.append(DeliIterable(DeliLoader(ctx, cache_size=cache_size), ctx))
+            self.loaders.append(DeliIterable(DeliLoader(ctx, cache_size=cache_size if cache_size is not None else READER_CACHE_BYTES), ctx))
         self._iters: list[Iterator[Any] | None] = [None] * len(self.loaders)
         self._next = 0
         self.wait_s = 0.0
