@@ -414,6 +414,8 @@ def _attach_record_paths(exc: BaseException, paths: Sequence[str]) -> None:
 #: (they come at once: a rank blocked in a collective with the failed rank is released when that
 #: rank's process ends); only a rank stuck elsewhere or dead makes rank 0 wait this out.
 FAILURE_REPORT_TIMEOUT_S = 30.0
+#: Seconds rank 0, having failed in its step first, still waits for ranks that failed at the same step.
+SIMULTANEOUS_FAILURE_GRACE_S = 2.0
 
 #: Calls of :func:`compare` in this process: names the store keys of each call's failure reports
 #: (every rank of a job calls it equally often).
@@ -493,8 +495,11 @@ class _FailureReports:
         if self.info.is_main:
             others = [r for r in range(self.info.world_size) if r != self.info.rank]
             present = [r for r in others if self._has(r)]
-            # another rank failed first: the ranks blocked with rank 0 report at once; else wait for nobody
-            wait_s = FAILURE_REPORT_TIMEOUT_S if present else 0.0
+            # another rank failed first: the ranks blocked with rank 0 report at once. Rank 0 failed
+            # first: the others are alive but blocked in the step it left; a short grace still
+            # collects those that failed at the same step (e.g. every rank out of memory), so the
+            # first to fail is not guessed from who reached this line first.
+            wait_s = FAILURE_REPORT_TIMEOUT_S if present else SIMULTANEOUS_FAILURE_GRACE_S
             deadline = time.monotonic() + wait_s
             for r in others:
                 try:
@@ -514,6 +519,13 @@ class _FailureReports:
             return self.store is not None and bool(self.store.check([f"rank{rank}"]))
         except Exception:  # noqa: BLE001
             return False
+
+
+def _missing_line(rank: int, root: tuple[int, str] | None, me: int) -> str:
+    """Why ``rank`` sent no results: blocked in the step the recording rank left, or dead/stuck."""
+    if root is not None and root[0] == me:
+        return f"rank {rank}: no results (left blocked in the step rank {me} failed in)"
+    return f"rank {rank}: sent nothing within {FAILURE_REPORT_TIMEOUT_S:g} s (dead or stuck)"
 
 
 def _records_of(
@@ -541,7 +553,7 @@ def _records_of(
         if root is not None:
             errors.sort(key=lambda e: e[0] != root[0])  # stable: the first to fail leads
         lines = [f"rank {rk}: {e}" if info.world_size > 1 else e for rk, e in errors]
-        lines += [f"rank {m}: sent nothing within {FAILURE_REPORT_TIMEOUT_S:g} s (dead or stuck)" for m in missing]
+        lines += [_missing_line(m, root, info.rank) for m in missing]
         if root is not None and not any(rk == root[0] for rk, _ in errors):
             lines.insert(0, f"rank {root[0]}: {root[1]}")
         failed = failure is not None or bool(lines)

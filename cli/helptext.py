@@ -35,17 +35,19 @@ def reflow(text: str | None) -> str | None:
             paragraphs.append(paragraph)
             continue
         lines: list[str] = []
-        in_item = False
+        in_item = in_block = False
         for line in paragraph.splitlines():
             if _ITEM.match(line):
                 lines.append(line.rstrip())
-                in_item = True
+                in_item, in_block = True, False
             elif line[:1].isspace() and not in_item:
                 lines.append(line.rstrip())  # an indented block (a command, a table): as written
-            elif lines:
+                in_block = True
+            elif lines and not in_block:
                 lines[-1] = f"{lines[-1]} {line.strip()}"
             else:
-                lines.append(line.strip())
+                lines.append(line.strip())  # the paragraph's first line, or prose after an indented block
+                in_block = False
         paragraphs.append("\n".join(lines))
     return "\n\n".join(paragraphs)
 

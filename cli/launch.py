@@ -16,13 +16,15 @@ import threading
 import time
 from typing import Any
 
+from delibench.app.session import FAILURE_REPORT_TIMEOUT_S
 from delibench.errors import ExitCode
 
 __all__ = ["RANK_GRACE_S", "launch_local"]
 
 
-#: Seconds the other ranks get to finish after a rank exited non-zero (not by a signal) before they are killed.
-RANK_GRACE_S = 10.0
+#: Seconds the other ranks get to finish after a rank exited non-zero (not by a signal) before they are
+#: killed: longer than rank 0 may wait for the failed ranks' reports, so it can still write the record.
+RANK_GRACE_S = FAILURE_REPORT_TIMEOUT_S + 15.0
 
 
 def _free_port() -> int:

@@ -592,6 +592,20 @@ def _prune_checkpoints(job_dir: Path, keep: int = 2) -> None:
             shutil.rmtree(folder, ignore_errors=True)
 
 
+def _drop_checkpoints_after(job_dir: Path, step: int) -> None:
+    """Remove checkpoint steps newer than ``step``, the one this attempt resumes from.
+
+    They are an earlier attempt's partial steps (a complete one would have been chosen). Left in
+    place, one could become "complete" when this attempt writes its missing file, mixing two
+    histories in one step.
+    """
+    import shutil
+
+    for folder in (job_dir / "ckpt").glob("s*"):
+        if folder.name[1:].isdigit() and int(folder.name[1:]) > step:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
 def _read_checkpoint(path: Path, step: int, world: dict[str, Any]) -> dict[str, Any]:
     """One rank's checkpoint file, checked; raises ``ValueError`` with a one-line reason."""
     import torch
@@ -724,6 +738,9 @@ def run_worker(job_dir: str, region: str, place: WorkerPlace) -> None:
         world = {"world_size": place.world_size, "regions": list(names)}
         restore = _find_restore(out, place, names)
         start = restore.step
+        if place.rank == 0:
+            _drop_checkpoints_after(out, start)
+        dist.barrier()  # no rank writes this attempt's first checkpoint before the old partial steps are gone
 
         def build() -> Any:
             return make_run_strategy(spec.strategy, comm, params, spec.lr, period=spec.period, accum=spec.accum, staleness=spec.staleness, momentum=spec.momentum)

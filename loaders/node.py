@@ -744,7 +744,7 @@ class _FetchProcesses:
                 mine, theirs = socket.socketpair()
                 try:
                     proc = subprocess.Popen([sys.executable, "-m", "delibench.loaders.node", "--fetch", str(i), str(theirs.fileno())],
-                                            stdin=subprocess.PIPE, pass_fds=(theirs.fileno(),))
+                                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))  # stdout is the rank's "ready" pipe
                 finally:
                     theirs.close()
                 self.fetchers.append(_Fetcher(i, proc, Connection(mine.detach())))

@@ -61,6 +61,10 @@ def test_reflow_joins_prose_and_keeps_items_and_indented_blocks() -> None:
     )
 
 
+def test_reflow_starts_a_new_line_for_prose_after_an_indented_block() -> None:
+    assert reflow("Summary.\n\nRun:\n    delibench demo\nthen read\nthe report.") == "Summary.\n\nRun:\n    delibench demo\nthen read the report."
+
+
 def test_reflow_keeps_a_click_no_rewrap_paragraph() -> None:
     assert reflow("Summary.\n\n\b\nkeep\nthese lines") == "Summary.\n\n\b\nkeep\nthese lines"
 

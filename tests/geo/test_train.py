@@ -159,3 +159,21 @@ def test_time_budget_is_the_jobs_across_restarts() -> None:
     assert budget_left_s(10.0, 7.0, 2.5) == pytest.approx(0.5)
     left = budget_left_s(10.0, 7.0, 3.0)
     assert left is not None and left <= 0  # spent: the rank stops here
+
+
+def test_a_restart_drops_the_earlier_attempts_partial_steps(tmp_path) -> None:
+    """A partial step newer than the one resumed from is removed: else this attempt's file for the
+    missing rank would make it "complete", with the other ranks' files from another history."""
+    from delibench.geo.train import _drop_checkpoints_after, complete_checkpoints
+
+    for step, ranks in ((10, (0, 1)), (20, (0, 1)), (30, (0,))):
+        folder = tmp_path / "ckpt" / f"s{step}"
+        folder.mkdir(parents=True)
+        for r in ranks:
+            (folder / f"r{r}-of-2.pt").write_bytes(b"x")
+    assert complete_checkpoints(tmp_path) == [(20, 2), (10, 2)]
+    _drop_checkpoints_after(tmp_path, 20)
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["s10", "s20"]
+    (tmp_path / "ckpt" / "s30").mkdir()
+    (tmp_path / "ckpt" / "s30" / "r1-of-2.pt").write_bytes(b"x")  # this attempt's file alone: not complete
+    assert complete_checkpoints(tmp_path) == [(20, 2), (10, 2)]
