@@ -148,6 +148,14 @@ def test_two_nodes_each_fetch_their_own_union_once(corpus: Corpus) -> None:
             fetched = sum(loaders[r].stats().requests_count for r in (2 * node, 2 * node + 1))
             assert fetched == len(needed), node
         assert loaders[0].prefix != loaders[2].prefix  # one service per node
+        # the scale model (``delibench scale``), replaying both nodes, predicts the measured 2-node GETs
+        from delibench.tuning.scale import ScaleJob, predict_scale
+
+        sizes = [s.size_bytes for s in corpus.manifest.samples]
+        assert sum(sizes) <= 2**20  # the 1 MiB node cache holds the dataset
+        job = ScaleJob(nodes=2, gpus_per_node=2, samples=n, sample_bytes=max(sizes), cache_size=2**20, epochs=3, seed=7, simulate_nodes=2)
+        predicted = predict_scale(job, orders=("shuffle",), scopes=("node",)).cell("node", "shuffle").gets
+        assert predicted == sum(loader.stats().requests_count for loader in loaders)
     finally:
         _close(loaders)
 
