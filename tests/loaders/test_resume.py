@@ -203,7 +203,8 @@ def _run_trainer(script: Path, args: list[str]) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, str(script), *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
 
 
-@pytest.mark.parametrize("tier", ["disk", "memory"])
+# the memory tier proves the must-show; the disk tier (same resume code, another cache) is extended
+@pytest.mark.parametrize("tier", [pytest.param("disk", marks=pytest.mark.extended), "memory"])
 def test_sigkill_mid_epoch_then_restart_delivers_each_sample_once_in_order(
     s3_corpus: Corpus, s3_server: Any, tmp_path: Path, tier: str
 ) -> None:

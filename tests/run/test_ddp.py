@@ -242,6 +242,8 @@ def test_an_emulated_step_all_reduces_a_gradient_sized_tensor_across_ranks(tmp_p
     assert doc["value"] == doc["last"] == 3.0  # 1 + 2: summed over both ranks
 
 
+# extended: DDP wrapping is proven by test_the_loop_wraps_the_model_in_ddp...; slowest-rank fields by the unit tests above
+@pytest.mark.extended
 def test_nproc_2_with_cpu_compute_trains_through_ddp(mnist_dir, tmp_path, cli_process, no_leftover_processes):
     args = [a for a in FAST]
     args[args.index("emulated:20ms")] = "cpu"

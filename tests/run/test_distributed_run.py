@@ -44,6 +44,7 @@ def test_nproc_bad_input_fails_once_before_launching(mnist_dir, cli_process):
     assert res.err.count("error:") == 1, res.err
 
 
+@pytest.mark.extended  # the launcher itself is covered by every other --nproc test here
 def test_nproc_in_process_main_uses_its_own_arguments(mnist_dir, tmp_path, cli, no_leftover_processes):
     """``main([... '--nproc', '2'])`` launches ranks with *its* arguments, not the host program's sys.argv."""
     res = cli("run", "--data", mnist_dir, "--loader", "bucket", *FAST, "--max-steps", "4", "--nproc", "2", "--results-dir", tmp_path)

@@ -98,6 +98,8 @@ def test_tune_stores_resumes_and_exports_a_config_that_runs(dataset: str, tmp_pa
     assert record.status == "complete" and record.metrics.measured_steps >= 2
 
 
+# extended: the shared-study must-show is PostgreSQL (tests/tuning/test_postgres.py); SQLite is the one-machine case
+@pytest.mark.extended
 def test_two_processes_tune_one_sqlite_study(dataset: str, tmp_path: Path) -> None:
     db = tmp_path / "shared.db"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
