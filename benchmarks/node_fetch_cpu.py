@@ -193,11 +193,10 @@ def main() -> None:
     from delibench.app.lab import Lab
     from delibench.storage import resolve
 
-    lines: list[str] = []
+    from results_io import Transcript
 
-    def say(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
+    transcript = Transcript()
+    say = transcript.say
 
     runs: list[dict[str, Any]] = []
     started = time.time()
@@ -303,7 +302,7 @@ def main() -> None:
                     f"run {wall:.0f} s")
     fit = _summary(runs, args, say)
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / f"{args.name}.txt").write_text("\n".join(lines) + "\n")
+    transcript.write(args.out / f"{args.name}.txt")
     (args.out / f"{args.name}.json").write_text(json.dumps({
         "args": {k: str(v) for k, v in vars(args).items()}, "command": " ".join(sys.argv), "platform": platform.platform(),
         "cpus": os.cpu_count(), "load_avg_at_end": os.getloadavg(), "elapsed_s": round(time.time() - started, 1),

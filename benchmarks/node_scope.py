@@ -112,11 +112,10 @@ def main() -> None:
     from delibench.loaders.sampler import epoch_order
     from delibench.testbed.link import LinkEmulator
 
-    lines: list[str] = []
+    from results_io import Transcript
 
-    def say(text: str) -> None:
-        print(text, flush=True)
-        lines.append(text)
+    transcript = Transcript()
+    say = transcript.say
 
     results: dict[str, Any] = {}
     started = time.time()
@@ -236,7 +235,7 @@ def main() -> None:
         say(f"  data-wait: node {_f(med('node', 'data_wait_fraction'))} vs rank {_f(med('rank', 'data_wait_fraction'))}; slowest rank "
             f"{_f(med('node', 'slowest_rank_wait_fraction'))} vs {_f(med('rank', 'slowest_rank_wait_fraction'))}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "node-scope.txt").write_text("\n".join(lines) + "\n")
+    transcript.write(args.out / "node-scope.txt")
     (args.out / "node-scope.json").write_text(json.dumps({
         "args": {k: str(v) for k, v in vars(args).items()}, "samples": n, "dataset_bytes": total,
         "platform": platform.platform(), "cpus": os.cpu_count(), "elapsed_s": round(time.time() - started, 1), "runs": results,

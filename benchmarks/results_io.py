@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-__all__ = ["finite", "publish"]
+__all__ = ["Transcript", "finite", "publish"]
 
 
 def finite(o: Any) -> Any:
@@ -34,3 +34,17 @@ def publish(script: str, report: str, figures: dict[str, Any], *, txt: str | Non
         Path(txt).write_text(command + "\n\n" + report + "\n")
     if json_path:
         Path(json_path).write_text(json.dumps(finite({"command": command, **figures}), indent=2, default=str) + "\n")
+
+
+class Transcript:
+    """Lines printed as a benchmark runs (flushed at once: runs take minutes), kept for its ``.txt`` file."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def say(self, text: str) -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+    def write(self, path: Path) -> None:
+        path.write_text("\n".join(self.lines) + "\n")

@@ -81,7 +81,6 @@ __all__ = [
     "Compression",
     "DiLoCo",
     "ModelAveraging",
-    "make_strategy",
 ]
 
 COMPRESSIONS = ("none", "fp16", "bf16", "powersgd")
@@ -1142,21 +1141,3 @@ class AsyncGradientAccumulation(_GeoOptimizer):
             self.comm.all_sum_(flat)
             _write_(self.params, flat.div_(self.comm.topology.world_size))
 
-
-def make_strategy(name: str, comm: GeoComm, params: list[torch.nn.Parameter], lr: float, *, period: int = 8, accum: int = 4, staleness: int = 1) -> _GeoOptimizer:
-    """The optimizer ``delibench geo run`` trains with: plain SGD wrapped in the named strategy.
-
-    Ranks start identical (same seed), so no initial broadcast; every worker's batch is equal, so
-    model averaging weighs ranks uniformly (the same as by samples, without the extra exchange);
-    there is no DDP inside a region, so the wrappers average gradients over the region's ranks.
-    """
-    from delibench.geo.sync import STRATEGIES
-
-    sgd = torch.optim.SGD(params, lr=lr)
-    if name == "allreduce":
-        return AllReduceGradients(sgd, params, group=comm, sync_initial=False)
-    if name == "ma":
-        return ModelAveraging(sgd, params, period=period, group=comm, weighting="uniform", sync_initial=False, average_region_gradients=True)
-    if name == "asgd-ga":
-        return AsyncGradientAccumulation(sgd, params, accum=accum, max_staleness=staleness, group=comm, sync_initial=False, average_region_gradients=True)
-    raise UsageError(f"unknown sync strategy {name!r}", hint=f"choose one of {', '.join(STRATEGIES)}")
