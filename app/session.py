@@ -673,6 +673,7 @@ def compare(
     started = _dt.datetime.now(_dt.timezone.utc)
     manifests = dict(manifests or {})
     prepared: list[_Prepared] = []
+    group_left_mid_collective = False  # then it is not destroyed: gloo may abort there, NCCL block
     try:
         for spec in specs:
             prepared.append(_prepare(spec, info, manifests))
@@ -750,6 +751,7 @@ def compare(
                 except Exception as exc:  # noqa: BLE001 - another rank failed in its step and ended
                     broken = exc
             if in_step or broken is not None:
+                group_left_mid_collective = True
                 own = next((a["error"] for a in per_loader if a["error"]), None) or _error_line(broken)  # type: ignore[arg-type]
                 gathered, root, missing = reports.exchange(per_loader, own)
                 if not info.is_main:
@@ -761,7 +763,7 @@ def compare(
     finally:
         for p in prepared:
             p.loader.close()
-        shutdown(created)
+        shutdown(created and not group_left_mid_collective)
 
 
 def run(

@@ -11,7 +11,7 @@ from rich.markup import escape
 
 from delibench import __version__
 from delibench.cli.output import err_console
-from delibench.cli.environment import as_flag_error
+from delibench.cli.environment import as_flag_error, rank
 from delibench.cli.helptext import reflow_app
 from delibench.errors import DelibenchError, ExitCode, SpecError
 
@@ -115,5 +115,23 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def entry() -> None:
+    """The ``delibench`` command and ``python -m delibench``: :func:`main`, then exit with its code.
+
+    A rank of a distributed job (torchrun's ``WORLD_SIZE`` > 1, ``--nproc``) leaves with ``os._exit``
+    once its output is flushed: interpreter teardown of a gloo group whose peer left mid-collective
+    aborts now and then in PyTorch 2.x ("terminate called without an active exception", SIGABRT).
+    That would turn the rank's one-line error and exit code into a crash the launcher takes for a
+    signal, and an NCCL group in that state can block teardown outright. Everything the rank had to
+    say (records, reports to rank 0) is written before :func:`main` returns.
+    """
+    code = main()
+    if rank().world_size > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()
