@@ -14,11 +14,21 @@ from __future__ import annotations
 import dataclasses
 import datetime as _dt
 import gc
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from delibench.distributed import RankInfo, all_gather_objects, current_rank_info, init_from_env, shutdown
+from delibench.distributed import (
+    DEFAULT_COLLECTIVE_TIMEOUT_S,
+    RankInfo,
+    all_gather_objects,
+    check_collective_timeout,
+    current_rank_info,
+    init_from_env,
+    is_collective_timeout,
+    shutdown,
+)
 from delibench.errors import DelibenchError, ExitCode, RuntimeFailure, UsageError
 from delibench.manifest import Manifest, read_manifest
 from delibench.records import Diagnosis, Issue, LoaderStats, RunRecord, RunSpec, StepSample
@@ -380,6 +390,31 @@ def _error_line(exc: BaseException) -> str:
     return redact_text(text)
 
 
+#: gloo's source location before its message ("[/__w/pytorch/.../unbound_buffer.cc:78] "): noise in a one-line error.
+_SOURCE_PREFIX = re.compile(r"^\[[^\]]*\]\s*")
+
+
+def _within(timeout_s: float | None) -> str:
+    """How long a collective waits, as the error says it: the flag's value, or the caller's own group's timeout."""
+    return f"within {timeout_s:g} s (--collective-timeout)" if timeout_s is not None else "within the process group's timeout"
+
+
+def _failure_line(exc: BaseException, *, collective: bool, timeout_s: float | None) -> str:
+    """:func:`_error_line`, or for a collective that timed out, what that means: a rank did not join it in time.
+
+    Args:
+        collective: ``exc`` came out of a collective (the step, the stop vote, the results gather),
+            so a timeout in it is the group's, not a storage read's.
+        timeout_s: The group's timeout when the session created the group; None when the caller did.
+    """
+    if not (collective and is_collective_timeout(exc)):
+        return _error_line(exc)
+    from delibench.storage import redact_text
+
+    first = _SOURCE_PREFIX.sub("", str(exc).strip().splitlines()[0])
+    return redact_text(f"a collective timed out: another rank did not join it {_within(timeout_s)} ({type(exc).__name__}: {first})")
+
+
 def _failed_epoch_steps(steps: Sequence[StepSample], *, first: bool, time_offset_s: float) -> list[StepSample]:
     """Steps an epoch measured before its loader raised, placed as :func:`_offset_steps` places a whole epoch's.
 
@@ -420,6 +455,14 @@ SIMULTANEOUS_FAILURE_GRACE_S = 2.0
 #: Calls of :func:`compare` in this process: names the store keys of each call's failure reports
 #: (every rank of a job calls it equally often).
 _compare_calls = 0
+
+
+class _Root(NamedTuple):
+    """The first rank to fail (by wall clock) among the failure reports, its error line, and whether a collective timed out on it."""
+
+    rank: int
+    error: str
+    timed_out: bool = False
 
 
 def _raised_in_step(exc: BaseException, compute: Any) -> bool:
@@ -472,19 +515,23 @@ class _FailureReports:
         except Exception:  # noqa: BLE001 - no store: this rank reports only to itself
             self.store = None
 
-    def exchange(self, per_loader: list[dict[str, Any]], error: str) -> tuple[list[Any], tuple[int, str] | None, list[int]]:
+    def exchange(self, per_loader: list[dict[str, Any]], error: str, *, timed_out: bool = False) -> tuple[list[Any], _Root, list[int]]:
         """Send this rank's results; on rank 0 collect every rank's.
+
+        Args:
+            per_loader: This rank's results, one dict per loader.
+            error: This rank's error line.
+            timed_out: This rank's failure was a collective that timed out (a rank did not join it).
 
         Returns:
             ``(gathered, root, missing)``: on rank 0 every rank's per-loader results in rank order
-            (None where nothing came), elsewhere only this rank's; ``(rank, error line)`` of the
-            first rank that failed (by wall clock) among the reports; the ranks that sent nothing.
+            (None where nothing came), elsewhere only this rank's; the first rank that failed (by
+            wall clock) among the reports; the ranks that sent nothing.
         """
-        import datetime
         import pickle
         import time
 
-        mine = {"per_loader": per_loader, "error": error, "failed_at": time.time()}
+        mine = {"per_loader": per_loader, "error": error, "failed_at": time.time(), "timed_out": timed_out}
         reports = {self.info.rank: mine}
         missing: list[int] = []
         try:
@@ -502,14 +549,17 @@ class _FailureReports:
             wait_s = FAILURE_REPORT_TIMEOUT_S if present else SIMULTANEOUS_FAILURE_GRACE_S
             deadline = time.monotonic() + wait_s
             for r in others:
-                try:
-                    if r not in present:
-                        self.store.wait([f"rank{r}"], datetime.timedelta(seconds=max(0.01, deadline - time.monotonic())))
-                    reports[r] = pickle.loads(self.store.get(f"rank{r}"))
-                except Exception:  # noqa: BLE001 - blocked, dead or no store: recorded as missing
+                # NOTE: polled, not store.wait(timeout): a wait that runs out logs two c10d socket
+                # warnings on stderr, beside the run's one-line error.
+                while not self._has(r) and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                report = self._read(r) if self._has(r) else None  # NOTE: get() of an absent key blocks
+                if report is None:  # blocked, dead or no store
                     missing.append(r)
+                else:
+                    reports[r] = report
         first = min(reports.items(), key=lambda kv: kv[1]["failed_at"])
-        root = (first[0], first[1]["error"])
+        root = _Root(first[0], first[1]["error"], bool(first[1].get("timed_out")))
         if not self.info.is_main:
             return [per_loader], root, missing
         return [reports[r]["per_loader"] if r in reports else None for r in range(self.info.world_size)], root, missing
@@ -520,12 +570,34 @@ class _FailureReports:
         except Exception:  # noqa: BLE001
             return False
 
+    def _read(self, rank: int) -> dict[str, Any] | None:
+        """The report ``rank`` wrote (call only once :meth:`_has` says it is there), None if unreadable."""
+        import pickle
 
-def _missing_line(rank: int, root: tuple[int, str] | None, me: int) -> str:
-    """Why ``rank`` sent no results: blocked in the step the recording rank left, or dead/stuck."""
-    if root is not None and root[0] == me:
+        try:
+            return pickle.loads(self.store.get(f"rank{rank}"))
+        except Exception:  # noqa: BLE001 - the store went away: recorded as missing
+            return None
+
+
+def _missing_line(rank: int, root: _Root | None, me: int, timeout_s: float | None) -> str:
+    """Why ``rank`` sent no results: it did not join the collective that timed out, was left blocked
+    in the step the recording rank failed in, or is dead or stuck."""
+    if root is not None and root.timed_out:
+        return f"rank {rank}: did not join a collective {_within(timeout_s)} and sent no results (hung or dead)"
+    if root is not None and root.rank == me:
         return f"rank {rank}: no results (left blocked in the step rank {me} failed in)"
     return f"rank {rank}: sent nothing within {FAILURE_REPORT_TIMEOUT_S:g} s (dead or stuck)"
+
+
+def _hang_headline(root: _Root | None, missing: Sequence[int], timeout_s: float | None) -> str | None:
+    """The run's one-line cause when a collective timed out: the ranks that never joined it, then the
+    rank that gave up waiting (None when no collective timed out or every rank reported)."""
+    if root is None or not root.timed_out or not missing:
+        return None
+    who = f"rank {missing[0]}" if len(missing) == 1 else "ranks " + ", ".join(str(m) for m in missing)
+    them = "it" if len(missing) == 1 else "them"
+    return f"{who}: did not join a collective {_within(timeout_s)}, hung or dead; rank {root.rank} timed out waiting for {them}"
 
 
 def _records_of(
@@ -535,11 +607,12 @@ def _records_of(
     *,
     stopped: bool,
     failure: BaseException | None,
-    root: tuple[int, str] | None,
+    root: _Root | None,
     missing: Sequence[int],
     started: _dt.datetime,
     with_diagnosis: bool,
     price: bool,
+    timeout_s: float | None = None,
 ) -> list[RunRecord]:
     """One record per loader from every rank's results (``None`` for a rank that sent nothing).
 
@@ -553,7 +626,7 @@ def _records_of(
         if root is not None:
             errors.sort(key=lambda e: e[0] != root[0])  # stable: the first to fail leads
         lines = [f"rank {rk}: {e}" if info.world_size > 1 else e for rk, e in errors]
-        lines += [_missing_line(m, root, info.rank) for m in missing]
+        lines += [_missing_line(m, root, info.rank, timeout_s) for m in missing]
         if root is not None and not any(rk == root[0] for rk, _ in errors):
             lines.insert(0, f"rank {root[0]}: {root[1]}")
         failed = failure is not None or bool(lines)
@@ -580,17 +653,19 @@ def _finish(
     *,
     failure: Exception | None,
     broken: Exception | None,
-    root: tuple[int, str] | None,
+    root: _Root | None,
     write: bool,
     results_dir: str | None,
+    headline: str | None = None,
 ) -> list[RunRecord]:
     """Write the records (rank 0), then return them or raise what stopped the run.
 
     One rank: the loader's own exception. Several: a ``RuntimeFailure`` naming the rank that failed
-    first. Either carries the written paths in ``record_paths``.
+    first (or ``headline``, the cause when it is known better, e.g. a rank that never joined a
+    collective). Either carries the written paths in ``record_paths``.
     """
     other = [f"rank {r['rank']}: {r['error']}" for g in gathered if g is not None for r in g if r.get("error")]
-    first = f"rank {root[0]}: {root[1]}" if root else other[0] if other else None
+    first = headline or (f"rank {root[0]}: {root[1]}" if root else other[0] if other else None)
     distributed = info.world_size > 1
     if failure is not None and not records and not distributed:
         raise failure
@@ -631,6 +706,7 @@ def compare(
     price: bool = True,
     manifests: dict[str, Manifest] | None = None,
     rank: RankInfo | None = None,
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
 ) -> list[RunRecord]:
     """Measure several loaders on the same data; epochs are interleaved so noise hits all alike.
 
@@ -646,6 +722,11 @@ def compare(
         manifests: Manifests already read, by dataset URL (saves a GET per URL at start-up).
         rank: This process's place in the job (the CLI reads torchrun's variables); None: from an
             initialised ``torch.distributed`` process group, else a single rank.
+        collective_timeout_s: Seconds a rank waits in a collective (DDP's all-reduce, the stop
+            vote, the results gather) for the others, when this call creates the process group;
+            a rank that does not join in time (hung) then fails the run on the ranks waiting for
+            it, and rank 0 writes a ``failed`` record naming it. When the caller created the group,
+            its own ``init_process_group(timeout=...)`` governs instead.
 
     Returns:
         One RunRecord per spec on rank 0; other ranks get the same list (their own copy). A stopped
@@ -657,14 +738,17 @@ def compare(
             worker), after rank 0 has written a ``failed`` record of the steps measured before it
             (the other loaders' as ``interrupted``); the written paths are in the exception's
             ``record_paths``. A failure on another rank is raised as a ``RuntimeFailure`` naming it.
+        UsageError: ``collective_timeout_s`` is not a positive number of seconds.
     """
+    check_collective_timeout(collective_timeout_s)
     if not specs:
         raise UsageError("no loader to run", hint="give at least one --loader")
     labels = [s.loader.display_name for s in specs]
     if len(set(labels)) != len(labels):
         raise UsageError(f"two loaders share a name: {labels}", hint="label them, e.g. --loader deli@small:cache_size=1GiB")
     info = rank or current_rank_info()
-    created = init_from_env(info)
+    created = init_from_env(info, collective_timeout_s=collective_timeout_s)
+    timeout_s = collective_timeout_s if created else None  # None: the caller's group, with its own timeout
     reports: _FailureReports | None = None
     if info.world_size > 1:
         global _compare_calls
@@ -684,6 +768,7 @@ def compare(
         gpu = [GpuUtilizationSampler(p.spec, info) for p in prepared]
         stopped = False
         failure: Exception | None = None
+        timed_out = False  # the failure was a collective that timed out: a rank did not join it in time
         in_step = False  # the failure came out of a step: the group cannot be used (see _FailureReports)
         from delibench.workloads.loop import measure_loader
 
@@ -713,12 +798,13 @@ def compare(
             except Exception as exc:  # noqa: BLE001 - re-raised below, once what was measured is recorded
                 failure = exc
                 in_step = reports is not None and _raised_in_step(exc, p.compute)
+                timed_out = in_step and is_collective_timeout(exc)
                 acc["gpu"] = gpu[i].mean()
                 acc["steps"].extend(_failed_epoch_steps(measured, first=epoch == 0, time_offset_s=acc["offset_s"]))
                 if epoch == 0 and measured:
                     acc["setup_s"], acc["ttfb_s"] = measured[0].start_s, measured[0].wait_s
                 acc["stats"] = _loader_stats_now(p.loader) or acc["stats"]
-                acc["error"] = _error_line(exc)
+                acc["error"] = _failure_line(exc, collective=in_step, timeout_s=timeout_s)
                 break
             acc["gpu"] = gpu[i].mean()
             acc["steps"].extend(_offset_steps(result, first=epoch == 0, time_offset_s=acc["offset_s"]))
@@ -739,7 +825,7 @@ def compare(
             # here rather than on whichever thread runs an event loop when the collector fires (s3fs
             # then schedules the close on the wrong loop: "Task exception was never retrieved").
             gc.collect()
-        root: tuple[int, str] | None = None
+        root: _Root | None = None
         missing: list[int] = []
         broken: Exception | None = None  # a collective failed under this rank (another rank left the job)
         if reports is None:
@@ -748,18 +834,20 @@ def compare(
             if failure is None or not in_step:  # the group is usable: every rank joins the gather
                 try:
                     gathered = all_gather_objects(per_loader, info)
-                except Exception as exc:  # noqa: BLE001 - another rank failed in its step and ended
+                except Exception as exc:  # noqa: BLE001 - another rank failed in its step and ended, or hung
                     broken = exc
+                    timed_out = is_collective_timeout(exc)
             if in_step or broken is not None:
                 group_left_mid_collective = True
-                own = next((a["error"] for a in per_loader if a["error"]), None) or _error_line(broken)  # type: ignore[arg-type]
-                gathered, root, missing = reports.exchange(per_loader, own)
+                own = next((a["error"] for a in per_loader if a["error"]), None) or _failure_line(broken, collective=True, timeout_s=timeout_s)  # type: ignore[arg-type]
+                gathered, root, missing = reports.exchange(per_loader, own, timed_out=timed_out)
                 if not info.is_main:
                     # Rank 0 records every rank's report; this rank leaves, which releases any rank still blocked with it.
                     raise RuntimeFailure(f"rank {info.rank} stopped: {own}") from (failure or broken)
         records = _records_of(prepared, gathered, info, stopped=stopped, failure=failure or broken, root=root, missing=missing,
-                              started=started, with_diagnosis=with_diagnosis, price=price)
-        return _finish(records, gathered, info, failure=failure, broken=broken, root=root, write=write, results_dir=results_dir)
+                              started=started, with_diagnosis=with_diagnosis, price=price, timeout_s=timeout_s)
+        return _finish(records, gathered, info, failure=failure, broken=broken, root=root, write=write, results_dir=results_dir,
+                       headline=_hang_headline(root, missing, timeout_s))
     finally:
         for p in prepared:
             p.loader.close()
@@ -776,6 +864,7 @@ def run(
     with_diagnosis: bool = False,
     price: bool = True,
     rank: RankInfo | None = None,
+    collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S,
 ) -> RunRecord:
     """Measure one loader: the same as :func:`compare` with a single spec.
 
@@ -788,6 +877,7 @@ def run(
         with_diagnosis: Add the fetch/prep stall diagnosis (runs a short slice from memory).
         price: Attach a cost estimate.
         rank: As for :func:`compare`.
+        collective_timeout_s: As for :func:`compare`.
     """
     callback = (lambda _name, s: on_step(s)) if on_step else None
     (record,) = compare(
@@ -799,5 +889,6 @@ def run(
         with_diagnosis=with_diagnosis,
         price=price,
         rank=rank,
+        collective_timeout_s=collective_timeout_s,
     )
     return record

@@ -19,12 +19,16 @@ from typing import Any
 from delibench.app.session import FAILURE_REPORT_TIMEOUT_S
 from delibench.errors import ExitCode
 
-__all__ = ["RANK_GRACE_S", "launch_local"]
+__all__ = ["AFTER_RANK_0_GRACE_S", "RANK_GRACE_S", "launch_local"]
 
 
 #: Seconds the other ranks get to finish after a rank exited non-zero (not by a signal) before they are
 #: killed: longer than rank 0 may wait for the failed ranks' reports, so it can still write the record.
 RANK_GRACE_S = FAILURE_REPORT_TIMEOUT_S + 15.0
+#: Seconds the other ranks get once rank 0 exited non-zero: it has written whatever record there is,
+#: so they only finish their own clean-up (a rank that hung, e.g. after ``--collective-timeout``, never
+#: would, and waiting :data:`RANK_GRACE_S` for it would only delay the exit).
+AFTER_RANK_0_GRACE_S = 10.0
 
 
 def _free_port() -> int:
@@ -55,7 +59,8 @@ def launch_local(nproc: int, argv: list[str], timeout_s: float | None = None) ->
     their step in flight and rank 0 saves the partial results (a second Ctrl-C stops them at once).
     If a rank is killed, the others would wait for it in a collective until gloo's 30-minute timeout, so
     they (and their DataLoader workers) are killed at once and the failing rank's code is returned; a
-    rank that exits with an error leaves the others :data:`RANK_GRACE_S` (rank 0 records the failed run).
+    rank that exits with an error leaves the others :data:`RANK_GRACE_S` (rank 0 records the failed run),
+    or :data:`AFTER_RANK_0_GRACE_S` once rank 0 itself has exited non-zero.
 
     Args:
         nproc: Ranks to start.
@@ -83,6 +88,7 @@ def launch_local(nproc: int, argv: list[str], timeout_s: float | None = None) ->
     own_group: dict[str, Any] = {"process_group": 0} if sys.version_info >= (3, 11) else {"preexec_fn": os.setpgrp}
     start = time.perf_counter()
     failed_at: float | None = None
+    rank_0_failed_at: float | None = None
     try:
         for rank in range(nproc):
             env = dict(base_env, RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(nproc))
@@ -101,13 +107,19 @@ def launch_local(nproc: int, argv: list[str], timeout_s: float | None = None) ->
             failed = [(rank, c) for rank, c in enumerate(codes) if c not in (None, 0)]
             if failed and failed_at is None:
                 failed_at = time.perf_counter()
+            if codes[0] not in (None, 0) and rank_0_failed_at is None:
+                rank_0_failed_at = time.perf_counter()
             # NOTE: rank 0 also exits non-zero after a complete run (3 invalid, 4 threshold): the
             # others are then past the last collective and get a grace period to finish. So does a
             # rank that failed and said why (exit 1: the session sent its steps to rank 0 first):
             # its exit releases the ranks blocked with it, and rank 0 then writes the record.
             # Only a rank ended by a signal stops the others at once.
+            # Once rank 0 has left, no record is waiting on the others: a short grace for their clean-up.
             crashed = failed and failed[0][1] < 0
-            if failed and not forwarded and (crashed or time.perf_counter() - failed_at > RANK_GRACE_S):
+            now = time.perf_counter()
+            graced = (failed_at is not None and now - failed_at > RANK_GRACE_S) or (
+                rank_0_failed_at is not None and now - rank_0_failed_at > AFTER_RANK_0_GRACE_S)
+            if failed and not forwarded and (crashed or graced):
                 rank, code = failed[0]
                 sys.stderr.write(f"delibench: rank {rank} exited with code {code}; stopping the other ranks\n")
                 for p in procs:

@@ -14,6 +14,7 @@ from delibench.cli import environment
 from delibench.cli.output import console, err_console, print_json
 from delibench.cli.progress import StepProgress, StopFlag, stop_on_signals
 from delibench.config import load_config, parse_loader_arg
+from delibench.distributed import DEFAULT_COLLECTIVE_TIMEOUT_S, check_collective_timeout
 from delibench.errors import ExitCode, UsageError
 from delibench.records import ComputeSpec, LoaderSpec, RunRecord, RunSpec
 
@@ -208,7 +209,7 @@ def _check_creatable_dir(path: Path, flag: str) -> None:
         raise UsageError(f"{flag} {str(path)!r}: {str(probe)!r} is not writable", hint="choose a directory you can write to")
 
 
-def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, progress: bool, diagnose: bool, html: Path | None, min_au: float | None, interleave: bool, dry_run: bool, json_list: bool | None = None) -> int:
+def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, progress: bool, diagnose: bool, html: Path | None, min_au: float | None, interleave: bool, dry_run: bool, json_list: bool | None = None, collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> int:
     from delibench.app.session import compare
     from delibench.manifest import read_manifest
 
@@ -237,6 +238,7 @@ def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, p
                 with_diagnosis=diagnose,
                 manifests={specs[0].dataset_url: manifest},
                 rank=info,
+                collective_timeout_s=collective_timeout_s,
             )
     except Exception as exc:
         # A run that failed mid-way still wrote what it measured (status "failed"): say where, then
@@ -249,6 +251,17 @@ def _execute(specs: list[RunSpec], *, results_dir: Path | None, as_json: bool, p
         return int(ExitCode.OK)
     interrupted = flag() or any(r.status == "interrupted" for r in records)
     return report_and_exit_code(records, as_json=as_json, html=html, min_au=min_au, interrupted=interrupted, json_list=json_list)
+
+
+#: Help of ``--collective-timeout``; no word longer than a narrow help column (Rich cuts those off).
+COLLECTIVE_TIMEOUT_HELP = (
+    "Seconds a rank waits for the others in a collective (DDP's all-reduce, the per-step stop vote). A hung rank "
+    "(a stuck loader or GPU) then fails the run after about this long: exit 1, and rank 0 records the steps measured, "
+    "marked failed. It also bounds how far apart the ranks may start, so keep it well above their start-up time. "
+    "torch's own defaults are 30 min (gloo) and 10 min (NCCL); with NCCL, torch's watchdog enforces "
+    "the timeout and ends the process (see the README; not tested here, no GPU). A Python script that creates the "
+    "process group itself keeps the timeout it gave there."
+)
 
 
 def _command(default_loaders: list[str], interleave_default: bool, *, auto_html: bool = False, json_always_list: bool = False):  # noqa: ANN202 - typer signature
@@ -273,6 +286,7 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
         seed: Optional[int] = typer.Option(None, "--seed", help="Seed of the sample order and the model. Default: 0.", rich_help_panel=RUN_PANEL),
         order: Optional[str] = typer.Option(None, "--order", help="shuffle (DistributedSampler order) or locality (stable per-rank sets, better cache reuse). Default: shuffle.", rich_help_panel=LOADER_PANEL),
         nproc: int = typer.Option(1, "--nproc", help="Ranks to launch on this machine (torch.distributed: gloo on CPU, nccl on GPU). Default: 1.", rich_help_panel=RUN_PANEL),
+        collective_timeout: float = typer.Option(DEFAULT_COLLECTIVE_TIMEOUT_S, "--collective-timeout", metavar="SECONDS", help=COLLECTIVE_TIMEOUT_HELP, rich_help_panel=RUN_PANEL),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML run config (e.g. from 'delibench tune --export'); flags override it.", rich_help_panel=RUN_PANEL),
         diagnose: bool = typer.Option(True, "--diagnose/--no-diagnose", help="Tell fetch stall from CPU stall by re-running a slice from memory. Default: on.", rich_help_panel=RUN_PANEL),
         interleave: bool = typer.Option(interleave_default, "--interleave/--sequential", help="Run epoch e of every loader before epoch e+1 of any, so noise hits all alike.", rich_help_panel=RUN_PANEL),
@@ -300,6 +314,7 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
             config=config,
             nproc=nproc,
         )
+        check_collective_timeout(collective_timeout, name="--collective-timeout")
         if min_au is not None and not 0.0 <= min_au <= 1.0:
             raise UsageError(f"--min-au is a fraction between 0 and 1, got {min_au:g}", hint="e.g. --min-au 0.9 (MLPerf Storage's pass mark)")
         if not dry_run:
@@ -318,7 +333,8 @@ def _command(default_loaders: list[str], interleave_default: bool, *, auto_html:
 
             html = (results_dir or Path(".delibench/results")) / f"report-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}.html"
         json_list = True if json_always_list else len(specs) > 1
-        code = _execute(specs, results_dir=results_dir, as_json=as_json, progress=progress, diagnose=diagnose, html=html, min_au=min_au, interleave=interleave, dry_run=dry_run, json_list=json_list)
+        code = _execute(specs, results_dir=results_dir, as_json=as_json, progress=progress, diagnose=diagnose, html=html, min_au=min_au, interleave=interleave, dry_run=dry_run, json_list=json_list,
+                        collective_timeout_s=collective_timeout)
         raise typer.Exit(code)
 
     return command

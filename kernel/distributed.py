@@ -6,12 +6,38 @@ gives each the same variables torchrun does, so one code path serves both.
 
 from __future__ import annotations
 
+import datetime
+import math
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["RankInfo", "all_gather_objects", "current_rank_info", "init_from_env", "rank_info", "shutdown"]
+from delibench.errors import UsageError
+
+__all__ = [
+    "DEFAULT_COLLECTIVE_TIMEOUT_S",
+    "RankInfo",
+    "all_gather_objects",
+    "check_collective_timeout",
+    "current_rank_info",
+    "init_from_env",
+    "is_collective_timeout",
+    "rank_info",
+    "shutdown",
+]
+
+#: Seconds a rank waits in a collective for the others before the collective fails (the process
+#: group's ``timeout``). NOTE: torch's own defaults are 30 minutes for gloo and 10 for NCCL; 10
+#: minutes for both keeps NCCL's behaviour and bounds a hung gloo rank 3x sooner, while staying far
+#: above anything a healthy rank spends between two collectives of a run (one step, one batch's
+#: data wait, a loader's set-up before the first step).
+DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
+
+#: How gloo (and c10d) word a collective that ran out of time ("Timed out waiting 20000ms for recv
+#: operation to complete"); a peer that left reads "Connection closed by peer" instead.
+_TIMEOUT_WORDS = re.compile(r"timed out|timeout", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,12 +87,36 @@ def current_rank_info() -> RankInfo:
     return RankInfo(rank=rank, world_size=dist.get_world_size(), local_rank=dist.get_node_local_rank(fallback_rank=rank))
 
 
-def init_from_env(info: RankInfo) -> bool:
+def check_collective_timeout(seconds: float, *, name: str = "collective_timeout_s") -> float:
+    """``seconds`` as a collective timeout: a positive, finite number (``name`` words the error).
+
+    Raises:
+        UsageError: Zero, negative, not a number or infinite (torch would take 0 as "fail at once").
+    """
+    ok = isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and math.isfinite(seconds) and seconds > 0
+    if not ok:
+        raise UsageError(f"{name} must be a positive number of seconds, got {seconds!r}",
+                         hint=f"e.g. {DEFAULT_COLLECTIVE_TIMEOUT_S:g} (the default); it bounds how long the ranks wait for a hung one")
+    return float(seconds)
+
+
+def init_from_env(info: RankInfo, *, collective_timeout_s: float = DEFAULT_COLLECTIVE_TIMEOUT_S) -> bool:
     """Join the process group when launched by torchrun or ``--nproc``; gloo on CPU, nccl on CUDA.
+
+    Args:
+        info: This process's place in the job.
+        collective_timeout_s: The group's ``timeout``: a collective (DDP's all-reduce, the loop's
+            stop vote) that a rank does not join within it fails on the ranks waiting in it (gloo
+            raises a ``RuntimeError``; with NCCL torch's watchdog ends the process, as
+            ``TORCH_NCCL_ASYNC_ERROR_HANDLING`` says). A group the caller created keeps its own.
 
     Returns:
         True when a process group was created here (and must be destroyed by :func:`shutdown`).
+
+    Raises:
+        UsageError: ``collective_timeout_s`` is not a positive number of seconds.
     """
+    timeout_s = check_collective_timeout(collective_timeout_s)
     if info.world_size <= 1:
         return False
     import torch
@@ -77,8 +127,17 @@ def init_from_env(info: RankInfo) -> bool:
     backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > info.local_rank else "gloo"
     if backend == "nccl":
         torch.cuda.set_device(info.local_rank)
-    dist.init_process_group(backend=backend)
+    dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=timeout_s))
     return True
+
+
+def is_collective_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that ran out of time (gloo's ``RuntimeError``, torch's ``DistBackendError``).
+
+    Only meaningful for an error raised by a collective (the caller knows where it came from): a
+    storage read timing out reads alike.
+    """
+    return isinstance(exc, RuntimeError) and bool(_TIMEOUT_WORDS.search(str(exc)))
 
 
 def shutdown(created: bool) -> None:
