@@ -5,7 +5,7 @@
     .venv/bin/python benchmarks/node_fetch_cpu.py --sizes 110k --nproc 4 --fetch-processes 1,2 --no-no-verify-run \
         --out benchmarks/results --name node-fetch-cpu-processes            # one loop vs two fetch processes
 
-The node service (``loaders/node.py``) fetches for every local rank on ONE asyncio event loop. The
+The node service (``loaders/node/``) fetches for every local rank on ONE asyncio event loop. The
 cross-region runs of ``node_scope.py`` are link-bound (service CPU 1.7-3.1 s over 65-106 s), so they
 say nothing about how much that loop can move. Here the link is gone: SeaweedFS (the lab,
 ``delibench.app.lab``, profile ``local``) is reached directly over loopback, the compute is

@@ -374,7 +374,6 @@ class DeliLoader(ResumableEpochs):
         self._prefetcher = prefetcher
         batches = batches_of(order, self.ctx.batch_size)
         self._position = (epoch, start, done_batches)
-        handed = start
         token = self._feed.open_epoch(lambda b: self._assemble(prefetcher, batches, b, when_next, epoch, token))
 
         def end_epoch() -> None:
@@ -383,22 +382,10 @@ class DeliLoader(ResumableEpochs):
             self._stop_prefetcher()
 
         try:
-            for b, result in enumerate(self._pipeline.run(self._feed.items(token, len(batches)), on_abort=end_epoch)):
-                if result.meter is not None:
-                    self._skipped.extend(result.meter.skipped_keys)  # decode failures under on_error=skip
-                if result.failure is not None:
-                    error = self._feed.take_error(token)
-                    if error is not None:
-                        raise error  # the original exception, raised in this process
-                batch = result.unwrap()
-                # Results arrive in batch order; before the yield, so a state_dict() taken in the
-                # loop body counts this batch as delivered (a batch whose samples were all skipped
-                # under on_error=skip counts as passed).
-                handed += len(batches[b])
-                done_batches += 1
-                self._position = (epoch, handed, done_batches)
-                if batch is not None:
-                    yield batch
+            yield from self._hand_on(
+                lambda: enumerate(self._pipeline.run(self._feed.items(token, len(batches)), on_abort=end_epoch)),
+                batches, epoch, start, done_batches, self._skipped, original_error=lambda: self._feed.take_error(token),
+            )
         finally:
             end_epoch()
 

@@ -1,12 +1,17 @@
-"""Resumable iteration: the ``state_dict``/``load_state_dict`` of the deli loaders (rank and node scope), in one place."""
+"""Resumable iteration: the ``state_dict``/``load_state_dict`` of the deli loaders (rank and node scope),
+and the loop that hands an epoch's batches on while keeping the position they save, in one place."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 from delibench.errors import UsageError
 from delibench.loaders.sampler import rank_sample_count
+
+if TYPE_CHECKING:
+    from delibench.loaders.base import Batch
+    from delibench.loaders.pipeline import WorkerResult
 
 __all__ = ["STATE_VERSION", "ResumableEpochs", "check_state"]
 
@@ -19,7 +24,8 @@ class ResumableEpochs:
 
     The loader sets ``self.ctx`` (its :class:`~delibench.loaders.base.LoaderContext`),
     ``self._position = (epoch, samples handed on, batches yielded)`` as of the last batch yielded,
-    and ``self._resume = None``; its ``iter_epoch`` starts with ``start, done = self._take_resume(epoch)``.
+    and ``self._resume = None``; its ``iter_epoch`` starts with ``start, done = self._take_resume(epoch)``
+    and yields its batches through :meth:`_hand_on`.
     :class:`~delibench.loaders.deli.DeliLoader` (rank scope) and
     :class:`~delibench.loaders.node.NodeDeliLoader` (node scope) share it, so a state saved by
     one scope resumes in the other.
@@ -109,6 +115,50 @@ class ResumableEpochs:
                              hint=f"iterate epoch {resume[0]} next (state_dict()['epoch']); deli_loader does this itself")
         self._resume = None
         return resume[1], resume[2]
+
+
+    def _hand_on(
+        self,
+        results: Callable[[], Iterable[tuple[int, WorkerResult]]],
+        batches: list[list[int]],
+        epoch: int,
+        handed: int,
+        done_batches: int,
+        skipped: list[str],
+        original_error: Callable[[], BaseException | None] | None = None,
+    ) -> Iterator[Batch]:
+        """Yield the batches of ``epoch`` that ``results()`` decodes, keeping ``self._position`` as of
+        the last batch yielded (``handed`` samples and ``done_batches`` batches of the epoch so far).
+
+        Args:
+            results: Makes the ``(batch number in batches, worker result)`` pairs, in order.
+            batches: The epoch's batches (sample indices), to count the samples each result hands on.
+            epoch: The epoch, for the position.
+            handed: Samples of this rank's epoch order already handed on (a resume's start).
+            done_batches: Batches of the epoch already yielded.
+            skipped: Where the keys of samples skipped under ``on_error=skip`` in decoding are listed.
+            original_error: Called when a worker reports a failure: the exception it stands for, if
+                this process holds it (rank scope's feed does), raised instead of the worker's message.
+        """
+        # NOTE: ``results`` is a factory so that the results iterator lives only on this loop's
+        # stack: when the epoch stops early or fails, it is closed at once (the pipeline's on_abort
+        # runs before the caller's clean-up), not when a traceback holding a reference goes.
+        for b, result in results():
+            if result.meter is not None:
+                skipped.extend(result.meter.skipped_keys)  # decode failures under on_error=skip
+            if result.failure is not None and original_error is not None:
+                error = original_error()
+                if error is not None:
+                    raise error  # the original exception, raised in this process
+            batch = result.unwrap()
+            # Results arrive in batch order; before the yield, so a state_dict() taken in the
+            # loop body counts this batch as delivered (a batch whose samples were all skipped
+            # under on_error=skip counts as passed).
+            handed += len(batches[b])
+            done_batches += 1
+            self._position = (epoch, handed, done_batches)
+            if batch is not None:
+                yield batch
 
 
 _STATE_INTS = ("epoch", "samples_yielded", "batches_yielded", "world_size", "rank", "num_samples", "seed")

@@ -211,7 +211,7 @@ def replay_node_cache(
 ) -> tuple[list[int], list[int]]:
     """Replay one node's ranks through one shared cache, with each rank's prefetch window.
 
-    The node service's accounting, step for step (``loaders/node.py``): a **hit** is a lookup that
+    The node service's accounting, step for step (``loaders/node/service.py``): a **hit** is a lookup that
     needs no GET. Each local rank looks a sample up when it enters the rank's window, the
     ``window`` samples ahead of the rank's next batch (never past the end of an epoch: the next
     epoch's walk starts when the last batch of this one is handed out). A looked-up sample is held

@@ -4,6 +4,6 @@ The rank that starts the service runs this command line, so the process's ``cmdl
 ``delibench.loaders.node`` (tests and benchmarks find the service by it).
 """
 
-from delibench.loaders.node import _main
+from delibench.loaders.node.server import main
 
-_main()
+main()

@@ -1,0 +1,83 @@
+"""What node scope is configured by: when it applies, how far the service looks ahead, how many
+fetch processes it runs, and the :class:`NodeConfig` a rank hands to the service it starts.
+
+These rules sit apart from the service so that the rank side (``deli``'s choice of scope), the
+service and :mod:`delibench.tuning.scale` (which replays the service's window) read the same ones.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from delibench.loaders.base import LoaderContext
+from delibench.manifest import Manifest
+
+__all__ = ["DEFAULT_DEADLINE_S", "NodeConfig", "fetch_process_count", "service_window", "wants_node_scope"]
+
+#: Seconds a rank waits for its node service to answer (start-up, a batch) before a clear error
+#: (``DeliOptions.node_deadline_s``'s default).
+DEFAULT_DEADLINE_S = 120.0
+
+
+def wants_node_scope(options: Any, ctx: LoaderContext) -> bool:
+    """Whether a deli loader with ``options`` uses the node service: ``scope=node``, or no scope given
+    and more than one rank on this node (unless the options need rank scope: a disk tier)."""
+    if options.scope == "node":
+        return True
+    if options.scope is None:
+        return ctx.local_world_size > 1 and options.cache_tier == "memory"
+    return False
+
+
+def service_window(options: Any, batch_size: int) -> int:
+    """Samples the node service looks up ahead of each local rank's next batch: the prefetch bound
+    (``prefetch_depth``, default 256), at least two batches."""
+    return max(options.prefetch_bound, 2 * batch_size)
+
+
+def fetch_process_count(value: int | str, local_world_size: int, cpus: int | None = None) -> int:
+    """How many fetch processes ``fetch_processes=value`` means on a node of ``cpus`` CPUs (default: this
+    process's) with ``local_world_size`` ranks: the number, or for ``auto`` a quarter of the CPUs, at
+    most two per local rank, at least 1 (see :mod:`delibench.loaders.node.fetchers`)."""
+    if value != "auto":
+        return max(1, int(value))
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus // 4, 2 * local_world_size))
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """What the node service needs (pickled to it on stdin, and to its fetch processes)."""
+
+    prefix: str
+    authkey: bytes
+    dataset_url: str
+    manifest: Manifest
+    storage_options: dict[str, Any] | None
+    options: Any  # DeliOptions
+    members: bool
+    seed: int
+    world_size: int
+    first_rank: int
+    local_world_size: int
+    order: str
+    exchange_fraction: float
+    drop_last: bool
+    batch_size: int
+    num_workers: int
+    epochs: int | None
+    parent_pid: int
+    deadline_s: float = DEFAULT_DEADLINE_S
+    #: ``source=shards``: read whole shards (one GET per shard while buffered) and slice samples out.
+    whole_shards: bool = False
+
+    @property
+    def address(self) -> str:
+        return "\0" + self.prefix
+
+    @property
+    def arena_name(self) -> str:
+        return self.prefix + "-arena"
