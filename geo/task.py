@@ -265,9 +265,9 @@ class _NoExchange:
 
     @staticmethod
     def build(comm: Any, params: list[Any], sgd: Any) -> Any:
-        from delibench.geo.strategies import _GeoOptimizer
+        from delibench.geo.strategies.base import GeoOptimizer
 
-        class NoExchange(_GeoOptimizer):
+        class NoExchange(GeoOptimizer):
             def step(self, closure: Any = None) -> Any:  # type: ignore[override]
                 return self._inner_step(closure)
 
@@ -276,28 +276,11 @@ class _NoExchange:
 
 def _wrong_sign(comm: Any, params: list[Any], sgd: Any, accum: int, staleness: int | None) -> Any:
     """Control: ASGD-GA applying the other regions' updates with the wrong sign."""
-    import torch
-
-    from delibench.geo.strategies import AsyncGradientAccumulation, _write_
+    from delibench.geo.strategies import AsyncGradientAccumulation
 
     class WrongSign(AsyncGradientAccumulation):
-        def _apply_(self, own: Any, need: Any, upto: Any) -> None:
-            comm = self.comm
-            incoming = torch.zeros(self.numel, dtype=torch.float64)
-            if self._links is not None:
-                if comm.is_leader:
-                    arrived, waited = self._links.take(need, upto)
-                    for _, round_, payload in arrived:
-                        incoming.add_(payload.to(torch.float64))
-                        self.staleness.append(max(0, self.round - round_))
-                    self.waited_s += waited
-                comm.region_broadcast_(incoming)
-            new = self._start64 + incoming  # the bug: + instead of -
-            if own is not None:
-                new.sub_(own.to(torch.float64))
-            self._start64 = new
-            self._start32 = new.to(self._start32.dtype)
-            _write_(self.params, self._start32)
+        def _incoming(self, need: Any, upto: Any) -> Any:
+            return -super()._incoming(need, upto)  # the bug: start + incoming instead of start - incoming
 
     return WrongSign(sgd, params, accum=accum, max_staleness=staleness, group=comm, sync_initial=False, average_region_gradients=True)
 
