@@ -14,11 +14,21 @@ from typing import Any
 from delibench.loaders.base import LoaderContext
 from delibench.manifest import Manifest
 
-__all__ = ["DEFAULT_DEADLINE_S", "NodeConfig", "fetch_process_count", "service_window", "wants_node_scope"]
+__all__ = ["DEFAULT_DEADLINE_S", "START_FLOOR_S", "start_deadline_s", "NodeConfig", "fetch_process_count", "service_window", "wants_node_scope"]
 
 #: Seconds a rank waits for its node service to answer (start-up, a batch) before a clear error
 #: (``DeliOptions.node_deadline_s``'s default).
 DEFAULT_DEADLINE_S = 120.0
+
+#: The least time a service or fetch process gets to start (an interpreter plus its imports), whatever
+#: ``node_deadline_s`` says: that deadline is about a batch that never comes; a loaded machine
+#: (CI: a 2-core box at load 8) starts a process in seconds.
+START_FLOOR_S = 60.0
+
+
+def start_deadline_s(deadline_s: float) -> float:
+    """Seconds to wait for a node process's "ready": the batch deadline, at least :data:`START_FLOOR_S`."""
+    return max(deadline_s, START_FLOOR_S)
 
 
 def wants_node_scope(options: Any, ctx: LoaderContext) -> bool:

@@ -49,7 +49,7 @@ from typing import Any
 
 from delibench.errors import FetchError, RuntimeFailure
 from delibench.loaders.node.arena import Arena
-from delibench.loaders.node.config import NodeConfig
+from delibench.loaders.node.config import NodeConfig, start_deadline_s
 from delibench.loaders.source import FetchMeter
 
 __all__ = ["FetchProcesses", "fetch_main"]
@@ -100,11 +100,12 @@ class FetchProcesses:
                 assert f.proc.stdin is not None
                 f.proc.stdin.write(payload)
                 f.proc.stdin.close()
-            deadline = time.monotonic() + config.deadline_s
+            wait_s = start_deadline_s(config.deadline_s)
+            deadline = time.monotonic() + wait_s
             for f in self.fetchers:
                 try:
                     if not f.conn.poll(max(0.0, deadline - time.monotonic())):
-                        raise RuntimeFailure(f"{self._name(f)} did not start within {config.deadline_s:g} s")
+                        raise RuntimeFailure(f"{self._name(f)} did not start within {wait_s:g} s")
                     kind, detail = f.conn.recv()
                 except (EOFError, OSError) as exc:
                     raise RuntimeFailure(f"{self._name(f)} did not start ({self._how(f)})") from exc

@@ -16,6 +16,7 @@ from typing import Any
 
 from delibench.errors import RuntimeFailure
 from delibench.loaders.node.arena import Arena
+from delibench.loaders.node.config import start_deadline_s
 from delibench.loaders.node.protocol import ANSWER_MARGIN_S, FAILURE, FETCH_ERROR, OK
 from delibench.loaders.pipeline import BytesBatchDataset, WorkerResult
 from delibench.loaders.source import FetchMeter
@@ -47,14 +48,15 @@ class NodeLink:
             if self._lost and self._pid == os.getpid():
                 raise RuntimeFailure("the node service of this node is gone: no more samples can be served",
                                      hint="it ends when local rank 0 ends; see the first rank's error")
-            deadline = time.monotonic() + self.deadline_s
+            wait_s = start_deadline_s(self.deadline_s)  # local rank 0 may still be starting it
+            deadline = time.monotonic() + wait_s
             while True:
                 try:
                     conn = Client(self.address, family="AF_UNIX", authkey=self.authkey)
                     break
                 except (FileNotFoundError, ConnectionRefusedError, OSError) as exc:
                     if time.monotonic() > deadline:
-                        raise RuntimeFailure(f"no node service answered at {self.address.lstrip(chr(0))!r} within {self.deadline_s:g} s: {exc}",
+                        raise RuntimeFailure(f"no node service answered at {self.address.lstrip(chr(0))!r} within {wait_s:g} s: {exc}",
                                              hint="local rank 0 starts it; did it fail or exit early?") from exc
                     time.sleep(0.05)
             self._conn, self._pid = conn, os.getpid()

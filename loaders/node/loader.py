@@ -22,7 +22,7 @@ from typing import Any, ClassVar
 from delibench.errors import RuntimeFailure, UsageError
 from delibench.loaders.base import Batch, LoaderContext
 from delibench.loaders.node.arena import node_prefix, unlink_segment
-from delibench.loaders.node.config import NodeConfig
+from delibench.loaders.node.config import NodeConfig, start_deadline_s
 from delibench.loaders.node.link import NodeFeedDataset, NodeLink
 from delibench.loaders.node.protocol import OK
 from delibench.loaders.pipeline import BytesBatchDataset, batches_of
@@ -105,11 +105,12 @@ class NodeDeliLoader(ResumableEpochs):
             proc.stdin.close()
         except OSError:
             pass
-        ready, _, _ = select.select([proc.stdout], [], [], self.deadline_s)
+        wait_s = start_deadline_s(self.deadline_s)
+        ready, _, _ = select.select([proc.stdout], [], [], wait_s)
         line = proc.stdout.readline().decode().strip() if ready else ""
         if line != "ready":
             self._stop_service()
-            raise RuntimeFailure(f"the node service did not start: {line or 'no answer within ' + format(self.deadline_s, 'g') + ' s'}")
+            raise RuntimeFailure(f"the node service did not start: {line or 'no answer within ' + format(wait_s, 'g') + ' s'}")
 
     def _stop_service(self) -> None:
         proc, self._proc = self._proc, None
