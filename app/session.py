@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from delibench.distributed import (
     DEFAULT_COLLECTIVE_TIMEOUT_S,
     RankInfo,
+    abandon_group,
     all_gather_objects,
     check_collective_timeout,
     current_rank_info,
@@ -851,7 +852,10 @@ def compare(
     finally:
         for p in prepared:
             p.loader.close()
-        shutdown(created and not group_left_mid_collective)
+        if group_left_mid_collective:
+            abandon_group()
+        else:
+            shutdown(created)
 
 
 def run(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+import traceback
 
 import typer
 from rich.markup import escape
@@ -15,7 +16,7 @@ from delibench.cli.environment import as_flag_error, rank
 from delibench.cli.helptext import reflow_app
 from delibench.errors import DelibenchError, ExitCode, SpecError
 
-__all__ = ["app", "main"]
+__all__ = ["app", "entry", "main"]
 
 EPILOG = (
     "Exit codes: 0 success; 1 runtime error (storage unreachable, loader crashed); "
@@ -125,12 +126,19 @@ def entry() -> None:
     signal, and an NCCL group in that state can block teardown outright. Everything the rank had to
     say (records, reports to rank 0) is written before :func:`main` returns.
     """
-    code = main()
-    if rank().world_size > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    sys.exit(code)
+    if rank().world_size <= 1:
+        sys.exit(main())
+    try:
+        code = main()
+    except BaseException:  # noqa: BLE001 - --debug re-raises: print it here, then still skip teardown
+        traceback.print_exc()
+        code = int(ExitCode.RUNTIME_ERROR)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (| head) must not send the rank through teardown
+            pass
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -25,8 +25,9 @@ __all__ = ["AFTER_RANK_0_GRACE_S", "RANK_GRACE_S", "launch_local"]
 #: Seconds the other ranks get to finish after a rank exited non-zero (not by a signal) before they are
 #: killed: longer than rank 0 may wait for the failed ranks' reports, so it can still write the record.
 RANK_GRACE_S = FAILURE_REPORT_TIMEOUT_S + 15.0
-#: Seconds the other ranks get once rank 0 exited non-zero: it has written whatever record there is,
-#: so they only finish their own clean-up (a rank that hung, e.g. after ``--collective-timeout``, never
+#: Seconds the other ranks get once rank 0 exited with a runtime error (1): it has written whatever
+#: record there is, so they only finish their own clean-up (a complete run's 3 or 4 keeps
+#: :data:`RANK_GRACE_S`: those ranks are closing loaders, DataLoader workers and cache directories) (a rank that hung, e.g. after ``--collective-timeout``, never
 #: would, and waiting :data:`RANK_GRACE_S` for it would only delay the exit).
 AFTER_RANK_0_GRACE_S = 10.0
 
@@ -60,7 +61,7 @@ def launch_local(nproc: int, argv: list[str], timeout_s: float | None = None) ->
     If a rank is killed, the others would wait for it in a collective until gloo's 30-minute timeout, so
     they (and their DataLoader workers) are killed at once and the failing rank's code is returned; a
     rank that exits with an error leaves the others :data:`RANK_GRACE_S` (rank 0 records the failed run),
-    or :data:`AFTER_RANK_0_GRACE_S` once rank 0 itself has exited non-zero.
+    or :data:`AFTER_RANK_0_GRACE_S` once rank 0 itself has failed (exit 1).
 
     Args:
         nproc: Ranks to start.
@@ -107,7 +108,7 @@ def launch_local(nproc: int, argv: list[str], timeout_s: float | None = None) ->
             failed = [(rank, c) for rank, c in enumerate(codes) if c not in (None, 0)]
             if failed and failed_at is None:
                 failed_at = time.perf_counter()
-            if codes[0] not in (None, 0) and rank_0_failed_at is None:
+            if codes[0] == int(ExitCode.RUNTIME_ERROR) and rank_0_failed_at is None:
                 rank_0_failed_at = time.perf_counter()
             # NOTE: rank 0 also exits non-zero after a complete run (3 invalid, 4 threshold): the
             # others are then past the last collective and get a grace period to finish. So does a

@@ -14,11 +14,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from delibench.errors import UsageError
+from delibench.errors import RuntimeFailure, UsageError
 
 __all__ = [
     "DEFAULT_COLLECTIVE_TIMEOUT_S",
     "RankInfo",
+    "abandon_group",
     "all_gather_objects",
     "check_collective_timeout",
     "current_rank_info",
@@ -35,9 +36,11 @@ __all__ = [
 #: data wait, a loader's set-up before the first step).
 DEFAULT_COLLECTIVE_TIMEOUT_S = 600.0
 
-#: How gloo (and c10d) word a collective that ran out of time ("Timed out waiting 20000ms for recv
-#: operation to complete"); a peer that left reads "Connection closed by peer" instead.
-_TIMEOUT_WORDS = re.compile(r"timed out|timeout", re.IGNORECASE)
+#: How gloo words a collective that ran out of time ("Timed out waiting 20000ms for recv operation to
+#: complete"), and torch's NCCL watchdog ("Watchdog caught collective operation timeout"); a peer that
+#: left reads "Connection closed by peer" instead. Narrow on purpose: a CUDA "launch timed out" or a
+#: workload's own timeout raised inside a step is not another rank failing to join.
+_TIMEOUT_WORDS = re.compile(r"Timed out waiting \d+ ?ms for (?:send|recv)|collective operation timeout", re.IGNORECASE)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +126,7 @@ def init_from_env(info: RankInfo, *, collective_timeout_s: float = DEFAULT_COLLE
     import torch.distributed as dist
 
     if dist.is_initialized():
+        _check_not_abandoned()
         return False
     backend = "nccl" if torch.cuda.is_available() and torch.cuda.device_count() > info.local_rank else "gloo"
     if backend == "nccl":
@@ -138,6 +142,30 @@ def is_collective_timeout(exc: BaseException) -> bool:
     storage read timing out reads alike.
     """
     return isinstance(exc, RuntimeError) and bool(_TIMEOUT_WORDS.search(str(exc)))
+
+
+#: The default process group, once a run left it mid-collective (see :func:`abandon_group`).
+_abandoned: list[Any] = []
+
+
+def abandon_group() -> None:
+    """Mark this process's default group unusable: a rank left it inside a collective (a failed step).
+
+    It is neither destroyed (gloo may abort there, NCCL block) nor usable: its peers are gone or out of
+    step. A later run in this process then fails at once with a clear error instead of on the dead group.
+    """
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        _abandoned[:] = [dist.group.WORLD]
+
+
+def _check_not_abandoned() -> None:
+    import torch.distributed as dist
+
+    if _abandoned and dist.is_initialized() and dist.group.WORLD is _abandoned[0]:
+        raise RuntimeFailure("this process's process group was left inside a collective by a failed run: it cannot be used again",
+                             hint="end the process and start the job again (torchrun restarts ranks with --max-restarts)")
 
 
 def shutdown(created: bool) -> None:

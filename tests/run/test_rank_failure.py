@@ -57,6 +57,10 @@ def _rank_main(rank: int, world: int, store: str, data: str, results: str, out: 
     except Exception as exc:  # noqa: BLE001 - the test reports what leaked
         doc.update(error=f"{type(exc).__name__}: {exc}", exit_code=None)
     doc["ended_at"] = time.time()
+    try:  # the group was left inside a collective: a second run in this process is told so at once
+        run(spec, results_dir=results, price=False, rank=RankInfo(rank=rank, world_size=world, local_rank=rank))
+    except DelibenchError as exc:
+        doc["second_run"] = exc.message
     Path(f"{out}.{rank}").write_text(json.dumps(doc))
     # Leave as the CLI's ranks do (delibench.cli.app.entry): interpreter teardown of a gloo group a peer
     # left mid-collective aborts now and then in PyTorch ("terminate called without an active exception").
@@ -87,6 +91,7 @@ def test_a_rank_raising_in_its_step_ends_every_rank_promptly_and_the_record_says
         assert d["exit_code"] == 1 and "\n" not in d["error"], d
         assert d["ended_at"] - injected_at < 15, d
     assert "CUDA out of memory" in docs[failing]["error"]
+    assert all("cannot be used again" in d["second_run"] for d in docs), docs
     assert docs[0]["error"].startswith(f"the run failed on rank {failing}: RuntimeError: CUDA out of memory"), docs[0]
     assert docs[1]["error"].startswith("rank 1 stopped: ")
     # rank 0 wrote what both ranks measured, marked failed, the failing rank's error first

@@ -78,7 +78,7 @@ def test_nproc_2_a_hung_rank_ends_the_run_after_the_collective_timeout_with_a_fa
     # its own bookkeeping, counted from the moment rank 1 hung; the launcher ended soon after
     hung_at = float(mark.read_text())
     recorded_after_s = path.stat().st_mtime - hung_at
-    assert TIMEOUT_S - 1 < recorded_after_s < TIMEOUT_S + 8, recorded_after_s
+    assert TIMEOUT_S - 1 < recorded_after_s < TIMEOUT_S + 20, recorded_after_s  # the timeout, not gloo's 30 minutes (CI is loaded)
     assert elapsed < 90, elapsed  # not gloo's 30-minute default
     record = json.loads(path.read_text())
     assert record["status"] == "failed"
@@ -115,3 +115,7 @@ def test_a_collective_timeout_is_told_from_a_peer_that_left():
     assert is_collective_timeout(RuntimeError("[../gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 6000ms for recv operation to complete"))
     assert not is_collective_timeout(RuntimeError("[../gloo/transport/tcp/pair.cc:534] Connection closed by peer [127.0.0.1]:4242"))
     assert not is_collective_timeout(ValueError("timed out"))
+    # torch's NCCL watchdog words it so; a CUDA launch timeout or a workload's own timeout is not a peer missing
+    assert is_collective_timeout(RuntimeError("[Rank 0] Watchdog caught collective operation timeout: WorkNCCL(SeqNum=7, OpType=ALLREDUCE) ran for 600000 milliseconds"))
+    assert not is_collective_timeout(RuntimeError("CUDA error: the launch timed out and was terminated"))
+    assert not is_collective_timeout(RuntimeError("read timeout on s3://bucket/key"))
