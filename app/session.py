@@ -625,11 +625,11 @@ def _records_of(
         results = [g[i] for g in gathered if g is not None]
         errors = [(r["rank"], r["error"]) for r in results if r.get("error")]
         if root is not None:
-            errors.sort(key=lambda e: e[0] != root[0])  # stable: the first to fail leads
+            errors.sort(key=lambda e: e[0] != root.rank)  # stable: the first to fail leads
         lines = [f"rank {rk}: {e}" if info.world_size > 1 else e for rk, e in errors]
         lines += [_missing_line(m, root, info.rank, timeout_s) for m in missing]
-        if root is not None and not any(rk == root[0] for rk, _ in errors):
-            lines.insert(0, f"rank {root[0]}: {root[1]}")
+        if root is not None and not any(rk == root.rank for rk, _ in errors):
+            lines.insert(0, f"rank {root.rank}: {root.error}")
         failed = failure is not None or bool(lines)
         diagnosis = None
         if with_diagnosis and not stopped and not failed and results[0]["steps"]:
@@ -666,7 +666,7 @@ def _finish(
     collective). Either carries the written paths in ``record_paths``.
     """
     other = [f"rank {r['rank']}: {r['error']}" for g in gathered if g is not None for r in g if r.get("error")]
-    first = headline or (f"rank {root[0]}: {root[1]}" if root else other[0] if other else None)
+    first = headline or (f"rank {root.rank}: {root.error}" if root else other[0] if other else None)
     distributed = info.world_size > 1
     if failure is not None and not records and not distributed:
         raise failure

@@ -116,7 +116,6 @@ class ResumableEpochs:
         self._resume = None
         return resume[1], resume[2]
 
-
     def _hand_on(
         self,
         results: Callable[[], Iterable[tuple[int, WorkerResult]]],

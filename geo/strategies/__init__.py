@@ -64,8 +64,9 @@ from __future__ import annotations
 from delibench.geo.strategies.allreduce import AllReduceGradients
 from delibench.geo.strategies.asgd import AsyncGradientAccumulation
 from delibench.geo.strategies.averaging import ModelAveraging
-from delibench.geo.strategies.base import STATE_VERSION as STATE_VERSION  # the module constants of the
-from delibench.geo.strategies.compression import COMPRESSIONS as COMPRESSIONS  # one-file module, still here
+# the module constants of the one-file module, still here
+from delibench.geo.strategies.base import STATE_VERSION as STATE_VERSION
+from delibench.geo.strategies.compression import COMPRESSIONS as COMPRESSIONS
 from delibench.geo.strategies.compression import Compression
 from delibench.geo.strategies.diloco import DiLoCo
 

@@ -20,7 +20,7 @@ from delibench.errors import UsageError
 from delibench.geo.strategies.flat import flatten, flatten_grads, param_list, views_like, write_params_
 from delibench.geo.sync import GeoComm
 
-__all__ = ["STATE_VERSION", "GeoOptimizer"]
+__all__ = ["GeoOptimizer", "STATE_VERSION"]
 
 #: The version of the dicts the strategies' ``state_dict()`` returns (``load_state_dict`` refuses others).
 STATE_VERSION = 1

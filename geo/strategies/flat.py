@@ -47,5 +47,5 @@ def views_like(flat: torch.Tensor, tensors: Sequence[torch.Tensor]) -> Iterator[
 
 def write_params_(params: Sequence[torch.Tensor], flat: torch.Tensor) -> None:
     """Copy ``flat`` (as :func:`flatten` lays it out) into the parameters."""
-    for p, view in zip(params, views_like(flat, params)):
+    for p, view in zip(params, views_like(flat, params), strict=True):
         p.data.copy_(view)
