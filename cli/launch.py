@@ -123,6 +123,8 @@ def launch_local(nproc: int, argv: list[str], timeout_s: float | None = None) ->
             if failed and not forwarded and (crashed or graced):
                 rank, code = failed[0]
                 sys.stderr.write(f"delibench: rank {rank} exited with code {code}; stopping the other ranks\n")
+                if codes[0] is None and not crashed:  # rank 0 outlived the grace: hung itself, no record from it
+                    sys.stderr.write(f"delibench: rank 0 had not ended {RANK_GRACE_S:g} s later (hung?): no record was written\n")
                 for p in procs:
                     _kill_group(p)
                 return code if code > 0 else 1
