@@ -14,6 +14,7 @@ import logging
 import math
 import os
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -21,15 +22,16 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 from delibench.errors import UsageError
-from delibench.manifest import checksum
 
 __all__ = [
     "BeladyPolicy",
     "ByteBudgetCache",
     "CacheStats",
+    "DiskTier",
     "EvictionPolicy",
     "FifoPolicy",
     "LruPolicy",
+    "check_disk_dir",
     "make_policy",
     "policy_names",
     "register_policy",
@@ -218,8 +220,17 @@ class CacheStats:
         return self.hits / total if total else None
 
 
-class _DiskTier:
-    """Spilled items as files under ``directory``, within ``capacity_bytes``; verified on read."""
+class DiskTier:
+    """Spilled items as files under ``directory``, within ``capacity_bytes``; verified on read.
+
+    Rank scope's :class:`ByteBudgetCache` calls :meth:`put` and :meth:`take` under its lock. The
+    node service (:mod:`delibench.loaders.node.service`) holds one lock for all its ranks, so it
+    splits both so that no file is written or read under it: :meth:`reserve` (room and accounting,
+    under the lock), :meth:`write` (the file, on a disk thread, no lock), :meth:`commit` (under the
+    lock); and :meth:`open` (under the lock) then :meth:`read_into` (on a disk thread). A file read
+    that way stays in the tier, so a sample read back into memory is not written again when memory
+    evicts it (the caller :meth:`touch`-es its next use instead).
+    """
 
     def __init__(self, directory: str | os.PathLike[str], capacity_bytes: int, policy: str,
                  checksums: Callable[[Hashable], str | None]) -> None:
@@ -228,6 +239,8 @@ class _DiskTier:
         self.capacity_bytes = capacity_bytes
         self.policy = make_policy(policy)
         self.sizes: dict[Hashable, int] = {}
+        #: Reserved keys whose file is still being written (not readable yet).
+        self.pending: set[Hashable] = set()
         self.bytes = 0
         self.peak_bytes = 0
         self.corrupt = 0
@@ -239,33 +252,117 @@ class _DiskTier:
         return self.dir / (hashlib.sha1(repr(key).encode()).hexdigest() + ".bin")
 
     def put(self, key: Hashable, data: bytes, next_use: float) -> bool:
-        size = len(data)
-        if self.disabled or size > self.capacity_bytes:
+        """Keep ``data`` as ``key``'s file (written now), evicting what the policy prefers to lose."""
+        if self.disabled or len(data) > self.capacity_bytes:
             return False
         if key in self.sizes:
             self.policy.touch(key, next_use)
             return True
+        if not self.reserve(key, len(data), next_use):
+            return False
+        return self.commit(key, self.write(key, [data]))
+
+    def reserve(self, key: Hashable, size: int, next_use: float) -> bool:
+        """Make room for ``key`` (``size`` bytes) and count it, before its file is written; False when
+        the tier is off, the item larger than the budget or already there, or the policy refuses it."""
+        if self.disabled or size > self.capacity_bytes or key in self.sizes:
+            return False
         while self.bytes + size > self.capacity_bytes:
             victim, victim_use = self.policy.victim()
             if not self.policy.admits(next_use, victim_use):
                 return False
             self.remove(victim)
-        tmp = self._path(key).with_suffix(".tmp")
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, self._path(key))
-        except OSError as exc:
-            # NOTE: a full (ENOSPC) or failing disk must stop caching to disk, not training.
-            tmp.unlink(missing_ok=True)
-            self.write_errors += 1
-            self.disabled = True
-            _log.warning("disk cache tier at %s switched off after a write error: %s", self.dir, exc)
-            return False
         self.sizes[key] = size
+        self.pending.add(key)
         self.bytes += size
         self.peak_bytes = max(self.peak_bytes, self.bytes)
         self.policy.add(key, next_use)
         return True
+
+    def write(self, key: Hashable, chunks: Sequence[bytes | memoryview]) -> OSError | None:
+        """Write reserved ``key``'s file from ``chunks`` (under a temporary name of its own, then
+        renamed, so concurrent writes never meet); needs no lock. The error, if any, for :meth:`commit`."""
+        final = self._path(key)
+        tmp = final.with_name(f"{final.name}.{uuid.uuid4().hex}.tmp")
+        try:
+            with open(tmp, "wb") as f:
+                for chunk in chunks:
+                    f.write(chunk)
+            os.replace(tmp, final)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            return exc
+        return None
+
+    def commit(self, key: Hashable, error: OSError | None) -> bool:
+        """After :meth:`write`: whether ``key``'s file now counts. A file whose key was evicted while
+        it was written is removed; a write error switches the tier off."""
+        self.pending.discard(key)
+        if error is not None:
+            # NOTE: a full (ENOSPC) or failing disk must stop caching to disk, not training.
+            self.remove(key)
+            self.write_errors += 1
+            self.disabled = True
+            _log.warning("disk cache tier at %s switched off after a write error: %s", self.dir, error)
+            return False
+        if key not in self.sizes:
+            self._path(key).unlink(missing_ok=True)
+            return False
+        return True
+
+    def touch(self, key: Hashable, next_use: float) -> None:
+        """``key`` (if on disk) is next needed at ``next_use``."""
+        if key in self.sizes:
+            self.policy.touch(key, next_use)
+
+    def open(self, key: Hashable) -> int | None:
+        """A read-only descriptor of ``key``'s written file, or None (not there, or still being
+        written). Removing the file later does not disturb a reader of the descriptor."""
+        if key not in self.sizes or key in self.pending:
+            return None
+        try:
+            return os.open(self._path(key), os.O_RDONLY)
+        except OSError:
+            self.remove(key)
+            return None
+
+    def read_into(self, key: Hashable, fd: int, views: Sequence[memoryview]) -> bool:
+        """Fill ``views`` (``sizes[key]`` bytes in all) from descriptor ``fd`` of :meth:`open` and close
+        it; whether the file had exactly that length and its checksum. Needs no lock (a key evicted
+        meanwhile is read all the same: the descriptor outlives the file's name)."""
+        try:
+            size = sum(len(v) for v in views)
+            if os.fstat(fd).st_size != size:
+                return False
+            at = 0
+            for view in views:
+                got = 0
+                while got < len(view):
+                    n = os.preadv(fd, [view[got:]], at + got)
+                    if n <= 0:
+                        return False
+                    got += n
+                at += got
+        except OSError:
+            return False
+        finally:
+            os.close(fd)
+        return self._intact(key, views)
+
+    def discard_corrupt(self, key: Hashable) -> None:
+        """A read of ``key`` found it damaged: count it and drop the file."""
+        self.corrupt += 1
+        self.remove(key)
+
+    def _intact(self, key: Hashable, chunks: Sequence[bytes | memoryview]) -> bool:
+        """Whether ``chunks`` have ``key``'s checksum (when one is known)."""
+        expected = self._checksums(key)
+        if expected is None:
+            return True
+        digest = hashlib.sha256()
+        for chunk in chunks:
+            digest.update(chunk)
+        return digest.hexdigest() == expected
 
     def take(self, key: Hashable) -> bytes | None:
         """Read and remove ``key``; None (and the file dropped) when absent or corrupt."""
@@ -275,10 +372,8 @@ class _DiskTier:
             data = self._path(key).read_bytes()
         except OSError:
             data = None
-        expected = self._checksums(key)
-        if data is None or len(data) != self.sizes[key] or (expected is not None and checksum(data) != expected):
-            self.corrupt += 1
-            self.remove(key)
+        if data is None or len(data) != self.sizes[key] or not self._intact(key, [data]):
+            self.discard_corrupt(key)
             return None
         self.remove(key)
         return data
@@ -287,6 +382,7 @@ class _DiskTier:
         size = self.sizes.pop(key, None)
         if size is None:
             return
+        self.pending.discard(key)
         self.bytes -= size
         self.policy.remove(key)
         self._path(key).unlink(missing_ok=True)
@@ -352,7 +448,7 @@ class ByteBudgetCache:
             lookup = checksums.get
         else:
             lookup = checksums
-        self._disk = _DiskTier(disk_dir, int(disk_capacity_bytes), policy, lookup) if disk_dir is not None else None
+        self._disk = DiskTier(disk_dir, int(disk_capacity_bytes), policy, lookup) if disk_dir is not None else None
 
     @staticmethod
     def _when(next_use: float | None) -> float:
@@ -520,3 +616,20 @@ def simulate(
             if cache.get(idx, when) is None:
                 cache.put(idx, b"\0" * sizes[idx], when)
     return cache.stats()
+
+
+def check_disk_dir(directory: str | os.PathLike[str]) -> None:
+    """Create ``directory`` if needed and prove a file can be written there, so a disk tier that
+    could never hold anything is one clear error at start, not a warning after the first spill.
+
+    Raises:
+        UsageError: The directory cannot be created or written.
+    """
+    probe = Path(directory) / f".delibench-probe-{uuid.uuid4().hex}"
+    try:
+        Path(directory).mkdir(parents=True, exist_ok=True)
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cache_dir {str(directory)!r} is not a writable directory: {exc.strerror or exc}",
+                         hint="give cache_dir a directory this user can write, or leave it out (a temporary directory)") from None

@@ -72,13 +72,20 @@ class DeliOptions(ReliabilityOptions):
             buffered ahead (default 50). At most ``fetch_threshold - 1 + fetch_size`` samples
             are held ahead, which bounds the prefetch memory.
         concurrency: Most GETs in flight at once (on one event loop, not threads).
-        cache_tier: ``memory``, or ``disk`` to spill evicted samples to ``cache_dir``.
+        cache_tier: ``memory``, or ``disk`` to spill evicted samples to ``cache_dir``. At
+            ``scope=rank`` each rank has its own disk tier; at ``scope=node`` the node service has
+            one for the node (samples leaving its shared-memory cache that are needed again are
+            written once per node, read back into the arena instead of a GET).
         cache_dir: Directory of the disk tier (default: a temporary directory removed on close).
-            One per rank. A clean ``close`` empties it; what a killed process left there
-            warm-starts the next loader given the same ``cache_dir`` (each file checked against
-            the manifest; see ``DeliLoader.load_state_dict``).
+            ``scope=rank``: the files of one rank. A clean ``close`` empties it; what a killed
+            process left there warm-starts the next loader given the same ``cache_dir`` (each file
+            checked against the manifest; see ``DeliLoader.load_state_dict``). ``scope=node``: the
+            service keeps its files in a folder of the job's own inside it (two jobs never meet),
+            removed when the service ends (also after Ctrl-C, SIGTERM or its starter's death), so
+            node scope always starts cold. Must be writable: else a one-line error at start.
         disk_cache_size: Disk tier budget in bytes (``"8GiB"`` parsed as ``cache_size``); required
-            for ``cache_tier=disk``.
+            for ``cache_tier=disk``; a hard limit, per rank (``scope=rank``) or per node
+            (``scope=node``, where a budget smaller than the smallest sample is an error).
         eviction: ``belady`` (the default: evicts what is needed again last, and refuses samples
             needed later than everything cached; the sampler order is known, so this is exact),
             ``lru``, or ``fifo`` (evicts the sample cached longest ago; a hit does not renew it;
@@ -114,8 +121,8 @@ class DeliOptions(ReliabilityOptions):
             and cache (``cache_size`` per rank). Every ``source`` works in both; with
             ``source=shards`` the service reads each whole shard at most once per node while its
             shard buffer (``cache_size`` per node) holds it. None (the default): ``node`` when more
-            than one rank runs on the node (``LoaderContext.local_world_size``) and the cache is in
-            memory (``cache_tier=disk`` is rank scope's), else ``rank``.
+            than one rank runs on the node (``LoaderContext.local_world_size``), with either
+            ``cache_tier``, else ``rank``.
         node_deadline_s: ``scope=node``: most seconds a rank waits for its node service to start
             or to have a batch ready before a clear error naming the batch and the samples it
             waits for (a bucket that stopped answering, a stuck rank holding the arena); the
@@ -589,7 +596,7 @@ class DeliLoader(ResumableEpochs):
 def _disk_file_name(key: int) -> str:
     """The file the cache's disk tier keeps sample ``key`` in.
 
-    NOTE: mirrors ``delibench.loaders.cache._DiskTier._path``; tests/loaders/test_resume.py
+    NOTE: mirrors ``delibench.loaders.cache.DiskTier._path``; tests/loaders/test_resume.py
     warm-starts from a tier a killed process left behind, so a change there fails that test.
     """
     return hashlib.sha1(repr(key).encode()).hexdigest() + ".bin"

@@ -23,6 +23,10 @@ which:
   rate a user sees is that of the cache *and* the windows, and the figure to check it against is
   :func:`delibench.tuning.scale.replay_node_cache` with ``window=service_window(...)``, which replays
   exactly this (with ``window=0`` it is the cache alone, a few points lower);
+* with ``cache_tier=disk``, keeps one disk tier for the node under the arena's cache (a
+  :class:`~delibench.loaders.cache.DiskTier` of ``disk_cache_size``): a sample leaving the cache that
+  is needed again is written once, and a lookup that misses the arena but finds its file reads it
+  into the sample's blocks on a disk thread instead of a GET (see :mod:`~delibench.loaders.node.service`);
 * reads whatever deli's ``source`` says: sample objects, tar-shard members (one ranged GET each)
   or whole shards (``source=shards``: :class:`~delibench.loaders.shards.WholeShardSource` in the
   service, the first sample wanted from a shard GETs all of it, and a buffer of recent shards of
@@ -38,8 +42,8 @@ The control channel is an abstract Unix socket (``multiprocessing.connection`` w
 named, like the arena, by a per-job prefix ``delibench-node-<hash of job id>-n<node>-<n>``: two jobs on
 one node never meet. Lifecycle: the service ignores Ctrl-C (the ranks stop it), leaves when its
 starter is gone (polled), when every rank has left after the starter's ``close``, or on SIGTERM, and
-unlinks its arena on the way out; the starter's ``close`` also unlinks it, so a service killed with
-SIGKILL leaves nothing in ``/dev/shm`` either. A rank whose service vanished gets a clear error.
+unlinks its arena (and removes its disk tier's folder) on the way out; the starter's ``close`` does
+both again, so a service killed with SIGKILL leaves nothing in ``/dev/shm`` or on disk either. A rank whose service vanished gets a clear error.
 
 
 With ``fetch_processes=N > 1`` the GETs leave the service's loop for N fetch processes that write

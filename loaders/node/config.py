@@ -8,13 +8,16 @@ service and :mod:`delibench.tuning.scale` (which replays the service's window) r
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from delibench.loaders.base import LoaderContext
 from delibench.manifest import Manifest
 
-__all__ = ["DEFAULT_DEADLINE_S", "START_FLOOR_S", "start_deadline_s", "NodeConfig", "fetch_process_count", "service_window", "wants_node_scope"]
+__all__ = ["DEFAULT_DEADLINE_S", "START_FLOOR_S", "start_deadline_s", "NodeConfig", "fetch_process_count", "node_disk_dir",
+           "remove_disk_dir", "service_window", "wants_node_scope"]
 
 #: Seconds a rank waits for its node service to answer (start-up, a batch) before a clear error
 #: (``DeliOptions.node_deadline_s``'s default).
@@ -33,12 +36,26 @@ def start_deadline_s(deadline_s: float) -> float:
 
 def wants_node_scope(options: Any, ctx: LoaderContext) -> bool:
     """Whether a deli loader with ``options`` uses the node service: ``scope=node``, or no scope given
-    and more than one rank on this node (unless the options need rank scope: a disk tier)."""
+    and more than one rank on this node (with either cache tier: the node keeps one disk tier too)."""
     if options.scope == "node":
         return True
     if options.scope is None:
-        return ctx.local_world_size > 1 and options.cache_tier == "memory"
+        return ctx.local_world_size > 1
     return False
+
+
+def node_disk_dir(prefix: str, cache_dir: str | None) -> str:
+    """The directory of the node service's disk tier (``cache_tier=disk``): a folder named by the
+    service's per-job prefix, inside ``cache_dir`` or, without one, the temporary directory. Two jobs
+    (or two loaders of one job) never share one; the service removes it when it ends, and the
+    starter's ``close`` again (a SIGKILLed service)."""
+    return os.path.join(cache_dir or tempfile.gettempdir(), prefix + "-disk")
+
+
+def remove_disk_dir(config: NodeConfig) -> None:
+    """Remove the service's disk tier folder, if it has one (the service on its way out; its starter)."""
+    if config.disk_dir is not None:
+        shutil.rmtree(config.disk_dir, ignore_errors=True)
 
 
 def service_window(options: Any, batch_size: int) -> int:
@@ -83,6 +100,8 @@ class NodeConfig:
     deadline_s: float = DEFAULT_DEADLINE_S
     #: ``source=shards``: read whole shards (one GET per shard while buffered) and slice samples out.
     whole_shards: bool = False
+    #: ``cache_tier=disk``: the disk tier's directory (:func:`node_disk_dir`), made by the service.
+    disk_dir: str | None = None
 
     @property
     def address(self) -> str:

@@ -22,7 +22,8 @@ from typing import Any, ClassVar
 from delibench.errors import RuntimeFailure, UsageError
 from delibench.loaders.base import Batch, LoaderContext
 from delibench.loaders.node.arena import node_prefix, unlink_segment
-from delibench.loaders.node.config import NodeConfig, start_deadline_s
+from delibench.loaders.cache import check_disk_dir
+from delibench.loaders.node.config import NodeConfig, node_disk_dir, remove_disk_dir, start_deadline_s
 from delibench.loaders.node.link import NodeFeedDataset, NodeLink
 from delibench.loaders.node.protocol import OK
 from delibench.loaders.pipeline import BytesBatchDataset, batches_of
@@ -50,9 +51,6 @@ class NodeDeliLoader(ResumableEpochs):
     name: ClassVar[str] = "deli"
 
     def __init__(self, ctx: LoaderContext, options: Any) -> None:
-        if options.cache_tier != "memory":
-            raise UsageError("deli scope=node keeps its cache in shared memory: cache_tier=disk is for scope=rank",
-                             hint="drop cache_tier/cache_dir, or add scope=rank")
         if ctx.local_world_size > 1 and not ctx.job_id:
             raise UsageError("deli scope=node needs a job id shared by the node's ranks (LoaderContext.job_id)",
                              hint="run under torchrun or delibench run --nproc, or use scope=rank")
@@ -76,6 +74,7 @@ class NodeDeliLoader(ResumableEpochs):
             order=ctx.order, exchange_fraction=ctx.exchange_fraction, drop_last=ctx.drop_last, batch_size=ctx.batch_size,
             num_workers=ctx.num_workers, epochs=ctx.epochs, parent_pid=os.getpid(), deadline_s=deadline_s,
             whole_shards=options.source == "shards",
+            disk_dir=self._disk_dir(options, manifest) if options.cache_tier == "disk" else None,
         )
         if ctx.local_rank == 0:
             self._start_service()
@@ -90,6 +89,17 @@ class NodeDeliLoader(ResumableEpochs):
         self._position: tuple[int, int, int] = (0, 0, 0)
         self._resume: tuple[int, int, int] | None = None
         self._last_stats: dict[str, Any] | None = None
+
+    def _disk_dir(self, options: Any, manifest: Any) -> str:
+        """The service's disk tier folder, once the options are known to make a tier that can work:
+        a budget that holds a sample, a ``cache_dir`` this user can write (else a one-line error)."""
+        smallest = min((s.size_bytes for s in manifest.samples), default=0)
+        if options.disk_cache_size < smallest:
+            raise UsageError(f"disk_cache_size={options.disk_cache_size} bytes holds no sample: the smallest is {smallest} bytes",
+                             hint="give the disk tier room for the samples it should keep, e.g. disk_cache_size=8GiB")
+        if options.cache_dir is not None:
+            check_disk_dir(options.cache_dir)
+        return node_disk_dir(self.prefix, options.cache_dir)
 
     # -- the service --------------------------------------------------------------------------------
 
@@ -125,6 +135,7 @@ class NodeDeliLoader(ResumableEpochs):
             if proc.stdout is not None:
                 proc.stdout.close()
         unlink_segment(self._config.arena_name)  # also after a SIGKILLed service
+        remove_disk_dir(self._config)
 
     # -- epochs --------------------------------------------------------------------------------------
 

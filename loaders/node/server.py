@@ -5,9 +5,9 @@ the :class:`~delibench.loaders.node.config.NodeConfig` pickled on stdin, one ``r
 stdout), it answers each connection on a thread of its own (the words: :mod:`~delibench.loaders.node.protocol`).
 Lifecycle: the service ignores Ctrl-C (the ranks stop it), leaves when its starter is gone (polled),
 when every rank has left after the starter's ``close``, or on SIGTERM, and unlinks its arena on the
-way out; the starter's ``close`` also unlinks it, so a service killed with SIGKILL leaves nothing in
-``/dev/shm`` either. ``--fetch I FD`` makes the process fetch process ``I`` instead
-(:func:`~delibench.loaders.node.fetchers.fetch_main`).
+way out (and removes its disk tier's folder, ``cache_tier=disk``); the starter's ``close`` does both
+again, so a service killed with SIGKILL leaves nothing in ``/dev/shm`` or on disk either.
+``--fetch I FD`` makes the process fetch process ``I`` instead (:func:`~delibench.loaders.node.fetchers.fetch_main`).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from multiprocessing.connection import Connection, Listener
 from typing import Any
 
 from delibench.loaders.node.arena import unlink_segment
-from delibench.loaders.node.config import NodeConfig
+from delibench.loaders.node.config import NodeConfig, remove_disk_dir
 from delibench.loaders.node.fetchers import fetch_main
 from delibench.loaders.node.protocol import FAILURE
 from delibench.loaders.node.service import NodeService
@@ -137,6 +137,7 @@ def serve(config: NodeConfig, ready: Any) -> None:
                 unlink_segment(config.arena_name)
         else:
             unlink_segment(config.arena_name)
+        remove_disk_dir(config)
 
 
 def main() -> None:

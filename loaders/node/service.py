@@ -12,6 +12,14 @@ blocks and counts the GET at the rank whose walk sent it. A batch is handed out 
 entries' arena runs; once the worker has copied them out it releases the lease, and each sample is
 offered to the cache with its next use over the union of the local ranks' orders (Belady).
 
+With ``cache_tier=disk`` a sample that leaves the cache (evicted, or refused by it) and is needed
+again goes to a :class:`~delibench.loaders.cache.DiskTier` in ``NodeConfig.disk_dir`` (budget
+``disk_cache_size``, the same eviction policy, by the union's next use), written from its arena
+blocks on a disk thread while a reference keeps them. A lookup that misses the arena but finds the
+sample on disk allocates its blocks as for a GET and a disk thread reads the file straight into
+them (length, and sha256 with ``verify``, checked; a bad file is dropped and the sample fetched):
+a hit, counted also as a disk hit. The file stays on disk, so a sample is written once per node.
+
 Threads: the walks and GETs run on the source's event loop; the control connections' handler
 threads (:mod:`~delibench.loaders.node.server`) call :meth:`NodeService.batch` and the rest. All
 state is under one condition, ``cond``.
@@ -22,14 +30,16 @@ from __future__ import annotations
 import asyncio
 import itertools
 import math
+import shutil
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
 from delibench.errors import FetchError, RuntimeFailure
-from delibench.loaders.cache import make_policy
+from delibench.loaders.cache import DiskTier, make_policy
 from delibench.loaders.node.arena import copy_into
 from delibench.loaders.node.config import NodeConfig, fetch_process_count, service_window
 from delibench.loaders.node.fetchers import FetchProcesses
@@ -37,7 +47,11 @@ from delibench.loaders.node.protocol import FAILURE, FETCH_ERROR, OK, STALE
 from delibench.loaders.node.table import FAILED, FETCHING, READY, Entry, SampleTable, arena_layout, union_next_uses
 from delibench.loaders.pipeline import percentiles
 
-__all__ = ["NodeService", "RankWalk"]
+__all__ = ["DISK_THREADS", "NodeService", "RankWalk"]
+
+#: Threads that write and read the disk tier's files: reads of a batch overlap, and no read or
+#: write ever runs under the service's lock or on its event loop.
+DISK_THREADS = 8
 
 
 @dataclass
@@ -63,6 +77,7 @@ class RankWalk:
     hits: int = 0
     misses: int = 0
     late: int = 0
+    disk_hits: int = 0
     requested: int = 0
     skipped: list[str] = field(default_factory=list)
     lead_sum: int = 0
@@ -96,8 +111,16 @@ class NodeService:
             self.block, nblocks,
             cache_limit=math.inf if opts.cache_size_bytes is None else opts.cache_size_bytes,
             item_limit=math.inf if opts.cache_items is None else opts.cache_items,
-            policy=make_policy(opts.eviction), cond=self.cond,
+            policy=make_policy(opts.eviction), cond=self.cond, spill=self._spill,
         )
+        self.disk: DiskTier | None = None
+        self.disk_threads: ThreadPoolExecutor | None = None
+        if config.disk_dir is not None:
+            shutil.rmtree(config.disk_dir, ignore_errors=True)  # this service's own folder: nothing of another job
+            sums = [s.sha256 or None for s in manifest.samples]
+            self.disk = DiskTier(config.disk_dir, opts.disk_cache_size, opts.eviction,
+                                 checksums=(lambda i: sums[i]) if opts.verify else (lambda i: None))
+            self.disk_threads = ThreadPoolExecutor(DISK_THREADS, thread_name_prefix="delibench-node-disk")
         self.ranks = [RankWalk(i) for i in range(config.local_world_size)]
         self.plans: dict[int, list[tuple[list[int], list[float | None]]]] = {}
         #: Every local rank's order by epoch, sent by the ranks (torch's generator makes the shuffle
@@ -205,12 +228,15 @@ class NodeService:
         pos = start
         length = len(rk.order)
         while pos < length:
+            fd: int | None = None  # the disk tier's file of a sample found there
             while True:
                 with self.cond:
                     if rk.token != token or self.closing:
                         return
                     if pos < rk.low + self.depth:
                         key = rk.order[pos]
+                        if self.disk is not None:
+                            self.disk.touch(key, math.inf if rk.nexts[pos] is None else float(rk.nexts[pos]))
                         e = self.table.entries.get(key)
                         if e is not None:
                             e.refs += 1
@@ -223,10 +249,9 @@ class NodeService:
                         if e is not None:
                             e.refs = 1
                             rk.slots[pos] = e
-                            rk.misses += 1
-                            if not self.whole_shards:
-                                rk.requests += 1
-                                rk.bytes_read += e.size
+                            fd = None if self.disk is None else self.disk.open(key)
+                            if fd is None:
+                                self._count_miss(rk, e)
                             fetch = e
                             break
                 rk.wake.clear()
@@ -236,16 +261,27 @@ class NodeService:
                     pass
             if fetch is not None:
                 await sem.acquire()
-                asyncio.ensure_future(self._fetch(fetch, sem, rk))
+                asyncio.ensure_future(self._fetch(fetch, sem, rk, fd))
             with self.cond:
                 self.cond.notify_all()
             pos += 1
 
-    async def _fetch(self, e: Entry, sem: asyncio.Semaphore, rk: RankWalk) -> None:
+    def _count_miss(self, rk: RankWalk, e: Entry) -> None:
+        """A lookup of ``e`` needs a GET (under self.cond): counted at the rank whose walk sends it."""
+        rk.misses += 1
+        if not self.whole_shards:
+            rk.requests += 1
+            rk.bytes_read += e.size
+
+    async def _fetch(self, e: Entry, sem: asyncio.Semaphore, rk: RankWalk, fd: int | None = None) -> None:
+        """Bring ``e``'s bytes into its arena blocks: from the disk tier's file ``fd`` if given (a
+        disk hit, or a miss when the file is bad), else by a GET."""
         data: bytes | None = None
         error: tuple[str, str, str] | None = None
         try:
-            if self.fetchers is not None:
+            if fd is not None and await self._read_disk(e, fd, rk):
+                pass
+            elif self.fetchers is not None:
                 error = await self.fetchers.fetch(e.key, e.runs)  # written into the arena by a fetch process
             elif self.whole_shards:
                 data, reads, nbytes = await self.source.fetch_counted(e.key)  # type: ignore[attr-defined]
@@ -270,6 +306,61 @@ class NodeService:
             if e.refs <= 0 and not e.cached:
                 self.table.free_entry(e)
             self.cond.notify_all()
+
+    # -- the disk tier (cache_tier=disk) ------------------------------------------------------------
+
+    async def _read_disk(self, e: Entry, fd: int, rk: RankWalk) -> bool:
+        """Read ``e``'s disk file (descriptor ``fd``) into its blocks on a disk thread; count the
+        lookup a disk hit, or, when the file is bad (dropped), a miss whose GET follows."""
+        assert self.disk is not None and self.disk_threads is not None
+        disk = self.disk
+
+        def read() -> bool:
+            views = [self.buf[off : off + ln] for off, ln in e.runs]
+            try:
+                return disk.read_into(e.key, fd, views)
+            finally:
+                for view in views:
+                    view.release()
+
+        ok = await self.loop.run_in_executor(self.disk_threads, read)
+        with self.cond:
+            if ok:
+                rk.hits += 1
+                rk.disk_hits += 1
+            else:
+                disk.discard_corrupt(e.key)
+                self._count_miss(rk, e)
+        return ok
+
+    def _spill(self, e: Entry) -> None:
+        """``e`` leaves the arena's cache (under self.cond): keep it on disk if it is needed again.
+        Already there: its next use is updated. Else, with room made by the disk's own policy, a
+        disk thread writes it from its blocks, which a reference holds until the file is written."""
+        disk = self.disk
+        if disk is None or self.closing or e.next_use == math.inf:
+            return
+        if e.key in disk.sizes:
+            disk.touch(e.key, e.next_use)
+            return
+        if not disk.reserve(e.key, e.size, e.next_use):
+            return
+        e.refs += 1
+        assert self.disk_threads is not None
+        self.disk_threads.submit(self._write_disk, e)
+
+    def _write_disk(self, e: Entry) -> None:
+        """On a disk thread: write ``e``'s blocks to its reserved file, then let the blocks go."""
+        assert self.disk is not None
+        views = [self.buf[off : off + ln] for off, ln in e.runs]
+        try:
+            error = self.disk.write(e.key, views)
+        finally:
+            for view in views:
+                view.release()
+        with self.cond:
+            self.disk.commit(e.key, error)
+            self.table.unref(e)
 
     # -- requests (handler threads) -----------------------------------------------------------------
 
@@ -374,7 +465,7 @@ class NodeService:
             rk = self.ranks[index]
             own = {
                 "requests": rk.requests, "bytes": rk.bytes_read, "hits": rk.hits, "misses": rk.misses,
-                "late": rk.late, "requested": rk.requested, "skipped": list(rk.skipped),
+                "late": rk.late, "requested": rk.requested, "skipped": list(rk.skipped), "disk_hits": rk.disk_hits,
                 "lead_sum": rk.lead_sum, "lead_count": rk.lead_count,
             }
             misses = sum(r.requests for r in self.ranks)
@@ -386,8 +477,21 @@ class NodeService:
                 "retries": meter.retries_count, "hedges": meter.hedges_count, "errors": meter.errors_count,
                 "latencies": percentiles(list(meter.latencies_s)),
                 "fetch_processes": [] if self.fetchers is None else self.fetchers.answered(),
+                **self._disk_stats(),
             }
         return {"rank": own, "node": node}
+
+    def _disk_stats(self) -> dict[str, Any]:
+        """The disk tier's counters, named as rank scope's :class:`~delibench.loaders.cache.CacheStats`
+        names them (under self.cond)."""
+        disk = self.disk
+        return {
+            "disk_hits": sum(r.disk_hits for r in self.ranks),
+            "disk_bytes": disk.bytes if disk else 0, "disk_peak_bytes": disk.peak_bytes if disk else 0,
+            "disk_capacity_bytes": disk.capacity_bytes if disk else 0,
+            "corrupt_count": disk.corrupt if disk else 0, "disk_write_errors": disk.write_errors if disk else 0,
+            "disk_disabled": disk.disabled if disk else False,
+        }
 
     # -- lifecycle ----------------------------------------------------------------------------------
 
@@ -404,6 +508,8 @@ class NodeService:
             self.cond.notify_all()
         if self.fetchers is not None:
             self.fetchers.close()
+        if self.disk_threads is not None:
+            self.disk_threads.shutdown(wait=True, cancel_futures=True)  # no thread still holds an arena view
         try:
             self.source.close()
         except Exception:  # noqa: BLE001 - leaving anyway

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from delibench.loaders.node.arena import block_runs
@@ -68,7 +69,7 @@ def union_next_uses(now: list[list[int]], following: list[list[int]], epoch: int
 class Entry:
     """One held sample: its blocks (as arena runs), state, error, references and whether it is cached."""
 
-    __slots__ = ("blocks", "cached", "error", "key", "refs", "runs", "size", "state")
+    __slots__ = ("blocks", "cached", "error", "key", "next_use", "refs", "runs", "size", "state")
 
     def __init__(self, key: int, size: int, blocks: list[int], block: int) -> None:
         self.key = key
@@ -79,16 +80,22 @@ class Entry:
         self.error: tuple[str, str, str] | None = None
         self.refs = 0
         self.cached = False
+        #: The union's next use after the latest lookup or hand-out (``inf``: not within the known
+        #: orders); what a disk tier is told when the entry leaves the cache (LRU's victims carry none).
+        self.next_use = math.inf
 
 
 class SampleTable:
     """The held samples by key, the free blocks, and the cache's accounting and eviction policy.
 
     Every method runs under ``cond`` (the service's one lock); freeing blocks notifies it, since a
-    walk or a batch may be waiting for room.
+    walk or a batch may be waiting for room. ``spill`` (the service's disk tier, if any) is called
+    with each READY entry that leaves the cache or is refused by it, before its blocks may be freed:
+    it may take a reference to keep them while it writes them out.
     """
 
-    def __init__(self, block: int, nblocks: int, cache_limit: float, item_limit: float, policy: Any, cond: threading.Condition) -> None:
+    def __init__(self, block: int, nblocks: int, cache_limit: float, item_limit: float, policy: Any, cond: threading.Condition,
+                 spill: Callable[[Entry], None] | None = None) -> None:
         self.block = block
         self.nblocks = nblocks
         self.free: list[int] = list(range(nblocks - 1, -1, -1))  # a stack: recently freed reused first
@@ -103,6 +110,7 @@ class SampleTable:
         self.rejected = 0
         self.entries: dict[int, Entry] = {}
         self.cond = cond
+        self.spill = spill
 
     def alloc(self, size: int) -> list[int] | None:
         """Blocks for ``size`` bytes, or None when the arena has not that many free."""
@@ -138,20 +146,21 @@ class SampleTable:
             self.free_entry(e)
 
     def touch(self, e: Entry, next_use: float | None) -> None:
-        """A lookup hit ``e``: if cached, its next use is now ``next_use``."""
+        """A lookup hit ``e``: its next use is now ``next_use`` (the cache's policy told, if cached)."""
+        e.next_use = math.inf if next_use is None else float(next_use)
         if e.cached:
-            self.policy.touch(e.key, math.inf if next_use is None else float(next_use))
+            self.policy.touch(e.key, e.next_use)
 
     def admit(self, e: Entry, next_use: float | None) -> None:
         """Offer ``e`` (just handed out) to the cache, evicting what the policy prefers to lose."""
-        when = math.inf if next_use is None else float(next_use)
+        when = e.next_use = math.inf if next_use is None else float(next_use)
         if e.size > self.cache_limit or self.item_limit < 1:
-            self.rejected += 1
+            self._refuse(e)
             return
         while self.cache_bytes + e.size > self.cache_limit or self.cache_items + 1 > self.item_limit:
             victim, victim_use = self.policy.victim()
             if not self.policy.admits(when, victim_use):
-                self.rejected += 1
+                self._refuse(e)
                 return
             self.evict(victim)
         e.cached = True
@@ -168,5 +177,13 @@ class SampleTable:
         self.cache_bytes -= e.size
         self.cache_items -= 1
         self.evictions += 1
+        if self.spill is not None and e.state == READY:
+            self.spill(e)
         if e.refs <= 0 and e.state != FETCHING:
             self.free_entry(e)
+
+    def _refuse(self, e: Entry) -> None:
+        """The cache did not take ``e`` (too large, or the policy needs what it holds sooner)."""
+        self.rejected += 1
+        if self.spill is not None and e.state == READY:
+            self.spill(e)

@@ -283,25 +283,31 @@ def test_a_killed_service_is_a_clear_error_and_leaves_no_segment(corpus: Corpus,
         p.wait(10)
 
 
-def test_the_service_leaves_with_its_starter(corpus: Corpus, tmp_path) -> None:
-    """The process that started the service is SIGKILLed: the service notices, unlinks its arena, exits."""
+def kill_the_starter(corpus: Corpus, options: str, epoch: int = 0, while_alive: Any = None) -> None:
+    """Start a process whose deli loader (``options``: Python keyword arguments) starts a node service,
+    and SIGKILL it once it holds a batch of ``epoch`` (after ``while_alive()``, if given); returns once
+    the service has noticed and left."""
     script = textwrap.dedent(f"""
         import sys, time
         from delibench.loaders.testing import make_context, Corpus
         from delibench.manifest import read_manifest
         from delibench.loaders.deli import DeliLoader
         url = {corpus.url!r}
-        ctx = make_context(Corpus(url, read_manifest(url)), job_id="starter", num_workers=0)
-        loader = DeliLoader(ctx, scope="node")
-        for batch in loader.iter_epoch(0):
-            print("batch", flush=True)
-            time.sleep(60)
+        ctx = make_context(Corpus(url, read_manifest(url)), job_id="starter", num_workers=0, epochs={epoch + 1})
+        loader = DeliLoader(ctx, {options})
+        for e in range({epoch + 1}):
+            for batch in loader.iter_epoch(e):
+                if e == {epoch}:
+                    print("batch", flush=True)
+                    time.sleep(60)
     """)
     proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "batch"
         services = [p for p in psutil.Process(proc.pid).children() if "delibench.loaders.node" in " ".join(p.cmdline())]
         assert len(services) == 1 and leftover_segments()
+        if while_alive is not None:
+            while_alive()
         proc.kill()
         proc.wait()
         services[0].wait(10)  # gone within the watch interval
@@ -310,16 +316,19 @@ def test_the_service_leaves_with_its_starter(corpus: Corpus, tmp_path) -> None:
             proc.kill()
 
 
+def test_the_service_leaves_with_its_starter(corpus: Corpus, tmp_path) -> None:
+    """The process that started the service is SIGKILLed: the service notices, unlinks its arena, exits."""
+    kill_the_starter(corpus, 'scope="node"')
+
+
 def test_scope_option() -> None:
     corpus = make_corpus(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"node-opt-{os.getpid()}"), samples=4)
     two = make_context(corpus, rank=0, world_size=2, local_rank=0, local_world_size=2, job_id=uuid.uuid4().hex)
     one = make_context(corpus)
     with pytest.raises(UsageError, match="scope"):
         DeliLoader(one, scope="everywhere")
-    with pytest.raises(UsageError, match="cache_tier=disk"):
-        DeliLoader(one, scope="node", cache_tier="disk", disk_cache_size="1MiB")
     for ctx, options, kind in ((one, {}, DeliLoader), (two, {"scope": "rank"}, DeliLoader),
-                               (two, {"cache_tier": "disk", "disk_cache_size": "1MiB"}, DeliLoader)):
+                               (two, {"cache_tier": "disk", "disk_cache_size": "1MiB", "scope": "rank"}, DeliLoader)):
         loader = DeliLoader(ctx, **options)
         try:
             assert type(loader) is kind
