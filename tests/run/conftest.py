@@ -80,8 +80,21 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., CliResult]:
 
 
 def cli_env() -> dict[str, str]:
-    """The environment for a ``delibench`` subprocess: this one, with a wide, plain console."""
-    return dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb")
+    """The environment for a ``delibench`` subprocess: this one, with a wide, plain console.
+
+    ``DELIBENCH_TEST_SESSION`` (read by no delibench code) marks the processes this test session
+    started, down to node services in their own sessions: see :func:`started_by_this_session`.
+    """
+    return dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb", DELIBENCH_TEST_SESSION=str(os.getpid()))
+
+
+def started_by_this_session(proc: Any) -> bool:
+    """Whether a ``psutil.Process`` descends from a subprocess started with :func:`cli_env` by this test
+    session (another test run or a user's job on the machine is not ours to count or kill)."""
+    try:
+        return proc.environ().get("DELIBENCH_TEST_SESSION") == str(os.getpid())
+    except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+        return False
 
 
 @pytest.fixture

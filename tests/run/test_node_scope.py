@@ -16,7 +16,7 @@ import pytest
 
 from delibench.loaders.node import leftover_segments
 from delibench.reports.schema import validate_record
-from tests.run.conftest import FAST, SAMPLES, cli_env
+from tests.run.conftest import FAST, SAMPLES, cli_env, started_by_this_session
 
 pytestmark = [pytest.mark.s3, pytest.mark.timeout(300)]
 
@@ -28,7 +28,8 @@ def _services() -> list[psutil.Process]:
     found = []
     for p in psutil.process_iter(["cmdline"]):
         try:
-            if "delibench.loaders.node" in " ".join(p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE:
+            if ("delibench.loaders.node" in " ".join(p.info["cmdline"] or []) and p.status() != psutil.STATUS_ZOMBIE
+                    and started_by_this_session(p)):
                 found.append(p)
         except psutil.NoSuchProcess:
             continue
