@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 
 from delibench.errors import FetchError, UsageError
 from delibench.loaders.base import Batch, LoaderContext
-from delibench.loaders.cache import ByteBudgetCache, policy_names
+from delibench.loaders.cache import ByteBudgetCache, check_disk_dir, policy_names
 from delibench.loaders.handoff import BatchFeed, FeedDataset
 from delibench.loaders.pipeline import BytesBatchDataset, batches_of, context_order, parse_options, percentiles
 from delibench.loaders.prefetch import DecodePipeline, EpochPrefetcher
@@ -77,7 +77,8 @@ class DeliOptions(ReliabilityOptions):
             one for the node (samples leaving its shared-memory cache that are needed again are
             written once per node, read back into the arena instead of a GET).
         cache_dir: Directory of the disk tier (default: a temporary directory removed on close).
-            ``scope=rank``: the files of one rank. A clean ``close`` empties it; what a killed
+            ``scope=rank``: each rank keeps its files in ``rank-<r>-of-<world>`` inside it when the
+            world is larger than 1 (ranks sharing one ``cache_dir`` do not meet). A clean ``close`` empties it; what a killed
             process left there warm-starts the next loader given the same ``cache_dir`` (each file
             checked against the manifest; see ``DeliLoader.load_state_dict``). ``scope=node``: the
             service keeps its files in a folder of the job's own inside it (two jobs never meet),
@@ -292,8 +293,9 @@ class DeliLoader(ResumableEpochs):
         self._tmpdir: str | None = None
         disk_dir = None
         if self.options.cache_tier == "disk":
-            disk_dir = self.options.cache_dir or tempfile.mkdtemp(prefix="delibench-deli-")
+            disk_dir = self._rank_disk_dir() or tempfile.mkdtemp(prefix="delibench-deli-")
             self._tmpdir = None if self.options.cache_dir else disk_dir
+            check_disk_dir(disk_dir)
         sums = [s.sha256 for s in ctx.manifest.samples]
         self.cache = ByteBudgetCache(
             self.options.cache_size_bytes,
@@ -477,6 +479,16 @@ class DeliLoader(ResumableEpochs):
 
     # -- resumable iteration: state_dict / load_state_dict come from ResumableEpochs ----------------
 
+    def _rank_disk_dir(self) -> str | None:
+        """This rank's folder of the user's ``cache_dir``: the folder itself for one rank, else
+        ``rank-<r>-of-<world>`` in it (the files are named by sample index: ranks sharing one folder
+        would overwrite and, on close, delete each other's files). The same rank of a restarted job
+        of the same world finds its files again (warm start)."""
+        directory = self.options.cache_dir
+        if not directory or self.ctx.world_size <= 1:
+            return directory
+        return str(Path(directory) / f"rank-{self.ctx.rank}-of-{self.ctx.world_size}")
+
     def _warm_start_from_disk(self, epoch: int, start: int) -> None:
         """Adopt the samples a previous process left in ``cache_dir`` (it was killed before its
         ``close``, which empties the tier): each file is checked against the manifest's size and
@@ -487,7 +499,7 @@ class DeliLoader(ResumableEpochs):
         self._warm_checked = True
         if self.options.cache_tier != "disk" or not self.options.cache_dir:
             return
-        directory = Path(self.options.cache_dir)
+        directory = Path(str(self._rank_disk_dir()))  # cache_dir is given (checked above)
         try:
             present = {p.name for p in directory.glob("*.bin")}
         except OSError:

@@ -107,6 +107,30 @@ def test_disk_tier_serves_spilled_samples(sized_corpus: Corpus, tmp_path: Path) 
     assert not list((tmp_path / "spill").iterdir())  # close removed the spilled files
 
 
+def test_ranks_sharing_one_cache_dir_keep_their_own_files(sized_corpus: Corpus, tmp_path: Path) -> None:
+    """Two ranks given the same cache_dir (one node, one local disk): each spills into its own folder,
+    so neither overwrites the other's files nor deletes them when it closes first."""
+    n = len(sized_corpus.manifest)
+    spill = tmp_path / "spill"
+    loaders = [DeliLoader(make_context(sized_corpus, num_workers=0, world_size=2, rank=r), scope="rank", cache_size=5_000,
+                          cache_tier="disk", cache_dir=str(spill), disk_cache_size=n * 1000) for r in (0, 1)]
+    try:
+        for epoch in (0, 1):
+            for loader in loaders:
+                run_epoch(loader, epoch, sized_corpus)
+        assert sorted(p.name for p in spill.iterdir()) == ["rank-0-of-2", "rank-1-of-2"]
+        assert all(loader.cache.stats().disk_hits > 0 for loader in loaders)
+        loaders[0].close()
+        assert not list((spill / "rank-0-of-2").iterdir())
+        assert list((spill / "rank-1-of-2").iterdir())  # rank 0's close left rank 1's files
+        hits = loaders[1].cache.stats().disk_hits
+        run_epoch(loaders[1], 2, sized_corpus)  # bytes checked against the source
+        assert loaders[1].cache.stats().disk_hits > hits
+    finally:
+        for loader in loaders:
+            loader.close()
+
+
 def test_fetch_error_names_the_key_and_leaves_nothing_behind(sized_corpus: Corpus, tmp_path: Path) -> None:
     from delibench.loaders.testing import Corpus as C
 
