@@ -175,37 +175,38 @@ class GpuUtilizationSampler:
         return sum(self.values) / len(self.values) if self.values else None
 
 
+#: LoaderStats fields merged as the worst rank's value (peaks, latency percentiles) instead of summed.
+_WORST_RANK_FIELDS = frozenset({
+    "cache_peak_bytes", "prefetch_peak_bytes", "disk_peak_bytes", "fetch_latency_s_p50", "fetch_latency_s_p95", "fetch_latency_s_p99",
+})
+
+
 def merge_loader_stats(stats: Sequence[LoaderStats | None]) -> LoaderStats:
-    """One LoaderStats for a multi-rank run: counters summed, peaks and percentiles the worst rank's."""
+    """One LoaderStats for a multi-rank run: counters summed, peaks and percentiles the worst rank's,
+    the prefetch lead the ranks' mean, skipped keys concatenated.
+
+    The rule is chosen per field over ``dataclasses.fields`` (summing is the default), so a counter
+    added to LoaderStats is merged too instead of reading 0 in every multi-rank record; a new peak
+    or percentile must join :data:`_WORST_RANK_FIELDS`.
+    """
     present = [s for s in stats if s is not None]
     if not present:
         return LoaderStats()
     if len(present) == 1:
         return present[0]
-
-    def worst(name: str) -> float | None:
-        values = [getattr(s, name) for s in present if getattr(s, name) is not None]
-        return max(values) if values else None
-
-    leads = [s.prefetch_lead_mean for s in present if s.prefetch_lead_mean is not None]
-    return LoaderStats(
-        requests_count=sum(s.requests_count for s in present),
-        bytes_read_remote=sum(s.bytes_read_remote for s in present),
-        cache_hits=sum(s.cache_hits for s in present),
-        cache_misses=sum(s.cache_misses for s in present),
-        cache_evictions=sum(s.cache_evictions for s in present),
-        cache_peak_bytes=max(s.cache_peak_bytes for s in present),
-        cache_bytes=sum(s.cache_bytes for s in present),
-        prefetch_peak_bytes=max(s.prefetch_peak_bytes for s in present),
-        fetch_latency_s_p50=worst("fetch_latency_s_p50"),
-        fetch_latency_s_p95=worst("fetch_latency_s_p95"),
-        fetch_latency_s_p99=worst("fetch_latency_s_p99"),
-        prefetch_lead_mean=sum(leads) / len(leads) if leads else None,
-        retries_count=sum(s.retries_count for s in present),
-        hedges_count=sum(s.hedges_count for s in present),
-        errors_count=sum(s.errors_count for s in present),
-        skipped_keys=tuple(k for s in present for k in s.skipped_keys),
-    )
+    merged: dict[str, Any] = {}
+    for f in dataclasses.fields(LoaderStats):
+        values = [getattr(s, f.name) for s in present]
+        known = [v for v in values if v is not None]
+        if f.name == "skipped_keys":
+            merged[f.name] = tuple(k for keys in values for k in keys)
+        elif f.name == "prefetch_lead_mean":
+            merged[f.name] = sum(known) / len(known) if known else None
+        elif f.name in _WORST_RANK_FIELDS:
+            merged[f.name] = max(known) if known else None
+        else:
+            merged[f.name] = sum(values)
+    return LoaderStats(**merged)
 
 
 def diagnose(prepared: _Prepared, data_wait_fraction: float, info: RankInfo) -> Diagnosis:

@@ -110,6 +110,17 @@ class LoaderStats:
             by a decode worker); 0 for loaders that do not count it.
         late_samples: Of those, samples not ready when their batch was requested: the ones the
             training side had to wait for (see ``miss_rate``).
+        disk_hits: Lookups the disk tier served (deli ``cache_tier=disk``), counted when the
+            file is read back: whether the tier paid for itself; 0 without one. They are cache hits,
+            but ``cache_hits`` counts delivered samples only, so a look-ahead read from disk and not
+            delivered (the stats were taken mid-epoch, or the loader did not know the last epoch)
+            counts here and not there.
+        disk_peak_bytes: Largest disk-tier occupancy seen; never above ``disk_cache_size`` (the
+            tier's hard budget), so a peak at the budget says a larger one could hold more.
+        disk_write_errors: Disk-tier writes that failed (e.g. ENOSPC); the first one switches the
+            tier off for the rest of the run (training goes on), which explains a tier with few hits.
+        disk_corrupt_count: Disk-tier files whose checksum did not match when read back (dropped
+            and fetched again, so counted as misses).
     """
 
     requests_count: int = 0
@@ -130,6 +141,10 @@ class LoaderStats:
     skipped_keys: tuple[str, ...] = ()
     samples_requested: int = 0
     late_samples: int = 0
+    disk_hits: int = 0
+    disk_peak_bytes: int = 0
+    disk_write_errors: int = 0
+    disk_corrupt_count: int = 0
 
     @property
     def hit_rate(self) -> float | None:

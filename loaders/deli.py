@@ -542,7 +542,7 @@ class DeliLoader(ResumableEpochs):
         return list(self._timeline)
 
     def stats(self) -> LoaderStats:
-        """Cumulative counters: GETs, bytes, cache hits/misses/evictions, latency percentiles, lead."""
+        """Cumulative counters: GETs, bytes, cache hits/misses/evictions (and the disk tier's), latency percentiles, lead."""
         meter = self.source.meter
         cache = self.cache.stats()
         p50, p95, p99 = percentiles(list(meter.latencies_s))
@@ -576,6 +576,10 @@ class DeliLoader(ResumableEpochs):
             skipped_keys=tuple(self._skipped),
             samples_requested=self._samples_requested,
             late_samples=self._late_samples,
+            disk_hits=cache.disk_hits,
+            disk_peak_bytes=cache.disk_peak_bytes,
+            disk_write_errors=cache.disk_write_errors,
+            disk_corrupt_count=cache.corrupt_count,
         )
 
     def close(self) -> None:

@@ -108,6 +108,9 @@ COLUMNS: tuple[Column, ...] = (
     Column("bytes_read_remote", "remote bytes", lambda v: "-" if v is None else format_bytes(v)),
     Column("cache_hit_rate", "hits", format_fraction),
     Column("miss_rate", "late", format_fraction),
+    Column("disk_hits", "disk hits", _num(",d")),
+    Column("disk_peak_bytes", "disk peak", lambda v: "-" if v is None else format_bytes(v)),
+    Column("disk_write_errors", "disk write\nerrors", _num(",d")),
     Column("usd_per_epoch", "$/epoch", format_usd),
     Column("idle_accelerator_usd", "idle $ (run)", format_usd),
     Column("status", "status", numeric=False),
@@ -115,8 +118,9 @@ COLUMNS: tuple[Column, ...] = (
 )
 
 #: Columns a table shows only when some run has a value for them: the slowest rank's wait per aligned
-#: step exists only for runs of more than one rank, the error only for failed runs.
-OPTIONAL_KEYS = ("slowest_rank_wait_fraction", "slowest_rank_wait_s_p90", "error")
+#: step exists only for runs of more than one rank, the error only for failed runs, the disk tier's
+#: hits and peak only for runs that had one (its write errors only when one failed to write).
+OPTIONAL_KEYS = ("slowest_rank_wait_fraction", "slowest_rank_wait_s_p90", "error", "disk_hits", "disk_peak_bytes", "disk_write_errors")
 
 
 @dataclass(frozen=True, slots=True)
@@ -181,9 +185,19 @@ def _multi_rank(record: RunRecord) -> bool:
     return record.spec.world_size > 1 or len(record.metrics.ranks) > 1
 
 
+def _disk_tier(record: RunRecord) -> bool:
+    """Whether the run had a disk cache tier: asked for (deli ``cache_tier=disk``), or one left a
+    trace in the counters (a plugin loader's). Asked for counts even with no trace, so that a tier
+    that never served anything shows ``0`` hits instead of vanishing from the table."""
+    s = record.loader_stats
+    asked = record.spec.loader.options.get("cache_tier") == "disk"
+    return asked or bool(s.disk_hits or s.disk_peak_bytes or s.disk_write_errors or s.disk_corrupt_count)
+
+
 def _row(record: RunRecord, cost: CostEstimate | None, baseline: RunRecord | None = None) -> dict[str, Any]:
     m, s = record.metrics, record.loader_stats
     multi = _multi_rank(record)
+    disk = _disk_tier(record)
     return {
         "loader": run_label(record),
         "run_id": record.run_id,
@@ -203,6 +217,10 @@ def _row(record: RunRecord, cost: CostEstimate | None, baseline: RunRecord | Non
         "bytes_read_remote": s.bytes_read_remote,
         "cache_hit_rate": s.hit_rate,
         "miss_rate": s.miss_rate,  # samples not ready when their batch was requested (LoaderStats.miss_rate)
+        # NOTE: None (not 0) without a disk tier, so the columns appear only when a run had one.
+        "disk_hits": s.disk_hits if disk else None,
+        "disk_peak_bytes": s.disk_peak_bytes if disk else None,
+        "disk_write_errors": s.disk_write_errors if disk and s.disk_write_errors else None,
         "usd_per_epoch": cost.usd_per_epoch if cost else None,
         "idle_accelerator_usd": cost.idle_accelerator_usd if cost else None,
         "status": run_status(record),
@@ -274,19 +292,19 @@ def summary_table(records: Sequence[RunRecord], costs: Sequence[CostEstimate | N
     return SummaryTable(columns, rows, summary_sentence(records, costs))
 
 
-#: Columns that fit an 80-column terminal (the slowest rank's only where the table has it; a failed
-#: run's error does not fit: the commands print it below the table).
+#: Columns that fit an 80-column terminal (the slowest rank's and the disk hits only where the table
+#: has them; a failed run's error does not fit: the commands print it below the table).
 COMPACT_KEYS = (
     "loader", "data_wait_fraction", "slowest_rank_wait_fraction", "throughput_samples_per_s", "wait_s_p90",
-    "requests_count", "cache_hit_rate", "usd_per_epoch", "status",
+    "requests_count", "cache_hit_rate", "disk_hits", "usd_per_epoch", "status",
 )
 
 
 def to_rich(table: SummaryTable, *, compact: bool = False, caption: bool = True) -> Any:
     """A ``rich.table.Table``; ``compact`` keeps :data:`COMPACT_KEYS` only; ``caption`` adds the summary sentence.
 
-    The table has the slowest rank's columns only when a run had more than one rank, and the error
-    column only when a run failed (:data:`OPTIONAL_KEYS`).
+    The table has the slowest rank's columns only when a run had more than one rank, the disk
+    tier's only when a run had one, and the error column only when a run failed (:data:`OPTIONAL_KEYS`).
     """
     from rich.table import Table
 

@@ -196,7 +196,7 @@ class NodeDeliLoader(ResumableEpochs):
     def stats(self) -> LoaderStats:
         """This rank's share of the node's counters (GETs counted at the rank whose walk sent them,
         so a sum over the job's ranks counts each GET once); local rank 0 also reports the node's
-        cache occupancy, evictions and retries."""
+        cache occupancy, evictions, retries and disk-tier errors."""
         s = self.node_stats()
         own, node = s.get("rank", {}), s.get("node", {})
         if not own:
@@ -223,6 +223,12 @@ class NodeDeliLoader(ResumableEpochs):
             skipped_keys=tuple(own["skipped"]) + tuple(self._skipped_decode),
             samples_requested=own["requested"],
             late_samples=own["late"],
+            # NOTE: the disk tier is the node's: each rank counts its own disk hits; its peak is
+            # reported at every rank (as cache_peak_bytes, merged with max), its errors at local rank 0.
+            disk_hits=own["disk_hits"],
+            disk_peak_bytes=node["disk_peak_bytes"],
+            disk_write_errors=node["disk_write_errors"] if main else 0,
+            disk_corrupt_count=node["corrupt_count"] if main else 0,
         )
 
     def close(self) -> None:

@@ -107,6 +107,10 @@ def test_the_node_fetches_each_sample_once_and_serves_later_epochs_from_disk(_up
         assert node["cache_peak"] <= memory and stats[0].cache_peak_bytes <= memory
         assert 0 < node["disk_bytes"] <= node["disk_peak_bytes"] <= disk and peak_on_disk <= disk
         assert node["corrupt_count"] == node["disk_write_errors"] == 0 and not node["disk_disabled"]
+        # What the run's record gets: each rank's own disk hits, the node tier's peak at every rank.
+        assert sum(s.disk_hits for s in stats) == node["disk_hits"]
+        assert [s.disk_peak_bytes for s in stats] == [node["disk_peak_bytes"]] * WORLD
+        assert sum(s.disk_write_errors + s.disk_corrupt_count for s in stats) == 0
     finally:
         _close(loaders)
     assert not folder.exists()  # the service removed its temporary folder
@@ -127,6 +131,8 @@ def test_a_small_disk_budget_holds_in_cache_dir_and_the_folder_goes_at_close(cor
         node = loaders[0].node_stats()["node"]
         assert node["disk_hits"] > 0
         assert peak_on_disk <= disk and node["disk_peak_bytes"] <= disk
+        stats = [loader.stats() for loader in loaders]
+        assert sum(s.disk_hits for s in stats) == node["disk_hits"] and 0 < stats[0].disk_peak_bytes <= disk
         deadline = time.perf_counter() + 5  # the last spills' writes may still be under way
         while _on_disk(folder) != node["disk_bytes"] and time.perf_counter() < deadline:
             time.sleep(0.05)

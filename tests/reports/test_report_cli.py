@@ -151,3 +151,18 @@ def test_a_failed_run_is_reported_failed_with_its_reason(capsys, tmp_path, loade
     assert [line for line in out.splitlines() if line.startswith("deli(") and line.endswith(" failed: rank 1: RuntimeError: CUDA out of memory")]
     md = (tmp_path / "r.md").read_text()
     assert "| failed | rank 1: RuntimeError: CUDA out of memory |" in md
+
+
+def test_a_record_from_before_the_disk_counters_still_reports(capsys, tmp_path) -> None:
+    """A result file written before LoaderStats had disk counters (the checked-in v1 file, which also
+    predates samples_requested) loads with them at 0, and the table has no disk column for it."""
+    old = Path(__file__).parent / "data" / "v1-bucket.json"
+    assert "disk_hits" not in json.loads(old.read_text())["loader_stats"]
+    code, out, err = _run(capsys, str(old), "--md", "-")
+    assert code == ExitCode.OK, err
+    assert "bucket" in out and "disk hits" not in out and "disk peak" not in out
+    code, out, err = _run(capsys, str(old), "--json")
+    assert code == ExitCode.OK, err
+    (doc,) = json.loads(out)
+    validate_record(doc)  # written back out with the new fields, still valid
+    assert (doc["loader_stats"]["disk_hits"], doc["loader_stats"]["disk_peak_bytes"]) == (0, 0)

@@ -266,3 +266,54 @@ def test_failed_and_interrupted_runs_are_not_called_invalid(make_record) -> None
     wide = Console(record=True, width=220)
     wide.print(to_rich(table))
     assert "GET s3://bench/imgs/k7 failed for good" in wide.export_text()
+
+
+# --------------------------------------------------------------------------- disk cache tier
+
+
+def _disk_record(make_record, *, seed: int = 2, hits: int = 0, peak: int = 0, write_errors: int = 0):
+    """A deli record whose loader asked for a disk tier, with these disk counters (run-level and rank 0's)."""
+    record = make_record("deli", seed=seed, hit_rate_epoch2=0.8,
+                         options={"cache_tier": "disk", "cache_size": "16KiB", "disk_cache_size": "1MiB"})
+    stats = dataclasses.replace(record.loader_stats, disk_hits=hits, disk_peak_bytes=peak, disk_write_errors=write_errors)
+    ranks = tuple(dataclasses.replace(r, loader_stats=stats) for r in record.metrics.ranks)
+    spec = dataclasses.replace(record.spec, loader=dataclasses.replace(record.spec.loader, label="deli-disk"))  # fits 80 columns
+    return dataclasses.replace(record, spec=spec, loader_stats=stats, metrics=dataclasses.replace(record.metrics, ranks=ranks))
+
+
+def test_the_disk_tier_columns_appear_only_for_runs_that_had_one(make_record, loader_trio) -> None:
+    """No run with a disk tier: no disk column. One with: its hits and peak, '-' for the others (not 0,
+    which would claim they had a tier that served nothing); write errors only when one failed."""
+    keys = [c.key for c in summary_table(loader_trio).columns]
+    assert not {"disk_hits", "disk_peak_bytes", "disk_write_errors"} & set(keys)
+
+    disk = _disk_record(make_record, hits=1234, peak=700 * 1024)
+    table = summary_table([loader_trio[0], disk])
+    keys = [c.key for c in table.columns]
+    assert keys.index("disk_hits") == keys.index("miss_rate") + 1 and keys.index("disk_peak_bytes") == keys.index("disk_hits") + 1
+    assert "disk_write_errors" not in keys
+    assert (table.rows[0]["disk_hits"], table.rows[0]["disk_peak_bytes"]) == (None, None)
+    assert (table.rows[1]["disk_hits"], table.rows[1]["disk_peak_bytes"]) == (1234, 700 * 1024)
+    md = to_markdown(table).splitlines()
+    assert "| disk hits | disk peak |" in md[0] and "| 1,234 | 700.0 KiB |" in md[3] and "| - | - |" in md[2]
+    assert json.loads(to_json(table))["rows"][1]["disk_hits"] == 1234
+    from rich.console import Console
+
+    narrow = Console(record=True, width=80)  # the compact table keeps the hits
+    narrow.print(to_rich(table, compact=True, caption=False))
+    text = narrow.export_text()
+    assert "1,234" in text and _whole_figures(table, text, True)
+
+    idle = _disk_record(make_record, seed=3)  # asked for, never used: 0 hits shown, not hidden
+    assert summary_table([idle]).rows[0]["disk_hits"] == 0
+    broken = _disk_record(make_record, seed=4, hits=3, peak=4096, write_errors=1)
+    table = summary_table([disk, broken])
+    assert [r["disk_write_errors"] for r in table.rows] == [None, 1]
+    assert "disk write errors" in to_markdown(table).splitlines()[0]
+
+
+def test_the_disk_counters_are_schema_columns(make_record) -> None:
+    """The record's CSV (every schema column) carries the disk counters of any run, 0 without a tier."""
+    rows = list(csv.DictReader(io.StringIO(records_csv([make_record("bucket", seed=1), _disk_record(make_record, hits=9, peak=2048)]))))
+    assert [(r["loader_stats.disk_hits"], r["loader_stats.disk_peak_bytes"]) for r in rows] == [("0", "0"), ("9", "2048")]
+    assert rows[1]["loader_stats.disk_write_errors"] == rows[1]["loader_stats.disk_corrupt_count"] == "0"

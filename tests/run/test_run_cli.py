@@ -74,6 +74,39 @@ def test_run_cpu_compute_real_model(s3_mnist, tmp_path, cli):
 
 
 @pytest.mark.s3
+def test_deli_disk_tier_shows_in_the_record_and_the_report(s3_mnist, tmp_path, cli):
+    """deli with a memory cache of ~16 samples over a disk tier that holds the whole set: epoch 1's
+    samples evicted from memory come back from disk, and the record, its schema and ``report`` say so."""
+    disk_budget = 1 << 20  # 128 samples of ~1 KB fit many times over
+    results = tmp_path / "results"
+    res = cli(
+        "run", "--data", s3_mnist, "--loader", f"deli:cache_size=16KiB,cache_tier=disk,disk_cache_size={disk_budget},scope=rank",
+        *FAST, "--epochs", "2", "--json", "--results-dir", results,
+    )
+    assert res.code == 0, res.err
+    doc = res.json()
+    validate_record(doc)
+    stats = doc["loader_stats"]
+    assert [e["samples"] for e in doc["metrics"]["epochs"]] == [SAMPLES, SAMPLES]
+    assert stats["requests_count"] == SAMPLES  # memory + disk held everything: each sample fetched once
+    assert 0 < stats["disk_hits"] <= stats["cache_hits"]  # the runner tells deli the last epoch: no undelivered look-ahead
+    assert 0 < stats["disk_peak_bytes"] <= disk_budget
+    assert stats["cache_peak_bytes"] <= 16 * 1024
+    assert stats["disk_write_errors"] == stats["disk_corrupt_count"] == 0
+    rank = doc["metrics"]["ranks"][0]["loader_stats"]  # the per-rank figures carry them too
+    assert (rank["disk_hits"], rank["disk_peak_bytes"]) == (stats["disk_hits"], stats["disk_peak_bytes"])
+
+    md = cli("report", results, "--md", "-")
+    assert md.code == 0, md.err
+    header, _, row = [line for line in md.out.splitlines() if line.startswith("|")][:3]
+    titles = [c.strip() for c in header.strip("|").split("|")]
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert "disk write errors" not in titles  # none failed
+    assert cells[titles.index("disk hits")] == f"{stats['disk_hits']:,d}"
+    assert cells[titles.index("disk peak")] != "-"
+
+
+@pytest.mark.s3
 def test_config_file_round_trip_from_tuner_export(s3_mnist, tmp_path, cli):
     from delibench.tuning.space import TuneConfig
 
