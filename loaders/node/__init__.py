@@ -48,7 +48,10 @@ both again, so a service killed with SIGKILL leaves nothing in ``/dev/shm`` or o
 
 With ``fetch_processes=N > 1`` the GETs leave the service's loop for N fetch processes that write
 straight into the arena, while the table, the cache and the accounting stay in the service
-(:mod:`~delibench.loaders.node.fetchers` says what measurement asked for them and why).
+(:mod:`~delibench.loaders.node.fetchers` says what measurement asked for them and why). One that dies
+is reaped and replaced at the same index, its work in flight re-sent (same samples, same blocks,
+counted as retries; ``fetch_restarts`` in the node's stats), at most 3 times in 60 s: then, or when a
+replacement does not start, every later batch fails naming it, how it died and the restarts.
 
 The modules, each with one job:
 

@@ -16,8 +16,8 @@ from typing import Any
 from delibench.loaders.base import LoaderContext
 from delibench.manifest import Manifest
 
-__all__ = ["DEFAULT_DEADLINE_S", "START_FLOOR_S", "start_deadline_s", "NodeConfig", "fetch_process_count", "node_disk_dir",
-           "remove_disk_dir", "service_window", "wants_node_scope"]
+__all__ = ["DEFAULT_DEADLINE_S", "FETCH_RESTART_LIMIT", "FETCH_RESTART_WINDOW_S", "START_FLOOR_S", "start_deadline_s", "NodeConfig",
+           "fetch_process_count", "node_disk_dir", "remove_disk_dir", "service_window", "wants_node_scope"]
 
 #: Seconds a rank waits for its node service to answer (start-up, a batch) before a clear error
 #: (``DeliOptions.node_deadline_s``'s default).
@@ -27,6 +27,19 @@ DEFAULT_DEADLINE_S = 120.0
 #: ``node_deadline_s`` says: that deadline is about a batch that never comes; a loaded machine
 #: (CI: a 2-core box at load 8) starts a process in seconds.
 START_FLOOR_S = 60.0
+
+
+#: The node service replaces a fetch process that dies (OOM killer, segfault, SIGKILL) at most this
+#: many times within :data:`FETCH_RESTART_WINDOW_S`, over all its fetch processes; the next death in
+#: the window fails the node with a clear error. A sample whose GET kills every process it is sent to
+#: (a poison sample: its work items are re-sent to each replacement) so ends after this many
+#: restarts, not in a loop; an OOM kill now and then over a long job is survived each time.
+FETCH_RESTART_LIMIT = 3
+
+#: The window of :data:`FETCH_RESTART_LIMIT`, in seconds: several times what a replacement takes to
+#: start (an interpreter and its imports, ~1-3 s on a loaded 2-core CI box): a process that dies on its
+#: work dies again about one start after the last death, so a poison sample exceeds the limit in seconds.
+FETCH_RESTART_WINDOW_S = 60.0
 
 
 def start_deadline_s(deadline_s: float) -> float:

@@ -145,7 +145,8 @@ class NodeService:
         self.whole_shards = config.whole_shards
         self.loop = self.source.loop
         self.sem: asyncio.Semaphore | None = None
-        #: Why the service cannot serve any more (a fetch process died); every later batch fails with it.
+        #: Why the service cannot serve any more (a fetch process died beyond the restart bound, or its
+        #: replacement did not start); every later batch fails with it.
         self.broken: str | None = None
         count = 1 if config.whole_shards else fetch_process_count(opts.fetch_processes, config.local_world_size)
         self.fetchers = FetchProcesses(config, count, self.loop, self._fetcher_died) if count > 1 else None
@@ -477,6 +478,7 @@ class NodeService:
                 "retries": meter.retries_count, "hedges": meter.hedges_count, "errors": meter.errors_count,
                 "latencies": percentiles(list(meter.latencies_s)),
                 "fetch_processes": [] if self.fetchers is None else self.fetchers.answered(),
+                **(self.fetchers.counts() if self.fetchers is not None else {"fetch_restarts": 0, "fetch_resent": 0, "fetch_in_flight": []}),
                 **self._disk_stats(),
             }
         return {"rank": own, "node": node}

@@ -1,7 +1,8 @@
 """deli's node service (``scope=node``): exact partitions at world 2 and 4, one fetch per sample per
 node, Belady over the union as the simulator predicts it, two nodes, two jobs, a rank that leaves
-early, a service, starter or fetch process that dies (a clear error, nothing left in ``/dev/shm``), and
-``fetch_processes=2`` (GETs in two fetch processes, the table in the service) as exact as one loop.
+early, a service or starter that dies (a clear error, nothing left in ``/dev/shm``),
+``fetch_processes=2`` (GETs in two fetch processes, the table in the service) as exact as one loop, and
+a fetch process that dies: replaced with the epoch still exact, or beyond the restart bound a clear error.
 
 The ranks of a "node" run as loaders in this process (threads), each with its own local rank; the
 service they share is a real process started by local rank 0's loader.
@@ -263,14 +264,21 @@ def test_a_batch_that_never_comes_is_a_clear_error_within_the_deadline(corpus: C
     assert not psutil.pid_exists(service_pid) or psutil.Process(service_pid).status() == psutil.STATUS_ZOMBIE
 
 
-@pytest.mark.parametrize("fetch_processes", [1, 2])
-def test_a_killed_service_is_a_clear_error_and_leaves_no_segment(corpus: Corpus, fetch_processes: int) -> None:
+@pytest.mark.parametrize("fetch_processes,restarted", [(1, False), (2, False), (2, True)], ids=["one-loop", "fetchers", "replaced"])
+def test_a_killed_service_is_a_clear_error_and_leaves_no_segment(corpus: Corpus, fetch_processes: int, restarted: bool) -> None:
+    """SIGKILL the service mid-epoch: the rank fails naming it, and its fetch processes (a replacement
+    of a killed one included, ``replaced``) see their socket's EOF and leave on their own."""
     loaders = _job(corpus, 2, 2, cache_size="1MiB", fetch_processes=fetch_processes)
     fetchers = _fetch_processes(loaders[0])
     assert len(fetchers) == (0 if fetch_processes == 1 else fetch_processes)
     try:
         it = loaders[1].iter_epoch(0)
         next(it)
+        if restarted:
+            fetchers[1].kill()
+            fetchers[1].wait(10)
+            _wait_for(loaders[0], "fetch_restarts", 1)
+            fetchers.append(_fetch_process(loaders[0], 1))
         assert leftover_segments()
         loaders[0]._proc.send_signal(signal.SIGKILL)
         loaders[0]._proc.wait()
@@ -293,7 +301,7 @@ def kill_the_starter(corpus: Corpus, options: str, epoch: int = 0, while_alive: 
         from delibench.manifest import read_manifest
         from delibench.loaders.deli import DeliLoader
         url = {corpus.url!r}
-        ctx = make_context(Corpus(url, read_manifest(url)), job_id="starter", num_workers=0, epochs={epoch + 1})
+        ctx = make_context(Corpus(url, read_manifest(url)), job_id="starter-{uuid.uuid4().hex}", num_workers=0, epochs={epoch + 1})
         loader = DeliLoader(ctx, {options})
         for e in range({epoch + 1}):
             for batch in loader.iter_epoch(e):
@@ -319,6 +327,40 @@ def kill_the_starter(corpus: Corpus, options: str, epoch: int = 0, while_alive: 
 def test_the_service_leaves_with_its_starter(corpus: Corpus, tmp_path) -> None:
     """The process that started the service is SIGKILLed: the service notices, unlinks its arena, exits."""
     kill_the_starter(corpus, 'scope="node"')
+
+
+def test_a_replaced_fetch_process_leaves_with_the_starter(corpus: Corpus) -> None:
+    """fetch_processes=2, fetch process 2 SIGKILLed and replaced, then the starter SIGKILLed: the service
+    stops both fetch processes, the replacement included, and nothing is left in /dev/shm."""
+    left: list[psutil.Process] = []
+
+    def fetchers() -> list[psutil.Process]:
+        out = []
+        for p in psutil.Process().children(recursive=True):
+            try:
+                if "--fetch" in p.cmdline() and p.status() != psutil.STATUS_ZOMBIE:
+                    out.append(p)
+            except psutil.NoSuchProcess:
+                continue
+        return out
+
+    def replace_one() -> None:
+        first = fetchers()
+        assert len(first) == 2, first
+        victim = next(p for p in first if p.cmdline()[p.cmdline().index("--fetch") + 1] == "1")
+        victim.kill()
+        victim.wait(10)
+        deadline = time.monotonic() + 30
+        while len(now := fetchers()) < 2:
+            assert time.monotonic() < deadline, "no replacement started"
+            time.sleep(0.05)
+        assert victim.pid not in {p.pid for p in now}
+        left.extend(now)
+
+    kill_the_starter(corpus, 'scope="node", fetch_processes=2', while_alive=replace_one)
+    for p in left:
+        p.wait(10)
+        assert not psutil.pid_exists(p.pid)
 
 
 def test_scope_option() -> None:
@@ -382,26 +424,124 @@ def test_fetch_processes_serve_every_partition_exactly_once_per_node(corpus: Cor
         p.wait(10)  # gone with the service
 
 
-def test_a_killed_fetch_process_is_a_clear_error_and_leaves_nothing(corpus: Corpus) -> None:
-    """SIGKILL one of two fetch processes mid-epoch: the rank's next batch fails naming it (not a hang);
-    the service, both fetch processes and the arena are gone after close."""
+def _fetch_process(loader: Any, index: int) -> psutil.Process:
+    """Fetch process ``index`` (0-based) of the service ``loader`` started, waiting for it to be there
+    (a replacement is started by the service after the process it replaces was reaped)."""
+    deadline = time.monotonic() + 30
+    while True:
+        live = []
+        for p in psutil.Process(loader._proc.pid).children():
+            try:
+                line = p.cmdline()
+                if "--fetch" in line and line[line.index("--fetch") + 1] == str(index) and p.status() != psutil.STATUS_ZOMBIE:
+                    live.append(p)
+            except psutil.NoSuchProcess:
+                continue
+        if len(live) == 1:
+            return live[0]
+        assert time.monotonic() < deadline, live
+        time.sleep(0.05)
+
+
+def _wait_for(loader: Any, key: str, value: int) -> dict[str, Any]:
+    """Poll the service's node stats until ``key`` reaches ``value`` (or fail after 30 s)."""
+    deadline = time.monotonic() + 30
+    while True:
+        node = loader.node_stats()["node"]
+        if node[key] >= value:
+            return node
+        assert time.monotonic() < deadline, (key, node[key], value)
+        time.sleep(0.05)
+
+
+def test_a_killed_fetch_process_is_replaced_and_the_epoch_stays_exact(corpus: Corpus) -> None:
+    """Fetch process 2 of 2 is stopped (SIGSTOP) so work piles up in it, then SIGKILLed with work in
+    flight, mid-epoch at world 2: the service reaps it, starts a replacement at the same index and
+    re-sends the same samples into the same blocks; both epochs complete, every partition exact and
+    byte-identical; one restart; each re-sent GET counted as a retry (rank 0's ``retries_count``),
+    the per-rank GET counts still one per sample per node. The replacement leaves with the service."""
+    loaders = _job(corpus, 2, 2, epochs=2, cache_size="1MiB", prefetch_depth=4, fetch_processes=2)
+    service = psutil.Process(loaders[0]._proc.pid)
+    victim = _fetch_process(loaders[0], 1)
+    victim.suspend()  # it takes work and answers none
+    problems: list[BaseException] = []
+
+    def kill_with_work_in_flight() -> None:
+        try:
+            _wait_for_in_flight(loaders[0], 1)
+            victim.kill()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            problems.append(exc)
+            victim.kill()
+
+    killer = threading.Thread(target=kill_with_work_in_flight)
+    replacement: psutil.Process | None = None
+    try:
+        killer.start()
+        got = _run(loaders, 2)
+        killer.join(30)
+        assert not problems, problems
+        _check_exact(corpus, got, 2)
+        assert sorted(got) == [(0, 0), (0, 1), (1, 0), (1, 1)]
+        replacement = _fetch_process(loaders[0], 1)
+        assert replacement.pid != victim.pid
+        node = loaders[0].node_stats()["node"]
+        assert node["fetch_restarts"] == 1 and node["fetch_resent"] >= 1, node
+        stats = [loader.stats() for loader in loaders]
+        assert sum(s.cache_misses for s in stats) == node["fetches"] == len(corpus.manifest)  # one GET per sample per node
+        assert node["node_requests"] == len(corpus.manifest)  # the attempts the live processes answered
+        assert node["retries"] == node["fetch_resent"] == stats[0].retries_count  # each re-sent GET a retry
+        assert sum(node["fetch_processes"]) == len(corpus.manifest)  # the stopped one answered none, its replacement the re-sent
+    finally:
+        if victim.is_running():
+            victim.kill()
+        _close(loaders)
+    service.wait(10)
+    for p in (victim, replacement):
+        assert p is not None
+        p.wait(10)
+        assert not psutil.pid_exists(p.pid)
+
+
+def _wait_for_in_flight(loader: Any, index: int) -> None:
+    deadline = time.monotonic() + 30
+    while not loader.node_stats()["node"]["fetch_in_flight"][index]:
+        assert time.monotonic() < deadline, "no work reached the stopped fetch process"
+        time.sleep(0.02)
+
+
+def test_a_fetch_process_killed_beyond_the_restart_bound_is_a_clear_error_and_leaves_nothing(corpus: Corpus) -> None:
+    """SIGKILL fetch process 2 of 2, then each replacement: the first FETCH_RESTART_LIMIT deaths are
+    replaced, the next one (well within the window) fails the rank's next batch naming the process,
+    how it died and the restarts (not a hang); the service and every fetch process, replacements
+    included, are gone after close, and nothing is left in /dev/shm (the autouse fixture)."""
+    from delibench.loaders.node.config import FETCH_RESTART_LIMIT, FETCH_RESTART_WINDOW_S
+
     loaders = _job(corpus, 2, 2, epochs=1, cache_size="1MiB", prefetch_depth=4, fetch_processes=2)
     service = psutil.Process(loaders[0]._proc.pid)
-    fetchers = _fetch_processes(loaders[0])
+    seen = list(_fetch_processes(loaders[0]))
+    t0 = time.monotonic()
     try:
         it = loaders[1].iter_epoch(0)
         next(it)
-        victim = fetchers[1]
-        victim.send_signal(signal.SIGKILL)
-        victim.wait(10)  # reaped by the service, which then marks itself broken
-        time.sleep(0.2)
-        with pytest.raises(RuntimeFailure, match=rf"fetch process 2 of 2 \(pid {victim.pid}\) died \(killed by SIGKILL\)"):
+        for restart in range(FETCH_RESTART_LIMIT + 1):
+            victim = _fetch_process(loaders[0], 1)
+            seen.append(victim)
+            victim.kill()
+            victim.wait(10)  # reaped by the service
+            if restart < FETCH_RESTART_LIMIT:
+                _wait_for(loaders[0], "fetch_restarts", restart + 1)
+        assert time.monotonic() - t0 < FETCH_RESTART_WINDOW_S
+        time.sleep(0.2)  # the service marks itself broken right after reaping the last one
+        pattern = (rf"fetch process 2 of 2 \(pid {victim.pid}\) died \(killed by SIGKILL\) "
+                   rf"after {FETCH_RESTART_LIMIT} restarts of fetch processes")
+        with pytest.raises(RuntimeFailure, match=pattern):
             for _ in it:
                 pass
     finally:
         _close(loaders)
     service.wait(10)
-    for p in fetchers:  # both gone (the killed one reaped by the service, the other stopped by it)
+    for p in seen:  # the killed ones reaped by the service, the others stopped by it
         p.wait(10)
         assert not psutil.pid_exists(p.pid)
 
