@@ -40,7 +40,7 @@ from typing import Any
 from results_io import publish
 
 from delibench.geo.cost import geo_cost_usd
-from delibench.geo.planner import COPY_CONCURRENCY, PlanWorkload, SyncChoice, baselines, evaluate, plan_placement
+from delibench.geo.planner import COPY_CONCURRENCY, PlanWorkload, copy_time_s, SyncChoice, baselines, evaluate, plan_placement
 from delibench.geo.regions import parse_regions
 from delibench.geo.task import LOSS_TOLERANCE, matches_reference
 from delibench.geo.train import GeoResult, GeoRunSpec, run_geo
@@ -54,13 +54,19 @@ REGION_NAMES = ("us-east", "us-west", "eu-west")
 HARDWARE = {"us-east": ("a100", 4.10, A100_STEP_S), "us-west": ("a100", 3.67, A100_STEP_S), "eu-west": ("v100", 2.48, V100_STEP_S)}
 
 
-def regions_config(shard_bytes: dict[str, int] | None = None, scale: float = 1.0) -> Any:
-    """The benchmark's regions file (as data): one accelerator per region, every pair over the cross-region link."""
+def regions_config(shard_bytes: dict[str, int] | None = None, scale: float = 1.0, store_requests_per_s: float | None = None) -> Any:
+    """The benchmark's regions file (as data): one accelerator per region, every pair over the cross-region link.
+
+    ``store_requests_per_s``: every region's store rate, as :func:`probe_store` measured it (one
+    SeaweedFS server holds every region's bucket on the testbed); None: no limit.
+    """
     regions = {}
     for name in REGION_NAMES:
         kind, price, step = HARDWARE[name]
         step *= scale
         regions[name] = {"accelerators": {"count": 1, "type": kind, "usd_per_hour": price, "step_time_s": step}}
+        if store_requests_per_s is not None:
+            regions[name]["store_requests_per_s"] = store_requests_per_s
         if shard_bytes:
             regions[name]["shards"] = [{"name": f"{name}-shard", "size_bytes": shard_bytes[name]}]
     links = [
@@ -69,6 +75,46 @@ def regions_config(shard_bytes: dict[str, int] | None = None, scale: float = 1.0
         for b in REGION_NAMES[i + 1 :]
     ]
     return parse_regions({"regions": regions, "links": links}, source="geo_bench")
+
+
+def probe_store(lab: Any, region: str, *, concurrency: int = COPY_CONCURRENCY) -> dict[str, float]:
+    """The testbed store's requests per second at the copy's concurrency: GETs, PUTs and the copy's mix.
+
+    The planner's copy model needs the store's own time per request (``store_requests_per_s``),
+    which on this small machine is not negligible. Measured the way ``copy_dataset`` makes them,
+    with no link in between: ``concurrency`` threads GET every object of ``region``'s shard through
+    deli's sample source (the copy's reader), then PUT as many objects of the same size through the
+    bucket's filesystem (the copy's writer). A copy does one of each per object, so the rate it
+    plans with is their harmonic mean, ``2 / (1/GET + 1/PUT)`` (a stream, GETs only, is then
+    charged slightly more than it pays). A short warm-up first opens the connections.
+    """
+    import concurrent.futures
+
+    from delibench.loaders.source import SampleSource
+    from delibench.manifest import read_manifest
+    from delibench.storage import resolve
+
+    direct = dict(lab.lab.route(direct=True).storage_options)
+    url = lab.urls[region]
+    manifest = read_manifest(url, dict(direct))
+    n = len(manifest.samples)
+    source = SampleSource(url, manifest, dict(direct), io_threads=concurrency, members=False)
+    dst = resolve(lab.lab.make_bucket("geo-store-probe") + "/probe", direct)
+    fs = dst.filesystem()
+    blob = b"\0" * manifest.samples[0].size_bytes
+    try:
+        with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(source.fetch_sync, range(min(n, 2 * concurrency))))  # warm-up: connections
+            t0 = time.perf_counter()
+            list(pool.map(source.fetch_sync, range(n)))
+            get_s = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            list(pool.map(lambda i: fs.pipe_file(dst.child(f"o{i}"), blob), range(n)))
+            put_s = time.perf_counter() - t0
+    finally:
+        source.close()
+    get_rate, put_rate = n / get_s, n / put_s
+    return {"objects": n, "object_bytes": len(blob), "concurrency": concurrency, "get_per_s": get_rate, "put_per_s": put_rate, "requests_per_s": 2 / (1 / get_rate + 1 / put_rate)}
 
 
 def _say(line: str) -> None:
@@ -146,7 +192,11 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
         from delibench.manifest import read_manifest
 
         shard_bytes = {r: sum(s.size_bytes for s in read_manifest(p).samples) for r, p in lab.shards.shards.items()}
-        config = regions_config(shard_bytes, args.scale)
+        store = probe_store(lab, REGION_NAMES[0])
+        _say(f"store probe: {store['get_per_s']:.0f} GETs/s, {store['put_per_s']:.0f} PUTs/s at {store['concurrency']} in flight -> store_requests_per_s {store['requests_per_s']:.0f}")
+        out["store"] = store
+        config = regions_config(shard_bytes, args.scale, store["requests_per_s"])
+        no_store = regions_config(shard_bytes, args.scale)
         workload = PlanWorkload("cnn-jpeg", sample_bytes=lab.shards.sample_bytes, batch_size=args.batch, model_bytes=3_962 * 4, epochs=args.epochs)
         out["data"] = {"samples": lab.shards.samples, "classes_of": lab.shards.classes_of, "shard_bytes": shard_bytes, "sample_bytes": lab.shards.sample_bytes, "held_out": args.held_out, "skew": args.skew}
         home = lab.sources()
@@ -231,6 +281,8 @@ def run_benchmark(args: argparse.Namespace) -> dict[str, Any]:
                 "steps": placement.steps,
                 "predicted_s": placement.time_s,
                 "predicted_copy_s": placement.copy_time_s,
+                # the same copies under the model without the store's time per request (before it was counted)
+                "predicted_copy_s_without_store": sum(copy_time_s(no_store, d.home, d.reader, d.size_bytes, workload.stored_object_bytes) for d in placement.data if d.mode == "copy"),
                 "copy_s": copy_s,
                 "copied_objects": sum(lab.shards.samples[c.home] for c in copies),
                 "measured_train_s": r.wall_s,
@@ -258,6 +310,10 @@ def format_report(out: dict[str, Any]) -> str:
     d = out["data"]
     lines.append(f"Regions: us-east A100 ({A100_STEP_S * 1000:.0f} ms/step, $4.10/h), us-west A100 ($3.67/h), eu-west V100 ({V100_STEP_S * 1000:.0f} ms/step, $2.48/h); "
                  f"every pair: cross-region link ({RTT_S * 1000:.0f} ms RTT, {BANDWIDTH_BYTES_PER_S / 1e6:.0f} MB/s, ${EGRESS_USD_PER_GB}/GB). One worker per region.")
+    if "store" in out:
+        st = out["store"]
+        lines.append(f"Store (the testbed's SeaweedFS, every region's bucket), probed with no link at {st['concurrency']} in flight ({st['objects']} objects of {st['object_bytes']} B): "
+                     f"{st['get_per_s']:.0f} GETs/s, {st['put_per_s']:.0f} PUTs/s: the regions file's store_requests_per_s = {st['requests_per_s']:.0f} (their harmonic mean: a copy does one of each).")
     lines.append(f"Data: {sum(d['samples'].values())} training images 16x16 (~{d['sample_bytes']} B) in 3 region buckets {d['samples']}, "
                  f"{int(s['skew'] * 100)} % of each from its own classes {d['classes_of']}; held-out {d['held_out']} (every class). "
                  f"CNN 3,962 parameters, SGD lr {s['lr']}, batch {s['batch']}/worker.")
@@ -297,8 +353,8 @@ def format_report(out: dict[str, Any]) -> str:
         lines.append(f"{r['placement']:<34}{r['steps']:>6}{r['predicted_s']:>8.1f}{r['measured_s']:>8.1f}{r['time_error'] * 100:>6.0f}%{r['predicted_usd'] * 100:>9.4f}{r['measured_usd'] * 100:>9.4f}{r['usd_error'] * 100:>6.0f}%{r['val_accuracy']:>7.3f}  {r['data']}{copy}")
     for r in c["rows"]:
         if r.get("copied_objects"):
-            lines.append(f"  {r['placement']}: copied {r['copied_objects']} objects up front in {r['copy_s']:.2f} s (planner: {r['predicted_copy_s']:.2f} s, "
-                         f"a round trip per object with {COPY_CONCURRENCY} in flight), then trained {r['measured_train_s']:.1f} s")
+            lines.append(f"  {r['placement']}: copied {r['copied_objects']} objects up front in {r['copy_s']:.2f} s (planner: {r['predicted_copy_s']:.2f} s; {r.get('predicted_copy_s_without_store', float('nan')):.2f} s without the store's time, "
+                         f"{COPY_CONCURRENCY} threads, each a round trip and the store's time for a GET and a PUT per object), then trained {r['measured_train_s']:.1f} s")
     lines.append("")
     lines.append(f"Benchmark took {out['bench_s']:.0f} s.")
     return "\n".join(lines)

@@ -22,14 +22,16 @@ With ``n_r`` workers in the active regions A (``N = sum n_r``) and ``S_r`` sampl
               exchange), t_round = max link M/bw when overlapped, plus one tail rtt/2 + M/bw
     compute   sigma * max_{r in A} tau_r                 (the slowest region paces a lockstep step)
     train     compute + Q t_round; asgd-ga with staleness >= 1 overlaps: max(compute, Q t_round) + tail
-    copy      before training, each copied shard in turn: (2 + o_s / C_copy) rtt + z_s / bw, with
-              o_s the shard's objects (``z_s`` over the workload's object size: a sample, or a tar
-              shard), two round trips for its manifest and C_copy
-              (:data:`COPY_CONCURRENCY`) GETs in flight: small objects are latency-bound
+    copy      before training, each copied shard in turn: (2 + k_s) rtt + k_s m_s (1/R_h + 1/R_r)
+              + z_s / bw with k_s = ceil(o_s / C_copy), m_s = min(C_copy, o_s), o_s the shard's objects (``z_s`` over the
+              workload's object size: a sample, or a tar shard), two round trips for its manifest,
+              C_copy (:data:`COPY_CONCURRENCY`) threads each a GET across then a PUT, and R the
+              stores' requests per second (``store_requests_per_s``; no limit by default):
+              small objects are latency-bound (:func:`copy_time_s`)
     links     every directed link carries its data (streamed shards p_sr z_s, copied shards z_s once)
               plus Q times its ring bytes, within T at its bandwidth; streamed shards also pay
-              p_sr o_s rtt / (C_stream n_r) of requests (deli's :data:`STREAM_CONCURRENCY` GETs in flight
-              per reading worker)
+              p_sr o_s (rtt / (C_stream n_r) + 1 / R_h) of requests (deli's :data:`STREAM_CONCURRENCY`
+              GETs in flight per reading worker; R_h the home store's rate, :func:`stream_request_s`)
     passes    p_sr (:func:`stream_passes`): how many times a streamed shard's bytes cross. The reader
               reads it through deli, whose cache never fetches a sample twice while it holds it; each
               of the n_r workers reads a fresh random 1/n_r of the shard every epoch (DistributedSampler's
@@ -124,16 +126,33 @@ def shard_objects(size_bytes: int, object_bytes: int) -> int:
 
 
 def copy_time_s(config: RegionsConfig, home: str, reader: str, size_bytes: int, object_bytes: int, *, concurrency: int = COPY_CONCURRENCY) -> float:
-    """Seconds to copy a shard from ``home``'s bucket into ``reader``'s: its requests and its bytes.
+    """Seconds to copy a shard from ``home``'s bucket into ``reader``'s: its round trips, the stores' time per request, its bytes.
 
-    The manifest first (two round trips: its size, then its bytes), then every object is one GET
-    across the link (a round trip each, ``concurrency`` in flight), and the bytes cross at the
-    link's bandwidth: ``(2 + ceil(objects / concurrency)) * rtt + bytes / bandwidth``. Writing into
-    the reader's own bucket overlaps the reads and is left out, as is the stores' own time per
-    request (on a small loaded machine it is not: README, "Geo-distributed training").
+    How :func:`delibench.geo.task.copy_dataset` runs: the manifest first (two round trips: its size,
+    then its bytes), then ``concurrency`` threads, each a loop of one GET across the link and one
+    PUT into the reader's bucket, the PUT before the thread's next GET. So each thread's cycle per
+    object is the link's round trip plus the time its GET spends at ``home``'s store and its PUT at
+    ``reader``'s. A store serving ``R`` requests per second (``store_requests_per_s``) with ``m``
+    requests in flight keeps each for ``m / R`` (Little's law; ``R`` is measured with
+    :data:`COPY_CONCURRENCY` in flight, ``m = min(concurrency, objects)``), and the copy takes
+    ``k = ceil(objects / concurrency)`` cycles::
+
+        (2 + k) * rtt + k * m * (1 / R_home + 1 / R_reader) + bytes / bandwidth
+
+    Why a sum and not ``max(k * rtt, objects / min(R))``: the max would hold if the store's work
+    overlapped the round trips of other threads for free, and it does not change the prediction
+    here (16 in flight over 70 ms ask ~220 objects/s of a store serving ~800): measured on the
+    testbed, 455 objects took 3.1-3.5 s against 2.2 s of round trips, and that copy's GETs across
+    the link (2.4 s) plus its PUTs alone at 16 in flight (0.4-0.5 s) add up to it. The sum is
+    conservative where the link holds most requests (the store then sees fewer than ``m``). A store
+    without a rate (the default) adds nothing: ``(2 + k) * rtt + bytes / bandwidth``, the earlier
+    model. The manifest's own requests at the stores are left out (a few against hundreds).
     """
     link = config.link(home, reader)
-    return (2 + math.ceil(shard_objects(size_bytes, object_bytes) / concurrency)) * link.rtt_s + size_bytes / link.bandwidth_bytes_per_s
+    objects = shard_objects(size_bytes, object_bytes)
+    cycles = math.ceil(objects / concurrency)
+    per_request_s = config.region(home).store_request_s + config.region(reader).store_request_s
+    return (2 + cycles) * link.rtt_s + cycles * min(concurrency, objects) * per_request_s + size_bytes / link.bandwidth_bytes_per_s
 
 
 def stream_passes(size_bytes: int, *, epochs: int, readers: int, cache_bytes: int) -> float:
@@ -150,8 +169,17 @@ def stream_passes(size_bytes: int, *, epochs: int, readers: int, cache_bytes: in
 
 
 def stream_request_s(config: RegionsConfig, home: str, reader: str, size_bytes: int, object_bytes: int, *, epochs: float, readers: int) -> float:
-    """Seconds of round trips to stream a shard ``epochs`` times (its passes): ``epochs * objects * rtt / (STREAM_CONCURRENCY * readers)``."""
-    return epochs * shard_objects(size_bytes, object_bytes) * config.link(home, reader).rtt_s / (STREAM_CONCURRENCY * max(1, readers))
+    """Seconds of requests to stream a shard ``epochs`` times (its passes): round trips and the home store's time.
+
+    Each of ``readers`` workers keeps :data:`STREAM_CONCURRENCY` GETs in flight (deli's default), so
+    ``c = STREAM_CONCURRENCY * readers`` requests overlap; at a home store serving ``R`` requests
+    per second each also spends ``c / R`` there (Little's law, as in :func:`copy_time_s`), and a
+    request's cycle is ``rtt + c / R``: ``epochs * objects * (rtt / c + 1 / R)``. Without a store
+    rate (the default) the second term is 0.
+    """
+    in_flight = STREAM_CONCURRENCY * max(1, readers)
+    per_object_s = config.link(home, reader).rtt_s / in_flight + config.region(home).store_request_s
+    return epochs * shard_objects(size_bytes, object_bytes) * per_object_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -653,7 +681,9 @@ def plan_placement(
     big_t = 2 * (
         steps_max * (max(r.accelerators.step_time_s for r in config.regions) + slowest_round)
         + workload.epochs * total_bytes / min((lk.bandwidth_bytes_per_s for lk in config.links), default=math.inf)
-        + (workload.epochs + 1) * sum(shard_objects(z, workload.stored_object_bytes) for _, _, z in shards) * max((lk.rtt_s for lk in config.links), default=0.0)
+        + (workload.epochs + 1)
+        * sum(shard_objects(z, workload.stored_object_bytes) + COPY_CONCURRENCY for _, _, z in shards)
+        * (max((lk.rtt_s for lk in config.links), default=0.0) + 2 * max(r.store_request_s for r in config.regions))
     )
     if deadline_s is not None:
         big_t = min(big_t, deadline_s)

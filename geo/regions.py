@@ -6,6 +6,7 @@ A regions file is YAML::
       us-east:
         accelerators: {count: 8, type: a100, usd_per_hour: 4.10, step_time_s: 0.11}
         data_url: s3://my-bucket-us-east/imgs        # optional: where this region's shards live
+        store_requests_per_s: 800                     # optional: requests/s its object store serves (default: no limit)
         shards:                                       # optional: the local shards and their sizes
           - {name: part-0, size_bytes: 40GB}
         provider: aws                                 # optional: aws | gcp | azure | any name
@@ -34,6 +35,14 @@ Sizes accept ``40GB``/``512MiB``, durations ``75ms``, bandwidths a byte size per
 ``egress_usd_per_gb`` is per billed GB, :data:`delibench.units.BYTES_PER_BILLED_GB` = 2^30 bytes
 (how AWS and GCS bill transfer, and how ``reports/prices.yaml`` reads its egress prices); sizes
 typed as ``40GB`` are SI (4e10 bytes).
+``store_requests_per_s`` is how many requests per second the region's object store serves one job
+at the copy's concurrency (:data:`delibench.geo.planner.COPY_CONCURRENCY` in flight), GETs and PUTs
+alike; the planner adds the store's time per request to copies and streams
+(:func:`delibench.geo.planner.copy_time_s`). Default: no limit (today's model), which is what a
+cloud store is to this job: S3 documents at least 5,500 GETs and 3,500 PUTs per second per prefix,
+0.2-0.3 ms per object against a WAN round trip of tens of ms. A small self-hosted store is not: the
+testbed's SeaweedFS on a 2-core machine serves a few hundred; measure it
+(``benchmarks/geo_bench.py`` probes it and plans with what it measured).
 """
 
 from __future__ import annotations
@@ -144,6 +153,9 @@ class Region:
             (default: its provider's ``internet`` egress in the shipped price sheet).
         storage_usd_per_gb_month: Price of storing a copied shard here (default: the provider's
             object store in the shipped price sheet, else :data:`DEFAULT_STORAGE_USD_PER_GB_MONTH`).
+        store_requests_per_s: Requests per second this region's object store serves the job with
+            :data:`~delibench.geo.planner.COPY_CONCURRENCY` in flight (None: no limit; see the
+            module docstring for why that is the default and when to measure it).
     """
 
     name: str
@@ -153,6 +165,7 @@ class Region:
     provider: str | None = None
     internet_egress_usd_per_gb: float | None = None
     storage_usd_per_gb_month: float | None = None
+    store_requests_per_s: float | None = None
 
     def __post_init__(self) -> None:
         if not self.name:
@@ -160,6 +173,13 @@ class Region:
         for key in ("internet_egress_usd_per_gb", "storage_usd_per_gb_month"):
             if getattr(self, key) is not None:
                 _positive(f"region {self.name!r}", key, getattr(self, key), allow_zero=True)
+        if self.store_requests_per_s is not None:
+            _positive(f"region {self.name!r}", "store_requests_per_s", self.store_requests_per_s)
+
+    @property
+    def store_request_s(self) -> float:
+        """Seconds of the store's capacity one request takes (``1 / store_requests_per_s``; 0 without a limit)."""
+        return 0.0 if self.store_requests_per_s is None else 1.0 / self.store_requests_per_s
         names = [s.name for s in self.shards]
         if len(set(names)) != len(names):
             raise UsageError(f"region {self.name!r}: shard names must be unique")
@@ -312,7 +332,8 @@ def _internet_egress(region: Region) -> float | None:
         return None
 
 
-_REGION_KEYS = ("accelerators", "data_url", "shards", "provider", "internet_egress_usd_per_gb", "storage_usd_per_gb_month")
+_OPTIONAL_NUMBERS = ("internet_egress_usd_per_gb", "storage_usd_per_gb_month", "store_requests_per_s")
+_REGION_KEYS = ("accelerators", "data_url", "shards", "provider", *_OPTIONAL_NUMBERS)
 _ACCEL_KEYS = ("count", "type", "usd_per_hour", "step_time_s", "profile", "billing")
 _SHARD_KEYS = ("name", "size_bytes")
 _LINK_KEYS = ("between", "rtt_s", "bandwidth_bytes_per_s", "egress_usd_per_gb")
@@ -405,7 +426,7 @@ def parse_regions(raw: Any, source: str = "<memory>") -> RegionsConfig:
             data_url = body.get("data_url")
             provider = body.get("provider")
             optional = {
-                key: _number(f"{where}: {key}", body[key]) for key in ("internet_egress_usd_per_gb", "storage_usd_per_gb_month") if body.get(key) is not None
+                key: _number(f"{where}: {key}", body[key]) for key in _OPTIONAL_NUMBERS if body.get(key) is not None
             }
             regions.append(
                 Region(

@@ -268,6 +268,72 @@ def test_copy_and_stream_pay_a_round_trip_per_object() -> None:
     assert cached.data_bytes == 1_000_000 and cached.time_s == pytest.approx(4.125)
 
 
+def _with_store(raw: dict, rates: dict[str, float], rtt_s: float | None = None) -> dict:
+    import copy
+
+    out = copy.deepcopy(raw)
+    for name, rate in rates.items():
+        out["regions"][name]["store_requests_per_s"] = rate
+    if rtt_s is not None:
+        out["links"][0]["rtt_s"] = rtt_s
+    return out
+
+
+def test_copy_time_counts_the_stores_time_per_request_latency_bound() -> None:
+    """REQUESTS's 1,000 objects of 1 kB over 100 ms and 1 MB/s, both stores serving 10,000 requests/s.
+
+    k = ceil(1000 / 16) = 63 cycles of 16 threads, each a GET across and a PUT: (2 + 63) * 0.1 =
+    6.5 s of round trips; each request holds the store 16 / 10,000 s (Little's law with 16 in
+    flight), a GET at h and a PUT at r: 63 * 16 * (1e-4 + 1e-4) = 0.2016 s; bytes 1 s. 7.7016 s, the
+    round trips dominating. Without a rate it stays the earlier 7.5 s.
+    """
+    from delibench.geo.planner import copy_time_s
+
+    config = parse_regions(_with_store(REQUESTS, {"h": 10_000, "r": 10_000}))
+    assert copy_time_s(config, "h", "r", 1_000_000, 1000) == pytest.approx(6.5 + 0.2016 + 1.0)
+    assert copy_time_s(parse_regions(REQUESTS), "h", "r", 1_000_000, 1000) == pytest.approx(7.5)
+    # 5 objects: one cycle with 5 in flight, (2 + 1) * 0.1 + 1 * 5 * 2e-4 + 5 kB / 1 MB/s = 0.306 s.
+    assert copy_time_s(config, "h", "r", 5000, 1000) == pytest.approx(0.3 + 0.001 + 0.005)
+
+
+def test_copy_time_counts_the_stores_time_per_request_rate_bound() -> None:
+    """The same 1,000 objects over a 1 ms link from a store serving 100 requests/s into one serving 400.
+
+    Round trips (2 + 63) * 0.001 = 0.065 s; the stores 63 * 16 * (1/100 + 1/400) = 12.6 s; bytes
+    1 s: 13.665 s, the stores dominating (the earlier model said 1.065 s). The copy and the plan
+    see the same time: evaluate's copy is this, before 200 steps of 10 ms.
+    """
+    from delibench.geo.planner import copy_time_s
+
+    config = parse_regions(_with_store(REQUESTS, {"h": 100, "r": 400}, rtt_s=0.001))
+    assert copy_time_s(config, "h", "r", 1_000_000, 1000) == pytest.approx(0.065 + 12.6 + 1.0)
+    wl = PlanWorkload("small", sample_bytes=1000, batch_size=10, model_bytes=0, epochs=2, reader_cache_bytes=0)
+    copy = evaluate(config, wl, {"r": 1}, {"s": ("r", "copy")}, SyncChoice("allreduce"), label="copy")
+    assert copy.copy_time_s == pytest.approx(13.665) and copy.time_s == pytest.approx(13.665 + 2.0)
+
+
+def test_stream_pays_the_home_stores_time_per_request() -> None:
+    """REQUESTS streamed twice (no cache) from a home store serving 1,000 requests/s.
+
+    32 GETs in flight: each object 0.1 / 32 s of round trip plus 32 / 1000 s at the store over 32
+    in flight = 1 ms: 2 * 1000 * (0.003125 + 0.001) = 8.25 s of requests, + 2 MB / 1 MB/s = 10.25 s
+    on the link (6.25 + 2 = 8.25 s without the store). The reader's store is not involved. A copy
+    instead: 6.5 + 63 * 16 * 0.001 + 1 = 8.508 s, then 2 s of training: 10.508 s; the program
+    streams, as evaluate prices both.
+    """
+    from delibench.geo.planner import stream_request_s
+
+    config = parse_regions(_with_store(REQUESTS, {"h": 1000}))
+    assert stream_request_s(config, "h", "r", 1_000_000, 1000, epochs=2, readers=1) == pytest.approx(8.25)
+    wl = PlanWorkload("small", sample_bytes=1000, batch_size=10, model_bytes=0, epochs=2, reader_cache_bytes=0)
+    stream = evaluate(config, wl, {"r": 1}, {"s": ("r", "stream")}, SyncChoice("allreduce"), label="stream")
+    assert stream.time_s == pytest.approx(10.25)
+    copy = evaluate(config, wl, {"r": 1}, {"s": ("r", "copy")}, SyncChoice("allreduce"), label="copy")
+    assert copy.time_s == pytest.approx(10.508)
+    fastest = plan_placement(config, wl, sync=SyncChoice("allreduce"), objective="time")
+    assert [d.mode for d in fastest.data] == ["stream"] and fastest.time_s == pytest.approx(10.25)
+
+
 # -- the program and the baselines ---------------------------------------------------------------
 
 

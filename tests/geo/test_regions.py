@@ -126,3 +126,34 @@ def test_new_fields_are_validated(edit, expected: str) -> None:  # noqa: ANN001
     edit(raw)
     with pytest.raises(UsageError, match=expected):
         parse_regions(raw)
+
+
+def test_store_rate_parses_and_defaults_to_no_limit() -> None:
+    """``store_requests_per_s`` beside ``data_url``: 800 requests/s is 1.25 ms of the store per request; absent, no limit (0 s)."""
+    import copy
+
+    raw = copy.deepcopy(GOOD)
+    raw["regions"]["a"]["store_requests_per_s"] = 800
+    a, b = parse_regions(raw).regions
+    assert a.store_requests_per_s == 800.0 and a.store_request_s == pytest.approx(0.00125)
+    assert b.store_requests_per_s is None and b.store_request_s == 0.0
+
+
+@pytest.mark.parametrize(("value", "expected"), [(0, "store_requests_per_s must be > 0, got 0"), (-5, "must be > 0"), ("fast", "must be a number, got 'fast'"), (True, "must be a number")])
+def test_bad_store_rate_is_a_one_line_usage_error(tmp_path: Path, capsys: pytest.CaptureFixture[str], value: object, expected: str) -> None:
+    import copy
+
+    import yaml
+
+    raw = copy.deepcopy(GOOD)
+    raw["regions"]["a"]["store_requests_per_s"] = value
+    with pytest.raises(UsageError, match=expected) as info:
+        parse_regions(raw)
+    assert "\n" not in info.value.message and "region 'a'" in info.value.message
+    path = tmp_path / "regions.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["geo", "plan", "--regions", str(path)]) == 2
+    err = capsys.readouterr().err
+    error_lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(error_lines) == 1 and "store_requests_per_s" in error_lines[0] and str(path) in error_lines[0]
+    assert "Traceback" not in err
