@@ -121,6 +121,9 @@ class LoaderStats:
             tier off for the rest of the run (training goes on), which explains a tier with few hits.
         disk_corrupt_count: Disk-tier files whose checksum did not match when read back (dropped
             and fetched again, so counted as misses).
+        fetch_restarts: Fetch processes of deli's node service that died and were replaced
+            (``fetch_processes`` > 1; their work in flight re-sent, counted in ``retries_count``):
+            a run that finished despite them says so here; 0 elsewhere.
     """
 
     requests_count: int = 0
@@ -145,6 +148,7 @@ class LoaderStats:
     disk_peak_bytes: int = 0
     disk_write_errors: int = 0
     disk_corrupt_count: int = 0
+    fetch_restarts: int = 0
 
     @property
     def hit_rate(self) -> float | None:

@@ -229,6 +229,7 @@ class NodeDeliLoader(ResumableEpochs):
             disk_peak_bytes=node["disk_peak_bytes"],
             disk_write_errors=node["disk_write_errors"] if main else 0,
             disk_corrupt_count=node["corrupt_count"] if main else 0,
+            fetch_restarts=node["fetch_restarts"] if main else 0,  # the node's, reported once
         )
 
     def close(self) -> None:

@@ -491,6 +491,7 @@ def test_a_killed_fetch_process_is_replaced_and_the_epoch_stays_exact(corpus: Co
         assert sum(s.cache_misses for s in stats) == node["fetches"] == len(corpus.manifest)  # one GET per sample per node
         assert node["node_requests"] == len(corpus.manifest)  # the attempts the live processes answered
         assert node["retries"] == node["fetch_resent"] == stats[0].retries_count  # each re-sent GET a retry
+        assert [s.fetch_restarts for s in stats] == [1, 0]  # in the record, once per node (local rank 0)
         assert sum(node["fetch_processes"]) == len(corpus.manifest)  # the stopped one answered none, its replacement the re-sent
     finally:
         if victim.is_running():
