@@ -69,6 +69,7 @@ def test_region_joining_mid_run_contributes_steps(tmp_path: Path) -> None:
     assert len({r["params_sha256"] for r in got.ranks}) == 1
 
 
+@pytest.mark.extended  # not a must-show (a killed worker and a joining region are, below and above); CI time
 def test_region_leaving_mid_run_the_others_finish(tmp_path: Path) -> None:
     spec = GeoRunSpec(strategy="ma", period=2, workers=(("a", 1), ("b", 1)), steps=60)
     with LocalJob(REGIONS, spec, links="model", checkpoint_every=EVERY, min_regions=1, job_dir=str(tmp_path)) as job:

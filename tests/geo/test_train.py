@@ -126,6 +126,7 @@ def test_failing_worker_fails_the_run_and_stops_the_others(tmp_path: Path) -> No
     assert _workers_alive(before) == []
 
 
+@pytest.mark.extended  # the `geo compare` CLI; its figures (bytes 1/H, loss) are checked on the same runs above
 def test_cli_compare_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import json
 
