@@ -104,7 +104,8 @@ def test_disk_tier_serves_spilled_samples(sized_corpus: Corpus, tmp_path: Path) 
         assert stats.cache_peak_bytes <= 10_000
         # The record's figures. Not <= cache_hits here: this context does not know the last epoch, so
         # epoch 2 was looked up ahead (partly from disk) and those hits were never delivered.
-        assert 0 < stats.disk_hits == loader.cache.stats().disk_hits
+        # The cache's own counter, read later, can only be larger: the look-ahead goes on in the background.
+        assert 0 < stats.disk_hits <= loader.cache.stats().disk_hits
         assert 0 < stats.disk_peak_bytes <= n * 1000 and stats.disk_write_errors == stats.disk_corrupt_count == 0
     assert stats.requests_count == n  # memory + disk held everything
     assert not list((tmp_path / "spill").iterdir())  # close removed the spilled files
@@ -126,9 +127,7 @@ def test_ranks_sharing_one_cache_dir_keep_their_own_files(sized_corpus: Corpus, 
         loaders[0].close()
         assert not list((spill / "rank-0-of-2").iterdir())
         assert list((spill / "rank-1-of-2").iterdir())  # rank 0's close left rank 1's files
-        hits = loaders[1].cache.stats().disk_hits
-        run_epoch(loaders[1], 2, sized_corpus)  # bytes checked against the source
-        assert loaders[1].cache.stats().disk_hits > hits
+        run_epoch(loaders[1], 2, sized_corpus)  # bytes checked against the source (its disk hits may all be look-ahead already counted)
     finally:
         for loader in loaders:
             loader.close()
