@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,35 @@ def cli_env() -> dict[str, str]:
     started, down to node services in their own sessions: see :func:`started_by_this_session`.
     """
     return dict(os.environ, COLUMNS="200", NO_COLOR="1", TERM="dumb", DELIBENCH_TEST_SESSION=str(os.getpid()))
+
+
+def rank_1_step_env(tmp_path: Path, at: int, action: str, **extra: str) -> dict[str, str]:
+    """:func:`cli_env` for a ``--nproc`` run whose rank 1 runs ``action`` (Python statements, ``os`` and
+    ``time`` imported) instead of its step number ``at``, counting from 0: a ``sitecustomize`` on
+    ``PYTHONPATH`` every rank loads (the failure is injected into the real CLI, not a copy of it)."""
+    body = textwrap.indent(textwrap.dedent(action).strip(), " " * 12)
+    code = (
+        "import os, time\n"
+        'if os.environ.get("RANK") == "1":\n'
+        "    from delibench.workloads.compute import TorchCompute\n"
+        "    _step, _calls = TorchCompute.step, [0]\n\n"
+        "    def step(self, batch):\n"
+        f"        if _calls[0] == {at}:\n{body}\n"
+        "        _calls[0] += 1\n"
+        "        _step(self, batch)\n\n"
+        "    TorchCompute.step = step\n"
+    )
+    folder = tmp_path / "inject"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(code)
+    return dict(cli_env(), **extra, PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+
+
+def cpu_args() -> list[str]:
+    """:data:`FAST` with the real CPU model step instead of an emulated one (DDP has gradients to all-reduce)."""
+    args = list(FAST)
+    args[args.index("emulated:20ms")] = "cpu"
+    return args
 
 
 def started_by_this_session(proc: Any) -> bool:

@@ -114,23 +114,6 @@ def test_a_rank_raising_in_its_step_ends_every_rank_promptly_and_the_record_says
         assert not steps[other] and "rank 1: no results (left blocked in the step rank 0 failed in)" in record["error"]
 
 
-#: Loaded by every rank of the CLI test (``PYTHONPATH``): rank 1's step raises at its step FAIL_AT.
-_INJECT = f"""
-import os
-if os.environ.get("RANK") == "1":
-    from delibench.workloads.compute import TorchCompute
-    _step, _calls = TorchCompute.step, [0]
-
-    def step(self, batch):
-        if _calls[0] == {FAIL_AT}:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")
-        _calls[0] += 1
-        _step(self, batch)
-
-    TorchCompute.step = step
-"""
-
-
 @pytest.mark.slow
 def test_nproc_2_a_rank_raising_in_its_step_exits_1_with_one_line_and_rank_0_records_both_ranks(mnist_dir, tmp_path, no_leftover_processes):
     """The CLI path: ``--nproc 2`` (torchrun's variables, a TCP store on rank 0, the launcher's grace)."""
@@ -138,13 +121,11 @@ def test_nproc_2_a_rank_raising_in_its_step_exits_1_with_one_line_and_rank_0_rec
     import subprocess
     import sys
 
-    from tests.run.conftest import FAST, cli_env
+    from tests.run.conftest import cpu_args, rank_1_step_env
 
-    (tmp_path / "inject").mkdir()
-    (tmp_path / "inject" / "sitecustomize.py").write_text(_INJECT)
-    args = [a for a in FAST]
-    args[args.index("emulated:20ms")] = "cpu"
-    env = dict(cli_env(), PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path / "inject"), os.environ.get("PYTHONPATH")])))
+    # rank 1's step raises at its step FAIL_AT
+    env = rank_1_step_env(tmp_path, FAIL_AT, 'raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB (injected)")')
+    args = cpu_args()
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "delibench", "run", "--data", str(mnist_dir), "--loader", "bucket", *args,
                            "--max-steps", "6", "--nproc", "2", "--results-dir", str(tmp_path / "results")],

@@ -12,11 +12,9 @@ from __future__ import annotations
 import csv
 import json
 import math
-import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
@@ -30,36 +28,18 @@ HANG_AT = 2
 #: The collective timeout the test runs with (seconds).
 TIMEOUT_S = 6
 
-#: Loaded by every rank (``PYTHONPATH``): rank 1 notes the time and sleeps in its step HANG_AT.
-_INJECT = f"""
-import os, time
-if os.environ.get("RANK") == "1":
-    from delibench.workloads.compute import TorchCompute
-    _step, _calls = TorchCompute.step, [0]
-
-    def step(self, batch):
-        if _calls[0] == {HANG_AT}:
-            with open(os.environ["HANG_MARK"], "w") as f:
-                f.write(repr(time.time()))
-            time.sleep(3600)
-        _calls[0] += 1
-        _step(self, batch)
-
-    TorchCompute.step = step
-"""
-
-
 @pytest.mark.slow
 def test_nproc_2_a_hung_rank_ends_the_run_after_the_collective_timeout_with_a_failed_record(mnist_dir, tmp_path, no_leftover_processes):
-    from tests.run.conftest import FAST, cli_env
+    from tests.run.conftest import cpu_args, rank_1_step_env
 
-    (tmp_path / "inject").mkdir()
-    (tmp_path / "inject" / "sitecustomize.py").write_text(_INJECT)
+    # rank 1 notes the time and sleeps in its step HANG_AT
     mark = tmp_path / "hang_at"
-    args = list(FAST)
-    args[args.index("emulated:20ms")] = "cpu"
-    env = dict(cli_env(), HANG_MARK=str(mark),
-               PYTHONPATH=os.pathsep.join(filter(None, [str(tmp_path / "inject"), os.environ.get("PYTHONPATH")])))
+    env = rank_1_step_env(tmp_path, HANG_AT, """
+        with open(os.environ["HANG_MARK"], "w") as f:
+            f.write(repr(time.time()))
+        time.sleep(3600)
+    """, HANG_MARK=str(mark))
+    args = cpu_args()
     start = time.monotonic()
     proc = subprocess.run([sys.executable, "-m", "delibench", "run", "--data", str(mnist_dir), "--loader", "bucket", *args,
                            "--max-steps", "6", "--nproc", "2", "--collective-timeout", str(TIMEOUT_S),
